@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""CPU benchmark behind BENCHMARKS.md: the profiler's own measurement, saved.
+
+    python benchmarks/cpu_bench.py                      # quick shape, 50 rounds
+    python benchmarks/cpu_bench.py --sweep              # batch x frames sweep
+    python benchmarks/cpu_bench.py --out benchmarks/results/cpu --readme-chart
+
+Writes ``<out>.json`` (the profiler's records), ``<out>.md`` (a Markdown table
+with the machine it ran on) and ``<out>.png``; ``--readme-chart`` also writes
+``docs/images/profile_cpu.png``. It is the same code as ``myxtts-ops profile
+--device cpu``, so the numbers are comparable with what users see.
+"""
+
+import argparse
+import os
+import platform
+import sys
+
+import importlib.util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Use the installed packages; fall back to the source tree only without them.
+for name, path in (("myxtts_ops", ROOT), ("myxtts", os.path.join(ROOT, "python"))):
+    if importlib.util.find_spec(name) is None:
+        sys.path.insert(0, path)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from myxtts_ops import report  # noqa: E402
+from myxtts_ops.profiler import (IMPLS, MODES, ProfileConfig, ProfilerError,  # noqa: E402
+                                 run_profile)
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu"),
+                    help="output path prefix (default benchmarks/results/cpu)")
+    ap.add_argument("--sweep", action="store_true", help="batch 8,16,32,64 x frames 250..2000")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--readme-chart", action="store_true",
+                    help="also write docs/images/profile_cpu.png")
+    args = ap.parse_args(argv)
+
+    config = ProfileConfig(
+        device="cpu", dtype=args.dtype, repeats=args.repeats, warmup=args.warmup,
+        impls=tuple(args.impls.split(",")), modes=tuple(args.modes.split(",")),
+        shapes=([(b, t) for b in (8, 16, 32, 64) for t in (250, 500, 1000, 2000)]
+                if args.sweep else None),
+    )
+    try:
+        result = run_profile(config)
+    except ProfilerError as exc:
+        print(f"cpu_bench: error: {exc}", file=sys.stderr)
+        return 1
+    import tensorflow as tf
+
+    header = (f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; TensorFlow {tf.__version__}; "
+              f"streaming bandwidth {result.bandwidth['best']:.1f} GB/s; "
+              f"{config.repeats} interleaved rounds; {result.elapsed_s:.0f} s in all.\n\n")
+    table = report.format_table(result.records)
+    print(table, end="")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    report.write_json(result.records, args.out + ".json")
+    with open(args.out + ".md", "w", encoding="utf-8") as f:
+        f.write(header + report.format_table(result.records, markdown=True))
+    report.plot(result.records, args.out + ".png")
+    print(f"wrote {args.out}.json, {args.out}.md, {args.out}.png")
+    if args.readme_chart:
+        chart = os.path.join(ROOT, "docs", "images", "profile_cpu.png")
+        report.plot(result.records, chart)
+        print(f"wrote {chart}")
+    for failure in result.failures:
+        print(f"cpu_bench: failed: {failure}", file=sys.stderr)
+    return 1 if result.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

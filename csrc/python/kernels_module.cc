@@ -1,0 +1,506 @@
+// pybind11 module myxtts_ops.kernels: the fused kernels without TensorFlow.
+// NumPy arrays run the CPU kernels; objects exposing __cuda_array_interface__
+// (CuPy arrays, PyTorch CUDA tensors) run the CUDA kernels on a given stream.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/mel_loss_kernels.h"
+
+namespace py = pybind11;
+using namespace myxtts_ops;
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Argument checks shared by the NumPy and CUDA entry points. Messages name the
+// input and the offending value, as the TF op does.
+LossConfig parse_config(const std::string& loss_type, double huber_delta,
+                        const std::string& normalization) {
+  LossConfig c;
+  if (loss_type == "l1") {
+    c.loss_type = LossType::kL1;
+  } else if (loss_type == "huber") {
+    c.loss_type = LossType::kHuber;
+  } else {
+    throw py::value_error("loss_type must be 'l1' or 'huber', got '" + loss_type + "'");
+  }
+  if (normalization == "per_sample") {
+    c.normalization = Normalization::kPerSample;
+  } else if (normalization == "global") {
+    c.normalization = Normalization::kGlobal;
+  } else {
+    throw py::value_error("normalization must be 'per_sample' or 'global', got '" +
+                          normalization + "'");
+  }
+  if (!(huber_delta > 0.0))
+    throw py::value_error("huber_delta must be > 0, got " + std::to_string(huber_delta));
+  c.huber_delta = huber_delta;
+  return c;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+MelShape check_mel_shapes(const std::vector<int64_t>& t, const std::vector<int64_t>& p) {
+  if (t.size() != 3)
+    throw py::value_error("y_true must have rank 3 [batch, frames, mels], got shape " +
+                          shape_str(t));
+  if (p != t)
+    throw py::value_error("y_pred shape " + shape_str(p) + " does not match y_true shape " +
+                          shape_str(t));
+  MelShape s;
+  s.batch = t[0];
+  s.frames = t[1];
+  s.mels = t[2];
+  return s;
+}
+
+void check_vector(const std::vector<int64_t>& shape, int64_t n, const char* name) {
+  if (shape.size() != 1 || shape[0] != n)
+    throw py::value_error(std::string(name) + " must have shape [" + std::to_string(n) +
+                          "], got shape " + shape_str(shape));
+}
+
+void check_lengths_values(const LengthsView& lengths, const MelShape& s) {
+  int64_t bad = 0;
+  const int64_t b = find_invalid_length(lengths, s.batch, s.frames, &bad);
+  if (b >= 0)
+    throw py::value_error("lengths[" + std::to_string(b) + "] = " + std::to_string(bad) +
+                          " is outside [0, " + std::to_string(s.frames) +
+                          "] (frames of y_true)");
+}
+
+// ---------------------------------------------------------------------------
+// NumPy side.
+DType numpy_mel_dtype(const py::array& a, const char* name) {
+  const std::string n = py::str(a.dtype().attr("name"));
+  if (n == "float16") return DType::kHalf;
+  if (n == "bfloat16") return DType::kBFloat16;
+  if (n == "float32") return DType::kFloat;
+  if (n == "float64") return DType::kDouble;
+  throw py::value_error(std::string(name) +
+                        " must be float16, bfloat16, float32 or float64, got " + n);
+}
+
+py::array contiguous(py::handle obj) {
+  return py::module_::import("numpy").attr("ascontiguousarray")(obj);
+}
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+LengthsView numpy_lengths(const py::array& a, const MelShape& s) {
+  check_vector(shape_of(a), s.batch, "lengths");
+  const std::string n = py::str(a.dtype().attr("name"));
+  if (n != "int32" && n != "int64")
+    throw py::value_error("lengths must be int32 or int64, got " + n);
+  LengthsView v;
+  v.data = a.data();
+  v.is_int64 = n == "int64";
+  check_lengths_values(v, s);
+  return v;
+}
+
+ParallelFor thread_pool(int num_threads) {
+  int threads = num_threads > 0 ? num_threads : int(std::thread::hardware_concurrency());
+  threads = std::max(threads, 1);
+  return [threads](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
+    const int64_t t = std::min<int64_t>(threads, n);
+    if (t <= 1) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+    std::vector<std::thread> workers;
+    for (int64_t i = 1; i < t; ++i) workers.emplace_back(fn, n * i / t, n * (i + 1) / t);
+    fn(0, n / t);
+    for (auto& w : workers) w.join();
+  };
+}
+
+py::array mel_output_array(DType dtype, const std::vector<int64_t>& shape,
+                           const py::array& like) {
+  // Same dtype object as the input (keeps ml_dtypes' bfloat16).
+  return py::array(like.dtype(), shape);
+}
+
+py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
+                       py::object state_obj, const std::string& loss_type, double huber_delta,
+                       const std::string& normalization, int num_threads) {
+  py::array y_true = contiguous(y_true_obj), y_pred = contiguous(y_pred_obj);
+  const MelShape s = check_mel_shapes(shape_of(y_true), shape_of(y_pred));
+  const DType dtype = numpy_mel_dtype(y_true, "y_true");
+  if (numpy_mel_dtype(y_pred, "y_pred") != dtype)
+    throw py::value_error("y_pred dtype " + std::string(py::str(y_pred.dtype().attr("name"))) +
+                          " does not match y_true dtype " +
+                          std::string(py::str(y_true.dtype().attr("name"))));
+  ForwardArgs args;
+  args.config = parse_config(loss_type, huber_delta, normalization);
+  args.dtype = dtype;
+  args.shape = s;
+  args.y_true = y_true.data();
+  args.y_pred = y_pred.data();
+  py::array lengths;
+  if (!lengths_obj.is_none()) {
+    lengths = contiguous(lengths_obj);
+    args.lengths = numpy_lengths(lengths, s);
+  }
+  py::array_t<double, py::array::c_style | py::array::forcecast> state_in;
+  if (state_obj.is_none()) {
+    state_in = py::array_t<double>(state::kSize);
+    std::fill(state_in.mutable_data(), state_in.mutable_data() + state::kSize, 0.0);
+  } else {
+    state_in = py::array_t<double, py::array::c_style | py::array::forcecast>(state_obj);
+    check_vector(shape_of(state_in), state::kSize, "state");
+  }
+  args.state_in = state_in.data();
+
+  const bool f64 = output_is_double(dtype);
+  py::array loss = f64 ? py::array(py::dtype::of<double>(), std::vector<int64_t>{})
+                       : py::array(py::dtype::of<float>(), std::vector<int64_t>{});
+  py::array per_sample = f64 ? py::array(py::dtype::of<double>(), std::vector<int64_t>{s.batch})
+                             : py::array(py::dtype::of<float>(), std::vector<int64_t>{s.batch});
+  py::array_t<int64_t> nonfinite(std::vector<int64_t>{});
+  py::array_t<double> state_out(state::kSize);
+  py::array_t<double> weights(std::vector<int64_t>{2, s.batch});
+  args.loss = loss.mutable_data();
+  args.per_sample = per_sample.mutable_data();
+  args.nonfinite_count = nonfinite.mutable_data();
+  args.state_out = state_out.mutable_data();
+  args.sample_weights = weights.mutable_data();
+  {
+    py::gil_scoped_release release;
+    mel_loss_forward_cpu(args, thread_pool(num_threads));
+  }
+  py::dict out;
+  out["loss"] = loss;
+  out["per_sample"] = per_sample;
+  out["nonfinite_count"] = nonfinite;
+  out["state"] = state_out;
+  out["sample_weights"] = weights;
+  return out;
+}
+
+py::tuple numpy_backward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
+                         py::object weights_obj, py::object grad_loss_obj,
+                         py::object grad_per_sample_obj, const std::string& loss_type,
+                         double huber_delta, int num_threads) {
+  py::array y_true = contiguous(y_true_obj), y_pred = contiguous(y_pred_obj);
+  const MelShape s = check_mel_shapes(shape_of(y_true), shape_of(y_pred));
+  const DType dtype = numpy_mel_dtype(y_true, "y_true");
+  if (numpy_mel_dtype(y_pred, "y_pred") != dtype)
+    throw py::value_error("y_pred dtype does not match y_true dtype");
+  BackwardArgs args;
+  args.config = parse_config(loss_type, huber_delta, "per_sample");
+  args.dtype = dtype;
+  args.shape = s;
+  args.y_true = y_true.data();
+  args.y_pred = y_pred.data();
+  py::array lengths;
+  if (!lengths_obj.is_none()) {
+    lengths = contiguous(lengths_obj);
+    args.lengths = numpy_lengths(lengths, s);
+  }
+  py::array_t<double, py::array::c_style | py::array::forcecast> weights(weights_obj);
+  if (weights.ndim() != 2 || weights.shape(0) != 2 || weights.shape(1) != s.batch)
+    throw py::value_error("sample_weights must have shape [2, " + std::to_string(s.batch) +
+                          "], got shape " + shape_str(shape_of(weights)));
+  args.sample_weights = weights.data();
+  // Upstream gradients in the loss dtype.
+  const bool f64 = output_is_double(dtype);
+  py::array grad_loss, grad_per_sample;
+  if (f64) {
+    grad_loss = py::array_t<double, py::array::c_style | py::array::forcecast>(grad_loss_obj);
+    grad_per_sample =
+        py::array_t<double, py::array::c_style | py::array::forcecast>(grad_per_sample_obj);
+  } else {
+    grad_loss = py::array_t<float, py::array::c_style | py::array::forcecast>(grad_loss_obj);
+    grad_per_sample =
+        py::array_t<float, py::array::c_style | py::array::forcecast>(grad_per_sample_obj);
+  }
+  if (grad_loss.size() != 1)
+    throw py::value_error("grad_loss must be a scalar, got shape " +
+                          shape_str(shape_of(grad_loss)));
+  check_vector(shape_of(grad_per_sample), s.batch, "grad_per_sample");
+  args.grad_loss = grad_loss.data();
+  args.grad_per_sample = grad_per_sample.data();
+  py::array g_true = mel_output_array(dtype, shape_of(y_true), y_true);
+  py::array g_pred = mel_output_array(dtype, shape_of(y_true), y_true);
+  args.grad_y_true = g_true.mutable_data();
+  args.grad_y_pred = g_pred.mutable_data();
+  {
+    py::gil_scoped_release release;
+    mel_loss_backward_cpu(args, thread_pool(num_threads));
+  }
+  return py::make_tuple(g_true, g_pred);
+}
+
+// ---------------------------------------------------------------------------
+// CUDA side: __cuda_array_interface__ (version 2+), C-contiguous only.
+struct DeviceArray {
+  void* ptr = nullptr;
+  std::vector<int64_t> shape;
+  std::string typestr;
+};
+
+DeviceArray device_array(py::handle obj, const char* name) {
+  if (!py::hasattr(obj, "__cuda_array_interface__"))
+    throw py::type_error(std::string(name) +
+                         " must be a CUDA device array exposing __cuda_array_interface__ "
+                         "(a CuPy array or a PyTorch CUDA tensor)");
+  py::dict iface = obj.attr("__cuda_array_interface__");
+  DeviceArray a;
+  for (auto d : iface["shape"].cast<py::tuple>()) a.shape.push_back(d.cast<int64_t>());
+  a.typestr = iface["typestr"].cast<std::string>();
+  a.ptr = reinterpret_cast<void*>(iface["data"].cast<py::tuple>()[0].cast<uintptr_t>());
+  if (iface.contains("strides") && !iface["strides"].is_none()) {
+    // Accept explicit strides only when they describe a C-contiguous layout.
+    auto strides = iface["strides"].cast<py::tuple>();
+    int64_t expected = int64_t(std::stoi(a.typestr.substr(2)));
+    for (int64_t i = int64_t(a.shape.size()) - 1; i >= 0; --i) {
+      if (a.shape[i] > 1 && strides[i].cast<int64_t>() != expected)
+        throw py::value_error(std::string(name) + " must be C-contiguous");
+      expected *= a.shape[i];
+    }
+  }
+  return a;
+}
+
+void expect_type(const DeviceArray& a, const std::string& typestr, const char* name) {
+  if (a.typestr != typestr)
+    throw py::value_error(std::string(name) + " must have typestr " + typestr + ", got " +
+                          a.typestr);
+}
+
+DType device_mel_dtype(const DeviceArray& a, const std::string& override_dtype,
+                       const char* name) {
+  const std::string t = a.typestr.substr(1);
+  if (!override_dtype.empty()) {
+    if (override_dtype != "bfloat16")
+      throw py::value_error("dtype override must be 'bfloat16', got '" + override_dtype + "'");
+    if (t != "i2" && t != "u2")
+      throw py::value_error(std::string(name) +
+                            " must be an int16/uint16 view when dtype='bfloat16', got " +
+                            a.typestr);
+    return DType::kBFloat16;
+  }
+  if (t == "f2") return DType::kHalf;
+  if (t == "f4") return DType::kFloat;
+  if (t == "f8") return DType::kDouble;
+  throw py::value_error(std::string(name) + " must be float16, float32 or float64 (" +
+                        "bfloat16 as an int16 view with dtype='bfloat16'), got " + a.typestr);
+}
+
+void require_cuda() {
+  if (!built_with_cuda())
+    throw std::runtime_error("myxtts_ops.kernels was built without CUDA");
+}
+
+void check(const std::string& err) {
+  if (!err.empty()) throw std::runtime_error(err);
+}
+
+LengthsView device_lengths(py::object obj, const MelShape& s, bool check_values, void* stream) {
+  LengthsView v;
+  if (obj.is_none()) return v;
+  const DeviceArray a = device_array(obj, "lengths");
+  check_vector(a.shape, s.batch, "lengths");
+  if (a.typestr != "<i4" && a.typestr != "<i8")
+    throw py::value_error("lengths must be int32 or int64, got " + a.typestr);
+  v.data = a.ptr;
+  v.is_int64 = a.typestr == "<i8";
+  if (check_values && s.batch > 0) {
+    // One small synchronous copy; pass check_lengths=False to skip it (the
+    // kernel still clamps out-of-range lengths and then returns a NaN loss).
+    std::vector<int64_t> host(s.batch);
+    std::vector<int32_t> host32(v.is_int64 ? 0 : s.batch);
+    void* dst = v.is_int64 ? static_cast<void*>(host.data()) : static_cast<void*>(host32.data());
+    check(cuda_copy_to_host(dst, v.data, s.batch * (v.is_int64 ? 8 : 4), stream));
+    LengthsView hv;
+    hv.data = dst;
+    hv.is_int64 = v.is_int64;
+    check_lengths_values(hv, s);
+  }
+  return v;
+}
+
+void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
+                  py::object state_obj, py::object loss_obj, py::object per_sample_obj,
+                  py::object nonfinite_obj, py::object new_state_obj, py::object weights_obj,
+                  py::object workspace_obj, const std::string& loss_type, double huber_delta,
+                  const std::string& normalization, uintptr_t stream,
+                  py::object dtype_obj, bool check_lengths) {
+  const std::string dtype_override = dtype_obj.is_none() ? "" : dtype_obj.cast<std::string>();
+  require_cuda();
+  const DeviceArray y_true = device_array(y_true_obj, "y_true");
+  const DeviceArray y_pred = device_array(y_pred_obj, "y_pred");
+  const MelShape s = check_mel_shapes(y_true.shape, y_pred.shape);
+  const DType dtype = device_mel_dtype(y_true, dtype_override, "y_true");
+  if (y_pred.typestr != y_true.typestr)
+    throw py::value_error("y_pred typestr " + y_pred.typestr + " does not match y_true " +
+                          y_true.typestr);
+  void* strm = reinterpret_cast<void*>(stream);
+  ForwardArgs args;
+  args.config = parse_config(loss_type, huber_delta, normalization);
+  args.dtype = dtype;
+  args.shape = s;
+  args.y_true = y_true.ptr;
+  args.y_pred = y_pred.ptr;
+  args.lengths = device_lengths(lengths_obj, s, check_lengths, strm);
+  const std::string out_t = output_is_double(dtype) ? "<f8" : "<f4";
+  const DeviceArray state_in = device_array(state_obj, "state");
+  check_vector(state_in.shape, state::kSize, "state");
+  expect_type(state_in, "<f8", "state");
+  const DeviceArray loss = device_array(loss_obj, "loss");
+  expect_type(loss, out_t, "loss");
+  if (!loss.shape.empty() && !(loss.shape.size() == 1 && loss.shape[0] == 1))
+    throw py::value_error("loss must be a scalar, got shape " + shape_str(loss.shape));
+  const DeviceArray per_sample = device_array(per_sample_obj, "per_sample");
+  check_vector(per_sample.shape, s.batch, "per_sample");
+  expect_type(per_sample, out_t, "per_sample");
+  const DeviceArray nonfinite = device_array(nonfinite_obj, "nonfinite_count");
+  expect_type(nonfinite, "<i8", "nonfinite_count");
+  const DeviceArray new_state = device_array(new_state_obj, "new_state");
+  check_vector(new_state.shape, state::kSize, "new_state");
+  expect_type(new_state, "<f8", "new_state");
+  const DeviceArray weights = device_array(weights_obj, "sample_weights");
+  if (weights.shape != std::vector<int64_t>{2, s.batch})
+    throw py::value_error("sample_weights must have shape [2, " + std::to_string(s.batch) +
+                          "], got shape " + shape_str(weights.shape));
+  expect_type(weights, "<f8", "sample_weights");
+  const DeviceArray workspace = device_array(workspace_obj, "workspace");
+  int64_t ws_bytes = std::stoll(workspace.typestr.substr(2));
+  for (int64_t d : workspace.shape) ws_bytes *= d;
+  if (size_t(ws_bytes) < cuda_forward_workspace_size(s))
+    throw py::value_error("workspace has " + std::to_string(ws_bytes) + " bytes, needs " +
+                          std::to_string(cuda_forward_workspace_size(s)) +
+                          " (cuda_workspace_size)");
+  args.state_in = static_cast<const double*>(state_in.ptr);
+  args.loss = loss.ptr;
+  args.per_sample = per_sample.ptr;
+  args.nonfinite_count = static_cast<int64_t*>(nonfinite.ptr);
+  args.state_out = static_cast<double*>(new_state.ptr);
+  args.sample_weights = static_cast<double*>(weights.ptr);
+  py::gil_scoped_release release;
+  check(mel_loss_forward_cuda(args, workspace.ptr, nullptr, 0, strm));
+}
+
+void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
+                   py::object weights_obj, py::object grad_loss_obj,
+                   py::object grad_per_sample_obj, py::object grad_true_obj,
+                   py::object grad_pred_obj, const std::string& loss_type, double huber_delta,
+                   uintptr_t stream, py::object dtype_obj, bool check_lengths) {
+  const std::string dtype_override = dtype_obj.is_none() ? "" : dtype_obj.cast<std::string>();
+  require_cuda();
+  const DeviceArray y_true = device_array(y_true_obj, "y_true");
+  const DeviceArray y_pred = device_array(y_pred_obj, "y_pred");
+  const MelShape s = check_mel_shapes(y_true.shape, y_pred.shape);
+  const DType dtype = device_mel_dtype(y_true, dtype_override, "y_true");
+  if (y_pred.typestr != y_true.typestr)
+    throw py::value_error("y_pred typestr " + y_pred.typestr + " does not match y_true " +
+                          y_true.typestr);
+  void* strm = reinterpret_cast<void*>(stream);
+  BackwardArgs args;
+  args.config = parse_config(loss_type, huber_delta, "per_sample");
+  args.dtype = dtype;
+  args.shape = s;
+  args.y_true = y_true.ptr;
+  args.y_pred = y_pred.ptr;
+  args.lengths = device_lengths(lengths_obj, s, check_lengths, strm);
+  const std::string out_t = output_is_double(dtype) ? "<f8" : "<f4";
+  const DeviceArray weights = device_array(weights_obj, "sample_weights");
+  if (weights.shape != std::vector<int64_t>{2, s.batch})
+    throw py::value_error("sample_weights must have shape [2, " + std::to_string(s.batch) +
+                          "], got shape " + shape_str(weights.shape));
+  expect_type(weights, "<f8", "sample_weights");
+  const DeviceArray grad_loss = device_array(grad_loss_obj, "grad_loss");
+  expect_type(grad_loss, out_t, "grad_loss");
+  const DeviceArray grad_per_sample = device_array(grad_per_sample_obj, "grad_per_sample");
+  check_vector(grad_per_sample.shape, s.batch, "grad_per_sample");
+  expect_type(grad_per_sample, out_t, "grad_per_sample");
+  const DeviceArray g_true = device_array(grad_true_obj, "grad_y_true");
+  const DeviceArray g_pred = device_array(grad_pred_obj, "grad_y_pred");
+  if (g_true.shape != y_true.shape || g_pred.shape != y_true.shape)
+    throw py::value_error("grad_y_true and grad_y_pred must have the shape of y_true " +
+                          shape_str(y_true.shape));
+  if (g_true.typestr != y_true.typestr || g_pred.typestr != y_true.typestr)
+    throw py::value_error("grad_y_true and grad_y_pred must have the dtype of y_true (" +
+                          y_true.typestr + ")");
+  args.sample_weights = static_cast<const double*>(weights.ptr);
+  args.grad_loss = grad_loss.ptr;
+  args.grad_per_sample = grad_per_sample.ptr;
+  args.grad_y_true = g_true.ptr;
+  args.grad_y_pred = g_pred.ptr;
+  py::gil_scoped_release release;
+  check(mel_loss_backward_cuda(args, strm));
+}
+
+size_t workspace_size(int64_t batch, int64_t frames, int64_t mels, const std::string&) {
+  MelShape s;
+  s.batch = batch;
+  s.frames = frames;
+  s.mels = mels;
+  return cuda_forward_workspace_size(s);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(kernels, m) {
+  m.doc() =
+      "Fused masked mel loss kernels without TensorFlow: NumPy arrays (CPU) and CUDA "
+      "device arrays via __cuda_array_interface__ (CuPy, PyTorch).";
+  m.attr("STATE_SIZE") = state::kSize;
+  py::dict fields;
+  fields["steps"] = state::kSteps;
+  fields["clean_steps"] = state::kCleanSteps;
+  fields["nonfinite_steps"] = state::kNonfiniteSteps;
+  fields["running_mean"] = state::kRunningMean;
+  fields["window_count"] = state::kWindowCount;
+  fields["window_mean"] = state::kWindowMean;
+  fields["window_variance"] = state::kWindowVariance;
+  fields["last_loss"] = state::kLastLoss;
+  fields["ring_head"] = state::kRingHead;
+  fields["ring_start"] = state::kRingStart;
+  fields["window_size"] = state::kWindowSize;
+  m.attr("STATE_FIELDS") = fields;
+
+  m.def("built_with_cuda", &built_with_cuda, "Whether the CUDA kernels were compiled in.");
+  m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without CUDA).");
+  m.def("forward", &numpy_forward, py::arg("y_true"), py::arg("y_pred"),
+        py::arg("lengths") = py::none(), py::arg("state") = py::none(), py::kw_only(),
+        py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
+        py::arg("normalization") = "per_sample", py::arg("num_threads") = 0,
+        "CPU forward on NumPy arrays. Returns a dict: loss, per_sample, nonfinite_count, "
+        "state, sample_weights.");
+  m.def("backward", &numpy_backward, py::arg("y_true"), py::arg("y_pred"), py::arg("lengths"),
+        py::arg("sample_weights"), py::arg("grad_loss"), py::arg("grad_per_sample"),
+        py::kw_only(), py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
+        py::arg("num_threads") = 0,
+        "CPU backward on NumPy arrays. Returns (grad_y_true, grad_y_pred).");
+  m.def("cuda_workspace_size", &workspace_size, py::arg("batch"), py::arg("frames"),
+        py::arg("mels"), py::arg("dtype") = "float32",
+        "Bytes of device workspace cuda_forward needs.");
+  m.def("cuda_forward", &cuda_forward, py::arg("y_true"), py::arg("y_pred"), py::arg("lengths"),
+        py::arg("state"), py::arg("loss"), py::arg("per_sample"), py::arg("nonfinite_count"),
+        py::arg("new_state"), py::arg("sample_weights"), py::arg("workspace"), py::kw_only(),
+        py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
+        py::arg("normalization") = "per_sample", py::arg("stream") = 0,
+        py::arg("dtype") = py::none(), py::arg("check_lengths") = true,
+        "CUDA forward on device arrays, one kernel launch on `stream` (a cudaStream_t as int).");
+  m.def("cuda_backward", &cuda_backward, py::arg("y_true"), py::arg("y_pred"),
+        py::arg("lengths"), py::arg("sample_weights"), py::arg("grad_loss"),
+        py::arg("grad_per_sample"), py::arg("grad_y_true"), py::arg("grad_y_pred"),
+        py::kw_only(), py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
+        py::arg("stream") = 0, py::arg("dtype") = py::none(), py::arg("check_lengths") = true,
+        "CUDA backward on device arrays, one kernel launch on `stream`.");
+}

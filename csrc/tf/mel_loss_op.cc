@@ -1,0 +1,392 @@
+// TensorFlow glue: op registration, shape functions and the CPU/GPU OpKernels
+// of MyxttsOps>MaskedMelLoss and its gradient. The math lives in
+// csrc/kernels; this file only validates, allocates and dispatches.
+//
+// GPU kernels are compiled when MYXTTS_OPS_WITH_CUDA is set. The CUDA stream
+// is taken from the op's DeviceContext through virtual calls only, so the
+// library links against, and loads under, tensorflow-cpu too (which does not
+// export Eigen::GpuDevice accessors); its CPU kernels then run as usual.
+#define EIGEN_USE_THREADS
+
+#include <string>
+#include <vector>
+
+#include "kernels/mel_loss_kernels.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+#if MYXTTS_OPS_WITH_CUDA
+#include "tensorflow/core/framework/device_base.h"
+#include "xla/stream_executor/stream.h"
+#endif
+
+namespace myxtts_ops {
+namespace {
+
+using ::tensorflow::DataType;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+namespace errors = ::tensorflow::errors;
+
+absl::Status ForwardShape(InferenceContext* c) {
+  ShapeHandle y_true, y_pred, lengths, state;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &y_true));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &y_pred));
+  ShapeHandle mel;
+  TF_RETURN_IF_ERROR(c->Merge(y_true, y_pred, &mel));
+  DimensionHandle batch = c->Dim(mel, 0);
+  bool use_lengths = true;
+  TF_RETURN_IF_ERROR(c->GetAttr("use_lengths", &use_lengths));
+  if (use_lengths) {
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &lengths));
+    TF_RETURN_IF_ERROR(c->Merge(batch, c->Dim(lengths, 0), &batch));
+  }
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &state));
+  DimensionHandle state_size;
+  TF_RETURN_IF_ERROR(c->WithValue(c->Dim(state, 0), state::kSize, &state_size));
+  c->set_output(0, c->Scalar());
+  c->set_output(1, c->Vector(batch));
+  c->set_output(2, c->Scalar());
+  c->set_output(3, c->Vector(state::kSize));
+  c->set_output(4, c->Matrix(2, batch));
+  return absl::OkStatus();
+}
+
+absl::Status BackwardShape(InferenceContext* c) {
+  ShapeHandle mel;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &mel));
+  TF_RETURN_IF_ERROR(c->Merge(mel, c->input(1), &mel));
+  c->set_output(0, mel);
+  c->set_output(1, mel);
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace myxtts_ops
+
+REGISTER_OP("MyxttsOps>MaskedMelLoss")
+    .Input("y_true: T")
+    .Input("y_pred: T")
+    .Input("lengths: Tlen")
+    .Input("state: double")
+    .Output("loss: Tout")
+    .Output("per_sample: Tout")
+    .Output("nonfinite_count: int64")
+    .Output("new_state: double")
+    .Output("sample_weights: double")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tout: {float, double}")
+    .Attr("Tlen: {int32, int64} = DT_INT32")
+    .Attr("loss_type: {'l1', 'huber'} = 'l1'")
+    .Attr("huber_delta: float = 1.0")
+    .Attr("normalization: {'per_sample', 'global'} = 'per_sample'")
+    .Attr("use_lengths: bool = true")
+    .SetShapeFn(myxtts_ops::ForwardShape)
+    .Doc(R"doc(
+Fused masked mel-spectrogram loss (L1 or Huber) with finiteness checks and
+running loss statistics, in one pass. Padding (t >= lengths[b]) never affects
+any output. sample_weights[0, b] = d loss / d element and sample_weights[1, b]
+= 1 / n_b feed the gradient op.
+)doc");
+
+REGISTER_OP("MyxttsOps>MaskedMelLossGrad")
+    .Input("y_true: T")
+    .Input("y_pred: T")
+    .Input("lengths: Tlen")
+    .Input("sample_weights: double")
+    .Input("grad_loss: Tout")
+    .Input("grad_per_sample: Tout")
+    .Output("grad_y_true: T")
+    .Output("grad_y_pred: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tout: {float, double}")
+    .Attr("Tlen: {int32, int64} = DT_INT32")
+    .Attr("loss_type: {'l1', 'huber'} = 'l1'")
+    .Attr("huber_delta: float = 1.0")
+    .Attr("use_lengths: bool = true")
+    .SetShapeFn(myxtts_ops::BackwardShape)
+    .Doc("Fused backward pass of MyxttsOps>MaskedMelLoss.");
+
+namespace myxtts_ops {
+namespace {
+
+DType ToKernelDType(DataType t) {
+  switch (t) {
+    case ::tensorflow::DT_HALF: return DType::kHalf;
+    case ::tensorflow::DT_BFLOAT16: return DType::kBFloat16;
+    case ::tensorflow::DT_DOUBLE: return DType::kDouble;
+    default: return DType::kFloat;
+  }
+}
+
+// Attributes shared by both ops, read and checked once at construction.
+struct OpAttrs {
+  LossConfig config;
+  bool use_lengths = true;
+
+  absl::Status Read(OpKernelConstruction* ctx, bool with_normalization) {
+    std::string loss_type, normalization = "per_sample";
+    float delta = 1.0f;
+    TF_RETURN_IF_ERROR(ctx->GetAttr("loss_type", &loss_type));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("huber_delta", &delta));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("use_lengths", &use_lengths));
+    if (with_normalization) TF_RETURN_IF_ERROR(ctx->GetAttr("normalization", &normalization));
+    if (!(delta > 0.0f))  // also rejects NaN
+      return errors::InvalidArgument("huber_delta must be > 0, got ", delta);
+    DataType t, tout;
+    TF_RETURN_IF_ERROR(ctx->GetAttr("T", &t));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("Tout", &tout));
+    const DataType expected = t == ::tensorflow::DT_DOUBLE ? ::tensorflow::DT_DOUBLE
+                                                           : ::tensorflow::DT_FLOAT;
+    if (tout != expected)
+      return errors::InvalidArgument("Tout must be ", ::tensorflow::DataTypeString(expected),
+                                     " for inputs of type ", ::tensorflow::DataTypeString(t),
+                                     ", got ", ::tensorflow::DataTypeString(tout));
+    config.loss_type = loss_type == "huber" ? LossType::kHuber : LossType::kL1;
+    config.normalization =
+        normalization == "global" ? Normalization::kGlobal : Normalization::kPerSample;
+    config.huber_delta = delta;
+    return absl::OkStatus();
+  }
+};
+
+// Checks shapes of y_true, y_pred and (optionally) lengths; fills `shape`.
+absl::Status CheckMelInputs(const Tensor& y_true, const Tensor& y_pred, const Tensor& lengths,
+                            bool use_lengths, MelShape* shape) {
+  if (y_true.dims() != 3)
+    return errors::InvalidArgument("y_true must have rank 3 [batch, frames, mels], got shape ",
+                                   y_true.shape().DebugString());
+  if (y_pred.shape() != y_true.shape())
+    return errors::InvalidArgument("y_pred shape ", y_pred.shape().DebugString(),
+                                   " does not match y_true shape ",
+                                   y_true.shape().DebugString());
+  shape->batch = y_true.dim_size(0);
+  shape->frames = y_true.dim_size(1);
+  shape->mels = y_true.dim_size(2);
+  if (use_lengths && (lengths.dims() != 1 || lengths.dim_size(0) != shape->batch))
+    return errors::InvalidArgument("lengths must have shape [", shape->batch,
+                                   "] (one length per sample), got shape ",
+                                   lengths.shape().DebugString());
+  if (shape->frames > 0x7fffffff)
+    return errors::InvalidArgument("frames = ", shape->frames, " exceeds 2^31 - 1");
+  return absl::OkStatus();
+}
+
+LengthsView ViewLengths(const Tensor& lengths, bool use_lengths) {
+  LengthsView v;
+  if (!use_lengths) return v;
+  v.is_int64 = lengths.dtype() == ::tensorflow::DT_INT64;
+  v.data = lengths.tensor_data().data();
+  return v;
+}
+
+// Lengths are read on the host for both devices (the GPU kernel registers
+// them as host memory), so one check serves both.
+absl::Status CheckLengths(const LengthsView& lengths, const MelShape& shape) {
+  int64_t bad = 0;
+  const int64_t b = find_invalid_length(lengths, shape.batch, shape.frames, &bad);
+  if (b >= 0)
+    return errors::InvalidArgument("lengths[", b, "] = ", bad, " is outside [0, ", shape.frames,
+                                   "] (frames of y_true)");
+  return absl::OkStatus();
+}
+
+ParallelFor TfParallelFor(OpKernelContext* ctx) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [pool](int64_t n, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
+    pool->ParallelFor(n, cost, fn);
+  };
+}
+
+enum class Device { kCpu, kGpu };
+
+#if MYXTTS_OPS_WITH_CUDA
+// The cudaStream_t TF runs this op's device work on (never the default stream).
+void* GpuStream(OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+#endif
+
+// --------------------------------------------------------------------------
+class MaskedMelLossOp : public OpKernel {
+ public:
+  MaskedMelLossOp(OpKernelConstruction* ctx, Device device) : OpKernel(ctx), device_(device) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, /*with_normalization=*/true));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    const Tensor& lengths = ctx->input(2);
+    const Tensor& state_in = ctx->input(3);
+    MelShape shape;
+    OP_REQUIRES_OK(ctx, CheckMelInputs(y_true, y_pred, lengths, attrs_.use_lengths, &shape));
+    OP_REQUIRES(ctx, state_in.dims() == 1 && state_in.dim_size(0) == state::kSize,
+                errors::InvalidArgument("state must have shape [", state::kSize,
+                                        "] (myxtts_ops.STATE_SIZE), got shape ",
+                                        state_in.shape().DebugString()));
+    const LengthsView host_lengths = ViewLengths(lengths, attrs_.use_lengths);
+    OP_REQUIRES_OK(ctx, CheckLengths(host_lengths, shape));
+
+    Tensor *loss, *per_sample, *nonfinite, *state_out, *weights;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({shape.batch}), &per_sample));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &nonfinite));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({state::kSize}), &state_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({2, shape.batch}), &weights));
+
+    ForwardArgs args;
+    args.dtype = ToKernelDType(y_true.dtype());
+    args.shape = shape;
+    args.y_true = y_true.tensor_data().data();
+    args.y_pred = y_pred.tensor_data().data();
+    args.lengths = host_lengths;
+    args.state_in = state_in.flat<double>().data();
+    args.config = attrs_.config;
+    args.loss = const_cast<char*>(loss->tensor_data().data());
+    args.per_sample = const_cast<char*>(per_sample->tensor_data().data());
+    args.nonfinite_count = nonfinite->flat<int64_t>().data();
+    args.state_out = state_out->flat<double>().data();
+    args.sample_weights = weights->flat<double>().data();
+
+    if (device_ == Device::kCpu) {
+      mel_loss_forward_cpu(args, TfParallelFor(ctx));
+      return;
+    }
+#if MYXTTS_OPS_WITH_CUDA
+    Tensor workspace;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(
+                            ::tensorflow::DT_UINT8,
+                            TensorShape({int64_t(cuda_forward_workspace_size(shape))}),
+                            &workspace));
+    std::vector<char> header(cuda_forward_header_size(shape.batch, attrs_.use_lengths));
+    cuda_forward_fill_header(header.data(), host_lengths, shape.batch);
+    // args.lengths stays the host view: with a header the launcher reads the
+    // staged int32 copy in the workspace and uses the view only as a flag.
+    const std::string err = mel_loss_forward_cuda(
+        args, const_cast<char*>(workspace.tensor_data().data()), header.data(), header.size(),
+        GpuStream(ctx));
+    OP_REQUIRES(ctx, err.empty(), errors::Internal(err));
+#endif
+  }
+
+ private:
+  OpAttrs attrs_;
+  Device device_;
+};
+
+class MaskedMelLossGradOp : public OpKernel {
+ public:
+  MaskedMelLossGradOp(OpKernelConstruction* ctx, Device device)
+      : OpKernel(ctx), device_(device) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, /*with_normalization=*/false));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    const Tensor& lengths = ctx->input(2);
+    const Tensor& weights = ctx->input(3);
+    const Tensor& grad_loss = ctx->input(4);
+    const Tensor& grad_per_sample = ctx->input(5);
+    MelShape shape;
+    OP_REQUIRES_OK(ctx, CheckMelInputs(y_true, y_pred, lengths, attrs_.use_lengths, &shape));
+    OP_REQUIRES(ctx, weights.dims() == 2 && weights.dim_size(0) == 2 &&
+                         weights.dim_size(1) == shape.batch,
+                errors::InvalidArgument("sample_weights must have shape [2, ", shape.batch,
+                                        "], got ", weights.shape().DebugString()));
+    OP_REQUIRES(ctx, grad_loss.dims() == 0,
+                errors::InvalidArgument("grad_loss must be a scalar, got shape ",
+                                        grad_loss.shape().DebugString()));
+    OP_REQUIRES(ctx, grad_per_sample.dims() == 1 && grad_per_sample.dim_size(0) == shape.batch,
+                errors::InvalidArgument("grad_per_sample must have shape [", shape.batch,
+                                        "], got ", grad_per_sample.shape().DebugString()));
+    const LengthsView host_lengths = ViewLengths(lengths, attrs_.use_lengths);
+    OP_REQUIRES_OK(ctx, CheckLengths(host_lengths, shape));
+
+    Tensor *g_true, *g_pred;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_true.shape(), &g_true));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, y_true.shape(), &g_pred));
+    BackwardArgs args;
+    args.dtype = ToKernelDType(y_true.dtype());
+    args.shape = shape;
+    args.y_true = y_true.tensor_data().data();
+    args.y_pred = y_pred.tensor_data().data();
+    args.lengths = host_lengths;
+    args.sample_weights = weights.flat<double>().data();
+    args.grad_loss = grad_loss.tensor_data().data();
+    args.grad_per_sample = grad_per_sample.tensor_data().data();
+    args.config = attrs_.config;
+    args.grad_y_true = const_cast<char*>(g_true->tensor_data().data());
+    args.grad_y_pred = const_cast<char*>(g_pred->tensor_data().data());
+
+    if (device_ == Device::kCpu) {
+      mel_loss_backward_cpu(args, TfParallelFor(ctx));
+      return;
+    }
+#if MYXTTS_OPS_WITH_CUDA
+    void* stream = GpuStream(ctx);
+    Tensor device_lengths;
+    if (attrs_.use_lengths) {
+      // Host lengths -> int32 on the device (validated above, so they fit).
+      std::vector<int32_t> staged(shape.batch);
+      for (int64_t b = 0; b < shape.batch; ++b)
+        staged[b] = host_lengths.is_int64
+                        ? int32_t(static_cast<const int64_t*>(host_lengths.data)[b])
+                        : static_cast<const int32_t*>(host_lengths.data)[b];
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT32, TensorShape({shape.batch}),
+                                             &device_lengths));
+      void* dst = const_cast<char*>(device_lengths.tensor_data().data());
+      const std::string err =
+          cuda_copy_to_device_async(dst, staged.data(), staged.size() * sizeof(int32_t), stream);
+      OP_REQUIRES(ctx, err.empty(), errors::Internal(err));
+      args.lengths.data = dst;
+      args.lengths.is_int64 = false;
+    }
+    const std::string err = mel_loss_backward_cuda(args, stream);
+    OP_REQUIRES(ctx, err.empty(), errors::Internal(err));
+#endif
+  }
+
+ private:
+  OpAttrs attrs_;
+  Device device_;
+};
+
+template <Device D>
+class ForwardOnDevice : public MaskedMelLossOp {
+ public:
+  explicit ForwardOnDevice(OpKernelConstruction* ctx) : MaskedMelLossOp(ctx, D) {}
+};
+template <Device D>
+class BackwardOnDevice : public MaskedMelLossGradOp {
+ public:
+  explicit BackwardOnDevice(OpKernelConstruction* ctx) : MaskedMelLossGradOp(ctx, D) {}
+};
+
+}  // namespace
+}  // namespace myxtts_ops
+
+// One kernel class per device serves every dtype: the dtype is dispatched at
+// run time from the tensor, so no type constraint is needed beyond the op's.
+REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLoss").Device(::tensorflow::DEVICE_CPU),
+                        myxtts_ops::ForwardOnDevice<myxtts_ops::Device::kCpu>);
+REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLossGrad").Device(::tensorflow::DEVICE_CPU),
+                        myxtts_ops::BackwardOnDevice<myxtts_ops::Device::kCpu>);
+#if MYXTTS_OPS_WITH_CUDA
+REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLoss")
+                            .Device(::tensorflow::DEVICE_GPU)
+                            .HostMemory("lengths"),
+                        myxtts_ops::ForwardOnDevice<myxtts_ops::Device::kGpu>);
+REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLossGrad")
+                            .Device(::tensorflow::DEVICE_GPU)
+                            .HostMemory("lengths"),
+                        myxtts_ops::BackwardOnDevice<myxtts_ops::Device::kGpu>);
+#endif

@@ -1,0 +1,53 @@
+"""myxtts-ops: a fused TensorFlow op for the masked mel-spectrogram loss.
+
+Public API::
+
+    out = myxtts_ops.masked_mel_loss(y_true, y_pred, lengths, state)
+    myxtts_ops.read_state(out.state)
+
+TensorFlow is imported on first use, not at ``import myxtts_ops``, so the
+TensorFlow-free parts (``myxtts_ops.kernels``, ``myxtts_ops.state``) work on
+machines without it.
+"""
+
+import importlib
+
+from myxtts_ops.state import STATE_SIZE, read_state
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STATE_SIZE",
+    "MaskedMelLossOutput",
+    "OpLibraryError",
+    "XlaUnsupportedError",
+    "kernels",
+    "load_ops",
+    "masked_mel_loss",
+    "read_state",
+    "reference",
+]
+
+_LAZY = {
+    "masked_mel_loss": ("myxtts_ops.ops", "masked_mel_loss"),
+    "XlaUnsupportedError": ("myxtts_ops.ops", "XlaUnsupportedError"),
+    "MaskedMelLossOutput": ("myxtts_ops.types", "MaskedMelLossOutput"),
+    "load_ops": ("myxtts_ops._loader", "load_ops"),
+    "OpLibraryError": ("myxtts_ops._loader", "OpLibraryError"),
+    "reference": ("myxtts_ops.reference", None),
+    "kernels": ("myxtts_ops.kernels", None),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'myxtts_ops' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,149 @@
+"""The fused masked mel loss op: Python wrapper and gradient registration."""
+
+import logging
+
+import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.ops import control_flow_util
+
+from myxtts_ops import _loader
+from myxtts_ops.state import STATE_SIZE
+from myxtts_ops.types import MaskedMelLossOutput
+from myxtts_ops.validation import check_static_shapes, validate_args
+
+OP_NAME = "MyxttsOps>MaskedMelLoss"
+GRAD_OP_NAME = "MyxttsOps>MaskedMelLossGrad"
+ON_XLA_CHOICES = ("fallback", "error")
+
+_log = logging.getLogger("myxtts_ops")
+_warned_xla = False
+
+
+class XlaUnsupportedError(ValueError):
+    """The fused op was asked for inside an XLA-compiled function."""
+
+
+def in_xla_context():
+    """True while tracing a function that XLA will compile (jit_compile=True)."""
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
+def _output_dtype(dtype):
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _lengths_or_placeholder(lengths):
+    if lengths is None:
+        return tf.zeros([0], tf.int32), False
+    lengths = tf.convert_to_tensor(lengths)
+    return lengths, True
+
+
+def masked_mel_loss(
+    y_true,
+    y_pred,
+    lengths=None,
+    state=None,
+    loss_type="l1",
+    huber_delta=1.0,
+    normalization="per_sample",
+    name=None,
+    *,
+    on_xla="fallback",
+):
+    """Masked mel-spectrogram loss, finiteness checks and running statistics in one op.
+
+    Args:
+      y_true, y_pred: ``[B, T, M]`` tensors of one dtype (float16, bfloat16,
+        float32 or float64).
+      lengths: int32/int64 ``[B]`` valid frames per sample, or None (all T).
+      state: float64 ``[STATE_SIZE]`` running statistics, or None (fresh).
+      loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (> 0,
+        used at float32 precision).
+      normalization: ``"per_sample"`` (mean of per-sample means) or
+        ``"global"`` (sum over all valid elements / their count).
+      on_xla: inside an XLA-compiled function the custom op cannot run;
+        ``"fallback"`` computes the same result with the pure-TF reference,
+        ``"error"`` raises :class:`XlaUnsupportedError`.
+
+    Returns:
+      ``MaskedMelLossOutput(loss, per_sample, nonfinite_count, state)``.
+    """
+    loss_type, huber_delta, normalization = validate_args(loss_type, huber_delta, normalization)
+    if on_xla not in ON_XLA_CHOICES:
+        raise ValueError(f"on_xla must be one of {ON_XLA_CHOICES}, got on_xla={on_xla!r}")
+    if in_xla_context():
+        return _xla_fallback(
+            y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla
+        )
+
+    library = _loader.load_ops()
+    with tf.name_scope(name or "masked_mel_loss"):
+        y_true = tf.convert_to_tensor(y_true, name="y_true")
+        y_pred = tf.convert_to_tensor(y_pred, name="y_pred")
+        lengths_t, use_lengths = _lengths_or_placeholder(lengths)
+        state_t = (
+            tf.zeros([STATE_SIZE], tf.float64)
+            if state is None
+            else tf.convert_to_tensor(state, dtype=tf.float64, name="state")
+        )
+        check_static_shapes(y_true, y_pred, lengths_t if use_lengths else None, state_t)
+        loss, per_sample, nonfinite, new_state, _ = library.myxtts_ops_masked_mel_loss(
+            y_true=y_true,
+            y_pred=y_pred,
+            lengths=lengths_t,
+            state=state_t,
+            Tout=_output_dtype(y_true.dtype),
+            loss_type=loss_type,
+            huber_delta=huber_delta,
+            normalization=normalization,
+            use_lengths=use_lengths,
+        )
+        return MaskedMelLossOutput(loss, per_sample, nonfinite, new_state)
+
+
+def _xla_fallback(y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla):
+    global _warned_xla
+    if on_xla == "error":
+        raise XlaUnsupportedError(
+            "myxtts_ops.masked_mel_loss was called inside an XLA-compiled function "
+            "(jit_compile=True), where custom ops cannot run. Compile the step without XLA "
+            "(tf.function(jit_compile=False), or model.compile(jit_compile=False) in Keras, "
+            "which enables XLA by default on GPU), or pass on_xla='fallback' to use the "
+            "pure-TF reference there."
+        )
+    if not _warned_xla:
+        _warned_xla = True
+        _log.warning(
+            "myxtts_ops.masked_mel_loss inside an XLA-compiled function: using the pure-TF "
+            "reference (same results, not fused). Use jit_compile=False for the fused op."
+        )
+    from myxtts_ops import reference
+
+    return reference.masked_mel_loss(
+        y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name
+    )
+
+
+@tf.RegisterGradient(OP_NAME)
+def _masked_mel_loss_grad(op, grad_loss, grad_per_sample, *unused_grads):
+    """Fused backward: one op writes the gradients of y_true and y_pred."""
+    if grad_loss is None:
+        grad_loss = tf.zeros_like(op.outputs[0])
+    if grad_per_sample is None:
+        grad_per_sample = tf.zeros_like(op.outputs[1])
+    library = _loader.load_ops()
+    grad_true, grad_pred = library.myxtts_ops_masked_mel_loss_grad(
+        y_true=op.inputs[0],
+        y_pred=op.inputs[1],
+        lengths=op.inputs[2],
+        sample_weights=op.outputs[4],
+        grad_loss=grad_loss,
+        grad_per_sample=grad_per_sample,
+        loss_type=op.get_attr("loss_type"),
+        huber_delta=op.get_attr("huber_delta"),
+        use_lengths=op.get_attr("use_lengths"),
+    )
+    return [grad_true, grad_pred, None, None]

@@ -1,0 +1,241 @@
+"""Pure-TensorFlow reference of the fused masked mel loss (SPEC 3.2-3.4).
+
+Plain TF ops only, so it runs everywhere TF does and compiles under XLA
+(``tf.function(jit_compile=True)``). Gradients come from TF autodiff and equal
+SPEC 3.3: padded and non-finite elements get exactly zero gradient (the
+"double ``tf.where``" pattern keeps NaN/Inf out of the backward pass), and the
+L1 derivative at ``d == 0`` is 0.
+
+Range check of ``lengths``: outside XLA, ``lengths`` outside ``[0, T]`` raise
+``tf.errors.InvalidArgumentError`` naming the sample index and the value.
+XLA compiles ``Assert`` to a no-op, so under ``jit_compile=True`` the lengths
+are additionally clamped into ``[0, T]`` (the clamp is always applied; outside
+XLA it never changes anything because the assertion runs first).
+
+The state update mirrors ``update_state`` in ``csrc/kernels/mel_loss_math.h``
+operation for operation (same summation order), so a state computed here
+equals the fused op's given the same loss value.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from myxtts_ops import state as _st
+from myxtts_ops.types import MaskedMelLossOutput
+from myxtts_ops.validation import check_static_shapes, validate_args
+
+__all__ = ["masked_mel_loss", "MaskedMelLossOutput", "update_state"]
+
+
+def _as_tensor(x, dtype=None):
+    if isinstance(x, (tf.Tensor, tf.Variable)) or tf.is_tensor(x):
+        return tf.convert_to_tensor(x)
+    if dtype is not None:
+        return tf.convert_to_tensor(np.asarray(x, dtype=dtype))
+    return tf.convert_to_tensor(x)
+
+
+def _acc_dtype(dtype):
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def update_state(state, loss, nonfinite_count, valid_count):
+    """New float64 state from ``state`` after a step with the given loss.
+
+    ``loss`` is the loss as returned (already rounded to the output dtype);
+    it is widened to float64 here. Mirrors ``update_state`` of
+    ``mel_loss_math.h``.
+    """
+    s = tf.convert_to_tensor(state, tf.float64)
+    loss = tf.cast(tf.stop_gradient(loss), tf.float64)
+    nonfinite_count = tf.cast(nonfinite_count, tf.int64)
+    valid_count = tf.cast(valid_count, tf.int64)
+    f = [s[i] for i in range(_st.STATE_SIZE)]
+
+    one = tf.constant(1.0, tf.float64)
+    has_nonfinite = nonfinite_count > 0
+    clean = tf.logical_and(tf.logical_not(has_nonfinite), valid_count > 0)
+
+    steps = f[_st.STEPS] + one
+    nonfinite_steps = tf.where(has_nonfinite, f[_st.NONFINITE_STEPS] + one, f[_st.NONFINITE_STEPS])
+
+    k = f[_st.CLEAN_STEPS] + one
+    decay = tf.minimum(k / _st.DECAY_RAMP, tf.constant(_st.MAX_DECAY, tf.float64))
+    running_mean = decay * f[_st.RUNNING_MEAN] + (one - decay) * loss
+
+    # int(out[kRingHead]) truncates toward zero; out-of-range (or NaN) -> 0.
+    head_f = f[_st.RING_HEAD]
+    head_ok = tf.logical_and(head_f > -1.0, head_f < float(_st.WINDOW_SIZE))
+    head = tf.where(head_ok, tf.cast(tf.where(head_ok, head_f, 0.0), tf.int32), 0)
+    ring = [
+        tf.where(tf.equal(head, i), loss, f[_st.RING_START + i]) for i in range(_st.WINDOW_SIZE)
+    ]
+    new_head = tf.cast(tf.math.floormod(head + 1, _st.WINDOW_SIZE), tf.float64)
+    filled = tf.minimum(f[_st.WINDOW_COUNT] + one, float(_st.WINDOW_SIZE))
+    n = tf.cast(tf.clip_by_value(filled, 0.0, float(_st.WINDOW_SIZE)), tf.int32)
+    n_f = tf.cast(tf.maximum(n, 1), tf.float64)
+
+    # Sequential sums in slot order, as the C++ loop does.
+    total = tf.constant(0.0, tf.float64)
+    for i in range(_st.WINDOW_SIZE):
+        total = tf.where(i < n, total + ring[i], total)
+    mean = total / n_f
+    sq = tf.constant(0.0, tf.float64)
+    for i in range(_st.WINDOW_SIZE):
+        dv = ring[i] - mean
+        sq = tf.where(i < n, sq + dv * dv, sq)
+    var = tf.where(n >= 2, sq / n_f, tf.constant(0.0, tf.float64))
+
+    def pick(new, old):
+        return tf.where(clean, new, old)
+
+    fields = list(f)
+    fields[_st.STEPS] = steps
+    fields[_st.NONFINITE_STEPS] = nonfinite_steps
+    fields[_st.CLEAN_STEPS] = pick(k, f[_st.CLEAN_STEPS])
+    fields[_st.RUNNING_MEAN] = pick(running_mean, f[_st.RUNNING_MEAN])
+    fields[_st.WINDOW_COUNT] = pick(filled, f[_st.WINDOW_COUNT])
+    fields[_st.WINDOW_MEAN] = pick(mean, f[_st.WINDOW_MEAN])
+    fields[_st.WINDOW_VARIANCE] = pick(var, f[_st.WINDOW_VARIANCE])
+    fields[_st.LAST_LOSS] = pick(loss, f[_st.LAST_LOSS])
+    fields[_st.RING_HEAD] = pick(new_head, f[_st.RING_HEAD])
+    for i in range(_st.WINDOW_SIZE):
+        fields[_st.RING_START + i] = pick(ring[i], f[_st.RING_START + i])
+    return tf.stack(fields)
+
+
+def _check_lengths(lengths, frames):
+    """Runtime assertion that 0 <= lengths <= frames, naming index and value."""
+    bad = tf.logical_or(lengths < 0, lengths > frames)
+    # A sentinel entry keeps argmax/gather well defined for an empty batch.
+    padded_bad = tf.concat([tf.cast(bad, tf.int32), tf.zeros([1], tf.int32)], axis=0)
+    index = tf.argmax(padded_bad, output_type=tf.int64)
+    value = tf.gather(tf.concat([lengths, tf.zeros([1], lengths.dtype)], axis=0), index)
+    return tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [
+            "Invalid lengths: every entry must be in [0, T]; lengths[",
+            index,
+            "] =",
+            value,
+            "with T =",
+            frames,
+        ],
+        summarize=8,
+        name="check_lengths",
+    )
+
+
+def masked_mel_loss(
+    y_true,
+    y_pred,
+    lengths=None,
+    state=None,
+    loss_type="l1",
+    huber_delta=1.0,
+    normalization="per_sample",
+    name=None,
+):
+    """Masked mel-spectrogram loss in plain TensorFlow (see module docstring).
+
+    Same signature and outputs as :func:`myxtts_ops.masked_mel_loss`.
+    """
+    loss_type, huber_delta, normalization = validate_args(loss_type, huber_delta, normalization)
+    with tf.name_scope(name or "masked_mel_loss_reference"):
+        y_true = _as_tensor(y_true)
+        y_pred = _as_tensor(y_pred)
+        if lengths is not None:
+            lengths = _as_tensor(lengths)
+        if state is not None:
+            state = _as_tensor(state, dtype=np.float64)
+        check_static_shapes(y_true, y_pred, lengths, state)
+
+        dtype = y_true.dtype
+        acc = _acc_dtype(dtype)
+        out_dtype = acc
+        shape = tf.shape(y_true, out_type=tf.int64)
+        batch, frames, mels = shape[0], shape[1], shape[2]
+
+        checks = []
+        if not (y_true.shape.is_fully_defined() and y_pred.shape.is_fully_defined()):
+            checks.append(
+                tf.debugging.assert_equal(
+                    shape,
+                    tf.shape(y_pred, out_type=tf.int64),
+                    message="y_true and y_pred must have the same shape",
+                )
+            )
+        if lengths is None:
+            lengths64 = tf.fill([batch], frames)
+        else:
+            lengths64 = tf.cast(lengths, tf.int64)
+            if not (lengths.shape.is_fully_defined() and y_true.shape[0] is not None):
+                checks.append(
+                    tf.debugging.assert_equal(
+                        tf.shape(lengths, out_type=tf.int64)[0],
+                        batch,
+                        message="lengths must have shape [batch]",
+                    )
+                )
+            checks.append(_check_lengths(lengths64, frames))
+        if state is None:
+            state = tf.zeros([_st.STATE_SIZE], tf.float64)
+        elif not state.shape.is_fully_defined():
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.size(state, out_type=tf.int64),
+                    tf.constant(_st.STATE_SIZE, tf.int64),
+                    message=f"state must have shape [{_st.STATE_SIZE}]",
+                )
+            )
+        with tf.control_dependencies(checks):
+            # Clamp: a no-op outside XLA (the assertion above fired first);
+            # under XLA, where Assert compiles to nothing, keeps indices sane.
+            lengths64 = tf.clip_by_value(lengths64, tf.zeros_like(frames), frames)
+
+        t = tf.cast(y_true, acc)
+        p = tf.cast(y_pred, acc)
+        valid = tf.range(frames)[tf.newaxis, :] < lengths64[:, tf.newaxis]  # [B, T]
+        valid = tf.broadcast_to(valid[:, :, tf.newaxis], tf.shape(t))
+        finite = tf.logical_and(tf.math.is_finite(t), tf.math.is_finite(p))
+        ok = tf.logical_and(valid, finite)
+
+        zero = tf.zeros([], acc)
+        # Double tf.where: non-ok elements are replaced *before* the math so
+        # neither the value nor the gradient ever sees NaN/Inf.
+        d = tf.where(ok, p - t, zero)
+        ad = tf.abs(d)
+        if loss_type == "l1":
+            elem = ad
+        else:
+            delta = tf.constant(huber_delta, acc)
+            half = tf.constant(0.5, acc)
+            elem = tf.where(ad <= delta, half * d * d, delta * (ad - half * delta))
+        elem = tf.where(ok, elem, zero)
+
+        sums = tf.cast(tf.reduce_sum(elem, axis=[1, 2]), tf.float64)  # S_b
+        counts = tf.reduce_sum(tf.cast(ok, tf.int64), axis=[1, 2])  # n_b
+        nonfinite_count = tf.reduce_sum(
+            tf.cast(tf.logical_and(valid, tf.logical_not(finite)), tf.int64)
+        )
+        valid_count = tf.reduce_sum(lengths64) * mels
+
+        active = counts > 0
+        counts_f = tf.cast(tf.maximum(counts, 1), tf.float64)
+        per_sample64 = tf.where(active, sums / counts_f, tf.zeros_like(sums))
+        if normalization == "per_sample":
+            n_active = tf.cast(tf.maximum(tf.reduce_sum(tf.cast(active, tf.int64)), 1), tf.float64)
+            loss64 = tf.reduce_sum(per_sample64) / n_active
+        else:
+            total = tf.cast(tf.maximum(tf.reduce_sum(counts), 1), tf.float64)
+            loss64 = tf.reduce_sum(sums) / total
+
+        loss = tf.cast(loss64, out_dtype)
+        per_sample = tf.cast(per_sample64, out_dtype)
+        new_state = update_state(state, loss, nonfinite_count, valid_count)
+        return MaskedMelLossOutput(
+            loss=tf.identity(loss, name="loss"),
+            per_sample=tf.identity(per_sample, name="per_sample"),
+            nonfinite_count=tf.identity(nonfinite_count, name="nonfinite_count"),
+            state=tf.identity(new_state, name="state"),
+        )

@@ -1,0 +1,114 @@
+"""Argument validation shared by the fused op and the pure-TF reference.
+
+Everything here runs at Python/trace time and raises ``ValueError`` whose
+message names the offending argument and its value (SPEC 3.5). Checks that
+need runtime values (lengths in ``[0, T]``, dynamic shapes) live with each
+implementation.
+"""
+
+import math
+import numbers
+
+import tensorflow as tf
+
+from myxtts_ops.state import STATE_SIZE
+
+LOSS_TYPES = ("l1", "huber")
+NORMALIZATIONS = ("per_sample", "global")
+SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+LENGTHS_DTYPES = (tf.int32, tf.int64)
+
+
+def validate_args(loss_type, huber_delta, normalization):
+    """Checks the non-tensor arguments.
+
+    Returns ``(loss_type, huber_delta, normalization)`` with ``huber_delta`` as
+    a Python float. Raises ``ValueError`` naming the argument and bad value.
+    """
+    if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
+        raise ValueError(
+            f"loss_type must be one of {LOSS_TYPES}, got loss_type={loss_type!r}"
+        )
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalization must be one of {NORMALIZATIONS}, "
+            f"got normalization={normalization!r}"
+        )
+    if isinstance(huber_delta, bool) or not isinstance(huber_delta, numbers.Real):
+        raise ValueError(
+            "huber_delta must be a positive finite Python number, "
+            f"got huber_delta={huber_delta!r}"
+        )
+    delta = float(huber_delta)
+    if not (math.isfinite(delta) and delta > 0.0):
+        raise ValueError(
+            f"huber_delta must be a positive finite number, got huber_delta={huber_delta!r}"
+        )
+    return loss_type, delta, normalization
+
+
+def _dims(shape):
+    return shape.as_list() if shape.rank is not None else None
+
+
+def check_static_shapes(y_true, y_pred, lengths=None, state=None):
+    """Trace-time checks of the tensor arguments (already tensors).
+
+    ``lengths`` and ``state`` may be None. Only statically known facts are
+    checked; unknown dimensions pass (the implementations check them at run
+    time).
+    """
+    if y_true.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            "y_true must be float16, bfloat16, float32 or float64, "
+            f"got y_true dtype={y_true.dtype.name}"
+        )
+    if y_pred.dtype != y_true.dtype:
+        raise ValueError(
+            "y_true and y_pred must have the same dtype, got "
+            f"y_true dtype={y_true.dtype.name} and y_pred dtype={y_pred.dtype.name}"
+        )
+    for name, t in (("y_true", y_true), ("y_pred", y_pred)):
+        if t.shape.rank is not None and t.shape.rank != 3:
+            raise ValueError(
+                f"{name} must have rank 3 [batch, frames, mels], "
+                f"got {name} shape={_dims(t.shape)} (rank {t.shape.rank})"
+            )
+    if not y_true.shape.is_compatible_with(y_pred.shape):
+        raise ValueError(
+            "y_true and y_pred must have the same shape, got "
+            f"y_true shape={_dims(y_true.shape)} and y_pred shape={_dims(y_pred.shape)}"
+        )
+    batch_shape = y_true.shape.merge_with(y_pred.shape)
+    batch = batch_shape[0] if batch_shape.rank is not None else None
+
+    if lengths is not None:
+        if lengths.dtype not in LENGTHS_DTYPES:
+            raise ValueError(
+                f"lengths must be int32 or int64, got lengths dtype={lengths.dtype.name}"
+            )
+        if lengths.shape.rank is not None and lengths.shape.rank != 1:
+            raise ValueError(
+                f"lengths must have shape [batch], got lengths shape={_dims(lengths.shape)}"
+            )
+        if (
+            lengths.shape.rank == 1
+            and lengths.shape[0] is not None
+            and batch is not None
+            and lengths.shape[0] != batch
+        ):
+            raise ValueError(
+                f"lengths must have shape [batch]=[{batch}], "
+                f"got lengths shape={_dims(lengths.shape)}"
+            )
+
+    if state is not None:
+        if state.dtype != tf.float64:
+            raise ValueError(f"state must be float64, got state dtype={state.dtype.name}")
+        if state.shape.rank is not None and (
+            state.shape.rank != 1
+            or (state.shape[0] is not None and state.shape[0] != STATE_SIZE)
+        ):
+            raise ValueError(
+                f"state must have shape [{STATE_SIZE}], got state shape={_dims(state.shape)}"
+            )

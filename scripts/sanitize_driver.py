@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Tiny forward+backward driver of the CUDA kernels for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck  --error-exitcode 99 python3 scripts/sanitize_driver.py
+    compute-sanitizer --tool initcheck --error-exitcode 99 python3 scripts/sanitize_driver.py
+    python3 scripts/sanitize_driver.py --count-launches
+
+Runs every dtype on odd shapes (1x1x1, shapes that are not multiples of the
+block or vector width, several chunks per sample, lengths 0 / T / None,
+int32 / int64, unaligned start addresses) with the framework memory pools
+turned off, so every array is its own cudaMalloc and an access one element
+past its end is out of bounds for memcheck; outputs and the workspace are
+fresh (never written by the host) so initcheck sees any read of an element
+the kernels did not write first. Results are compared with the NumPy CPU
+kernels. ``--count-launches`` counts kernel launches per call (torch.profiler
+when PyTorch is present, else CUDA-graph capture through the driver API).
+
+Needs no TensorFlow; exits 0 with a message when no GPU / CuPy / PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# No caching allocators: exact-size cudaMalloc per array (set before imports).
+os.environ.setdefault("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+def skip(msg: str) -> None:
+    print(f"sanitize_driver: SKIP: {msg}")
+    sys.exit(0)
+
+
+def load_kernels():
+    try:
+        import myxtts_ops  # noqa: F401
+    except ImportError:
+        import types
+
+        pkg = types.ModuleType("myxtts_ops")
+        pkg.__path__ = [str(ROOT / "myxtts_ops")]
+        sys.modules["myxtts_ops"] = pkg
+    try:
+        from myxtts_ops import kernels
+    except ImportError as e:
+        skip(f"myxtts_ops.kernels not built ({e})")
+    if not kernels.built_with_cuda():
+        skip("myxtts_ops.kernels built without CUDA")
+    if kernels.cuda_device_count() <= 0:
+        skip("no CUDA device")
+    return kernels
+
+
+class Lib:
+    """Exact-size device arrays with CuPy (pool off) or PyTorch (caching off)."""
+
+    def __init__(self):
+        self.name = None
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                cupy.cuda.set_allocator(None)
+                cupy.cuda.set_pinned_memory_allocator(None)
+                self.cp, self.name = cupy, "cupy"
+                return
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                self.torch, self.name = torch, "torch"
+                return
+        except Exception:  # noqa: BLE001
+            pass
+        skip("neither CuPy nor PyTorch with CUDA is available")
+
+    def upload(self, host: np.ndarray, offset: int = 0):
+        """Device copy of ``host``; with offset k the array starts k elements
+        into an allocation that ends exactly where the array ends."""
+        host = np.ascontiguousarray(host) if host.ndim else host
+        n = host.size
+        if self.name == "cupy":
+            buf = self.cp.empty((n + offset,), dtype=host.dtype)
+            arr = buf[offset:].reshape(host.shape)
+            arr.set(host)
+            return arr
+        t = self.torch
+        h = host.view(np.int16) if host.dtype == np.uint16 else host
+        buf = t.empty((n + offset,), dtype=t.from_numpy(np.zeros(1, h.dtype)).dtype,
+                      device="cuda")
+        arr = buf[offset:].view(host.shape)
+        arr.copy_(t.from_numpy(np.array(h, order="C")))
+        return arr
+
+    def empty(self, shape, dtype):
+        if self.name == "cupy":
+            return self.cp.empty(shape, dtype=dtype)
+        t = self.torch
+        dtype = np.int16 if np.dtype(dtype) == np.uint16 else dtype
+        return t.empty(shape, dtype=t.from_numpy(np.zeros(1, dtype)).dtype, device="cuda")
+
+    def host(self, arr):
+        if self.name == "cupy":
+            return self.cp.asnumpy(arr)
+        return arr.cpu().numpy()
+
+    def sync(self):
+        if self.name == "cupy":
+            self.cp.cuda.Device().synchronize()
+        else:
+            self.torch.cuda.synchronize()
+
+    def stream(self):
+        if self.name == "cupy":
+            s = self.cp.cuda.Stream(non_blocking=True)
+            return s, int(s.ptr)
+        s = self.torch.cuda.Stream()
+        return s, int(s.cuda_stream)
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def make(rng, shape, dtype):
+    x = rng.standard_normal(shape).astype(np.float32)
+    if dtype == "bfloat16":
+        return bf16_bits(x)
+    return x.astype(dtype)
+
+
+def cpu_view(x, dtype):
+    if dtype != "bfloat16":
+        return x
+    import ml_dtypes
+
+    return x.view(ml_dtypes.bfloat16)
+
+
+CASES = [
+    # (shape, lengths kind, offsets of y_true/y_pred/grads)
+    ((1, 1, 1), "none", 0),
+    ((3, 7, 5), "mixed32", 1),
+    ((2, 211, 83), "mixed64", 0),   # several chunks per sample, partial last chunk
+    ((4, 33, 80), "zero", 3),
+    ((5, 9, 81), "full", 2),
+    ((1, 103, 80), "none", 1),
+]
+
+
+def lengths_for(rng, kind, b, t):
+    if kind == "none":
+        return None
+    if kind == "zero":
+        return np.zeros(b, np.int32)
+    if kind == "full":
+        return np.full(b, t, np.int64)
+    v = rng.integers(0, t + 1, size=b)
+    if b > 1:
+        v[0], v[-1] = 0, t
+    return v.astype(np.int64 if kind == "mixed64" else np.int32)
+
+
+def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, compare=True):
+    B, T, M = shape
+    t_h, p_h = make(rng, shape, dtype), make(rng, shape, dtype)
+    if dtype != "float64" and t_h.size > 4:
+        # a NaN (in a valid frame or in padding, depending on the lengths)
+        t_h.reshape(-1)[2] = np.uint16(0x7FC0) if dtype == "bfloat16" else np.nan
+    L = lengths_for(rng, kind, B, T)
+    od = "float64" if dtype == "float64" else "float32"
+    bf = "bfloat16" if dtype == "bfloat16" else None
+    yt, yp = lib.upload(t_h, off), lib.upload(p_h, off)
+    Ld = None if L is None else lib.upload(L)
+    state = lib.upload(np.zeros(k.STATE_SIZE))
+    loss, per_sample = lib.empty((), od), lib.empty((B,), od)
+    nonfinite, new_state = lib.empty((), "int64"), lib.empty((k.STATE_SIZE,), "float64")
+    weights = lib.empty((2, B), "float64")
+    workspace = lib.empty((max(k.cuda_workspace_size(B, T, M, dtype), 1),), "uint8")
+    cfg = dict(loss_type=loss_type, huber_delta=0.75)
+    lib.sync()  # uploads ran on the default stream; the launch may be on another
+    k.cuda_forward(yt, yp, Ld, state, loss, per_sample, nonfinite, new_state, weights, workspace,
+                   normalization=norm, stream=stream_ptr, dtype=bf, **cfg)
+    g_loss = lib.upload(np.asarray(1.25, dtype=od))
+    g_ps = lib.upload(np.linspace(-1.0, 1.0, B).astype(od))
+    sd = t_h.dtype
+    gt_buf, gp_buf = lib.empty((t_h.size + off,), sd), lib.empty((t_h.size + off,), sd)
+    gt, gp = gt_buf[off:].reshape(shape), gp_buf[off:].reshape(shape)
+    lib.sync()
+    k.cuda_backward(yt, yp, Ld, weights, g_loss, g_ps, gt, gp, stream=stream_ptr, dtype=bf, **cfg)
+    lib.sync()
+    if not compare:
+        return
+    want = k.forward(cpu_view(t_h, dtype), cpu_view(p_h, dtype), L, np.zeros(k.STATE_SIZE),
+                     normalization=norm, **cfg)
+    got_loss = float(lib.host(loss))
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    ok = np.isclose(got_loss, float(want["loss"]), rtol=tol, atol=1e-7)
+    ok &= int(lib.host(nonfinite)) == int(want["nonfinite_count"])
+    ok &= np.array_equal(lib.host(weights), want["sample_weights"])
+    w_t, w_p = k.backward(cpu_view(t_h, dtype), cpu_view(p_h, dtype), L, want["sample_weights"],
+                          np.asarray(1.25, od), np.linspace(-1.0, 1.0, B).astype(od), **cfg)
+    g = lib.host(gp)
+    g = g.view(np.uint16) if dtype == "bfloat16" else g
+    w = np.asarray(w_p).view(np.uint16) if dtype == "bfloat16" else np.asarray(w_p)
+    if dtype == "bfloat16":
+        g = (g.astype(np.uint32) << 16).view(np.float32)
+        w = (w.astype(np.uint32) << 16).view(np.float32)
+    gtol = {"float16": 1e-3, "bfloat16": 1e-2, "float32": 1e-6, "float64": 1e-13}[dtype]
+    ok &= bool(np.allclose(g.astype(np.float64), np.asarray(w, np.float64), rtol=gtol,
+                           atol=1e-7))
+    if not ok:
+        print(f"MISMATCH {dtype} {shape} {kind} {loss_type} {norm}: loss {got_loss} vs "
+              f"{float(want['loss'])}")
+        raise SystemExit(1)
+
+
+def count_launches(k, lib):
+    rng = np.random.default_rng(0)
+    s, ptr = lib.stream()
+    B, T, M = 8, 401, 80
+    t_h, p_h = make(rng, (B, T, M), "float32"), make(rng, (B, T, M), "float32")
+    yt, yp = lib.upload(t_h), lib.upload(p_h)
+    L = lib.upload(np.full(B, 300, np.int32))
+    state = lib.upload(np.zeros(k.STATE_SIZE))
+    loss, ps, nf = lib.empty((), "float32"), lib.empty((B,), "float32"), lib.empty((), "int64")
+    ns, w = lib.empty((k.STATE_SIZE,), "float64"), lib.empty((2, B), "float64")
+    ws = lib.empty((k.cuda_workspace_size(B, T, M, "float32"),), "uint8")
+    gl, gps = lib.upload(np.asarray(1.0, np.float32)), lib.upload(np.zeros(B, np.float32))
+    gt, gp = lib.empty((B, T, M), "float32"), lib.empty((B, T, M), "float32")
+
+    def fwd():
+        k.cuda_forward(yt, yp, L, state, loss, ps, nf, ns, w, ws, stream=ptr, check_lengths=False)
+
+    def bwd():
+        k.cuda_backward(yt, yp, L, w, gl, gps, gt, gp, stream=ptr, check_lengths=False)
+
+    fwd(), bwd()
+    lib.sync()
+    results = {}
+    if lib.name == "torch":
+        from torch.profiler import ProfilerActivity, profile
+
+        for name, fn in (("forward", fwd), ("backward", bwd)):
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                lib.sync()
+            kernels = [e for e in prof.events()
+                       if getattr(e, "device_type", None) is not None
+                       and str(e.device_type).endswith("CUDA")
+                       and "memset" not in e.name.lower() and "memcpy" not in e.name.lower()]
+            results[name] = sorted({e.name for e in kernels}), len(kernels)
+            print(f"torch.profiler {name}: {len(kernels)} kernel launch(es): "
+                  f"{[e.name[:60] for e in kernels]}")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from gpu.conftest import capture_node_counts
+
+    for name, fn in (("forward", fwd), ("backward", bwd)):
+        counts = capture_node_counts(fn, ptr)
+        print(f"graph capture {name}: {counts}")
+        results[name + "_graph"] = counts
+    ok = (results["forward_graph"]["kernel"] == 1 and results["backward_graph"]["kernel"] == 1
+          and results["backward_graph"]["memset"] == 0
+          and results["forward_graph"]["memcpy"] == 0 and results["backward_graph"]["memcpy"] == 0)
+    for name in ("forward", "backward"):
+        if name in results:
+            ok &= results[name][1] == 1
+    print("launch count: " + ("OK (1 forward, 1 backward)" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count-launches", action="store_true")
+    args = ap.parse_args(argv)
+    k = load_kernels()
+    lib = Lib()
+    print(f"sanitize_driver: kernels={k.__file__} backend={lib.name}")
+    if args.count_launches:
+        return count_launches(k, lib)
+    rng = np.random.default_rng(1234)
+    _, ptr = lib.stream()
+    n = 0
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        for i, (shape, kind, off) in enumerate(CASES):
+            loss_type = "huber" if i % 2 else "l1"
+            norm = "global" if i % 3 == 1 else "per_sample"
+            run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm,
+                     ptr if i % 2 else 0)
+            n += 1
+    print(f"sanitize_driver: {n} forward+backward cases OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

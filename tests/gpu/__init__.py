@@ -1,0 +1,1 @@
+"""CUDA kernel tests (run on a GPU machine; skipped elsewhere)."""

@@ -1,0 +1,149 @@
+"""`myxtts-ops` command line: argument handling, `profile --quick`, `demo`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from myxtts_ops import cli
+from myxtts_ops.profiler import MODES, RECORD_FIELDS
+
+
+def _fused_available():
+    from myxtts_ops.profiler import ProfilerError, check_fused_available
+
+    try:
+        check_fused_available()
+        return True
+    except ProfilerError:
+        return False
+
+
+def _impls():
+    # The fused op is measured whenever its library loads (always in CI, where
+    # it is built first); otherwise the rest of the CLI is still tested.
+    return "fused,reference,xla" if _fused_available() else "reference,xla"
+
+
+BAD_ARGS = [
+    [],
+    ["frobnicate"],
+    ["profile", "--batch", "0"],
+    ["profile", "--batch", "x"],
+    ["profile", "--frames", "-5"],
+    ["profile", "--dtype", "int8"],
+    ["profile", "--device", "tpu"],
+    ["profile", "--repeats", "0"],
+    ["profile", "--warmup", "-1"],
+    ["profile", "--impls", "fused,bogus"],
+    ["profile", "--impls", ""],
+    ["profile", "--modes", "backward"],
+    ["profile", "--sweep-batches", "8,zero"],
+    ["profile", "--quick", "--sweep"],
+    ["profile", "--quick", "--batch", "8"],
+    ["profile", "--sweep", "--frames", "100"],
+    ["profile", "--no-such-flag"],
+    ["demo", "--steps", "0"],
+    ["demo", "--implementation", "numpy"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_ARGS, ids=lambda a: " ".join(a) or "<none>")
+def test_bad_arguments_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err
+    assert "error:" in err
+    assert "Traceback" not in err
+
+
+def test_bad_arguments_in_a_subprocess_exit_2_without_traceback():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run(
+        [sys.executable, "-m", "myxtts_ops", "profile", "--batch", "-3"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "usage: myxtts-ops profile" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["profile", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--batch", "--frames", "--mels", "--dtype", "--device", "--repeats",
+                 "--warmup", "--sweep", "--modes", "--impls", "--json", "--plot",
+                 "--trace", "--quick"):
+        assert flag in out
+
+
+def test_op_library_failure_is_a_message_not_a_traceback(monkeypatch, capsys):
+    import myxtts_ops
+
+    def broken_loader():
+        raise ImportError("libmyxtts_ops.so: undefined symbol: _ZN10tensorflow8OpKernelD2Ev "
+                          "(built against a different TensorFlow)")
+
+    monkeypatch.setattr(myxtts_ops, "load_ops", broken_loader, raising=False)
+    rc = cli.main(["profile", "--quick", "--impls", "fused,reference"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "undefined symbol" in err
+    assert "built against a different TensorFlow" in err
+    assert "Traceback" not in err
+
+
+def test_profile_quick_writes_json_plot_and_trace(tmp_path, capsys):
+    json_path = tmp_path / "out" / "quick.json"
+    png_path = tmp_path / "quick.png"
+    trace_dir = tmp_path / "trace"
+    rc = cli.main(["profile", "--quick", "--repeats", "3", "--warmup", "1",
+                   "--bandwidth-mib", "32", "--impls", _impls(),
+                   "--json", str(json_path), "--plot", str(png_path),
+                   "--trace", str(trace_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    records = json.loads(json_path.read_text())
+    assert isinstance(records, list) and records
+    impls = _impls().split(",")
+    for rec in records:
+        for field in RECORD_FIELDS:
+            assert field in rec, (field, rec)
+        assert (rec["batch"], rec["frames"], rec["mels"], rec["dtype"]) == (32, 1000, 80, "float32")
+        assert rec["device"] in ("cpu", "gpu")
+        assert rec["median_ms"] > 0 and rec["gbps"] > 0
+        assert rec["p20_ms"] <= rec["median_ms"] <= rec["p80_ms"]
+    got = {(r["impl"], r["mode"]) for r in records}
+    want = {(i, m) for i in impls + ["floor"] for m in MODES}
+    assert got == want
+    for rec in records:
+        if rec["impl"] != "floor":
+            assert rec["ops_per_step"] > 0
+            assert rec["repeats"] == 3
+    # Table: every impl and mode, and the ops column.
+    for word in impls + ["floor"] + list(MODES) + ["ops/step", "1 cluster"]:
+        assert word in out
+    assert png_path.stat().st_size > 1000
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(trace_dir.rglob("*.xplane.pb")), "no profiler trace written"
+
+
+def test_demo_shortened_end_to_end(tmp_path, capsys):
+    png = tmp_path / "demo.png"
+    js = tmp_path / "demo.json"
+    impl = "fused" if _fused_available() else "reference"
+    rc = cli.main(["demo", "--steps", "40", "--batch", "4", "--frames", "40",
+                   "--implementation", impl, "--plot", str(png), "--json", str(js)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "demo: 40 steps" in out
+    assert "mel weight" in out and "NaN targets injected" in out and "loss spike injected" in out
+    assert png.stat().st_size > 1000
+    data = json.loads(js.read_text())
+    assert len(data["history"]) == 40

@@ -1,0 +1,113 @@
+"""The profiler's measurement and report pieces."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from myxtts_ops import profiler, report
+from myxtts_ops.profiler import MODES, RECORD_FIELDS, ProfileConfig, ProfilerError
+
+
+def test_floor_bytes():
+    assert profiler.floor_bytes("forward", 2, 3, 4, "float32") == 2 * 24 * 4
+    assert profiler.floor_bytes("forward_backward", 2, 3, 4, "float16") == 6 * 24 * 2
+    assert profiler.floor_bytes("xtts_step", 2, 3, 4, "float64") == 6 * 24 * 8
+    assert profiler.floor_bytes("forward", 1, 1, 1, "bfloat16") == 4
+
+
+def test_percentiles():
+    med, p20, p80 = profiler.percentiles_ms([0.001 * i for i in range(1, 102)])
+    assert med == pytest.approx(51.0)
+    assert p20 == pytest.approx(21.0)
+    assert p80 == pytest.approx(81.0)
+
+
+@pytest.mark.parametrize("kw", [dict(batch=0), dict(repeats=0), dict(warmup=-1),
+                                dict(dtype="int8"), dict(device="tpu"),
+                                dict(impls=("nope",)), dict(modes=("nope",)), dict(impls=())])
+def test_config_validation(kw):
+    with pytest.raises(ProfilerError):
+        ProfileConfig(**kw).validate()
+
+
+def test_count_ops_excludes_bookkeeping():
+    import tensorflow as tf
+
+    @tf.function
+    def f(x):
+        return tf.identity(tf.reduce_sum(tf.abs(x) * 2.0))
+
+    concrete = f.get_concrete_function(tf.TensorSpec([4], tf.float32))
+    assert profiler.count_ops(concrete) == 3  # Abs, Mul, Sum
+
+
+def test_progress_bar_off_a_tty():
+    buf = io.StringIO()
+    bar = profiler.Progress(3, label="sweep ", stream=buf)
+    for _ in range(3):
+        bar.update(1, note="x")
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[-1].startswith("sweep [" + "#" * 30 + "] 3/3")
+
+
+def test_bandwidth_positive():
+    bw = profiler.measure_bandwidth("cpu", "/CPU:0", 8 << 20, repeats=2)
+    assert bw["best"] > 0 and math.isfinite(bw["best"])
+    assert bw["best"] == max(v for k, v in bw.items() if k != "best")
+
+
+def test_sweep_has_a_floor_record_for_every_shape_and_mode(tmp_path):
+    config = ProfileConfig(mels=8, repeats=2, warmup=0, impls=("reference", "xla"),
+                           modes=("forward", "forward_backward"),
+                           shapes=[(2, 16), (4, 16), (2, 32)], bandwidth_mib=8)
+    result = profiler.run_profile(config, progress=True, log=lambda m: None)
+    assert not result.failures
+    recs = result.records
+    for b, t in config.shapes:
+        for mode in config.modes:
+            sel = [r for r in recs if (r["batch"], r["frames"], r["mode"]) == (b, t, mode)]
+            assert {r["impl"] for r in sel} == {"reference", "xla", "floor"}
+            floor = next(r for r in sel if r["impl"] == "floor")
+            assert floor["gbps"] == pytest.approx(result.bandwidth["best"])
+            nbytes = profiler.floor_bytes(mode, b, t, 8, "float32")
+            assert floor["median_ms"] == pytest.approx(nbytes / (floor["gbps"] * 1e9) * 1e3)
+            for r in sel:
+                if r["impl"] != "floor":
+                    assert r["gbps"] == pytest.approx(nbytes / (r["median_ms"] * 1e-3) / 1e9)
+                    assert r["floor_fraction"] == pytest.approx(floor["median_ms"] / r["median_ms"])
+    # report: JSON, table, sweep plot
+    path = tmp_path / "sweep.json"
+    report.write_json(recs, str(path))
+    data = json.loads(path.read_text())
+    assert len(data) == len(recs)
+    assert all(list(r)[: len(RECORD_FIELDS)] == list(RECORD_FIELDS) for r in data)
+    table = report.format_table(recs)
+    assert table.count("shape [") == 3
+    md = report.format_table(recs, markdown=True)
+    assert "| mode | impl |" in md
+    png = tmp_path / "sweep.png"
+    report.plot(recs, str(png))
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_other_dtypes(dtype):
+    config = ProfileConfig(batch=2, frames=8, mels=4, dtype=dtype, repeats=1, warmup=0,
+                           impls=("reference",), modes=("forward", "forward_backward"),
+                           bandwidth_mib=8)
+    result = profiler.run_profile(config, progress=False, log=lambda m: None)
+    assert not result.failures
+    assert {r["dtype"] for r in result.records} == {dtype}
+    assert len(result.records) == 4
+
+
+def test_make_batch_lengths_in_range():
+    yt, yp, ln = profiler.make_batch(64, 100, 4, "float32", seed=1)
+    ln = ln.numpy()
+    assert yt.shape == yp.shape == (64, 100, 4)
+    assert ln.min() >= 50 and ln.max() <= 100
+    assert not np.array_equal(yt.numpy(), yp.numpy())
