@@ -87,18 +87,17 @@ __device__ V block_sum(V v, V* shared) {
   return total;  // valid in thread 0 only
 }
 
-template <typename T, typename A>
-__device__ __forceinline__ void accumulate(T t_raw, T p_raw, LossType type, A delta, A& acc,
-                                           int& cnt) {
+template <LossType kType, typename T, typename A>
+__device__ __forceinline__ void accumulate(T t_raw, T p_raw, A delta, A& acc, int& cnt) {
   const A t = to_acc(t_raw);
   const A p = to_acc(p_raw);
   const bool ok = is_finite(t) & is_finite(p);
-  const A e = element_loss(p - t, type, delta);
+  const A e = element_loss<kType>(p - t, delta);
   acc += ok ? e : A(0);
   cnt += ok ? 1 : 0;
 }
 
-template <typename T>
+template <typename T, LossType kType>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const T* __restrict__ y_true, const T* __restrict__ y_pred,
                    const void* __restrict__ lengths, int lengths_kind, MelShape shape,
@@ -145,17 +144,17 @@ __global__ void __launch_bounds__(kThreads)
         n_vec = (n - head) / W;
       }
       for (int64_t i = threadIdx.x; i < head; i += kThreads)
-        accumulate<T, A>(t[i], p[i], cfg.loss_type, delta, acc, cnt);
+        accumulate<kType>(t[i], p[i], delta, acc, cnt);
       const VecT* tv = reinterpret_cast<const VecT*>(t + head);
       const VecT* pv = reinterpret_cast<const VecT*>(p + head);
       for (int64_t i = threadIdx.x; i < n_vec; i += kThreads) {
         const VecT a = tv[i];
         const VecT c = pv[i];
 #pragma unroll
-        for (int k = 0; k < W; ++k) accumulate<T, A>(a.v[k], c.v[k], cfg.loss_type, delta, acc, cnt);
+        for (int k = 0; k < W; ++k) accumulate<kType>(a.v[k], c.v[k], delta, acc, cnt);
       }
       for (int64_t i = head + n_vec * W + threadIdx.x; i < n; i += kThreads)
-        accumulate<T, A>(t[i], p[i], cfg.loss_type, delta, acc, cnt);
+        accumulate<kType>(t[i], p[i], delta, acc, cnt);
 
       const double s = block_sum<double>(double(acc), shared_d);
       const long long c = block_sum<long long>(cnt, shared_i);
@@ -234,18 +233,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, typename A>
-__device__ __forceinline__ void grad_element(T t_raw, T p_raw, bool valid, A coef, LossType type,
-                                             A delta, T& g_true, T& g_pred) {
+template <LossType kType, typename T, typename A>
+__device__ __forceinline__ void grad_element(T t_raw, T p_raw, bool valid, A coef, A delta,
+                                             T& g_true, T& g_pred) {
   const A t = to_acc(t_raw);
   const A p = to_acc(p_raw);
   const bool ok = valid & is_finite(t) & is_finite(p);
-  const A g = ok ? coef * element_loss_grad(p - t, type, delta) : A(0);
+  const A g = ok ? coef * element_loss_grad<kType>(p - t, delta) : A(0);
   g_pred = from_acc<T>(g);
   g_true = from_acc<T>(-g);
 }
 
-template <typename T>
+template <typename T, LossType kType>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const T* __restrict__ y_true, const T* __restrict__ y_pred,
                     const void* __restrict__ lengths, int lengths_kind, MelShape shape,
@@ -284,7 +283,7 @@ __global__ void __launch_bounds__(kThreads)
     n_vec = (n - head) / W;
   }
   for (int64_t i = threadIdx.x; i < head; i += kThreads)
-    grad_element<T, A>(t[i], p[i], i < valid, coef, cfg.loss_type, delta, gt[i], gp[i]);
+    grad_element<kType>(t[i], p[i], i < valid, coef, delta, gt[i], gp[i]);
   const VecT* tv = reinterpret_cast<const VecT*>(t + head);
   const VecT* pv = reinterpret_cast<const VecT*>(p + head);
   VecT* gtv = reinterpret_cast<VecT*>(gt + head);
@@ -301,13 +300,12 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int k = 0; k < W; ++k)
-      grad_element<T, A>(a.v[k], c.v[k], base + k < valid, coef, cfg.loss_type, delta, ot.v[k],
-                         op.v[k]);
+      grad_element<kType>(a.v[k], c.v[k], base + k < valid, coef, delta, ot.v[k], op.v[k]);
     gtv[i] = ot;
     gpv[i] = op;
   }
   for (int64_t i = head + n_vec * W + threadIdx.x; i < n; i += kThreads)
-    grad_element<T, A>(t[i], p[i], i < valid, coef, cfg.loss_type, delta, gt[i], gp[i]);
+    grad_element<kType>(t[i], p[i], i < valid, coef, delta, gt[i], gp[i]);
 }
 
 int lengths_kind(const LengthsView& l) { return l.data == nullptr ? 0 : (l.is_int64 ? 2 : 1); }
@@ -339,7 +337,9 @@ std::string launch_forward(const ForwardArgs& a, void* workspace, const void* he
   if (e != cudaSuccess) return std::string("staging the forward header: ") + cudaGetErrorString(e);
   const int64_t units = a.shape.batch * chunks_per_sample(a.shape);
   const unsigned int grid = units > 0 ? unsigned(units) : 1u;
-  forward_kernel<T><<<grid, kThreads, 0, stream>>>(
+  auto kernel = a.config.loss_type == LossType::kL1 ? forward_kernel<T, LossType::kL1>
+                                                     : forward_kernel<T, LossType::kHuber>;
+  kernel<<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(a.y_true), static_cast<const T*>(a.y_pred), lengths, kind, a.shape,
       a.state_in, a.config, ws, layout, static_cast<A*>(a.loss), static_cast<A*>(a.per_sample),
       a.nonfinite_count, a.state_out, a.sample_weights);
@@ -351,7 +351,9 @@ std::string launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   using A = typename AccType<T>::type;
   const int64_t units = a.shape.batch * chunks_per_sample(a.shape);
   if (units == 0) return std::string();
-  backward_kernel<T><<<unsigned(units), kThreads, 0, stream>>>(
+  auto kernel = a.config.loss_type == LossType::kL1 ? backward_kernel<T, LossType::kL1>
+                                                     : backward_kernel<T, LossType::kHuber>;
+  kernel<<<unsigned(units), kThreads, 0, stream>>>(
       static_cast<const T*>(a.y_true), static_cast<const T*>(a.y_pred), a.lengths.data,
       lengths_kind(a.lengths), a.shape, a.sample_weights,
       static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.grad_per_sample), a.config,
