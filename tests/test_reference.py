@@ -64,9 +64,13 @@ def _check_forward(out, ref, dtype, state_in=None, valid_count=None, what=""):
     assert_close(out.loss, ref["loss"], t["rtol"], t["atol"], f"loss {what}")
     assert_close(out.per_sample, ref["per_sample"], t["rtol"], t["atol"], f"per_sample {what}")
     assert int(out.nonfinite_count) == ref["nonfinite_count"], what
-    # State vs the oracle's state: same up to the rounding of the loss.
-    assert_close(out.state, ref["state"], 1e-6 if dtype != "float64" else 1e-12, 1e-12,
-                 f"state {what}")
+    # State vs the oracle's state: same up to the rounding of the loss (one
+    # float32 ulp per loss, amplified in the window variance); the tight check
+    # is the next one.
+    if dtype == "float64":
+        assert_close(out.state, ref["state"], 1e-10, 1e-12, f"state {what}")
+    else:
+        assert_close(out.state, ref["state"], 1e-5, 1e-9, f"state {what}")
     # State vs the oracle's update fed with the loss the op actually returned:
     # equal up to float64 rounding.
     if valid_count is not None:

@@ -1,0 +1,548 @@
+#!/usr/bin/env python3
+"""GPU benchmark of the fused masked mel loss kernels (no TensorFlow needed).
+
+For forward, backward and forward+backward it times:
+
+- ``fused``        myxtts_ops.kernels.cuda_forward / cuda_backward (one launch each)
+- ``torch_eager``  the same math as eager PyTorch ops (autograd for the backward)
+- ``jax_jit``      the same math compiled by jax.jit (jax.vjp for the backward)
+- ``floor``        bytes that must move / device-to-device copy bandwidth
+                   measured in the same run
+- ``empty_kernel`` one empty kernel launch (the launch-overhead floor)
+
+Sizes [8,200,80], [32,1000,80], [256,2000,80] in float32 and bfloat16, lengths
+drawn from [T/2, T]. CUDA events around every repetition (JAX runs on its own
+streams, so it is timed by wall clock over groups of calls with
+block_until_ready), warm-up first, median and p20/p80, several input buffers
+rotated so that the working set exceeds L2. Prints one table per mode and
+writes ``--json PATH``. ``--quick``: [32,1000,80] float32, fewer repetitions.
+
+Exits 0 with a message when there is no GPU or the kernels are not built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave memory to the others
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+SIZES = [(8, 200, 80), (32, 1000, 80), (256, 2000, 80)]
+DTYPES = ["float32", "bfloat16"]
+MODES = ["forward", "backward", "forward_backward"]
+L2_BYTES = 50 << 20  # H100 / H200: 50 MiB
+
+
+def skip(msg):
+    print(f"gpu_bench: SKIP: {msg}")
+    sys.exit(0)
+
+
+def load_kernels():
+    try:
+        import myxtts_ops  # noqa: F401
+    except ImportError:
+        import types
+
+        pkg = types.ModuleType("myxtts_ops")
+        pkg.__path__ = [str(ROOT / "myxtts_ops")]
+        sys.modules["myxtts_ops"] = pkg
+    try:
+        from myxtts_ops import kernels
+    except ImportError as e:
+        skip(f"myxtts_ops.kernels is not built ({e})")
+    if not kernels.built_with_cuda():
+        skip("myxtts_ops.kernels was built without CUDA")
+    if kernels.cuda_device_count() <= 0:
+        skip("no CUDA device visible")
+    return kernels
+
+
+def pct(values, q):
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+# ---------------------------------------------------------------------------
+class Dev:
+    """Device arrays, events and an empty kernel through PyTorch (preferred:
+    it also runs the eager baseline) or CuPy."""
+
+    def __init__(self):
+        self.torch = self.cp = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                self.torch = torch
+        except Exception:  # noqa: BLE001
+            pass
+        if self.torch is None:
+            try:
+                import cupy
+
+                if cupy.cuda.runtime.getDeviceCount() > 0:
+                    self.cp = cupy
+            except Exception:  # noqa: BLE001
+                pass
+        if self.torch is None and self.cp is None:
+            skip("neither PyTorch (CUDA) nor CuPy is available to allocate device arrays")
+        self.name = "torch" if self.torch is not None else "cupy"
+        self._noop = None
+
+    def device_name(self):
+        if self.torch is not None:
+            return self.torch.cuda.get_device_name()
+        props = self.cp.cuda.runtime.getDeviceProperties(self.cp.cuda.Device().id)
+        return props["name"].decode()
+
+    def stream_ptr(self):
+        if self.torch is not None:
+            return int(self.torch.cuda.current_stream().cuda_stream)
+        return int(self.cp.cuda.get_current_stream().ptr)
+
+    def sync(self):
+        (self.torch.cuda.synchronize() if self.torch is not None
+         else self.cp.cuda.Device().synchronize())
+
+    def upload(self, host, dtype=None):
+        """Host array -> device; bfloat16 given as uint16 bits stays 16-bit storage
+        (torch.bfloat16 for torch, uint16 for CuPy)."""
+        if self.torch is not None:
+            t = self.torch
+            if dtype == "bfloat16":
+                return t.from_numpy(host.view(np.int16)).cuda().view(t.bfloat16)
+            return t.from_numpy(np.ascontiguousarray(host)).cuda()
+        return self.cp.asarray(host)
+
+    def empty(self, shape, dtype):
+        if self.torch is not None:
+            t = self.torch
+            td = {"float32": t.float32, "float64": t.float64, "int64": t.int64,
+                  "uint8": t.uint8, "bfloat16": t.bfloat16}[dtype]
+            return t.empty(shape, dtype=td, device="cuda")
+        return self.cp.empty(shape, dtype="uint16" if dtype == "bfloat16" else dtype)
+
+    def kview(self, x):
+        """Object for the kernels (bfloat16 torch tensors as int16 views)."""
+        if self.torch is not None and x.dtype == self.torch.bfloat16:
+            return x.view(self.torch.int16)
+        return x
+
+    def event(self):
+        if self.torch is not None:
+            return self.torch.cuda.Event(enable_timing=True)
+        return self.cp.cuda.Event()
+
+    def elapsed_ms(self, a, b):
+        if self.torch is not None:
+            return a.elapsed_time(b)
+        return self.cp.cuda.get_elapsed_time(a, b)
+
+    def noop(self):
+        if self._noop is None:
+            if self.cp is None:
+                try:
+                    import cupy
+
+                    self.cp = cupy
+                except Exception:  # noqa: BLE001
+                    pass
+            if self.cp is not None:
+                k = self.cp.RawKernel(r'extern "C" __global__ void myxtts_noop() {}',
+                                      "myxtts_noop")
+                ptr = self.stream_ptr()
+                stream = self.cp.cuda.ExternalStream(ptr) if ptr else self.cp.cuda.Stream.null
+                self._noop = lambda: k((1,), (1,), (), stream=stream)
+            else:  # PyTorch only: a zero-cycle spin kernel
+                self._noop = lambda: self.torch.cuda._sleep(0)
+        return self._noop()
+
+    def copy(self, dst, src):
+        if self.torch is not None:
+            dst.copy_(src)
+        else:
+            self.cp.copyto(dst, src)
+
+
+def time_events(dev, fn, reps, warmup):
+    """Per-repetition device time (ms) from CUDA events on the current stream."""
+    for i in range(warmup):
+        fn(i)
+    dev.sync()
+    starts = [dev.event() for _ in range(reps)]
+    ends = [dev.event() for _ in range(reps)]
+    for i in range(reps):
+        starts[i].record()
+        fn(i)
+        ends[i].record()
+    dev.sync()
+    return [dev.elapsed_ms(a, b) for a, b in zip(starts, ends)]
+
+
+def time_wall_groups(fn, block, reps, warmup, group=5):
+    """Per-call wall time (ms) over groups of ``group`` asynchronous calls."""
+    out = None
+    for i in range(warmup):
+        out = fn(i)
+    block(out)
+    times = []
+    for g in range(max(1, reps // group)):
+        t0 = time.perf_counter()
+        for j in range(group):
+            out = fn(g * group + j)
+        block(out)
+        times.append((time.perf_counter() - t0) * 1e3 / group)
+    return times
+
+
+def copy_bandwidth(dev, reps):
+    """Device-to-device copy bandwidth (bytes/s, read + write) of a 1 GiB buffer."""
+    n = (1 << 30) // 4
+    a, b = dev.empty((n,), "float32"), dev.empty((n,), "float32")
+    ms = time_events(dev, lambda i: dev.copy(b, a), max(reps // 4, 5), 3)
+    del a, b
+    return 2.0 * n * 4 / (np.median(ms) / 1e3)
+
+
+# ---------------------------------------------------------------------------
+# Same math in PyTorch eager / JAX (loss, per_sample, nonfinite_count, state).
+WINDOW = 10
+
+
+def torch_impl(torch, loss_type="l1", delta=1.0):
+    def forward(t, p, lengths, state):
+        T = t.shape[1]
+        tf, pf = t.float(), p.float()
+        finite = torch.isfinite(tf) & torch.isfinite(pf)
+        valid = (torch.arange(T, device=t.device)[None, :] < lengths[:, None])[:, :, None]
+        use = valid & finite
+        d = torch.where(use, pf - tf, torch.zeros((), device=t.device))
+        ad = d.abs()
+        e = ad if loss_type == "l1" else torch.where(ad <= delta, 0.5 * d * d,
+                                                     delta * (ad - 0.5 * delta))
+        S = e.sum(dim=(1, 2))
+        n = use.sum(dim=(1, 2))
+        active = n > 0
+        per_sample = torch.where(active, S / n.clamp_min(1), torch.zeros_like(S))
+        loss = per_sample.sum() / active.sum().clamp_min(1)
+        nonfinite = (valid & ~finite).sum()
+        new_state = torch_state(torch, state, loss.detach().double(), nonfinite,
+                                valid.sum() * t.shape[2])
+        return loss, per_sample, nonfinite, new_state
+
+    return forward
+
+
+def torch_state(torch, s, loss, nonfinite, valid_count):
+    clean = (nonfinite == 0) & (valid_count > 0)
+    k = s[1] + clean.double()
+    decay = torch.clamp(k / 1000.0, max=0.99)
+    head = s[8].long()
+    slot = torch.arange(WINDOW, device=s.device) == head
+    ring = torch.where(clean & slot, loss, s[9:])
+    filled = torch.where(clean, torch.clamp(s[4] + 1, max=WINDOW), s[4])
+    used = (torch.arange(WINDOW, device=s.device) < filled).double()
+    mean = (ring * used).sum() / filled.clamp_min(1)
+    var = torch.where(filled >= 2, (((ring - mean) * used) ** 2).sum() / filled.clamp_min(1),
+                      torch.zeros_like(mean))
+    head_s = s[8:9]
+    new = torch.cat([
+        (s[0] + 1)[None], k[None], (s[2] + (nonfinite > 0).double())[None],
+        torch.where(clean, decay * s[3] + (1 - decay) * loss, s[3])[None], filled[None],
+        torch.where(clean, mean, s[5])[None], torch.where(clean, var, s[6])[None],
+        torch.where(clean, loss, s[7])[None],
+        torch.where(clean, torch.remainder(head_s + 1, WINDOW), head_s), ring])
+    return new
+
+
+def jax_impl(jax, loss_type="l1", delta=1.0):
+    jnp = jax.numpy
+
+    def forward(t, p, lengths, state):
+        T = t.shape[1]
+        tf, pf = t.astype(jnp.float32), p.astype(jnp.float32)
+        finite = jnp.isfinite(tf) & jnp.isfinite(pf)
+        valid = (jnp.arange(T)[None, :] < lengths[:, None])[:, :, None]
+        use = valid & finite
+        d = jnp.where(use, pf - tf, 0.0)
+        ad = jnp.abs(d)
+        e = ad if loss_type == "l1" else jnp.where(ad <= delta, 0.5 * d * d,
+                                                   delta * (ad - 0.5 * delta))
+        S = e.sum(axis=(1, 2))
+        n = use.sum(axis=(1, 2))
+        active = n > 0
+        per_sample = jnp.where(active, S / jnp.maximum(n, 1), 0.0)
+        loss = per_sample.sum() / jnp.maximum(active.sum(), 1)
+        nonfinite = (valid & ~finite).sum()
+        s = state
+        vc = valid.sum() * t.shape[2]
+        lossd = jax.lax.stop_gradient(loss).astype(s.dtype)
+        clean = (nonfinite == 0) & (vc > 0)
+        k = s[1] + clean
+        decay = jnp.minimum(k / 1000.0, 0.99)
+        slot = jnp.arange(WINDOW) == s[8].astype(jnp.int32)
+        ring = jnp.where(clean & slot, lossd, s[9:])
+        filled = jnp.where(clean, jnp.minimum(s[4] + 1, WINDOW), s[4])
+        used = jnp.arange(WINDOW) < filled
+        mean = jnp.where(used, ring, 0).sum() / jnp.maximum(filled, 1)
+        var = jnp.where(filled >= 2, jnp.where(used, (ring - mean) ** 2, 0).sum()
+                        / jnp.maximum(filled, 1), 0.0)
+        head = jnp.where(clean, jnp.mod(s[8] + 1, WINDOW), s[8])
+        new_state = jnp.concatenate([jnp.stack([
+            s[0] + 1, k, s[2] + (nonfinite > 0), jnp.where(clean, decay * s[3] + (1 - decay) * lossd,
+                                                           s[3]),
+            filled, jnp.where(clean, mean, s[5]), jnp.where(clean, var, s[6]),
+            jnp.where(clean, lossd, s[7]), head]).astype(s.dtype), ring])
+        return loss, (per_sample, nonfinite, new_state)
+
+    return forward
+
+
+# ---------------------------------------------------------------------------
+def floor_bytes(mode, valid_elems, total_elems, itemsize):
+    fwd = 2 * valid_elems * itemsize
+    bwd = 2 * valid_elems * itemsize + 2 * total_elems * itemsize
+    return {"forward": fwd, "backward": bwd, "forward_backward": fwd + bwd}[mode]
+
+
+def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records, notes):
+    B, T, M = size
+    isz = 2 if dtype == "bfloat16" else 4
+    set_bytes = 2 * B * T * M * isz
+    n_sets = int(min(32, max(2, math.ceil(4 * L2_BYTES / set_bytes))))
+    rng = np.random.default_rng(0)
+    host_sets, sets = [], []
+    for _ in range(n_sets):
+        lengths = rng.integers(T // 2, T + 1, size=B).astype(np.int32)
+        t = rng.standard_normal((B, T, M)).astype(np.float32)
+        p = (t + 0.5 * rng.standard_normal((B, T, M))).astype(np.float32)
+        if dtype == "bfloat16":
+            conv = lambda x: ((x.view(np.uint32).astype(np.uint64) + 0x7FFF  # noqa: E731
+                               + ((x.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)
+            t, p = conv(t), conv(p)
+        host_sets.append((t, p, lengths))
+        sets.append((dev.upload(t, dtype), dev.upload(p, dtype), dev.upload(lengths)))
+    valid = int(np.mean([h[2].sum() for h in host_sets])) * M
+    total = B * T * M
+    od = "float32"
+    state = dev.upload(np.zeros(k.STATE_SIZE))
+    outs = dict(loss=dev.empty((), od), per_sample=dev.empty((B,), od),
+                nonfinite=dev.empty((), "int64"), new_state=dev.empty((k.STATE_SIZE,), "float64"),
+                weights=[dev.empty((2, B), "float64") for _ in range(n_sets)],
+                workspace=dev.empty((k.cuda_workspace_size(B, T, M, dtype),), "uint8"),
+                g_true=dev.empty((B, T, M), dtype), g_pred=dev.empty((B, T, M), dtype),
+                g_loss=dev.upload(np.asarray(1.0, np.float32)),
+                g_ps=dev.upload(np.zeros(B, np.float32)))
+    stream = dev.stream_ptr()
+    bf = "bfloat16" if dtype == "bfloat16" else None
+
+    def fused_fwd(i):
+        t, p, L = sets[i % n_sets]
+        k.cuda_forward(dev.kview(t), dev.kview(p), L, state, outs["loss"], outs["per_sample"],
+                       outs["nonfinite"], outs["new_state"], outs["weights"][i % n_sets],
+                       outs["workspace"], stream=stream, dtype=bf, check_lengths=False)
+
+    def fused_bwd(i):
+        t, p, L = sets[i % n_sets]
+        k.cuda_backward(dev.kview(t), dev.kview(p), L, outs["weights"][i % n_sets],
+                        outs["g_loss"], outs["g_ps"], dev.kview(outs["g_true"]),
+                        dev.kview(outs["g_pred"]), stream=stream, dtype=bf, check_lengths=False)
+
+    for i in range(n_sets):
+        fused_fwd(i)  # sample weights of every set for the backward-only timing
+    dev.sync()
+    impls = {"fused": {"forward": fused_fwd, "backward": fused_bwd,
+                       "forward_backward": lambda i: (fused_fwd(i), fused_bwd(i))}}
+
+    if dev.torch is not None:
+        torch = dev.torch
+        tfwd = torch_impl(torch)
+        tstate = torch.zeros(k.STATE_SIZE, dtype=torch.float64, device="cuda")
+        leaf = [(t.detach().clone().requires_grad_(True), p.detach().clone().requires_grad_(True), L)
+                for t, p, L in sets]
+
+        def torch_fwd(i):
+            t, p, L = sets[i % n_sets]
+            with torch.no_grad():
+                return tfwd(t, p, L, tstate)
+
+        def torch_fb(i):
+            t, p, L = leaf[i % n_sets]
+            loss = tfwd(t, p, L, tstate)[0]
+            return torch.autograd.grad(loss, [t, p])
+
+        graphs = [None] * n_sets
+
+        def torch_bwd(i):
+            j = i % n_sets
+            if graphs[j] is None:
+                t, p, L = leaf[j]
+                graphs[j] = tfwd(t, p, L, tstate)[0]
+            t, p, _ = leaf[j]
+            return torch.autograd.grad(graphs[j], [t, p], retain_graph=True)
+
+        impls["torch_eager"] = {"forward": torch_fwd, "backward": torch_bwd,
+                                "forward_backward": torch_fb}
+
+    jax_impls = {}
+    if jax is not None:
+        jnp = jax.numpy
+        jdt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+        jsets = []
+        for t, p, L in host_sets:
+            if dtype == "bfloat16":  # uint16 bits -> ml_dtypes bfloat16 (host view)
+                jt, jp = jax.device_put(t.view(jnp.bfloat16)), jax.device_put(p.view(jnp.bfloat16))
+            else:
+                jt, jp = jax.device_put(t), jax.device_put(p)
+            jsets.append((jt.astype(jdt), jp.astype(jdt), jax.device_put(L)))
+        jstate = jax.device_put(np.zeros(k.STATE_SIZE, np.float32))
+        jf = jax_impl(jax)
+        j_fwd = jax.jit(jf)
+        j_fb = jax.jit(lambda t, p, L, s: jax.grad(lambda a, b: jf(a, b, L, s)[0],
+                                                   argnums=(0, 1))(t, p))
+        vjps = []
+        for jt, jp, L in jsets:
+            _, vjp_fn = jax.vjp(lambda a, b, L=L: jf(a, b, L, jstate)[0], jt, jp)
+            vjps.append(vjp_fn)
+        j_bwd = jax.jit(lambda fn, g: fn(g))
+        one = jnp.float32(1.0)
+        jax_impls = {
+            "forward": lambda i: j_fwd(*jsets[i % n_sets], jstate),
+            "backward": lambda i: j_bwd(vjps[i % n_sets], one),
+            "forward_backward": lambda i: j_fb(*jsets[i % n_sets], jstate),
+        }
+
+    # Every buffer once in the warm-up (lazy autograd graphs, JAX retraces).
+    warmup = max(warmup, n_sets + 2)
+    empty_ms = time_events(dev, lambda i: dev.noop(), reps, warmup)
+    for mode in MODES:
+        fbytes = floor_bytes(mode, valid, total, isz)
+        base = dict(mode=mode, batch=B, frames=T, mels=M, dtype=dtype, device=device_name)
+
+        def add(impl, times, method):
+            med = pct(times, 50)
+            records.append(dict(base, impl=impl, median_ms=med, p20_ms=pct(times, 20),
+                                p80_ms=pct(times, 80), gbps=fbytes / (med / 1e3) / 1e9,
+                                method=method, reps=len(times), buffers=n_sets))
+
+        for name, fns in impls.items():
+            try:
+                add(name, time_events(dev, fns[mode], reps, warmup), "cuda_events")
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory on the largest size
+                notes.append(f"{name} {mode} {size} {dtype}: {type(e).__name__}: {e}")
+        if jax_impls:
+            try:
+                block = lambda out: jax.block_until_ready(out)  # noqa: E731
+                add("jax_jit", time_wall_groups(jax_impls[mode], block, reps, warmup),
+                    "wall_per_call_over_groups")
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"jax_jit {mode} {size} {dtype}: {type(e).__name__}: {e}")
+        floor_ms = fbytes / bw * 1e3
+        records.append(dict(base, impl="floor", median_ms=floor_ms, p20_ms=floor_ms,
+                            p80_ms=floor_ms, gbps=bw / 1e9, method="bytes/copy_bandwidth",
+                            reps=0, buffers=n_sets))
+        n_launch = 2 if mode == "forward_backward" else 1
+        e_ms = [x * n_launch for x in empty_ms]
+        add("empty_kernel", e_ms, f"cuda_events x{n_launch}")
+    del sets, outs, impls, jax_impls
+    dev.sync()
+    if dev.torch is not None:
+        dev.torch.cuda.empty_cache()
+
+
+def print_tables(records, out=sys.stdout):
+    for mode in MODES:
+        rows = [r for r in records if r["mode"] == mode]
+        if not rows:
+            continue
+        print(f"\n== {mode} ==", file=out)
+        hdr = (f"{'size':>14} {'dtype':>9} {'impl':>13} {'median ms':>10} {'p20 ms':>9} "
+               f"{'p80 ms':>9} {'GB/s':>8} {'vs fused':>9} {'of floor':>9}")
+        print(hdr, file=out)
+        print("-" * len(hdr), file=out)
+        keys = []
+        for r in rows:
+            key = (r["batch"], r["frames"], r["mels"], r["dtype"])
+            if key not in keys:
+                keys.append(key)
+        for key in keys:
+            group = [r for r in rows if (r["batch"], r["frames"], r["mels"], r["dtype"]) == key]
+            fused = next((r["median_ms"] for r in group if r["impl"] == "fused"), None)
+            floor = next((r["median_ms"] for r in group if r["impl"] == "floor"), None)
+            for r in group:
+                size = "x".join(map(str, key[:3]))
+                rel = f"{r['median_ms'] / fused:8.2f}x" if fused else "-"
+                frac = f"{floor / r['median_ms'] * 100:8.1f}%" if floor and r["impl"] != "floor" \
+                    else "-"
+                print(f"{size:>14} {key[3]:>9} {r['impl']:>13} {r['median_ms']:10.4f} "
+                      f"{r['p20_ms']:9.4f} {r['p80_ms']:9.4f} {r['gbps']:8.1f} {rel:>9} "
+                      f"{frac:>9}", file=out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Fused mel loss CUDA kernels vs eager / XLA")
+    ap.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    ap.add_argument("--quick", action="store_true", help="one size, float32, few repetitions")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--no-jax", action="store_true")
+    ap.add_argument("--no-torch", action="store_true", help="time the fused kernels with CuPy")
+    args = ap.parse_args(argv)
+
+    k = load_kernels()
+    if args.no_torch:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    dev = Dev()
+    jax = None
+    notes = []
+    if not args.no_jax:
+        try:
+            import jax as _jax
+
+            if any(d.platform == "gpu" for d in _jax.devices()):
+                jax = _jax
+            else:
+                notes.append("JAX sees no GPU: jax_jit skipped")
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"JAX unavailable ({type(e).__name__}: {e}): jax_jit skipped")
+    if dev.torch is None:
+        notes.append("PyTorch unavailable: torch_eager skipped")
+    sizes = [(32, 1000, 80)] if args.quick else SIZES
+    dtypes = ["float32"] if args.quick else DTYPES
+    reps = args.reps or (30 if args.quick else 100)
+    device_name = dev.device_name()
+    print(f"gpu_bench: device={device_name} arrays={dev.name} jax={'yes' if jax else 'no'} "
+          f"reps={reps} warmup={args.warmup}")
+    bw = copy_bandwidth(dev, reps)
+    print(f"device-to-device copy bandwidth: {bw / 1e9:.1f} GB/s (read + write)")
+    records = []
+    for size in sizes:
+        for dtype in dtypes:
+            print(f"... {size} {dtype}", flush=True)
+            bench_size(k, dev, jax, size, dtype, reps, args.warmup, bw, device_name, records,
+                       notes)
+    print_tables(records)
+    for n in notes:
+        print(f"note: {n}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name, "copy_bandwidth_gbps": bw / 1e9,
+                       "records": records, "notes": notes}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

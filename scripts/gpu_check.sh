@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# GPU verification of the CUDA kernels, from the repository root of a machine
+# with nvcc, CMake, pybind11 and CuPy and/or PyTorch (TensorFlow not needed):
+#
+#   bash scripts/gpu_check.sh            # everything
+#   GPU_CHECK_STEPS="build test" bash scripts/gpu_check.sh
+#   GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh   # quick benchmark
+#
+# Steps (GPU_CHECK_STEPS, default all, in this order):
+#   build     configure + build the pybind11 module only (no TF op) for sm_${CUDA_ARCH:-90}
+#             and copy kernels*.so into myxtts_ops/
+#   sass      ptxas resource usage; SASS of the forward/backward kernels: 128-bit
+#             loads (LDG.E.128) and local memory (LDL/STL)
+#   test      pytest tests/gpu
+#   sanitize  compute-sanitizer memcheck, racecheck, initcheck, synccheck over
+#             scripts/sanitize_driver.py
+#   launches  kernel launches per call (graph capture; torch.profiler too if present)
+#   bench     benchmarks/gpu_bench.py
+# Logs and results go to $OUT (or build-gpu/check). Exit status: number of failed steps.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-build-gpu/check}"
+mkdir -p "$OUT_DIR"
+BUILD_DIR="${BUILD_DIR:-build-gpu}"
+CUDA_ARCH="${CUDA_ARCH:-90}"
+PY="${PYTHON:-python3}"
+STEPS="${GPU_CHECK_STEPS:-build sass test sanitize launches bench}"
+VERDICTS="$OUT_DIR/verdicts.txt"
+: > "$VERDICTS"
+: > "$OUT_DIR/gpu_check.log"
+
+# Each step runs in a subshell piped to tee, so verdicts go through a file.
+log() { printf '\n=== %s ===\n' "$*"; }
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+record() {  # record STEP RC
+  if [[ "$2" -eq 0 ]]; then echo "PASS  $1" >> "$VERDICTS"; else echo "FAIL  $1 (rc=$2)" >> "$VERDICTS"; fi
+}
+
+{
+  log "environment"
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "nvidia-smi unavailable"
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2
+  cmake --version | head -n 1
+  "$PY" - <<'EOF'
+import importlib
+for m in ("numpy", "pybind11", "cupy", "torch", "jax", "pytest"):
+    try:
+        mod = importlib.import_module(m)
+        print(f"{m} {getattr(mod, '__version__', '?')}")
+    except Exception as e:
+        print(f"{m}: not available ({type(e).__name__})")
+EOF
+} 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+
+# ---------------------------------------------------------------------------
+if want build; then
+  log "build (sm_${CUDA_ARCH}, pybind11 module only)"
+  (
+    set -e
+    cmake -S . -B "$BUILD_DIR" \
+      -DMYXTTS_BUILD_TF_OP=OFF -DMYXTTS_BUILD_PYBIND=ON -DMYXTTS_OPS_CUDA=ON \
+      -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH}" \
+      -DCMAKE_CUDA_FLAGS="-lineinfo" \
+      -DPython3_EXECUTABLE="$(command -v "$PY")"
+    cmake --build "$BUILD_DIR" -j "$(nproc 2>/dev/null || echo 8)" --verbose
+  ) > "$OUT_DIR/build.log" 2>&1
+  rc=$?
+  if [[ $rc -eq 0 ]]; then
+    so=$(find "$BUILD_DIR" -name 'kernels*.so' -newer CMakeLists.txt | head -n 1)
+    [[ -z "$so" ]] && so=$(find "$BUILD_DIR" -name 'kernels*.so' | head -n 1)
+    if [[ -n "$so" ]]; then
+      rm -f myxtts_ops/kernels*.so && cp "$so" myxtts_ops/ && echo "installed $so -> myxtts_ops/"
+    else
+      echo "no kernels*.so produced"; rc=1
+    fi
+  else
+    tail -n 60 "$OUT_DIR/build.log"
+  fi
+  echo "--- ptxas resource usage (from -Xptxas=-v) ---"
+  grep -E "ptxas info|bytes stack frame|spill" "$OUT_DIR/build.log" | sed 's/^ *//' | sort -u | head -n 80
+  "$PY" -c "import sys; sys.path.insert(0, '.'); from myxtts_ops import kernels as k; print('built_with_cuda', k.built_with_cuda(), 'devices', k.cuda_device_count())" || rc=1
+  record build $rc
+fi 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+
+# ---------------------------------------------------------------------------
+if want sass; then
+  log "SASS: resource usage, 128-bit loads, local memory"
+  rc=0
+  target=$(ls myxtts_ops/kernels*.so 2>/dev/null | head -n 1)
+  obj=$(find "$BUILD_DIR" -name 'mel_loss_cuda.cu.o' 2>/dev/null | head -n 1)
+  [[ -n "$obj" ]] && target="$obj"
+  if [[ -z "$target" ]] || ! command -v cuobjdump >/dev/null; then
+    echo "no CUDA binary or no cuobjdump"; rc=1
+  else
+    echo "binary: $target"
+    cuobjdump --dump-resource-usage "$target" > "$OUT_DIR/resource_usage.txt" 2>&1 || rc=1
+    grep -E "Function|REG|STACK|LOCAL" "$OUT_DIR/resource_usage.txt" | \
+      (command -v c++filt >/dev/null && c++filt || cat) | head -n 60
+    cuobjdump -sass "$target" > "$OUT_DIR/sass.txt" 2>&1 || rc=1
+    "$PY" - "$OUT_DIR/sass.txt" <<'EOF' || rc=1
+import re, subprocess, sys
+text = open(sys.argv[1]).read()
+funcs, cur = {}, None
+for line in text.splitlines():
+    m = re.search(r"Function : (\S+)", line)
+    if m:
+        cur = m.group(1); funcs.setdefault(cur, []); continue
+    if cur:
+        funcs[cur].append(line)
+def demangle(n):
+    try:
+        return subprocess.run(["c++filt", n], capture_output=True, text=True).stdout.strip()
+    except Exception:
+        return n
+bad = 0
+print(f"{'kernel':70} {'LDG.128':>8} {'LDG':>5} {'STG.128':>8} {'LDL':>4} {'STL':>4}")
+for name, lines in funcs.items():
+    if "forward_kernel" not in name and "backward_kernel" not in name:
+        continue
+    body = "\n".join(lines)
+    ldg128 = len(re.findall(r"\bLDG\.E\.128", body))
+    ldg = len(re.findall(r"\bLDG\.", body))
+    stg128 = len(re.findall(r"\bSTG\.E\.128", body))
+    ldl = len(re.findall(r"\bLDL\b", body))
+    stl = len(re.findall(r"\bSTL\b", body))
+    short = demangle(name)
+    short = re.sub(r"myxtts_ops::|\(anonymous namespace\)::", "", short)
+    short = short.split("(")[0][:70]
+    print(f"{short:70} {ldg128:8d} {ldg:5d} {stg128:8d} {ldl:4d} {stl:4d}")
+    if ldg128 == 0 or ldl or stl:
+        bad += 1
+print("SASS check:", "OK (128-bit loads, no local memory)" if not bad else f"{bad} kernel(s) without LDG.E.128 or with LDL/STL")
+sys.exit(1 if bad else 0)
+EOF
+  fi
+  record sass $rc
+fi 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+
+# ---------------------------------------------------------------------------
+if want test; then
+  log "pytest tests/gpu"
+  "$PY" -m pytest tests/gpu -q -rs -p no:cacheprovider --junitxml="$OUT_DIR/pytest-gpu.xml"
+  rc=$?
+  # Second array library, if both are present: the stream / wrapper / launch tests.
+  if "$PY" -c "import cupy, torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    log "pytest tests/gpu with PyTorch arrays (subset)"
+    MYXTTS_GPU_BACKEND=torch "$PY" -m pytest tests/gpu -q -rs -p no:cacheprovider \
+      -k "wrapper or stream or launch or deterministic or oracle and 1031" \
+      --junitxml="$OUT_DIR/pytest-gpu-torch.xml" || rc=1
+  fi
+  record test $rc
+fi 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+
+# ---------------------------------------------------------------------------
+if want sanitize; then
+  rc=0
+  if ! command -v compute-sanitizer >/dev/null; then
+    echo "compute-sanitizer not found"; rc=1
+  else
+    for tool in memcheck racecheck initcheck synccheck; do
+      log "compute-sanitizer --tool $tool"
+      extra=()
+      [[ $tool == racecheck ]] && extra=(--racecheck-report all)
+      [[ $tool == memcheck ]] && extra=(--check-api-memory-access yes)
+      compute-sanitizer --tool "$tool" "${extra[@]}" --target-processes all \
+        --error-exitcode 99 "$PY" scripts/sanitize_driver.py > "$OUT_DIR/sanitize_$tool.log" 2>&1
+      trc=$?
+      tail -n 15 "$OUT_DIR/sanitize_$tool.log"
+      [[ $trc -ne 0 ]] && { echo "$tool: FAILED (rc=$trc)"; rc=1; } || echo "$tool: clean"
+    done
+  fi
+  record sanitize $rc
+fi 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+
+# ---------------------------------------------------------------------------
+if want launches; then
+  log "kernel launches per call"
+  "$PY" scripts/sanitize_driver.py --count-launches
+  record launches $?
+fi 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+
+# ---------------------------------------------------------------------------
+if want bench; then
+  log "benchmark"
+  quick=()
+  [[ -n "${GPU_CHECK_QUICK:-}" ]] && quick=(--quick)
+  "$PY" benchmarks/gpu_bench.py "${quick[@]}" --json "$OUT_DIR/gpu_bench.json"
+  record bench $?
+fi 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+
+{
+  log "summary ($OUT_DIR)"
+  cat "$VERDICTS"
+} 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+exit "$(grep -c '^FAIL' "$VERDICTS")"
