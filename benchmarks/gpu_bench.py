@@ -402,7 +402,10 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
         jsets = []
         for t, p, L in host_sets:
             if dtype == "bfloat16":  # uint16 bits -> ml_dtypes bfloat16 (host view)
-                jt, jp = jax.device_put(t.view(jnp.bfloat16)), jax.device_put(p.view(jnp.bfloat16))
+                import ml_dtypes  # a JAX dependency
+
+                jt = jax.device_put(t.view(ml_dtypes.bfloat16))
+                jp = jax.device_put(p.view(ml_dtypes.bfloat16))
             else:
                 jt, jp = jax.device_put(t), jax.device_put(p)
             jsets.append((jt.astype(jdt), jp.astype(jdt), jax.device_put(L)))

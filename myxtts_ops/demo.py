@@ -160,7 +160,10 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
         m = _metrics(loss_fn)
         weight = m.get("current_mel_weight", float("nan"))
         total = _scalar(total)
-        mel_loss = total / weight if weight else float("nan")
+        if hasattr(loss_fn, "get_losses"):  # the unweighted mel term of this call
+            mel_loss = _scalar(loss_fn.get_losses()["mel_loss"])
+        else:
+            mel_loss = total / weight if weight else float("nan")
         if event != "spike" and np.isfinite(mel_loss):
             prev_mel = mel_loss
         history.append(dict(step=step, total_loss=total, mel_loss=mel_loss,
@@ -261,13 +264,15 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True,
                              gridspec_kw=dict(height_ratios=[2.2, 1, 1.2]))
     ax = axes[0]
-    ax.plot(steps, col("mel_loss"), lw=0.8, color="#1f77b4", label="mel loss (per step)")
-    ax.plot(steps, col("running_mel_loss"), lw=1.8, color="#d62728", label="running mean")
+    ax.plot(steps, col("mel_loss"), lw=0.7, color="#1f77b4", alpha=0.8,
+            label="mel loss (per step)")
+    ax.plot(steps, col("running_mel_loss"), lw=1.4, color="#d62728",
+            label="running mean (op state)")
     ax.set_yscale("log")
     ax.set_ylabel("mel loss (L1)")
     ax.legend(loc="upper right", fontsize=8)
     axes[1].plot(steps, col("loss_variance"), color="#9467bd")
-    axes[1].set_ylabel("window variance")
+    axes[1].set_ylabel("window variance\n(last 10 clean steps)")
     axes[2].step(steps, col("current_mel_weight"), where="post", color="#2ca02c", lw=1.8)
     axes[2].axhline(summary["base_weight"], color="gray", ls=":", lw=1, label="base weight")
     axes[2].set_ylabel("mel weight")
@@ -288,10 +293,11 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
         for s, _, color, ls in events:
             a.axvline(s, color=color, ls=ls, lw=1, alpha=0.7)
         a.grid(alpha=0.3)
-    ymax = axes[0].get_ylim()[1]
+    # Injected faults are labelled on the loss panel, weight decisions on the weight panel.
     for s, label, color, _ in events:
-        axes[0].annotate(label, (s, ymax), xytext=(2, -2), textcoords="offset points",
-                         rotation=90, va="top", fontsize=7, color=color)
+        ax = axes[0] if color in ("red", "darkorange") else axes[2]
+        ax.annotate(label, (s, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -3),
+                    textcoords="offset points", rotation=90, va="top", fontsize=7, color=color)
     fig.suptitle(f"XTTSLoss adaptive mel weight on a small mel decoder "
                  f"({summary['steps']} steps, {summary['implementation']})")
     fig.tight_layout()

@@ -60,8 +60,7 @@ def masked_mel_loss(
         float32 or float64).
       lengths: int32/int64 ``[B]`` valid frames per sample, or None (all T).
       state: float64 ``[STATE_SIZE]`` running statistics, or None (fresh).
-      loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (> 0,
-        used at float32 precision).
+      loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (> 0).
       normalization: ``"per_sample"`` (mean of per-sample means) or
         ``"global"`` (sum over all valid elements / their count).
       on_xla: inside an XLA-compiled function the custom op cannot run;
@@ -95,9 +94,9 @@ def masked_mel_loss(
             y_pred=y_pred,
             lengths=lengths_t,
             state=state_t,
+            huber_delta=tf.constant(huber_delta, tf.float64),
             Tout=_output_dtype(y_true.dtype),
             loss_type=loss_type,
-            huber_delta=huber_delta,
             normalization=normalization,
             use_lengths=use_lengths,
         )
@@ -142,8 +141,8 @@ def _masked_mel_loss_grad(op, grad_loss, grad_per_sample, *unused_grads):
         sample_weights=op.outputs[4],
         grad_loss=grad_loss,
         grad_per_sample=grad_per_sample,
+        huber_delta=op.inputs[4],
         loss_type=op.get_attr("loss_type"),
-        huber_delta=op.get_attr("huber_delta"),
         use_lengths=op.get_attr("use_lengths"),
     )
-    return [grad_true, grad_pred, None, None]
+    return [grad_true, grad_pred, None, None, None]

@@ -25,6 +25,18 @@ mkdir -p "$OUT_DIR"
 BUILD_DIR="${BUILD_DIR:-build-gpu}"
 CUDA_ARCH="${CUDA_ARCH:-90}"
 PY="${PYTHON:-python3}"
+# CUDA binary tools: PATH, then next to nvcc, then the usual toolkit folders.
+find_cuda_tool() {
+  local t="$1" d
+  command -v "$t" 2>/dev/null && return 0
+  for d in "$(dirname "$(readlink -f "$(command -v nvcc 2>/dev/null || echo /nonexistent)")")" \
+           "${CUDA_HOME:-/nonexistent}/bin" /usr/local/cuda/bin /usr/local/cuda-*/bin; do
+    [[ -x "$d/$t" ]] && { echo "$d/$t"; return 0; }
+  done
+  echo "$t"
+}
+CUOBJDUMP="$(find_cuda_tool cuobjdump)"
+SANITIZER="$(find_cuda_tool compute-sanitizer)"
 STEPS="${GPU_CHECK_STEPS:-build sass test sanitize launches bench}"
 VERDICTS="$OUT_DIR/verdicts.txt"
 : > "$VERDICTS"
@@ -91,14 +103,14 @@ if want sass; then
   target=$(ls myxtts_ops/kernels*.so 2>/dev/null | head -n 1)
   obj=$(find "$BUILD_DIR" -name 'mel_loss_cuda.cu.o' 2>/dev/null | head -n 1)
   [[ -n "$obj" ]] && target="$obj"
-  if [[ -z "$target" ]] || ! command -v cuobjdump >/dev/null; then
+  if [[ -z "$target" ]] || ! command -v "$CUOBJDUMP" >/dev/null; then
     echo "no CUDA binary or no cuobjdump"; rc=1
   else
     echo "binary: $target"
-    cuobjdump --dump-resource-usage "$target" > "$OUT_DIR/resource_usage.txt" 2>&1 || rc=1
+    "$CUOBJDUMP" --dump-resource-usage "$target" > "$OUT_DIR/resource_usage.txt" 2>&1 || rc=1
     grep -E "Function|REG|STACK|LOCAL" "$OUT_DIR/resource_usage.txt" | \
       (command -v c++filt >/dev/null && c++filt || cat) | head -n 60
-    cuobjdump -sass "$target" > "$OUT_DIR/sass.txt" 2>&1 || rc=1
+    "$CUOBJDUMP" -sass "$target" > "$OUT_DIR/sass.txt" 2>&1 || rc=1
     "$PY" - "$OUT_DIR/sass.txt" <<'EOF' || rc=1
 import re, subprocess, sys
 text = open(sys.argv[1]).read()
@@ -120,9 +132,9 @@ for name, lines in funcs.items():
     if "forward_kernel" not in name and "backward_kernel" not in name:
         continue
     body = "\n".join(lines)
-    ldg128 = len(re.findall(r"\bLDG\.E\.128", body))
+    ldg128 = len(re.findall(r"\bLDG(?:\.[A-Z0-9_]+)*\.128\b", body))
     ldg = len(re.findall(r"\bLDG\.", body))
-    stg128 = len(re.findall(r"\bSTG\.E\.128", body))
+    stg128 = len(re.findall(r"\bSTG(?:\.[A-Z0-9_]+)*\.128\b", body))
     ldl = len(re.findall(r"\bLDL\b", body))
     stl = len(re.findall(r"\bSTL\b", body))
     short = demangle(name)
@@ -156,7 +168,7 @@ fi 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
 # ---------------------------------------------------------------------------
 if want sanitize; then
   rc=0
-  if ! command -v compute-sanitizer >/dev/null; then
+  if ! command -v "$SANITIZER" >/dev/null; then
     echo "compute-sanitizer not found"; rc=1
   else
     for tool in memcheck racecheck initcheck synccheck; do
@@ -164,7 +176,7 @@ if want sanitize; then
       extra=()
       [[ $tool == racecheck ]] && extra=(--racecheck-report all)
       [[ $tool == memcheck ]] && extra=(--check-api-memory-access yes)
-      compute-sanitizer --tool "$tool" "${extra[@]}" --target-processes all \
+      "$SANITIZER" --tool "$tool" "${extra[@]}" --target-processes all \
         --error-exitcode 99 "$PY" scripts/sanitize_driver.py > "$OUT_DIR/sanitize_$tool.log" 2>&1
       trc=$?
       tail -n 15 "$OUT_DIR/sanitize_$tool.log"

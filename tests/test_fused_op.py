@@ -97,7 +97,7 @@ def test_fused_matches_reference_and_oracle(impl, reference, rng, inputs, dtype,
     shape = (3, 300, 80)
     y_true, y_pred, lens = inputs(shape, dtype, lengths=[300, 211, 0], nonfinite_padding=5,
                                   ties=10)
-    kw = dict(loss_type=loss_type, huber_delta=0.9, normalization=normalization)
+    kw = dict(loss_type=loss_type, huber_delta=1.5, normalization=normalization)
     g_b = rng.uniform(-1, 1, size=3).astype(_out_dtype(dtype))
     fused = _call(impl, y_true, y_pred, lens, **kw)
     ref = _call(reference, y_true, y_pred, lens, **kw)
@@ -129,7 +129,8 @@ def test_eager_equals_tf_function_bitwise(impl, inputs, dtype):
         with tf.GradientTape() as tape:
             tape.watch(b)
             out = impl(a, b, c, s, loss_type="huber")
-        return out, tape.gradient(out.loss + tf.reduce_sum(out.per_sample), b)
+            target = out.loss + tf.reduce_sum(out.per_sample)
+        return out, tape.gradient(target, b)
 
     e = run(*args, state)
     f = tf.function(run)(*args, state)
@@ -180,7 +181,8 @@ _THREAD_SCRIPT = textwrap.dedent(
                 tape.watch(b)
                 out = myxtts_ops.masked_mel_loss(a, b, lens, loss_type="huber",
                                                  normalization=norm)
-            g = tape.gradient(out.loss + tf.reduce_sum(out.per_sample), b)
+                target = out.loss + tf.reduce_sum(out.per_sample)
+            g = tape.gradient(target, b)
             for t in (out.loss, out.per_sample, out.nonfinite_count, out.state, g):
                 h.update(np.ascontiguousarray(t.numpy()).tobytes())
     print("DIGEST", h.hexdigest())
@@ -258,7 +260,7 @@ def test_kernels_forward_backward_vs_oracle(rng, dtype, loss_type, normalization
         oracle.next_state(state, float(out["loss"]), exp["nonfinite_count"],
                           (shape[0] * shape[1] if lens is None else int(np.sum(lens))) * shape[2]),
         rtol=1e-13)
-    assert np.all(state[:2] == [1.0, 0.0])  # input state not mutated
+    assert np.all(state[:2] == [0.0, 1.0])  # input state not mutated
     g_loss = np.asarray(1.7, _out_dtype(dtype))
     g_b = rng.uniform(-1, 1, size=shape[0]).astype(_out_dtype(dtype))
     gt, gp = k.backward(y_true, y_pred, lens, out["sample_weights"], g_loss, g_b,
@@ -355,3 +357,12 @@ def test_kernels_bfloat16_is_ml_dtypes():
                         np.zeros(1, np.float32), loss_type="l1", huber_delta=1.0)
     assert gp.dtype == np.dtype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(gp.astype(np.float32), np.full((1, 2, 2), 0.25, np.float32))
+
+
+def test_float64_huber_delta_not_rounded(impl, reference, inputs):
+    """float64 inputs use huber_delta at full precision (0.7 is not a float32)."""
+    y_true, y_pred, lens = inputs((2, 30, 8), "float64")
+    kw = dict(loss_type="huber", huber_delta=0.7)
+    fused = _call(impl, y_true, y_pred, lens, **kw)
+    exp = oracle.forward(y_true, y_pred, lens, None, **kw)
+    np.testing.assert_allclose(fused.loss.numpy(), exp["loss"], rtol=1e-12)

@@ -63,7 +63,7 @@ def test_bandwidth_positive():
 def test_sweep_has_a_floor_record_for_every_shape_and_mode(tmp_path):
     config = ProfileConfig(mels=8, repeats=2, warmup=0, impls=("reference", "xla"),
                            modes=("forward", "forward_backward"),
-                           shapes=[(2, 16), (4, 16), (2, 32)], bandwidth_mib=8)
+                           shapes=[(2, 16), (4, 32)], bandwidth_mib=8)
     result = profiler.run_profile(config, progress=True, log=lambda m: None)
     assert not result.failures
     recs = result.records
@@ -86,7 +86,7 @@ def test_sweep_has_a_floor_record_for_every_shape_and_mode(tmp_path):
     assert len(data) == len(recs)
     assert all(list(r)[: len(RECORD_FIELDS)] == list(RECORD_FIELDS) for r in data)
     table = report.format_table(recs)
-    assert table.count("shape [") == 3
+    assert table.count("shape [") == 2
     md = report.format_table(recs, markdown=True)
     assert "| mode | impl |" in md
     png = tmp_path / "sweep.png"

@@ -76,6 +76,7 @@ REGISTER_OP("MyxttsOps>MaskedMelLoss")
     .Input("y_pred: T")
     .Input("lengths: Tlen")
     .Input("state: double")
+    .Input("huber_delta: double")
     .Output("loss: Tout")
     .Output("per_sample: Tout")
     .Output("nonfinite_count: int64")
@@ -85,7 +86,6 @@ REGISTER_OP("MyxttsOps>MaskedMelLoss")
     .Attr("Tout: {float, double}")
     .Attr("Tlen: {int32, int64} = DT_INT32")
     .Attr("loss_type: {'l1', 'huber'} = 'l1'")
-    .Attr("huber_delta: float = 1.0")
     .Attr("normalization: {'per_sample', 'global'} = 'per_sample'")
     .Attr("use_lengths: bool = true")
     .SetShapeFn(myxtts_ops::ForwardShape)
@@ -103,13 +103,13 @@ REGISTER_OP("MyxttsOps>MaskedMelLossGrad")
     .Input("sample_weights: double")
     .Input("grad_loss: Tout")
     .Input("grad_per_sample: Tout")
+    .Input("huber_delta: double")
     .Output("grad_y_true: T")
     .Output("grad_y_pred: T")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tout: {float, double}")
     .Attr("Tlen: {int32, int64} = DT_INT32")
     .Attr("loss_type: {'l1', 'huber'} = 'l1'")
-    .Attr("huber_delta: float = 1.0")
     .Attr("use_lengths: bool = true")
     .SetShapeFn(myxtts_ops::BackwardShape)
     .Doc("Fused backward pass of MyxttsOps>MaskedMelLoss.");
@@ -133,13 +133,9 @@ struct OpAttrs {
 
   absl::Status Read(OpKernelConstruction* ctx, bool with_normalization) {
     std::string loss_type, normalization = "per_sample";
-    float delta = 1.0f;
     TF_RETURN_IF_ERROR(ctx->GetAttr("loss_type", &loss_type));
-    TF_RETURN_IF_ERROR(ctx->GetAttr("huber_delta", &delta));
     TF_RETURN_IF_ERROR(ctx->GetAttr("use_lengths", &use_lengths));
     if (with_normalization) TF_RETURN_IF_ERROR(ctx->GetAttr("normalization", &normalization));
-    if (!(delta > 0.0f))  // also rejects NaN
-      return errors::InvalidArgument("huber_delta must be > 0, got ", delta);
     DataType t, tout;
     TF_RETURN_IF_ERROR(ctx->GetAttr("T", &t));
     TF_RETURN_IF_ERROR(ctx->GetAttr("Tout", &tout));
@@ -152,10 +148,22 @@ struct OpAttrs {
     config.loss_type = loss_type == "huber" ? LossType::kHuber : LossType::kL1;
     config.normalization =
         normalization == "global" ? Normalization::kGlobal : Normalization::kPerSample;
-    config.huber_delta = delta;
     return absl::OkStatus();
   }
 };
+
+// huber_delta travels as a float64 host scalar so float64 losses use it
+// exactly (TF attributes only hold float32).
+absl::Status ReadHuberDelta(const Tensor& t, LossConfig* config) {
+  if (t.dims() != 0)
+    return errors::InvalidArgument("huber_delta must be a scalar, got shape ",
+                                   t.shape().DebugString());
+  const double delta = t.scalar<double>()();
+  if (!(delta > 0.0 && delta <= 1.7976931348623157e308))  // also rejects NaN and Inf
+    return errors::InvalidArgument("huber_delta must be a positive finite number, got ", delta);
+  config->huber_delta = delta;
+  return absl::OkStatus();
+}
 
 // Checks shapes of y_true, y_pred and (optionally) lengths; fills `shape`.
 absl::Status CheckMelInputs(const Tensor& y_true, const Tensor& y_pred, const Tensor& lengths,
@@ -234,6 +242,8 @@ class MaskedMelLossOp : public OpKernel {
                                         state_in.shape().DebugString()));
     const LengthsView host_lengths = ViewLengths(lengths, attrs_.use_lengths);
     OP_REQUIRES_OK(ctx, CheckLengths(host_lengths, shape));
+    LossConfig config = attrs_.config;
+    OP_REQUIRES_OK(ctx, ReadHuberDelta(ctx->input(4), &config));
 
     Tensor *loss, *per_sample, *nonfinite, *state_out, *weights;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
@@ -249,7 +259,7 @@ class MaskedMelLossOp : public OpKernel {
     args.y_pred = y_pred.tensor_data().data();
     args.lengths = host_lengths;
     args.state_in = state_in.flat<double>().data();
-    args.config = attrs_.config;
+    args.config = config;
     args.loss = const_cast<char*>(loss->tensor_data().data());
     args.per_sample = const_cast<char*>(per_sample->tensor_data().data());
     args.nonfinite_count = nonfinite->flat<int64_t>().data();
@@ -310,6 +320,8 @@ class MaskedMelLossGradOp : public OpKernel {
                                         "], got ", grad_per_sample.shape().DebugString()));
     const LengthsView host_lengths = ViewLengths(lengths, attrs_.use_lengths);
     OP_REQUIRES_OK(ctx, CheckLengths(host_lengths, shape));
+    LossConfig config = attrs_.config;
+    OP_REQUIRES_OK(ctx, ReadHuberDelta(ctx->input(6), &config));
 
     Tensor *g_true, *g_pred;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_true.shape(), &g_true));
@@ -323,7 +335,7 @@ class MaskedMelLossGradOp : public OpKernel {
     args.sample_weights = weights.flat<double>().data();
     args.grad_loss = grad_loss.tensor_data().data();
     args.grad_per_sample = grad_per_sample.tensor_data().data();
-    args.config = attrs_.config;
+    args.config = config;
     args.grad_y_true = const_cast<char*>(g_true->tensor_data().data());
     args.grad_y_pred = const_cast<char*>(g_pred->tensor_data().data());
 
@@ -383,10 +395,12 @@ REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLossGrad").Device(::tensorflow:
 #if MYXTTS_OPS_WITH_CUDA
 REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLoss")
                             .Device(::tensorflow::DEVICE_GPU)
-                            .HostMemory("lengths"),
+                            .HostMemory("lengths")
+                            .HostMemory("huber_delta"),
                         myxtts_ops::ForwardOnDevice<myxtts_ops::Device::kGpu>);
 REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLossGrad")
                             .Device(::tensorflow::DEVICE_GPU)
-                            .HostMemory("lengths"),
+                            .HostMemory("lengths")
+                            .HostMemory("huber_delta"),
                         myxtts_ops::BackwardOnDevice<myxtts_ops::Device::kGpu>);
 #endif

@@ -65,11 +65,6 @@ def load_kernels():
 
 # ---------------------------------------------------------------------------
 # Array-library adapters (only what the tests need).
-_NP_TO_NAME = {"float16": "float16", "float32": "float32", "float64": "float64",
-               "uint16": "uint16", "int16": "int16", "int32": "int32", "int64": "int64",
-               "uint8": "uint8"}
-
-
 class DevBuf:
     """A C-contiguous device array carved out of a raw byte buffer at an element
     offset (so its start address is deliberately unaligned), with the bytes
