@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     run.add_argument("--bandwidth-mib", type=_positive_int, default=None, metavar="MIB",
                      help="buffer size for the bandwidth measurement (default 256 CPU, 1024 GPU)")
+    run.add_argument("--rotate-mib", type=_positive_int, default=None, metavar="MIB",
+                     help="rotate over input copies totalling at least MIB, so small shapes are "
+                          "not timed from the cache (default 96 CPU, 256 GPU)")
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
     out.add_argument("--plot", metavar="PATH", help="write a PNG chart")
@@ -180,6 +183,7 @@ def _cmd_profile(args, parser) -> int:
         trace_dir=args.trace,
         seed=args.seed,
         bandwidth_mib=args.bandwidth_mib,
+        rotate_mib=args.rotate_mib,
     )
     try:
         from .profiler import run_profile

@@ -27,6 +27,7 @@ import numpy as np
 EMBED_DIM = 32
 MELS = 80
 GRAD_CLIP = 5.0
+VARIANCE_THRESHOLD = 0.5  # XTTSLoss default adaptive_weight_variance_threshold
 
 
 class DemoError(RuntimeError):
@@ -93,7 +94,7 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
     spike_step = spike_step if spike_step is not None else max(1, int(steps * 0.7))
 
     keras = tf.keras
-    tf.random.set_seed(seed)
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TF seeds (initialisers)
     rng = np.random.default_rng(seed)
 
     # A fixed random "teacher" maps embeddings to mels; the student learns it.
@@ -264,15 +265,20 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True,
                              gridspec_kw=dict(height_ratios=[2.2, 1, 1.2]))
     ax = axes[0]
-    ax.plot(steps, col("mel_loss"), lw=0.7, color="#1f77b4", alpha=0.8,
-            label="mel loss (per step)")
-    ax.plot(steps, col("running_mel_loss"), lw=1.4, color="#d62728",
+    ax.plot(steps, col("running_mel_loss"), lw=1.4, color="#d62728", zorder=2,
             label="running mean (op state)")
+    ax.plot(steps, col("mel_loss"), ".", ms=2.5, color="#1f77b4", zorder=3,
+            label="mel loss (per step)")
     ax.set_yscale("log")
     ax.set_ylabel("mel loss (L1)")
     ax.legend(loc="upper right", fontsize=8)
     axes[1].plot(steps, col("loss_variance"), color="#9467bd")
+    axes[1].axhline(VARIANCE_THRESHOLD, color="gray", ls=":", lw=1,
+                    label=f"gate threshold ({VARIANCE_THRESHOLD})")
+    axes[1].set_yscale("symlog", linthresh=1e-2)
+    axes[1].set_ylim(bottom=0)
     axes[1].set_ylabel("window variance\n(last 10 clean steps)")
+    axes[1].legend(loc="upper left", fontsize=8)
     axes[2].step(steps, col("current_mel_weight"), where="post", color="#2ca02c", lw=1.8)
     axes[2].axhline(summary["base_weight"], color="gray", ls=":", lw=1, label="base weight")
     axes[2].set_ylabel("mel weight")

@@ -147,3 +147,10 @@ def test_demo_shortened_end_to_end(tmp_path, capsys):
     assert png.stat().st_size > 1000
     data = json.loads(js.read_text())
     assert len(data["history"]) == 40
+    summary = data["summary"]
+    # NaN targets at step 18 (45%), a 50x spike at step 28 (70%): both seen, neither moves the weight.
+    assert summary["nan_injected_step"] == 18 and summary["nonfinite_steps"] == [18]
+    assert summary["spike_injected_step"] == 28 and summary["spike_steps"] == [28]
+    assert not summary["weight_moved_on_nan"] and not summary["weight_moved_on_spike"]
+    spike = data["history"][27]
+    assert spike["mel_loss"] > 20 * data["history"][26]["running_mel_loss"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from myxtts_ops import profiler, report
-from myxtts_ops.profiler import MODES, RECORD_FIELDS, ProfileConfig, ProfilerError
+from myxtts_ops.profiler import RECORD_FIELDS, ProfileConfig, ProfilerError
 
 
 def test_floor_bytes():
@@ -111,3 +111,18 @@ def test_make_batch_lengths_in_range():
     assert yt.shape == yp.shape == (64, 100, 4)
     assert ln.min() >= 50 and ln.max() <= 100
     assert not np.array_equal(yt.numpy(), yp.numpy())
+
+
+def test_input_rotation_covers_the_cache():
+    # [32, 1000, 80] float32: 20.48 MB per (y_true, y_pred) pair.
+    assert profiler.input_sets_for(32, 1000, 80, "float32", 96 << 20) == 5
+    assert profiler.input_sets_for(64, 2000, 80, "float64", 96 << 20) == 1
+    assert profiler.input_sets_for(1, 1, 1, "float16", 1 << 30) == 16  # capped
+
+
+def test_rounds_rotate_over_input_copies():
+    config = ProfileConfig(batch=2, frames=8, mels=4, repeats=3, warmup=0,
+                           impls=("reference",), modes=("forward",), bandwidth_mib=8,
+                           rotate_mib=1)
+    result = profiler.run_profile(config, progress=False, log=lambda m: None)
+    assert {r["input_sets"] for r in result.records} == {16}

@@ -481,3 +481,31 @@ def test_xla_clamps_bad_lengths(impl):
     out = fn(tf.constant(y_true), tf.constant(y_pred), tf.constant([7, -2], tf.int32))
     np.testing.assert_array_equal(out.per_sample.numpy(), [1.0, 0.0])
     assert float(out.loss) == 1.0
+
+
+# ---------------------------------------------------------------------------
+# Property test over small random shapes (including empty ones).
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as hst  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    b=hst.integers(0, 4), t=hst.integers(0, 6), m=hst.integers(0, 5),
+    dtype=hst.sampled_from(DTYPES), loss_type=hst.sampled_from(LOSS_TYPES),
+    normalization=hst.sampled_from(NORMS), use_lengths=hst.booleans(),
+    n_bad=hst.integers(0, 3), seed=hst.integers(0, 2**31 - 1),
+)
+def test_property_matches_oracle(impl, b, t, m, dtype, loss_type, normalization, use_lengths,
+                                 n_bad, seed):
+    from conftest import make_inputs
+
+    rng = np.random.default_rng(seed)
+    y_true, y_pred, lens = make_inputs(rng, (b, t, m), dtype,
+                                       lengths="random" if use_lengths else None,
+                                       nonfinite_valid=n_bad, nonfinite_padding=n_bad)
+    kw = dict(loss_type=loss_type, huber_delta=0.5, normalization=normalization)
+    out = _call(impl, y_true, y_pred, lens, **kw)
+    ref = oracle.forward(y_true, y_pred, lens, None, **kw)
+    _check_forward(out, ref, dtype, None, _valid_count(y_true, lens))

@@ -1,8 +1,9 @@
 """Logging helpers for :class:`~myxtts.training.losses.XTTSLoss`.
 
-* :func:`write_loss_summaries` writes every metric and latest loss as
-  ``tf.summary.scalar`` (works eagerly and inside ``tf.function``; uses the
-  default summary writer).
+* :func:`write_loss_summaries` writes every metric and latest loss as a
+  TensorBoard scalar summary (works eagerly and inside ``tf.function``; uses
+  the default summary writer; written with ``tf.summary.write`` and scalar
+  metadata, so the ``tensorboard`` package is not needed to write them).
 * :class:`XTTSLossMonitor` is a Keras callback that adds the adaptive-weight
   state to the epoch logs (so it lands in ``History`` and in the TensorBoard
   callback) and optionally writes summaries every ``every_n_steps`` batches.
@@ -11,6 +12,7 @@
 
 import keras
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 __all__ = ["write_loss_summaries", "XTTSLossMonitor", "loss_scalars"]
 
@@ -27,10 +29,26 @@ def loss_scalars(loss_fn):
     return out
 
 
+def _scalar_metadata():
+    # What tensorboard's tf.summary.scalar writes: the "scalars" plugin, data class SCALAR.
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
+    return metadata
+
+
 def write_loss_summaries(loss_fn, step, prefix="xtts"):
-    """``tf.summary.scalar`` for every value of :func:`loss_scalars` at ``step``."""
+    """A scalar summary for every value of :func:`loss_scalars` at ``step``.
+
+    Returns True when a default summary writer was there to write to.
+    """
+    metadata = _scalar_metadata()
+    written = tf.constant(False)
     for key, value in loss_scalars(loss_fn).items():
-        tf.summary.scalar(f"{prefix}/{key}", tf.cast(value, tf.float32), step=step)
+        written = tf.summary.write(
+            f"{prefix}/{key}", tf.cast(value, tf.float32), step=step, metadata=metadata
+        )
+    return written
 
 
 class XTTSLossMonitor(keras.callbacks.Callback):

@@ -43,19 +43,29 @@ def feed_gradient_norm(optimizer, loss_fn):
     if not hasattr(target, "apply"):
         raise ValueError(f"optimizer has no apply(grads, variables) method: {optimizer!r}")
     feed = getattr(target, _ATTR, None)
-    if feed is not None:
-        feed["loss_fn"] = loss_fn
+    if isinstance(feed, _Feed):
+        feed.loss_fn = loss_fn
         return optimizer
     original_apply = target.apply
-    state = {"loss_fn": loss_fn}
+    feed = _Feed(loss_fn)
 
     def apply(grads, trainable_variables=None):
         grads = list(grads)
         present = [g for g in grads if g is not None]
         if present:
-            state["loss_fn"].observe_gradient_norm(tf.linalg.global_norm(present))
+            feed.loss_fn.observe_gradient_norm(tf.linalg.global_norm(present))
         return original_apply(grads, trainable_variables)
 
     target.apply = apply
-    setattr(target, _ATTR, state)
+    setattr(target, _ATTR, feed)
     return optimizer
+
+
+class _Feed:
+    """Which loss an optimizer reports to (a plain object: Keras' attribute
+    tracking would copy a dict)."""
+
+    __slots__ = ("loss_fn",)
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn

@@ -101,14 +101,9 @@ class _XTTSLossState(tf.Module):
         self.extra_losses[name] = var
         return var
 
-    def reset(self, base_weight):
+    def reset(self):
+        """Every variable back to its initial value (the enabled switch excepted)."""
         for name, (value, dtype) in self._initial.items():
-            if isinstance(value, float) and name in (
-                "current_mel_weight",
-                "previous_mel_weight",
-                "last_mel_weight",
-            ):
-                value = base_weight
             getattr(self, name).assign(tf.constant(value, dtype))
         for var in self.extra_losses.values():
             var.assign(0.0)
@@ -118,6 +113,7 @@ def _finite_or_zero(x):
     return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
 
 
+@keras.saving.register_keras_serializable(package="myxtts")
 class XTTSLoss(keras.losses.Loss, AutoTrackable):
     """MyXTTS training loss with the stable adaptive mel weight (SPEC 4).
 
@@ -195,7 +191,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     to this loss, and its ``compile`` feeds gradient norms automatically.
     ``sample_weight`` is not supported (``ValueError``).
 
-    Calls with ``training=False`` compute the total with the current weight and
+    Calls with ``training=False`` (a Python bool) compute the total with the current weight and
     change no state (use for validation).
 
     All state lives in non-trainable ``tf.Variable``s (``step_count`` is one:
@@ -590,7 +586,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
 
     # ---------------------------------------------------- gradient norms
     def observe_gradient_norm(self, norm):
-        """Record the gradient norm of the step (a scalar, or a list of gradients).
+        """Record the gradient norm of the step (a scalar, or a list of gradient tensors).
 
         Call it after computing the gradients of the loss returned by this
         object; the next call uses it. Non-finite norms are ignored (counted in
@@ -701,7 +697,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     def reset_stability_state(self):
         """Every counter, history, statistic and weight back to its initial value
         (the enabled/disabled switch is kept)."""
-        self._state.reset(float(self.config.mel_loss_weight))
+        self._state.reset()
 
     # ---------------------------------------------------- serialization
     def get_config(self):
