@@ -47,11 +47,15 @@ RECORD_FIELDS = (
 
 DTYPE_SIZES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
-#: ``[B, T, M]`` tensor passes each mode must make at least: reads + writes.
+#: What each mode must move at least, in ``[B, T, M]`` tensor passes:
+#: (passes over the valid frames only, passes over the whole tensor).
+#: forward reads y_true and y_pred where frames are valid; the backward reads
+#: them again and writes the gradient of y_pred over the whole tensor (padding
+#: gets zeros). xtts_step is dominated by the mel term: same as forward_backward.
 MODE_TENSOR_PASSES = {
-    "forward": 2,            # read y_true, y_pred
-    "forward_backward": 6,   # forward + backward: read y_true, y_pred; write 2 grads
-    "xtts_step": 6,          # the mel term dominates: same as forward_backward
+    "forward": (2, 0),
+    "forward_backward": (4, 1),
+    "xtts_step": (4, 1),
 }
 
 DEFAULT_SWEEP_BATCHES = (8, 16, 32, 64)
@@ -119,9 +123,13 @@ class ProfileConfig:
 # Helpers that do not need TensorFlow
 
 
-def floor_bytes(mode: str, batch: int, frames: int, mels: int, dtype: str) -> int:
-    """Bytes ``mode`` must move at least for one ``[batch, frames, mels]`` step."""
-    return MODE_TENSOR_PASSES[mode] * batch * frames * mels * DTYPE_SIZES[dtype]
+def floor_bytes(mode: str, batch: int, frames: int, mels: int, dtype: str,
+                valid_fraction: float = 1.0) -> int:
+    """Bytes ``mode`` must move at least for one ``[batch, frames, mels]`` step
+    whose lengths cover ``valid_fraction`` of the frames."""
+    valid_passes, full_passes = MODE_TENSOR_PASSES[mode]
+    tensor_bytes = batch * frames * mels * DTYPE_SIZES[dtype]
+    return int(round((valid_passes * valid_fraction + full_passes) * tensor_bytes))
 
 
 def input_sets_for(batch: int, frames: int, mels: int, dtype: str, rotate_bytes: int,
@@ -468,7 +476,7 @@ def profile_shape(config: ProfileConfig, batch: int, frames: int, device_kind: s
 
     records: List[dict] = []
     for mode in config.modes:
-        nbytes = floor_bytes(mode, batch, frames, mels, dtype)
+        nbytes = floor_bytes(mode, batch, frames, mels, dtype, valid_fraction)
         floor_ms = nbytes / (bandwidth_gbps * 1e9) * 1e3
         base = dict(batch=batch, frames=frames, mels=mels, dtype=dtype, device=device_kind)
         records.append(dict(

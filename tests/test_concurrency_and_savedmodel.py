@@ -161,7 +161,7 @@ def test_shared_tf_function_from_8_threads(rng):
         for got in per_thread:
             _assert_matches(got, want[i], "float32", f"thread {i}")
             np.testing.assert_allclose(got[4], want_grad, rtol=1e-5, atol=1e-9)
-    assert len(fn._list_all_concrete_functions_for_serialization()) == 1
+    assert fn.experimental_get_tracing_count() == 1
 
 
 def test_kernels_module_from_8_threads(rng):

@@ -13,8 +13,11 @@ from myxtts_ops.profiler import RECORD_FIELDS, ProfileConfig, ProfilerError
 
 def test_floor_bytes():
     assert profiler.floor_bytes("forward", 2, 3, 4, "float32") == 2 * 24 * 4
-    assert profiler.floor_bytes("forward_backward", 2, 3, 4, "float16") == 6 * 24 * 2
-    assert profiler.floor_bytes("xtts_step", 2, 3, 4, "float64") == 6 * 24 * 8
+    assert profiler.floor_bytes("forward_backward", 2, 3, 4, "float16") == 5 * 24 * 2
+    assert profiler.floor_bytes("xtts_step", 2, 3, 4, "float64") == 5 * 24 * 8
+    # Only valid frames must be read; the gradient is written everywhere.
+    assert profiler.floor_bytes("forward", 2, 3, 4, "float32", 0.5) == 1 * 24 * 4
+    assert profiler.floor_bytes("forward_backward", 2, 3, 4, "float32", 0.5) == 3 * 24 * 4
     assert profiler.floor_bytes("forward", 1, 1, 1, "bfloat16") == 4
 
 
@@ -73,7 +76,7 @@ def test_sweep_has_a_floor_record_for_every_shape_and_mode(tmp_path):
             assert {r["impl"] for r in sel} == {"reference", "xla", "floor"}
             floor = next(r for r in sel if r["impl"] == "floor")
             assert floor["gbps"] == pytest.approx(result.bandwidth["best"])
-            nbytes = profiler.floor_bytes(mode, b, t, 8, "float32")
+            nbytes = profiler.floor_bytes(mode, b, t, 8, "float32", floor["valid_fraction"])
             assert floor["median_ms"] == pytest.approx(nbytes / (floor["gbps"] * 1e9) * 1e3)
             for r in sel:
                 if r["impl"] != "floor":

@@ -34,10 +34,6 @@ TF_DTYPES = {
 }
 
 
-def _np(x):
-    return None if x is None else np.asarray(x)
-
-
 def _call(fn, y_true, y_pred, lengths=None, state=None, **kw):
     out = fn(
         tf.constant(y_true),

@@ -133,7 +133,9 @@ void forward_impl(const ForwardArgs& args, const ParallelFor& parallel_for) {
   }
 }
 
-template <typename T, LossType kType>
+// Writes d/dy_pred (and, when kWriteTrue, d/dy_true = -d/dy_pred) for one
+// chunk: elements [0, n_valid) are valid frames, [n_valid, n) padding.
+template <typename T, LossType kType, bool kWriteTrue>
 void backward_range(const T* __restrict y_true, const T* __restrict y_pred,
                     T* __restrict g_true, T* __restrict g_pred, int64_t n_valid, int64_t n,
                     typename AccType<T>::type coef, typename AccType<T>::type delta) {
@@ -145,13 +147,22 @@ void backward_range(const T* __restrict y_true, const T* __restrict y_pred,
     const bool ok = is_finite(t) & is_finite(p);
     const A g = ok ? coef * element_loss_grad<kType>(p - t, delta) : A(0);
     g_pred[i] = from_acc<T>(g);
-    g_true[i] = from_acc<T>(-g);
+    if (kWriteTrue) g_true[i] = from_acc<T>(-g);
   }
   const T zero = from_acc<T>(A(0));
   for (; i < n; ++i) {
     g_pred[i] = zero;
-    g_true[i] = zero;
+    if (kWriteTrue) g_true[i] = zero;
   }
+}
+
+template <typename T, LossType kType>
+void backward_chunk(const T* y_true, const T* y_pred, T* g_true, T* g_pred, int64_t n_valid,
+                    int64_t n, typename AccType<T>::type coef, typename AccType<T>::type delta) {
+  if (g_true != nullptr)
+    backward_range<T, kType, true>(y_true, y_pred, g_true, g_pred, n_valid, n, coef, delta);
+  else
+    backward_range<T, kType, false>(y_true, y_pred, g_true, g_pred, n_valid, n, coef, delta);
 }
 
 template <typename T>
@@ -179,13 +190,14 @@ void backward_impl(const BackwardArgs& args, const ParallelFor& parallel_for) {
                    const A coef = A(g_loss * args.sample_weights[b] +
                                     double(g_sample[b]) * args.sample_weights[s.batch + b]);
                    const int64_t off = b * row + lo;
+                   T* gt = g_true == nullptr ? nullptr : g_true + off;
                    if (args.config.loss_type == LossType::kL1)
-                     backward_range<T, LossType::kL1>(y_true + off, y_pred + off, g_true + off,
+                     backward_chunk<T, LossType::kL1>(y_true + off, y_pred + off, gt,
                                                       g_pred + off, n_valid, hi - lo, coef, delta);
                    else
-                     backward_range<T, LossType::kHuber>(y_true + off, y_pred + off,
-                                                         g_true + off, g_pred + off, n_valid,
-                                                         hi - lo, coef, delta);
+                     backward_chunk<T, LossType::kHuber>(y_true + off, y_pred + off, gt,
+                                                         g_pred + off, n_valid, hi - lo, coef,
+                                                         delta);
                  }
                });
 }

@@ -244,6 +244,16 @@ __device__ __forceinline__ void grad_element(T t_raw, T p_raw, bool valid, A coe
   g_true = from_acc<T>(-g);
 }
 
+// Scalar path of the backward: element i of the chunk.
+template <LossType kType, typename T, typename A>
+__device__ __forceinline__ void grad_scalar(const T* t, const T* p, T* gt, T* gp, int64_t i,
+                                            int64_t valid, A coef, A delta) {
+  T g_true, g_pred;
+  grad_element<kType>(t[i], p[i], i < valid, coef, delta, g_true, g_pred);
+  gp[i] = g_pred;
+  if (gt != nullptr) gt[i] = g_true;
+}
+
 template <typename T, LossType kType>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const T* __restrict__ y_true, const T* __restrict__ y_pred,
@@ -269,12 +279,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t off = b * row + lo;
   const T* t = y_true + off;
   const T* p = y_pred + off;
-  T* gt = g_true + off;
+  T* gt = g_true == nullptr ? nullptr : g_true + off;  // null: d/dy_true not wanted
   T* gp = g_pred + off;
 
   const size_t mis = reinterpret_cast<uintptr_t>(t) % 16;
   const bool same = mis == reinterpret_cast<uintptr_t>(p) % 16 &&
-                    mis == reinterpret_cast<uintptr_t>(gt) % 16 &&
+                    (gt == nullptr || mis == reinterpret_cast<uintptr_t>(gt) % 16) &&
                     mis == reinterpret_cast<uintptr_t>(gp) % 16 && mis % sizeof(T) == 0;
   int64_t head = n, n_vec = 0;
   if (same) {
@@ -283,10 +293,10 @@ __global__ void __launch_bounds__(kThreads)
     n_vec = (n - head) / W;
   }
   for (int64_t i = threadIdx.x; i < head; i += kThreads)
-    grad_element<kType>(t[i], p[i], i < valid, coef, delta, gt[i], gp[i]);
+    grad_scalar<kType>(t, p, gt, gp, i, valid, coef, delta);
   const VecT* tv = reinterpret_cast<const VecT*>(t + head);
   const VecT* pv = reinterpret_cast<const VecT*>(p + head);
-  VecT* gtv = reinterpret_cast<VecT*>(gt + head);
+  VecT* gtv = gt == nullptr ? nullptr : reinterpret_cast<VecT*>(gt + head);
   VecT* gpv = reinterpret_cast<VecT*>(gp + head);
   for (int64_t i = threadIdx.x; i < n_vec; i += kThreads) {
     const int64_t base = head + i * W;
@@ -301,11 +311,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < W; ++k)
       grad_element<kType>(a.v[k], c.v[k], base + k < valid, coef, delta, ot.v[k], op.v[k]);
-    gtv[i] = ot;
+    if (gtv != nullptr) gtv[i] = ot;
     gpv[i] = op;
   }
   for (int64_t i = head + n_vec * W + threadIdx.x; i < n; i += kThreads)
-    grad_element<kType>(t[i], p[i], i < valid, coef, delta, gt[i], gp[i]);
+    grad_scalar<kType>(t, p, gt, gp, i, valid, coef, delta);
 }
 
 int lengths_kind(const LengthsView& l) { return l.data == nullptr ? 0 : (l.is_int64 ? 2 : 1); }

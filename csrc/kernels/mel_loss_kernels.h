@@ -56,7 +56,7 @@ struct BackwardArgs {
   const void* grad_loss = nullptr;         // scalar, float or double
   const void* grad_per_sample = nullptr;   // [batch], float or double
   LossConfig config;
-  void* grad_y_true = nullptr;  // [B, T, M], input dtype
+  void* grad_y_true = nullptr;  // [B, T, M], input dtype; null: not wanted
   void* grad_y_pred = nullptr;  // [B, T, M], input dtype
 };
 

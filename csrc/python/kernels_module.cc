@@ -428,8 +428,10 @@ void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object leng
   const DeviceArray grad_per_sample = device_array(grad_per_sample_obj, "grad_per_sample");
   check_vector(grad_per_sample.shape, s.batch, "grad_per_sample");
   expect_type(grad_per_sample, out_t, "grad_per_sample");
-  const DeviceArray g_true = device_array(grad_true_obj, "grad_y_true");
+  // grad_y_true may be None when only d/dy_pred is wanted.
   const DeviceArray g_pred = device_array(grad_pred_obj, "grad_y_pred");
+  const DeviceArray g_true =
+      grad_true_obj.is_none() ? g_pred : device_array(grad_true_obj, "grad_y_true");
   if (g_true.shape != y_true.shape || g_pred.shape != y_true.shape)
     throw py::value_error("grad_y_true and grad_y_pred must have the shape of y_true " +
                           shape_str(y_true.shape));
@@ -439,7 +441,7 @@ void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object leng
   args.sample_weights = static_cast<const double*>(weights.ptr);
   args.grad_loss = grad_loss.ptr;
   args.grad_per_sample = grad_per_sample.ptr;
-  args.grad_y_true = g_true.ptr;
+  args.grad_y_true = grad_true_obj.is_none() ? nullptr : g_true.ptr;
   args.grad_y_pred = g_pred.ptr;
   py::gil_scoped_release release;
   check(mel_loss_backward_cuda(args, strm));

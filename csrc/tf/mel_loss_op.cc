@@ -336,7 +336,10 @@ class MaskedMelLossGradOp : public OpKernel {
     args.grad_loss = grad_loss.tensor_data().data();
     args.grad_per_sample = grad_per_sample.tensor_data().data();
     args.config = config;
-    args.grad_y_true = const_cast<char*>(g_true->tensor_data().data());
+    // In a graph where only d/dy_pred is consumed, skip writing d/dy_true:
+    // it is a fifth of the backward's memory traffic.
+    args.grad_y_true =
+        ctx->output_required(0) ? const_cast<char*>(g_true->tensor_data().data()) : nullptr;
     args.grad_y_pred = const_cast<char*>(g_pred->tensor_data().data());
 
     if (device_ == Device::kCpu) {
