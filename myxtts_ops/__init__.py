@@ -26,6 +26,7 @@ __all__ = [
     "masked_mel_loss",
     "read_state",
     "reference",
+    "saved_model",
 ]
 
 _LAZY = {
@@ -36,6 +37,7 @@ _LAZY = {
     "OpLibraryError": ("myxtts_ops._loader", "OpLibraryError"),
     "reference": ("myxtts_ops.reference", None),
     "kernels": ("myxtts_ops.kernels", None),
+    "saved_model": ("myxtts_ops.saved_model", None),
 }
 
 

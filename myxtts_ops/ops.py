@@ -37,8 +37,11 @@ def _output_dtype(dtype):
 def _lengths_or_placeholder(lengths):
     if lengths is None:
         return tf.zeros([0], tf.int32), False
-    lengths = tf.convert_to_tensor(lengths)
-    return lengths, True
+    if isinstance(lengths, (list, tuple)) and len(lengths) == 0:
+        # An empty Python list would otherwise become float32. (No dtype_hint:
+        # it would silently turn float arrays into ints instead of rejecting them.)
+        return tf.zeros([0], tf.int32), True
+    return tf.convert_to_tensor(lengths), True
 
 
 def masked_mel_loss(

@@ -270,11 +270,14 @@ MXO_HD void update_state(const double* in, double* out, double loss,
   out[state::kRunningMean] = decay * out[state::kRunningMean] + (1.0 - decay) * loss;
   out[state::kLastLoss] = loss;
 
-  int head = int(out[state::kRingHead]);
-  if (head < 0 || head >= state::kWindowSize) head = 0;
+  // Range-check as doubles before converting: a corrupted state (NaN, huge
+  // values) must not reach an out-of-range float-to-int conversion.
+  const double head_raw = out[state::kRingHead];
+  const int head = (head_raw >= 0.0 && head_raw < double(state::kWindowSize)) ? int(head_raw) : 0;
   out[state::kRingStart + head] = loss;
   out[state::kRingHead] = double((head + 1) % state::kWindowSize);
   double filled = out[state::kWindowCount] + 1.0;
+  if (!(filled >= 1.0)) filled = 1.0;  // also catches NaN
   if (filled > state::kWindowSize) filled = state::kWindowSize;
   out[state::kWindowCount] = filled;
 

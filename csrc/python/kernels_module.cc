@@ -39,8 +39,9 @@ LossConfig parse_config(const std::string& loss_type, double huber_delta,
     throw py::value_error("normalization must be 'per_sample' or 'global', got '" +
                           normalization + "'");
   }
-  if (!(huber_delta > 0.0))
-    throw py::value_error("huber_delta must be > 0, got " + std::to_string(huber_delta));
+  if (!(huber_delta > 0.0 && huber_delta <= 1.7976931348623157e308))  // rejects NaN, Inf
+    throw py::value_error("huber_delta must be a positive finite number, got " +
+                          std::to_string(huber_delta));
   c.huber_delta = huber_delta;
   return c;
 }
@@ -92,8 +93,10 @@ DType numpy_mel_dtype(const py::array& a, const char* name) {
                         " must be float16, bfloat16, float32 or float64, got " + n);
 }
 
+// C-contiguous view or copy that keeps the number of dimensions (unlike
+// numpy.ascontiguousarray, which turns 0-d into 1-d).
 py::array contiguous(py::handle obj) {
-  return py::module_::import("numpy").attr("ascontiguousarray")(obj);
+  return py::module_::import("numpy").attr("require")(obj, py::none(), "C");
 }
 
 std::vector<int64_t> shape_of(const py::array& a) {

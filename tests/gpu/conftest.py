@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.util
 import os
 import sys
 import types
@@ -20,7 +21,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
+# The source tree only when the package is not installed (an installed wheel
+# must not be shadowed by an unbuilt checkout).
+if importlib.util.find_spec("myxtts_ops") is None and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
