@@ -66,13 +66,22 @@ def _kernels():
     return kernels
 
 
-def available() -> bool:
-    """True when the kernels module is built with CUDA and sees a device."""
+def unavailable_reason() -> Optional[str]:
+    """Why the CUDA kernels cannot run here, or None when they can."""
     try:
         k = _kernels()
-        return bool(k.built_with_cuda()) and int(k.cuda_device_count()) > 0
-    except Exception:  # noqa: BLE001 - any failure means "not available"
-        return False
+    except ImportError as e:
+        return f"myxtts_ops.kernels is not built ({e})"
+    if not k.built_with_cuda():
+        return "myxtts_ops.kernels was built without CUDA"
+    if int(k.cuda_device_count()) <= 0:
+        return "no CUDA device visible"
+    return None
+
+
+def available() -> bool:
+    """True when the kernels module is built with CUDA and sees a device."""
+    return unavailable_reason() is None
 
 
 def workspace_size(batch: int, frames: int, mels: int, dtype: str = "float32") -> int:

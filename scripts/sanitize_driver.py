@@ -40,22 +40,13 @@ def skip(msg: str) -> None:
 
 
 def load_kernels():
-    try:
-        import myxtts_ops  # noqa: F401
-    except ImportError:
-        import types
+    from myxtts_ops import gpu
 
-        pkg = types.ModuleType("myxtts_ops")
-        pkg.__path__ = [str(ROOT / "myxtts_ops")]
-        sys.modules["myxtts_ops"] = pkg
-    try:
-        from myxtts_ops import kernels
-    except ImportError as e:
-        skip(f"myxtts_ops.kernels not built ({e})")
-    if not kernels.built_with_cuda():
-        skip("myxtts_ops.kernels built without CUDA")
-    if kernels.cuda_device_count() <= 0:
-        skip("no CUDA device")
+    reason = gpu.unavailable_reason()
+    if reason:
+        skip(reason)
+    from myxtts_ops import kernels
+
     return kernels
 
 

@@ -1,12 +1,12 @@
 """`myxtts-ops` command line: argument handling, `profile --quick`, `demo`."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+from child_env import child_env
 from myxtts_ops import cli
 from myxtts_ops.profiler import MODES, RECORD_FIELDS
 
@@ -62,7 +62,7 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
 
 
 def test_bad_arguments_in_a_subprocess_exit_2_without_traceback():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "myxtts_ops", "profile", "--batch", "-3"],
         capture_output=True, text=True, env=env, timeout=120,

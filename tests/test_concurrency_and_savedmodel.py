@@ -26,31 +26,17 @@ import tensorflow as tf
 
 import myxtts_ops
 import oracle
-from conftest import NP_DTYPES, TOLERANCES, make_inputs
+from child_env import child_env
+from conftest import TOLERANCES, make_inputs
 
 N_THREADS = 8
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
-def _pythonpath():
-    """PYTHONPATH that lets a child process import the packages under test."""
-    import myxtts
-
-    paths = [
-        os.path.dirname(os.path.dirname(os.path.abspath(myxtts_ops.__file__))),
-        os.path.dirname(os.path.dirname(os.path.abspath(myxtts.__file__))),
-        _TESTS,
-    ]
-    if os.environ.get("PYTHONPATH"):
-        paths.append(os.environ["PYTHONPATH"])
-    return os.pathsep.join(paths)
-
-
 def run_child(code, tmp_path, env=None, timeout=240):
     script = tmp_path / f"child_{abs(hash(code)) % 10**8}.py"
     script.write_text(textwrap.dedent(code))
-    full_env = dict(os.environ, PYTHONPATH=_pythonpath(), TF_CPP_MIN_LOG_LEVEL="2")
-    full_env.update(env or {})
+    full_env = child_env(**(env or {}))
     proc = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path), env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     return proc

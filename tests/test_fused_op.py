@@ -8,7 +8,6 @@ the op graph, and the NumPy kernels module.
 """
 
 import hashlib
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import oracle
+from child_env import child_env
 from conftest import DTYPES, NP_DTYPES, assert_close, assert_grad_close, make_inputs, tol
 
 # Rerun the reference battery against the fused op (collected in this module,
@@ -192,9 +192,7 @@ _THREAD_SCRIPT = textwrap.dedent(
 
 def test_bitwise_determinism_across_thread_counts(rng):
     seed = str(int(rng.integers(0, 2**31)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env = child_env()
     digests = {}
     for threads in (1, 0, 4):
         proc = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT, str(threads), seed],
