@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from child_env import child_env
+from child_env import TESTS_DIR, child_env
 from myxtts_ops import cli
 from myxtts_ops.profiler import MODES, RECORD_FIELDS
 
@@ -65,7 +65,7 @@ def test_bad_arguments_in_a_subprocess_exit_2_without_traceback():
     env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "myxtts_ops", "profile", "--batch", "-3"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env, timeout=120, cwd=TESTS_DIR,
     )
     assert proc.returncode == 2, proc.stderr
     assert "usage: myxtts-ops profile" in proc.stderr

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import oracle
-from child_env import child_env
+from child_env import TESTS_DIR, child_env
 from conftest import DTYPES, NP_DTYPES, assert_close, assert_grad_close, make_inputs, tol
 
 # Rerun the reference battery against the fused op (collected in this module,
@@ -195,8 +195,11 @@ def test_bitwise_determinism_across_thread_counts(rng):
     env = child_env()
     digests = {}
     for threads in (1, 0, 4):
+        # cwd: `python -c` puts it first on sys.path; the repo root would
+        # shadow the installed package with the unbuilt source tree.
         proc = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT, str(threads), seed],
-                              capture_output=True, text=True, env=env, timeout=300)
+                              capture_output=True, text=True, env=env, timeout=300,
+                              cwd=TESTS_DIR)
         assert proc.returncode == 0, proc.stderr[-3000:]
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("DIGEST")]
         assert line, proc.stdout + proc.stderr[-2000:]
