@@ -41,6 +41,76 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+def _percentiles(times_s):
+    import numpy as np
+
+    ms = np.asarray(times_s) * 1e3
+    return float(np.median(ms)), float(np.percentile(ms, 20)), float(np.percentile(ms, 80))
+
+
+def kernel_only(batch, frames, mels, repeats, rotate_bytes=96 << 20, seed=0):
+    """The same CPU forward kernel without TensorFlow's per-call dispatch: the
+    ``myxtts_ops.kernels`` module on NumPy arrays, all cores, inputs rotated as
+    in the profiler. Returns {"forward": (median, p20, p80)} and the valid
+    fraction of the frames."""
+    import time
+
+    import numpy as np
+
+    from myxtts_ops import kernels
+
+    rng = np.random.default_rng(seed)
+    tensor_bytes = batch * frames * mels * 4
+    n_sets = max(2, min(16, rotate_bytes // (2 * tensor_bytes) + 1))
+    lengths = rng.integers(frames // 2, frames + 1, size=batch).astype(np.int32)
+    sets = [(rng.standard_normal((batch, frames, mels), dtype=np.float32),
+             rng.standard_normal((batch, frames, mels), dtype=np.float32))
+            for _ in range(n_sets)]
+    steps = {"forward": lambda t, p: kernels.forward(t, p, lengths)}
+    out = {}
+    for mode, step in steps.items():
+        times = []
+        for r in range(repeats + 3):
+            t, p = sets[r % n_sets]
+            t0 = time.perf_counter()
+            step(t, p)
+            if r >= 3:
+                times.append(time.perf_counter() - t0)
+        out[mode] = _percentiles(times)
+    return out, float(lengths.sum()) / (batch * frames)
+
+
+def isolated_table(result, config, repeats):
+    """Fused op alone (no interleaving) and the kernels without TF dispatch,
+    against the floor of the interleaved run."""
+    from myxtts_ops.profiler import floor_bytes
+
+    batch, frames = config.shapes[0] if config.shapes else (config.batch, config.frames)
+    mels = config.mels
+    alone = run_profile(ProfileConfig(device="cpu", dtype="float32", repeats=repeats,
+                                      warmup=config.warmup, impls=("fused",),
+                                      modes=("forward", "forward_backward"),
+                                      shapes=[(batch, frames)], mels=mels))
+    kern, valid = kernel_only(batch, frames, mels, repeats)
+    bw = result.bandwidth["best"] * 1e9
+    floor = {m: floor_bytes(m, batch, frames, mels, "float32", valid) / bw * 1e3
+             for m in ("forward", "forward_backward")}
+    rows = [("fused op alone (tf.function)", r["mode"], (r["median_ms"], r["p20_ms"], r["p80_ms"]))
+            for r in alone.records if r["impl"] == "fused"]
+    # Forward only: the NumPy backward allocates fresh outputs per call, so it
+    # would time page faults, not the kernel.
+    rows.append(("kernels, no TF dispatch", "forward", kern["forward"]))
+    lines = [f"Isolated runs, [{batch}, {frames}, {mels}] float32 (floor from the run above):\n",
+             "| what | mode | median ms | p20 ms | p80 ms | x floor |",
+             "|---|---|---|---|---|---|"]
+    for what, mode, (med, p20, p80) in rows:
+        lines.append(f"| {what} | {mode} | {med:.3f} | {p20:.3f} | {p80:.3f} | "
+                     f"{med / floor[mode]:.2f} |")
+    for mode, ms in floor.items():
+        lines.append(f"| floor | {mode} | {ms:.3f} | - | - | 1.00 |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu"),
@@ -77,6 +147,11 @@ def main(argv=None):
     report.write_json(result.records, args.out + ".json")
     with open(args.out + ".md", "w", encoding="utf-8") as f:
         f.write(header + report.format_table(result.records, markdown=True))
+    if not args.sweep and "fused" in config.impls:
+        isolated = isolated_table(result, config, args.repeats)
+        print(isolated, end="")
+        with open(args.out + ".md", "a", encoding="utf-8") as f:
+            f.write("\n" + isolated)
     report.plot(result.records, args.out + ".png")
     print(f"wrote {args.out}.json, {args.out}.md, {args.out}.png")
     if args.readme_chart:

@@ -8,6 +8,7 @@
 // export Eigen::GpuDevice accessors); its CPU kernels then run as usual.
 #define EIGEN_USE_THREADS
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -206,10 +207,15 @@ absl::Status CheckLengths(const LengthsView& lengths, const MelShape& shape) {
   return absl::OkStatus();
 }
 
+// One contiguous block of work units per pool thread: the kernel is memory
+// bound and its units are equal, so finer, adaptive blocks only add
+// scheduling overhead.
 ParallelFor TfParallelFor(OpKernelContext* ctx) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return [pool](int64_t n, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
-    pool->ParallelFor(n, cost, fn);
+  return [pool](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
+    const int64_t threads = std::max<int64_t>(1, pool->NumThreads());
+    const int64_t block = std::max<int64_t>(1, (n + threads - 1) / threads);
+    pool->ParallelFor(n, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(block), fn);
   };
 }
 
