@@ -8,13 +8,20 @@
   state to the epoch logs (so it lands in ``History`` and in the TensorBoard
   callback) and optionally writes summaries every ``every_n_steps`` batches.
   It reads the variables on the host only at those points.
+* :class:`XTTSLossBackup` is a Keras callback that backs up and restores the
+  loss's state next to ``keras.callbacks.BackupAndRestore`` (which saves only
+  the model and the optimizer), so an interrupted ``fit`` resumes with the
+  same adaptive-weight state as if it had never stopped.
 """
+
+import os
+import shutil
 
 import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-__all__ = ["write_loss_summaries", "XTTSLossMonitor", "loss_scalars"]
+__all__ = ["write_loss_summaries", "XTTSLossMonitor", "XTTSLossBackup", "loss_scalars"]
 
 
 def loss_scalars(loss_fn):
@@ -81,3 +88,79 @@ class XTTSLossMonitor(keras.callbacks.Callback):
         logs[f"{self.prefix}_nonfinite_steps"] = float(stability["nonfinite_steps"].numpy())
         if self._writer is not None:
             self._writer.flush()
+
+
+class XTTSLossBackup(keras.callbacks.Callback):
+    """Back up an :class:`XTTSLoss`'s state for fault-tolerant ``fit`` (with BackupAndRestore).
+
+    ``keras.callbacks.BackupAndRestore`` saves the model weights, the optimizer
+    and the epoch, not the loss: after a resume the adaptive weight, the
+    running statistics and every counter would start again from scratch. Pass
+    this callback right after it, with the same ``save_freq``::
+
+        backup_dir = "/tmp/backup"
+        callbacks = [
+            keras.callbacks.BackupAndRestore(backup_dir),
+            XTTSLossBackup(loss_fn, backup_dir),
+        ]
+        model.fit(ds, epochs=10, callbacks=callbacks)   # run it again after a failure
+
+    It writes ``tf.train.Checkpoint(loss=loss_fn)`` (every variable of the loss)
+    under ``backup_dir/xtts_loss`` whenever BackupAndRestore saves (every
+    epoch, or every ``save_freq`` batches), restores the latest one in
+    ``on_train_begin``, and removes it in ``on_train_end`` when
+    ``delete_checkpoint`` (as BackupAndRestore does with its own files).
+    """
+
+    SUBDIR = "xtts_loss"
+
+    def __init__(self, loss_fn, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__()
+        if not backup_dir:
+            raise ValueError(f"backup_dir must be a directory path, got backup_dir={backup_dir!r}")
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
+            raise ValueError(f"save_freq must be 'epoch' or a positive int, got save_freq={save_freq!r}")
+        self.loss_fn = loss_fn
+        self.directory = os.path.join(os.fspath(backup_dir), self.SUBDIR)
+        self.save_freq = save_freq
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._checkpoint = tf.train.Checkpoint(loss=loss_fn)
+        self._manager = None
+        self._batches_since_save = 0
+
+    def _get_manager(self):
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=2)
+        return self._manager
+
+    def restore(self):
+        """Restore the latest backup into the loss; returns its path or None."""
+        latest = tf.train.latest_checkpoint(self.directory)
+        if latest is None:
+            return None
+        self._checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest
+
+    def save(self):
+        return self._get_manager().save()
+
+    def on_train_begin(self, logs=None):
+        self._batches_since_save = 0
+        self.restore()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches_since_save += 1
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self.save()
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and os.path.isdir(self.directory):
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self._manager = None

@@ -9,15 +9,15 @@ computes ``tf.linalg.global_norm`` of the gradients in the graph and calls
 ``loss_fn.observe_gradient_norm`` before applying them. Nothing leaves the
 graph. The optimizer's class, configuration and checkpoint are unchanged.
 
-Under ``tf.distribute`` the norm is that of each replica's local gradients
-(before Keras all-reduces them); with ``ONLY_FIRST_REPLICA`` state the first
-replica's norm is recorded.
+Under ``tf.distribute`` (more than one replica) the gradients handed to
+``apply`` are each replica's local ones (Keras all-reduces them later);
+``observe_gradient_norm`` receives the list and sums it over the replicas
+first (one extra all-reduce of the gradients per step), so every replica
+records the norm of the global batch's gradient, as a single device would.
 
 In a custom ``tf.GradientTape`` loop call ``loss_fn.observe_gradient_norm``
 yourself (it also accepts the list of gradients).
 """
-
-import tensorflow as tf
 
 __all__ = ["feed_gradient_norm", "innermost_optimizer"]
 
@@ -53,7 +53,9 @@ def feed_gradient_norm(optimizer, loss_fn):
         grads = list(grads)
         present = [g for g in grads if g is not None]
         if present:
-            feed.loss_fn.observe_gradient_norm(tf.linalg.global_norm(present))
+            # The list form: under tf.distribute observe_gradient_norm sums the
+            # replicas' gradients first, so the norm is the global batch's.
+            feed.loss_fn.observe_gradient_norm(present)
         return original_apply(grads, trainable_variables)
 
     target.apply = apply

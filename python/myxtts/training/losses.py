@@ -195,9 +195,57 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     change no state (use for validation).
 
     All state lives in non-trainable ``tf.Variable``s (``step_count`` is one:
-    ``loss_fn.step_count.numpy()``), created once in the constructor (create
-    the loss inside ``strategy.scope()`` for ``tf.distribute``), and
-    ``tf.train.Checkpoint(loss=loss_fn)`` saves and restores all of it.
+    ``loss_fn.step_count.numpy()``), created once in the constructor, and
+    ``tf.train.Checkpoint(loss=loss_fn)`` saves and restores all of it
+    (resuming gives exactly the trajectory of a run that never stopped). For
+    ``model.fit`` with ``keras.callbacks.BackupAndRestore`` (which saves only
+    the model and optimizer) add
+    :class:`myxtts.training.callbacks.XTTSLossBackup`.
+
+    **tf.distribute** (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``):
+    construct the loss (and the model/optimizer) inside ``strategy.scope()``::
+
+        with strategy.scope():
+            model = build_model()
+            loss_fn = XTTSLoss(...)
+            optimizer = keras.optimizers.Adam()
+
+        @tf.function
+        def train_step(x, y):                    # custom loop
+            def replica_fn(x, y):                # x, y: this replica's shard
+                with tf.GradientTape() as tape:
+                    loss = loss_fn(y, model(x, training=True))
+                grads = tape.gradient(loss, model.trainable_variables)
+                loss_fn.observe_gradient_norm(grads)   # list: global norm
+                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                return loss
+            per_replica = strategy.run(replica_fn, args=(x, y))
+            return strategy.reduce("SUM", per_replica, axis=None)  # = global total
+
+    or ``model.compile(loss=loss_fn)`` + ``model.fit`` under the scope. With
+    more than one replica in sync, each call all-reduces (one SUM all-reduce
+    of a small float64 vector) the sufficient statistics of every term: the
+    mel term's ``(loss x active samples, active samples)`` for ``per_sample``
+    normalisation or ``(loss x valid elements, valid elements)`` for
+    ``global``, its non-finite and valid element counts, the stop term's BCE
+    sum / frame count / non-finite count, and each extra term's value (its
+    mean over replicas: give every replica the same batch size). The mel loss
+    of the global batch is thus what one device would compute on it (up to
+    summation order), the running statistics are updated from it with
+    :func:`myxtts_ops.reference.update_state`, and every replica takes the
+    same decision and writes the same state: the trajectory equals a
+    single-device run over the same global batches. Each replica returns
+    ``global total / num_replicas_in_sync`` whose gradient is that replica's
+    share of the global total's gradient, so the SUM of the replicas'
+    gradients (what ``optimizer.apply_gradients`` does in replica context,
+    and Keras 3 ``fit``, which does not divide by the number of replicas
+    itself: Keras losses do) is the single-device gradient of the global
+    batch. Reduce the returned values with SUM to log the global total (Keras
+    ``fit`` logs it already). Caveats: a non-finite extra-term value is zeroed
+    per replica (the step is unstable either way); in ``per_sample`` mode a
+    sample whose valid elements are all non-finite still counts as active
+    (the step is unstable either way). With one replica (or when called in
+    cross-replica context) none of this happens.
     """
 
     def __init__(
@@ -372,8 +420,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             stop_true = stop_pred = None
         return mel_true, mel_pred, lengths, stop_true, stop_pred
 
-    def _stop_loss(self, stop_true, stop_pred, lengths):
-        """Masked stop-token BCE (float32) and the count of non-finite valid frames."""
+    def _stop_loss(self, stop_true, stop_pred, lengths, with_sums=False):
+        """Masked stop-token BCE (float32) and the count of non-finite valid frames
+        (``with_sums``: also the BCE sum and the valid-frame count it is divided by)."""
         c = self.config
         logits = tf.convert_to_tensor(stop_pred)
         labels = tf.convert_to_tensor(stop_true)
@@ -405,13 +454,17 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             p = tf.clip_by_value(logits, eps, 1.0 - eps)
             ce = -(c.stop_positive_weight * labels * tf.math.log(p) + (1.0 - labels) * tf.math.log(1.0 - p))
         count = tf.reduce_sum(tf.cast(valid, tf.float32))
-        loss = tf.math.divide_no_nan(tf.reduce_sum(tf.where(valid, ce, zeros)), count)
+        total = tf.reduce_sum(tf.where(valid, ce, zeros))
+        loss = tf.math.divide_no_nan(total, count)
+        if with_sums:
+            return loss, nonfinite, total, count
         return loss, nonfinite
 
     def _compute(self, y_true, y_pred, mel_lengths, training):
         c = self.config
         st = self._state
         mel_true, mel_pred, lengths, stop_true, stop_pred = self._unpack(y_true, y_pred, mel_lengths)
+        replicas = _replicas_in_sync()
 
         old_state = st.op_state.read_value()
         out = self._mel_op()(
@@ -423,6 +476,11 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             huber_delta=c.mel_huber_delta,
             normalization=c.mel_normalization,
         )
+        if replicas > 1:
+            return self._compute_distributed(
+                y_true, y_pred, mel_true, lengths, stop_true, stop_pred, out, old_state,
+                replicas, training,
+            )
         mel = out.loss
         ldt = mel.dtype  # float32, or float64 for float64 mels
         terms = {}
@@ -445,11 +503,15 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             total = tf.cast(w, ldt) * mel + other
             return _finite_or_zero(total)
 
-        new_w = self._update(out, old_state, mel, other, nonfinite_terms, w)
+        new_w = self._update(out.state, out.nonfinite_count, old_state, mel, other, nonfinite_terms, w)
         total = tf.cast(new_w, ldt) * mel + other
         total = _finite_or_zero(total)
+        self._record_last(mel, total, new_w, terms)
+        return total
 
-        # Latest values for get_losses() / get_weighted_losses().
+    def _record_last(self, mel, total, new_w, terms):
+        """Latest values for get_losses() / get_weighted_losses()."""
+        st = self._state
         st.last_mel_loss.assign(_finite_or_zero(tf.cast(tf.stop_gradient(mel), tf.float32)))
         st.last_total_loss.assign(tf.cast(tf.stop_gradient(total), tf.float32))
         st.last_mel_weight.assign(new_w)
@@ -457,11 +519,121 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             st.last_stop_loss.assign(tf.cast(tf.stop_gradient(terms["stop_loss"][0]), tf.float32))
         for term in self._extra_fns:
             st.extra_losses[term].assign(tf.cast(tf.stop_gradient(terms[term][0]), tf.float32))
-        return total
+
+    # ------------------------------------------------------- tf.distribute
+    def _compute_distributed(
+        self, y_true, y_pred, mel_true, lengths, stop_true, stop_pred, out, old_state,
+        replicas, training,
+    ):
+        """One replica's call when ``num_replicas_in_sync > 1`` (see the class docstring).
+
+        The sufficient statistics of every term are summed over the replicas
+        with one all-reduce, giving the loss of the global batch exactly as a
+        single device would compute it (up to the summation order); the
+        running statistics are then updated from that global loss with
+        :func:`myxtts_ops.reference.update_state` (the op's own per-replica
+        state output is not used), so every replica makes the same decision
+        and writes the same state. The value returned is ``global total /
+        num_replicas``; its gradient is this replica's share of the gradient
+        of the global total, so the SUM over replicas of the gradients (what
+        ``tf.distribute`` optimizers and Keras do) is the single-device
+        gradient of the global batch.
+        """
+        from myxtts_ops import reference
+
+        c = self.config
+        st = self._state
+        f64 = tf.float64
+        ctx = tf.distribute.get_replica_context()
+        mel = out.loss
+        ldt = mel.dtype
+        sg = tf.stop_gradient
+
+        # Mel term: (loss * active, active) for per_sample normalisation,
+        # (loss * n, n) with n = valid finite elements for global.
+        shape = tf.shape(mel_true, out_type=tf.int64)
+        batch, frames, mels = shape[0], shape[1], shape[2]
+        if lengths is None:
+            lens = tf.fill([batch], frames)
+        else:
+            lens = tf.clip_by_value(tf.cast(lengths, tf.int64), 0, frames)
+        valid_count = tf.reduce_sum(lens) * mels
+        nonfinite = out.nonfinite_count
+        if c.mel_normalization == "per_sample":
+            weight_r = tf.reduce_sum(tf.cast(tf.logical_and(lens > 0, mels > 0), tf.int64))
+        else:
+            weight_r = tf.maximum(valid_count - nonfinite, 0)
+        weight_r = tf.cast(weight_r, f64)
+        stats = [sg(tf.cast(mel, f64)) * weight_r, weight_r, tf.cast(nonfinite, f64), tf.cast(valid_count, f64)]
+
+        stop_sum = stop_count = None
+        if stop_true is not None:
+            _, stop_nonfinite, stop_sum, stop_count = self._stop_loss(
+                stop_true, stop_pred, lengths, with_sums=True
+            )
+            stats += [sg(tf.cast(stop_sum, f64)), tf.cast(stop_count, f64), tf.cast(stop_nonfinite, f64)]
+        extra_values = {}
+        for term, fn in self._extra_fns.items():
+            value = tf.cast(tf.reshape(fn(y_true, y_pred), []), ldt)
+            finite = tf.math.is_finite(value)
+            extra_values[term] = _finite_or_zero(value)
+            stats += [sg(tf.cast(extra_values[term], f64)), tf.cast(tf.logical_not(finite), f64)]
+
+        g = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(stats))
+        g_weight = tf.maximum(g[1], 1.0)
+        mel_global = tf.cast(g[0] / g_weight, ldt)
+        nonfinite_global = tf.cast(g[2], tf.int64)
+        valid_global = tf.cast(g[3], tf.int64)
+        # This replica's share of the global mel loss (differentiable).
+        mel_share = mel * tf.cast(weight_r / g_weight, ldt)
+
+        terms = {}  # name -> (global value, weight)
+        shares = {}  # name -> this replica's differentiable share of the global value
+        nonfinite_terms = []
+        i = 4
+        if stop_true is not None:
+            g_count = tf.cast(g[i + 1], tf.float32)
+            stop_global = tf.math.divide_no_nan(tf.cast(g[i], tf.float32), g_count)
+            terms["stop_loss"] = (tf.cast(stop_global, ldt), c.stop_loss_weight)
+            shares["stop_loss"] = tf.cast(tf.math.divide_no_nan(stop_sum, g_count), ldt)
+            nonfinite_terms.append(g[i + 2] > 0)
+            i += 3
+        inv_replicas = 1.0 / replicas
+        for term in self._extra_fns:
+            terms[term] = (tf.cast(g[i] * inv_replicas, ldt), self._extra_weights[term])
+            shares[term] = extra_values[term] * tf.constant(inv_replicas, ldt)
+            nonfinite_terms.append(g[i + 1] > 0)
+            i += 2
+
+        other = tf.zeros([], ldt)
+        other_share = tf.zeros([], ldt)
+        for term, (value, weight) in terms.items():
+            other = other + tf.constant(weight, ldt) * value
+            other_share = other_share + tf.constant(weight, ldt) * shares[term]
+
+        w = st.current_mel_weight.read_value()
+        if training:
+            new_state = reference.update_state(old_state, mel_global, nonfinite_global, valid_global)
+            new_w = self._update(
+                new_state, nonfinite_global, old_state, mel_global, other, nonfinite_terms, w
+            )
+        else:
+            new_w = w
+        w_l = tf.cast(new_w, ldt)
+        total = _finite_or_zero(w_l * mel_global + other)
+        share = w_l * mel_share + other_share
+        scale = tf.constant(inv_replicas, ldt)
+        # Forward value: total / replicas on every replica; gradient: this replica's share.
+        value = total * scale + (share - sg(share))
+        value = tf.where(tf.math.is_finite(total), value, tf.zeros_like(value))
+        if training:
+            self._record_last(mel_global, total, new_w, terms)
+        return value
 
     # ------------------------------------------------------ decision logic
-    def _update(self, out, old_state, mel, other, nonfinite_terms, w):
-        """SPEC 4.1 on the op's outputs; assigns all state; returns the weight for this call."""
+    def _update(self, new_state, nonfinite_count, old_state, mel, other, nonfinite_terms, w):
+        """SPEC 4.1 on the op's outputs (new running statistics and non-finite
+        count); assigns all state; returns the weight for this call."""
         import myxtts_ops.state as sl
 
         c = self.config
@@ -469,7 +641,6 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         f32, i64 = tf.float32, tf.int64
         mel = tf.cast(tf.stop_gradient(mel), f32)
         other = tf.cast(tf.stop_gradient(other), f32)
-        new_state = out.state
 
         s = st.step_count.read_value() + 1
         consec = st.consecutive_stable_steps.read_value()
@@ -481,7 +652,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
 
         # 1. Clean / spike.
         total_pre = w * mel + other
-        finite = tf.logical_and(tf.equal(out.nonfinite_count, 0), tf.math.is_finite(total_pre))
+        finite = tf.logical_and(tf.equal(nonfinite_count, 0), tf.math.is_finite(total_pre))
         for flag in nonfinite_terms:
             finite = tf.logical_and(finite, tf.logical_not(flag))
         has_valid = new_state[sl.CLEAN_STEPS] > old_state[sl.CLEAN_STEPS]
@@ -591,11 +762,28 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         Call it after computing the gradients of the loss returned by this
         object; the next call uses it. Non-finite norms are ignored (counted in
         ``nonfinite_gradient_norms``). Returns the recorded norm (float32).
+
+        Under ``tf.distribute`` (called in replica context with more than one
+        replica): a list of this replica's gradients is summed over the
+        replicas first (one all-reduce), so the recorded norm is that of the
+        global batch's gradient, as on a single device; a scalar is averaged
+        over the replicas (exact when it is the norm of already-aggregated
+        gradients; otherwise the mean of the replicas' norms), so every
+        replica records the same value.
         """
         st = self._state
+        replicas = _replicas_in_sync()
         if isinstance(norm, (list, tuple)):
-            norm = tf.linalg.global_norm([g for g in norm if g is not None])
+            grads = [g for g in norm if g is not None]
+            if replicas > 1 and grads:
+                # The norm of the gradient of the global batch (the SUM of the replicas').
+                grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            norm = tf.linalg.global_norm(grads)
         norm = tf.cast(tf.reshape(tf.convert_to_tensor(norm), []), tf.float32)
+        if replicas > 1:
+            # Keep every replica's history identical: a norm computed from
+            # already-aggregated gradients is unchanged, per-replica norms are averaged.
+            norm = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, norm)
         finite = tf.math.is_finite(norm)
         count = st.gradient_norm_count.read_value()
         hist = st.gradient_norms.read_value()
@@ -710,6 +898,14 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         config = dict(config)
         config.pop("reduction", None)
         return cls(**config)
+
+
+def _replicas_in_sync():
+    """``num_replicas_in_sync`` of the current replica context (1 outside one)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:  # cross-replica context: a single, global call
+        return 1
+    return int(ctx.num_replicas_in_sync)
 
 
 def _in_xla():
