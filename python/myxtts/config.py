@@ -112,24 +112,20 @@ class XTTSLossConfig:
         num("adaptive_weight_variance_threshold", lo=0.0, lo_open=True)
         num("adaptive_weight_min_weight", lo=0.0, lo_open=True)
         num("adaptive_weight_max_weight", lo=0.0, lo_open=True)
-        if self.adaptive_weight_min_weight > self.adaptive_weight_max_weight:
-            raise ValueError(
-                "adaptive_weight_min_weight must be <= adaptive_weight_max_weight, got "
-                f"adaptive_weight_min_weight={self.adaptive_weight_min_weight!r} and "
-                f"adaptive_weight_max_weight={self.adaptive_weight_max_weight!r}"
-            )
+        self._check_ordered("adaptive_weight_min_weight", "adaptive_weight_max_weight")
         num("adaptive_weight_loss_high_ratio", lo=0.0, lo_open=True)
         num("adaptive_weight_loss_low_ratio", lo=0.0, lo_open=True)
-        if self.adaptive_weight_loss_low_ratio > self.adaptive_weight_loss_high_ratio:
-            raise ValueError(
-                "adaptive_weight_loss_low_ratio must be <= adaptive_weight_loss_high_ratio, got "
-                f"adaptive_weight_loss_low_ratio={self.adaptive_weight_loss_low_ratio!r} and "
-                f"adaptive_weight_loss_high_ratio={self.adaptive_weight_loss_high_ratio!r}"
-            )
+        self._check_ordered("adaptive_weight_loss_low_ratio", "adaptive_weight_loss_high_ratio")
         num("adaptive_weight_gradient_growth_factor", lo=0.0, lo_open=True)
         num("adaptive_weight_max_weighted_loss", lo=0.0, lo_open=True)
         if self.use_adaptive_weights:
             self.check_base_weight_in_bounds()
+
+    def _check_ordered(self, low, high):
+        """ValueError unless setting ``low`` <= setting ``high``."""
+        lo, hi = getattr(self, low), getattr(self, high)
+        if lo > hi:
+            raise ValueError(f"{low} must be <= {high}, got {low}={lo!r} and {high}={hi!r}")
 
     def check_base_weight_in_bounds(self):
         """With adaptation on, the base mel weight must lie within the weight bounds."""
