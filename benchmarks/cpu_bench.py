@@ -100,6 +100,72 @@ def empty_call_ms(batch, frames, mels, repeats):
     return float(np.median(times[3:])) * 1e3
 
 
+def in_graph_ms(batch, frames, mels, repeats, steps=8, seed=0):
+    """Per-step cost of the fused op inside a training-step graph: one
+    tf.function runs it on ``steps`` different input sets (so they come from
+    memory) and the same function without the op is subtracted, which removes
+    the Python-to-TF call cost that a real step pays once whatever its loss.
+    Returns {"forward": ms, "forward_backward": ms, "xtts_step": ms}."""
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+
+    import myxtts_ops
+
+    rng = np.random.default_rng(seed)
+    shape = (steps, batch, frames, mels)
+    y_true = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+    y_pred = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+    lengths = tf.constant(rng.integers(frames // 2, frames + 1, size=batch).astype(np.int32))
+
+    def forward(k):
+        return myxtts_ops.masked_mel_loss(y_true[k], y_pred[k], lengths).loss
+
+    def forward_backward(k):
+        p = y_pred[k]
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            loss = myxtts_ops.masked_mel_loss(y_true[k], p, lengths).loss
+        return loss + tape.gradient(loss, p)[0, 0, 0]
+
+    from myxtts.training.losses import XTTSLoss
+
+    xtts = XTTSLoss()
+
+    def xtts_step(k):
+        p = y_pred[k]
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            loss = xtts({"mel_target": y_true[k], "mel_lengths": lengths}, {"mel_output": p})
+        return loss + tape.gradient(loss, p)[0, 0, 0]
+
+    def baseline(k):
+        return y_true[k][0, 0, 0] + y_pred[k][0, 0, 0]
+
+    def graph(step):
+        def run():
+            total = tf.zeros([])
+            for k in range(steps):
+                total += step(k)
+            return total
+        return tf.function(run)
+
+    def median_ms(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn().numpy()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e3
+
+    base = median_ms(graph(baseline))
+    return {mode: (median_ms(graph(step)) - base) / steps
+            for mode, step in (("forward", forward), ("forward_backward", forward_backward),
+                               ("xtts_step", xtts_step))}
+
+
 def isolated_table(result, config, repeats):
     """Fused op alone (no interleaving) and the kernels without TF dispatch,
     against the floor of the interleaved run."""
@@ -117,6 +183,8 @@ def isolated_table(result, config, repeats):
              for m in ("forward", "forward_backward", "xtts_step")}
     rows = [("fused op alone (tf.function)", r["mode"], (r["median_ms"], r["p20_ms"], r["p80_ms"]))
             for r in alone.records if r["impl"] == "fused"]
+    for mode, ms in in_graph_ms(batch, frames, mels, repeats).items():
+        rows.append(("fused op in a step graph, per step", mode, (ms, float("nan"), float("nan"))))
     # Forward only: the NumPy backward allocates fresh outputs per call, so it
     # would time page faults, not the kernel.
     rows.append(("kernels, no TF dispatch", "forward", kern["forward"]))
@@ -127,7 +195,9 @@ def isolated_table(result, config, repeats):
              "|---|---|---|---|---|---|---|"]
     for what, mode, (med, p20, p80) in rows:
         with_call = f"{med / (floor[mode] + call):.2f}" if what.startswith("fused") else "-"
-        lines.append(f"| {what} | {mode} | {med:.3f} | {p20:.3f} | {p80:.3f} | "
+        spread = "- | -" if p20 != p20 else f"{p20:.3f} | {p80:.3f}"  # NaN: median only
+        with_call = with_call if what.startswith("fused op alone") else "-"
+        lines.append(f"| {what} | {mode} | {med:.3f} | {spread} | "
                      f"{med / floor[mode]:.2f} | {with_call} |")
     for mode, ms in floor.items():
         lines.append(f"| floor | {mode} | {ms:.3f} | - | - | 1.00 | - |")
