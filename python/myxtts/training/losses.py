@@ -113,6 +113,26 @@ def _finite_or_zero(x):
     return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
 
 
+def _all_of(conditions):
+    """Logical AND of boolean scalars with as few ops as possible."""
+    conditions = list(conditions)
+    if len(conditions) == 1:
+        return conditions[0]
+    if len(conditions) == 2:
+        return tf.logical_and(conditions[0], conditions[1])
+    return tf.reduce_all(tf.stack(conditions))
+
+
+def _any_of(conditions):
+    """Logical OR of boolean scalars with as few ops as possible."""
+    conditions = list(conditions)
+    if len(conditions) == 1:
+        return conditions[0]
+    if len(conditions) == 2:
+        return tf.logical_or(conditions[0], conditions[1])
+    return tf.reduce_any(tf.stack(conditions))
+
+
 @keras.saving.register_keras_serializable(package="myxtts")
 class XTTSLoss(keras.losses.Loss, AutoTrackable):
     """MyXTTS training loss with the stable adaptive mel weight (SPEC 4).
@@ -484,27 +504,36 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         mel = out.loss
         ldt = mel.dtype  # float32, or float64 for float64 mels
         terms = {}
-        nonfinite_terms = []
+        finite_terms = []
         if stop_true is not None:
             stop, stop_nonfinite = self._stop_loss(stop_true, stop_pred, lengths)
             terms["stop_loss"] = (tf.cast(stop, ldt), c.stop_loss_weight)
-            nonfinite_terms.append(stop_nonfinite > 0)
+            finite_terms.append(tf.equal(stop_nonfinite, 0))  # a count: == 0 is "not > 0"
         for term, fn in self._extra_fns.items():
             value = tf.cast(tf.reshape(fn(y_true, y_pred), []), ldt)
-            nonfinite_terms.append(tf.logical_not(tf.math.is_finite(value)))
+            finite_terms.append(tf.math.is_finite(value))
             terms[term] = (_finite_or_zero(value), self._extra_weights[term])
 
-        other = tf.zeros([], ldt)
+        other = tf.zeros([], ldt) if terms else None  # None: no other term (no op)
         for value, weight in terms.values():
             other = other + tf.constant(weight, ldt) * value
 
         w = st.current_mel_weight.read_value()
         if not training:
-            total = tf.cast(w, ldt) * mel + other
+            total = tf.cast(w, ldt) * mel
+            if other is not None:
+                total = total + other
             return _finite_or_zero(total)
 
-        new_w = self._update(out.state, out.nonfinite_count, old_state, mel, other, nonfinite_terms, w)
-        total = tf.cast(new_w, ldt) * mel + other
+        new_w, total32 = self._update(
+            out.state, out.nonfinite_count, old_state, mel, other, finite_terms, w, return_total=True
+        )
+        if ldt == tf.float32:
+            total = total32  # the same new_w * mel + other (differentiable in mel)
+        else:
+            total = tf.cast(new_w, ldt) * mel
+            if other is not None:
+                total = total + other
         total = _finite_or_zero(total)
         self._record_last(mel, total, new_w, terms)
         return total
@@ -512,13 +541,14 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     def _record_last(self, mel, total, new_w, terms):
         """Latest values for get_losses() / get_weighted_losses()."""
         st = self._state
-        st.last_mel_loss.assign(_finite_or_zero(tf.cast(tf.stop_gradient(mel), tf.float32)))
-        st.last_total_loss.assign(tf.cast(tf.stop_gradient(total), tf.float32))
+        # (assignments are not differentiated: no stop_gradient needed)
+        st.last_mel_loss.assign(_finite_or_zero(tf.cast(mel, tf.float32)))
+        st.last_total_loss.assign(tf.cast(total, tf.float32))
         st.last_mel_weight.assign(new_w)
         if "stop_loss" in terms:
-            st.last_stop_loss.assign(tf.cast(tf.stop_gradient(terms["stop_loss"][0]), tf.float32))
+            st.last_stop_loss.assign(tf.cast(terms["stop_loss"][0], tf.float32))
         for term in self._extra_fns:
-            st.extra_losses[term].assign(tf.cast(tf.stop_gradient(terms[term][0]), tf.float32))
+            st.extra_losses[term].assign(tf.cast(terms[term][0], tf.float32))
 
     # ------------------------------------------------------- tf.distribute
     def _compute_distributed(
@@ -589,20 +619,20 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
 
         terms = {}  # name -> (global value, weight)
         shares = {}  # name -> this replica's differentiable share of the global value
-        nonfinite_terms = []
+        finite_terms = []
         i = 4
         if stop_true is not None:
             g_count = tf.cast(g[i + 1], tf.float32)
             stop_global = tf.math.divide_no_nan(tf.cast(g[i], tf.float32), g_count)
             terms["stop_loss"] = (tf.cast(stop_global, ldt), c.stop_loss_weight)
             shares["stop_loss"] = tf.cast(tf.math.divide_no_nan(stop_sum, g_count), ldt)
-            nonfinite_terms.append(g[i + 2] > 0)
+            finite_terms.append(g[i + 2] <= 0)  # a count (never NaN)
             i += 3
         inv_replicas = 1.0 / replicas
         for term in self._extra_fns:
             terms[term] = (tf.cast(g[i] * inv_replicas, ldt), self._extra_weights[term])
             shares[term] = extra_values[term] * tf.constant(inv_replicas, ldt)
-            nonfinite_terms.append(g[i + 1] > 0)
+            finite_terms.append(g[i + 1] <= 0)  # a count (never NaN)
             i += 2
 
         other = tf.zeros([], ldt)
@@ -615,7 +645,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         if training:
             new_state = reference.update_state(old_state, mel_global, nonfinite_global, valid_global)
             new_w = self._update(
-                new_state, nonfinite_global, old_state, mel_global, other, nonfinite_terms, w
+                new_state, nonfinite_global, old_state, mel_global, other, finite_terms, w
             )
         else:
             new_w = w
@@ -631,80 +661,90 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         return value
 
     # ------------------------------------------------------ decision logic
-    def _update(self, new_state, nonfinite_count, old_state, mel, other, nonfinite_terms, w):
+    # The decision runs every training step, so it is written to execute as
+    # few graph ops as possible: each variable is read once, AND-chains of
+    # several conditions are one Pack + All, constants are folded in Python and
+    # values whose gradient cannot reach the returned total skip stop_gradient.
+    def _update(self, new_state, nonfinite_count, old_state, mel, other, finite_terms, w,
+                return_total=False):
         """SPEC 4.1 on the op's outputs (new running statistics and non-finite
-        count); assigns all state; returns the weight for this call."""
+        count); assigns all state; returns the weight for this call (and, with
+        ``return_total``, the float32 total ``new_w * mel + other``).
+
+        ``other`` may be None (no other term); ``finite_terms`` are booleans
+        that are true when the corresponding term is finite.
+        """
         import myxtts_ops.state as sl
 
         c = self.config
         st = self._state
         f32, i64 = tf.float32, tf.int64
-        mel = tf.cast(tf.stop_gradient(mel), f32)
-        other = tf.cast(tf.stop_gradient(other), f32)
+        # No stop_gradient needed: the decision only reaches the returned total
+        # through new_w, which has no differentiable path to mel.
+        mel = tf.cast(mel, f32)
+        if other is not None:
+            other = tf.cast(other, f32)
 
-        s = st.step_count.read_value() + 1
-        consec = st.consecutive_stable_steps.read_value()
-        last_change = st.last_weight_change_step.read_value()
-        rt = st.running_total_loss.read_value()
-        rt_init = st.running_total_initialized.read_value()
-        enabled = st.adaptation_enabled.read_value()
-        prev_w = st.previous_mel_weight.read_value()
+        # The bookkeeping starts once the op's loss is out: run earlier, its
+        # many small ops compete with the (multi-threaded) op for the cores.
+        with tf.control_dependencies([mel]):
+            s = st.step_count.read_value() + 1
+            consec = st.consecutive_stable_steps.read_value()
+            last_change = st.last_weight_change_step.read_value()
+            rt = st.running_total_loss.read_value()
+            rt_init = st.running_total_initialized.read_value()
+            enabled = st.adaptation_enabled.read_value()
+            prev_w = st.previous_mel_weight.read_value()
 
         # 1. Clean / spike.
-        total_pre = w * mel + other
-        finite = tf.logical_and(tf.equal(nonfinite_count, 0), tf.math.is_finite(total_pre))
-        for flag in nonfinite_terms:
-            finite = tf.logical_and(finite, tf.logical_not(flag))
+        total_pre = w * mel if other is None else w * mel + other
+        finite_conds = [tf.equal(nonfinite_count, 0), tf.math.is_finite(total_pre)] + list(finite_terms)
+        finite = _all_of(finite_conds)
         has_valid = new_state[sl.CLEAN_STEPS] > old_state[sl.CLEAN_STEPS]
         clean = tf.logical_and(finite, has_valid)
         spike_limit = c.max_loss_spike_threshold * rt
         check_spike = tf.logical_and(s > SPIKE_MIN_STEPS, rt_init)
-        spike = tf.logical_and(clean, tf.logical_and(check_spike, total_pre > spike_limit))
-        stable = tf.logical_and(clean, tf.logical_not(spike))
+        spike_hit = tf.logical_and(check_spike, total_pre > spike_limit)
+        spike = tf.logical_and(clean, spike_hit)
 
-        # 2. Gate.
-        variance = tf.cast(new_state[sl.WINDOW_VARIANCE], f32)
-        gate = tf.logical_and(
-            tf.logical_and(enabled, s >= c.adaptive_weight_min_warmup_steps),
-            tf.logical_and(
-                s - last_change >= c.adaptive_weight_cooling_period,
-                variance < c.adaptive_weight_variance_threshold,
-            ),
+        # 2. Gate (stable = clean and not a spike). passed and decide are each
+        # one flat AND of their conditions, so that the weight (which the
+        # gradient waits for) depends on the op's outputs through few ops.
+        running_mean, variance = tf.unstack(
+            tf.cast(tf.gather(new_state, [sl.RUNNING_MEAN, sl.WINDOW_VARIANCE]), f32)
         )
-        passed = tf.logical_and(stable, gate)
-        consec = tf.where(passed, consec + 1, tf.zeros_like(consec))
+        consec_plus = consec + 1
+        passed_conds = finite_conds + [
+            has_valid,
+            tf.logical_not(spike_hit),
+            enabled,
+            s >= c.adaptive_weight_min_warmup_steps,
+            s - last_change >= c.adaptive_weight_cooling_period,
+            variance < c.adaptive_weight_variance_threshold,
+        ]
+        passed = _all_of(passed_conds)
+        consec = tf.where(passed, consec_plus, tf.constant(0, i64))
 
-        # 3. Direction.
-        decide = tf.logical_and(passed, consec >= c.adaptive_weight_min_stable_steps)
-        running_mean = tf.cast(new_state[sl.RUNNING_MEAN], f32)
-        ratio = tf.clip_by_value(
-            mel / tf.maximum(tf.abs(running_mean), _RATIO_EPS), _RATIO_MIN, _RATIO_MAX
-        )
-        growing = self._gradients_growing()
-        up = tf.logical_and(ratio > c.adaptive_weight_loss_high_ratio, tf.logical_not(growing))
-        down = tf.logical_or(ratio < c.adaptive_weight_loss_low_ratio, growing)
-        direction = tf.where(up, 1.0, tf.where(down, -1.0, 0.0))
+        # 3.-4. Only on steps that decide (passed and the new consecutive count
+        # reaches min_stable_steps): direction, candidate, validation
+        # (skipped, with all their ops, on the other steps).
+        decide = _all_of(passed_conds + [consec_plus >= c.adaptive_weight_min_stable_steps])
+        mel_sg = tf.stop_gradient(mel)  # the branch is never differentiated
+        zero_i = tf.constant(0, i64)
 
-        # 4. Candidate and validation.
-        lo, hi = c.adaptive_weight_min_weight, c.adaptive_weight_max_weight
-        cand = tf.clip_by_value(w * (1.0 + c.adaptive_weight_max_change_percent * direction), lo, hi)
-        weighted = cand * mel
-        valid = tf.logical_and(
-            tf.logical_and(tf.not_equal(cand, w), tf.math.is_finite(cand)),
-            tf.logical_and(
-                tf.logical_and(cand >= lo, cand <= hi),
-                tf.logical_and(
-                    tf.math.is_finite(weighted), weighted <= c.adaptive_weight_max_weighted_loss
-                ),
-            ),
-        )
-        attempt = tf.logical_and(decide, tf.not_equal(direction, 0.0))
-        accept = tf.logical_and(attempt, valid)
-        reject = tf.logical_and(attempt, tf.logical_not(valid))
+        def _decide():
+            return self._direction_and_candidate(mel_sg, running_mean, w, s)
+
+        def _keep():
+            return w, tf.constant(False), zero_i, zero_i
+
+        new_w, accept, accept_i, reject_i = tf.cond(decide, _decide, _keep)
+        # new_w has no differentiable path to mel; without this the tape would
+        # build (and run) a gradient of the cond.
+        new_w = tf.stop_gradient(new_w)
 
         # 5. New state.
-        new_w = tf.where(accept, cand, w)
-        total = new_w * mel + other
+        total = new_w * mel if other is None else new_w * mel + other
         clipped = tf.where(check_spike, tf.minimum(total, spike_limit), total)
         a = c.loss_smoothing_factor
         new_rt = tf.where(
@@ -716,13 +756,57 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         st.current_mel_weight.assign(new_w)
         st.previous_mel_weight.assign(tf.where(accept, w, prev_w))
         st.last_weight_change_step.assign(tf.where(accept, s, last_change))
-        st.consecutive_stable_steps.assign(tf.where(accept, tf.zeros_like(consec), consec))
+        st.consecutive_stable_steps.assign(tf.where(accept, tf.constant(0, i64), consec))
         st.running_total_loss.assign(new_rt)
         st.running_total_initialized.assign(tf.logical_or(rt_init, clean))
-        st.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), i64))
+        st.nonfinite_steps.assign_add(tf.where(finite, tf.constant(0, i64), tf.constant(1, i64)))
         st.spike_count.assign_add(tf.cast(spike, i64))
-        st.weight_changes.assign_add(tf.cast(accept, i64))
-        st.rejected_changes.assign_add(tf.cast(reject, i64))
+        st.weight_changes.assign_add(accept_i)
+        st.rejected_changes.assign_add(reject_i)
+        if return_total:
+            return new_w, total
+        return new_w
+
+    def _direction_and_candidate(self, mel, running_mean, w, s):
+        """Steps 3-4 of SPEC 4.1 on a deciding step: returns (new weight, accept,
+        accept as int64, reject as int64)."""
+        c = self.config
+        i64 = tf.int64
+        # Direction (+1 up, -1 down, 0 none) as the factor 1 + pct * direction.
+        ratio = tf.clip_by_value(
+            mel / tf.maximum(tf.abs(running_mean), _RATIO_EPS), _RATIO_MIN, _RATIO_MAX
+        )
+        growing = self._gradients_growing()
+        ratio_high = ratio > c.adaptive_weight_loss_high_ratio
+        ratio_low = ratio < c.adaptive_weight_loss_low_ratio
+        # up = ratio_high and not growing; down = ratio_low or growing (exclusive).
+        one = np.float32(1.0)
+        pct = np.float32(c.adaptive_weight_max_change_percent)
+        f_up, f_down = one + pct, one - pct
+        factor = tf.where(growing, f_down, tf.where(ratio_high, f_up, tf.where(ratio_low, f_down, one)))
+        if f_up != one and f_down != one:
+            attempt = tf.not_equal(factor, one)  # direction != 0
+        else:  # pct too small to move the factor off 1 in float32
+            attempt = _any_of([ratio_high, ratio_low, growing])
+
+        # Candidate and validation. cand = clip(...) lies in [lo, hi] unless it
+        # is NaN, and a NaN cand makes weighted NaN, which fails
+        # weighted <= max_weighted_loss: the bound and finiteness checks of cand
+        # are implied by those of weighted.
+        lo, hi = c.adaptive_weight_min_weight, c.adaptive_weight_max_weight
+        cand = tf.clip_by_value(w * factor, lo, hi)
+        weighted = cand * mel
+        valid = _all_of(
+            [
+                tf.not_equal(cand, w),
+                tf.math.is_finite(weighted),
+                weighted <= c.adaptive_weight_max_weighted_loss,
+            ]
+        )
+        accept = tf.logical_and(attempt, valid)
+        attempt_i = tf.cast(attempt, i64)
+        accept_i = tf.cast(accept, i64)
+        new_w = tf.where(accept, cand, w)
 
         if self.verbose and not _in_xla():
             def _log():
@@ -733,26 +817,30 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 return tf.constant(True)
 
             tf.cond(accept, _log, lambda: tf.constant(False))
-        return new_w
+        return new_w, accept, accept_i, attempt_i - accept_i  # reject: attempt and not valid
 
     def _gradients_growing(self):
+        """Whether the newest gradient norm exceeds both the growth factor x the
+        mean of the previous (up to 10) norms and the threshold.
+
+        Slots of the ring buffer not yet written hold 0 (initial value, reset),
+        so the sum of the whole buffer is the sum of the held norms.
+        """
         st = self._state
         c = self.config
         count = st.gradient_norm_count.read_value()
         hist = st.gradient_norms.read_value()
-        n = tf.minimum(count, _GRAD_RING)
-        newest_idx = tf.math.floormod(count - 1 + _GRAD_RING, _GRAD_RING)
-        newest = tf.gather(hist, newest_idx)
-        filled = tf.range(_GRAD_RING, dtype=tf.int64) < n
-        total = tf.reduce_sum(tf.where(filled, hist, tf.zeros_like(hist)))
-        n_prev = n - 1
-        prev_mean = (total - newest) / tf.cast(tf.maximum(n_prev, 1), tf.float32)
-        return tf.logical_and(
-            n_prev >= 1,
-            tf.logical_and(
+        newest = tf.gather(hist, tf.math.floormod(count + (_GRAD_RING - 1), _GRAD_RING))
+        total = tf.reduce_sum(hist)
+        # max(min(count, RING) - 1, 1) previous norms (only used when count >= 2).
+        n_prev = tf.clip_by_value(count - 1, 1, _GRAD_RING - 1)
+        prev_mean = (total - newest) / tf.cast(n_prev, tf.float32)
+        return _all_of(
+            [
+                count >= 2,
                 newest > c.adaptive_weight_gradient_growth_factor * prev_mean,
                 newest > c.gradient_norm_threshold,
-            ),
+            ]
         )
 
     # ---------------------------------------------------- gradient norms
