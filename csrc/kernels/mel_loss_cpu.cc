@@ -223,22 +223,6 @@ struct Backward {
 
 }  // namespace
 
-const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::kHalf: return "float16";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat: return "float32";
-    case DType::kDouble: return "float64";
-  }
-  return "unknown";
-}
-
-size_t dtype_size(DType dtype) { return dtype == DType::kDouble ? 8 : dtype == DType::kFloat ? 4 : 2; }
-
-void serial_for(int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
-  if (n > 0) fn(0, n);
-}
-
 int64_t find_invalid_length(const LengthsView& lengths, int64_t batch, int64_t frames,
                             int64_t* bad_value) {
   if (lengths.data == nullptr) return -1;

@@ -15,7 +15,6 @@ struct MelShape {
   int64_t batch = 0;
   int64_t frames = 0;
   int64_t mels = 0;
-  int64_t elements() const { return batch * frames * mels; }
 };
 
 // Per-sample valid frame counts: int32, int64, or none (every frame valid).
@@ -25,8 +24,6 @@ struct LengthsView {
 };
 
 enum class DType : int { kHalf = 0, kBFloat16 = 1, kFloat = 2, kDouble = 3 };
-const char* dtype_name(DType dtype);
-size_t dtype_size(DType dtype);
 // Loss and per_sample are float64 for float64 input, float32 otherwise.
 inline bool output_is_double(DType dtype) { return dtype == DType::kDouble; }
 
@@ -66,10 +63,6 @@ struct BackwardArgs {
 // the work units and their combination order are fixed.
 using ParallelFor = std::function<void(
     int64_t n, int64_t cost_per_unit, const std::function<void(int64_t, int64_t)>& fn)>;
-
-// Runs every unit on the calling thread.
-void serial_for(int64_t n, int64_t cost_per_unit,
-                const std::function<void(int64_t, int64_t)>& fn);
 
 // Lengths must already be validated (0 <= length <= frames).
 void mel_loss_forward_cpu(const ForwardArgs& args, const ParallelFor& parallel_for);

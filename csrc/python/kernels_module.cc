@@ -72,6 +72,12 @@ void check_vector(const std::vector<int64_t>& shape, int64_t n, const char* name
                           "], got shape " + shape_str(shape));
 }
 
+void check_weights_shape(const std::vector<int64_t>& shape, int64_t batch) {
+  if (shape != std::vector<int64_t>{2, batch})
+    throw py::value_error("sample_weights must have shape [2, " + std::to_string(batch) +
+                          "], got shape " + shape_str(shape));
+}
+
 void check_lengths_values(const LengthsView& lengths, const MelShape& s) {
   int64_t bad = 0;
   const int64_t b = find_invalid_length(lengths, s.batch, s.frames, &bad);
@@ -131,28 +137,37 @@ ParallelFor thread_pool(int num_threads) {
   };
 }
 
-py::array mel_output_array(DType dtype, const std::vector<int64_t>& shape,
-                           const py::array& like) {
-  // Same dtype object as the input (keeps ml_dtypes' bfloat16).
-  return py::array(like.dtype(), shape);
+// y_true and y_pred as C-contiguous arrays of one supported dtype and shape.
+struct NumpyMels {
+  py::array y_true, y_pred;
+  MelShape shape;
+  DType dtype;
+};
+
+NumpyMels numpy_mels(py::object y_true_obj, py::object y_pred_obj) {
+  NumpyMels m{contiguous(y_true_obj), contiguous(y_pred_obj), {}, DType::kFloat};
+  m.shape = check_mel_shapes(shape_of(m.y_true), shape_of(m.y_pred));
+  m.dtype = numpy_mel_dtype(m.y_true, "y_true");
+  if (numpy_mel_dtype(m.y_pred, "y_pred") != m.dtype)
+    throw py::value_error("y_pred dtype " +
+                          std::string(py::str(m.y_pred.dtype().attr("name"))) +
+                          " does not match y_true dtype " +
+                          std::string(py::str(m.y_true.dtype().attr("name"))));
+  return m;
 }
 
 py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
                        py::object state_obj, const std::string& loss_type, double huber_delta,
                        const std::string& normalization, int num_threads) {
-  py::array y_true = contiguous(y_true_obj), y_pred = contiguous(y_pred_obj);
-  const MelShape s = check_mel_shapes(shape_of(y_true), shape_of(y_pred));
-  const DType dtype = numpy_mel_dtype(y_true, "y_true");
-  if (numpy_mel_dtype(y_pred, "y_pred") != dtype)
-    throw py::value_error("y_pred dtype " + std::string(py::str(y_pred.dtype().attr("name"))) +
-                          " does not match y_true dtype " +
-                          std::string(py::str(y_true.dtype().attr("name"))));
+  const NumpyMels m = numpy_mels(y_true_obj, y_pred_obj);
+  const MelShape& s = m.shape;
+  const DType dtype = m.dtype;
   ForwardArgs args;
   args.config = parse_config(loss_type, huber_delta, normalization);
   args.dtype = dtype;
   args.shape = s;
-  args.y_true = y_true.data();
-  args.y_pred = y_pred.data();
+  args.y_true = m.y_true.data();
+  args.y_pred = m.y_pred.data();
   py::array lengths;
   if (!lengths_obj.is_none()) {
     lengths = contiguous(lengths_obj);
@@ -198,26 +213,22 @@ py::tuple numpy_backward(py::object y_true_obj, py::object y_pred_obj, py::objec
                          py::object weights_obj, py::object grad_loss_obj,
                          py::object grad_per_sample_obj, const std::string& loss_type,
                          double huber_delta, int num_threads) {
-  py::array y_true = contiguous(y_true_obj), y_pred = contiguous(y_pred_obj);
-  const MelShape s = check_mel_shapes(shape_of(y_true), shape_of(y_pred));
-  const DType dtype = numpy_mel_dtype(y_true, "y_true");
-  if (numpy_mel_dtype(y_pred, "y_pred") != dtype)
-    throw py::value_error("y_pred dtype does not match y_true dtype");
+  const NumpyMels m = numpy_mels(y_true_obj, y_pred_obj);
+  const MelShape& s = m.shape;
+  const DType dtype = m.dtype;
   BackwardArgs args;
   args.config = parse_config(loss_type, huber_delta, "per_sample");
   args.dtype = dtype;
   args.shape = s;
-  args.y_true = y_true.data();
-  args.y_pred = y_pred.data();
+  args.y_true = m.y_true.data();
+  args.y_pred = m.y_pred.data();
   py::array lengths;
   if (!lengths_obj.is_none()) {
     lengths = contiguous(lengths_obj);
     args.lengths = numpy_lengths(lengths, s);
   }
   py::array_t<double, py::array::c_style | py::array::forcecast> weights(weights_obj);
-  if (weights.ndim() != 2 || weights.shape(0) != 2 || weights.shape(1) != s.batch)
-    throw py::value_error("sample_weights must have shape [2, " + std::to_string(s.batch) +
-                          "], got shape " + shape_str(shape_of(weights)));
+  check_weights_shape(shape_of(weights), s.batch);
   args.sample_weights = weights.data();
   // Upstream gradients in the loss dtype.
   const bool f64 = output_is_double(dtype);
@@ -237,8 +248,9 @@ py::tuple numpy_backward(py::object y_true_obj, py::object y_pred_obj, py::objec
   check_vector(shape_of(grad_per_sample), s.batch, "grad_per_sample");
   args.grad_loss = grad_loss.data();
   args.grad_per_sample = grad_per_sample.data();
-  py::array g_true = mel_output_array(dtype, shape_of(y_true), y_true);
-  py::array g_pred = mel_output_array(dtype, shape_of(y_true), y_true);
+  // Same dtype object as the input (keeps ml_dtypes' bfloat16).
+  py::array g_true(m.y_true.dtype(), shape_of(m.y_true));
+  py::array g_pred(m.y_true.dtype(), shape_of(m.y_true));
   args.grad_y_true = g_true.mutable_data();
   args.grad_y_pred = g_pred.mutable_data();
   {
@@ -337,28 +349,43 @@ LengthsView device_lengths(py::object obj, const MelShape& s, bool check_values,
   return v;
 }
 
+// y_true and y_pred as device arrays of one supported dtype and shape; `dtype_obj`
+// is None or "bfloat16" (for int16/uint16 views).
+struct DeviceMels {
+  DeviceArray y_true, y_pred;
+  MelShape shape;
+  DType dtype;
+};
+
+DeviceMels device_mels(py::object y_true_obj, py::object y_pred_obj, py::object dtype_obj) {
+  const std::string dtype_override = dtype_obj.is_none() ? "" : dtype_obj.cast<std::string>();
+  DeviceMels m{device_array(y_true_obj, "y_true"), device_array(y_pred_obj, "y_pred"), {},
+               DType::kFloat};
+  m.shape = check_mel_shapes(m.y_true.shape, m.y_pred.shape);
+  m.dtype = device_mel_dtype(m.y_true, dtype_override, "y_true");
+  if (m.y_pred.typestr != m.y_true.typestr)
+    throw py::value_error("y_pred typestr " + m.y_pred.typestr + " does not match y_true " +
+                          m.y_true.typestr);
+  return m;
+}
+
 void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
                   py::object state_obj, py::object loss_obj, py::object per_sample_obj,
                   py::object nonfinite_obj, py::object new_state_obj, py::object weights_obj,
                   py::object workspace_obj, const std::string& loss_type, double huber_delta,
                   const std::string& normalization, uintptr_t stream,
                   py::object dtype_obj, bool check_lengths) {
-  const std::string dtype_override = dtype_obj.is_none() ? "" : dtype_obj.cast<std::string>();
   require_cuda();
-  const DeviceArray y_true = device_array(y_true_obj, "y_true");
-  const DeviceArray y_pred = device_array(y_pred_obj, "y_pred");
-  const MelShape s = check_mel_shapes(y_true.shape, y_pred.shape);
-  const DType dtype = device_mel_dtype(y_true, dtype_override, "y_true");
-  if (y_pred.typestr != y_true.typestr)
-    throw py::value_error("y_pred typestr " + y_pred.typestr + " does not match y_true " +
-                          y_true.typestr);
+  const DeviceMels m = device_mels(y_true_obj, y_pred_obj, dtype_obj);
+  const MelShape& s = m.shape;
+  const DType dtype = m.dtype;
   void* strm = reinterpret_cast<void*>(stream);
   ForwardArgs args;
   args.config = parse_config(loss_type, huber_delta, normalization);
   args.dtype = dtype;
   args.shape = s;
-  args.y_true = y_true.ptr;
-  args.y_pred = y_pred.ptr;
+  args.y_true = m.y_true.ptr;
+  args.y_pred = m.y_pred.ptr;
   args.lengths = device_lengths(lengths_obj, s, check_lengths, strm);
   const std::string out_t = output_is_double(dtype) ? "<f8" : "<f4";
   const DeviceArray state_in = device_array(state_obj, "state");
@@ -377,9 +404,7 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
   check_vector(new_state.shape, state::kSize, "new_state");
   expect_type(new_state, "<f8", "new_state");
   const DeviceArray weights = device_array(weights_obj, "sample_weights");
-  if (weights.shape != std::vector<int64_t>{2, s.batch})
-    throw py::value_error("sample_weights must have shape [2, " + std::to_string(s.batch) +
-                          "], got shape " + shape_str(weights.shape));
+  check_weights_shape(weights.shape, s.batch);
   expect_type(weights, "<f8", "sample_weights");
   const DeviceArray workspace = device_array(workspace_obj, "workspace");
   int64_t ws_bytes = std::stoll(workspace.typestr.substr(2));
@@ -403,28 +428,22 @@ void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object leng
                    py::object grad_per_sample_obj, py::object grad_true_obj,
                    py::object grad_pred_obj, const std::string& loss_type, double huber_delta,
                    uintptr_t stream, py::object dtype_obj, bool check_lengths) {
-  const std::string dtype_override = dtype_obj.is_none() ? "" : dtype_obj.cast<std::string>();
   require_cuda();
-  const DeviceArray y_true = device_array(y_true_obj, "y_true");
-  const DeviceArray y_pred = device_array(y_pred_obj, "y_pred");
-  const MelShape s = check_mel_shapes(y_true.shape, y_pred.shape);
-  const DType dtype = device_mel_dtype(y_true, dtype_override, "y_true");
-  if (y_pred.typestr != y_true.typestr)
-    throw py::value_error("y_pred typestr " + y_pred.typestr + " does not match y_true " +
-                          y_true.typestr);
+  const DeviceMels m = device_mels(y_true_obj, y_pred_obj, dtype_obj);
+  const DeviceArray& y_true = m.y_true;
+  const MelShape& s = m.shape;
+  const DType dtype = m.dtype;
   void* strm = reinterpret_cast<void*>(stream);
   BackwardArgs args;
   args.config = parse_config(loss_type, huber_delta, "per_sample");
   args.dtype = dtype;
   args.shape = s;
-  args.y_true = y_true.ptr;
-  args.y_pred = y_pred.ptr;
+  args.y_true = m.y_true.ptr;
+  args.y_pred = m.y_pred.ptr;
   args.lengths = device_lengths(lengths_obj, s, check_lengths, strm);
   const std::string out_t = output_is_double(dtype) ? "<f8" : "<f4";
   const DeviceArray weights = device_array(weights_obj, "sample_weights");
-  if (weights.shape != std::vector<int64_t>{2, s.batch})
-    throw py::value_error("sample_weights must have shape [2, " + std::to_string(s.batch) +
-                          "], got shape " + shape_str(weights.shape));
+  check_weights_shape(weights.shape, s.batch);
   expect_type(weights, "<f8", "sample_weights");
   const DeviceArray grad_loss = device_array(grad_loss_obj, "grad_loss");
   expect_type(grad_loss, out_t, "grad_loss");

@@ -113,24 +113,23 @@ def _finite_or_zero(x):
     return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
 
 
-def _all_of(conditions):
-    """Logical AND of boolean scalars with as few ops as possible."""
+def _combine(conditions, pairwise, reduce):
+    """One boolean from scalar conditions with as few ops as possible: none
+    for one, a single pairwise op for two, Pack + reduce for more."""
     conditions = list(conditions)
     if len(conditions) == 1:
         return conditions[0]
     if len(conditions) == 2:
-        return tf.logical_and(conditions[0], conditions[1])
-    return tf.reduce_all(tf.stack(conditions))
+        return pairwise(conditions[0], conditions[1])
+    return reduce(tf.stack(conditions))
+
+
+def _all_of(conditions):
+    return _combine(conditions, tf.logical_and, tf.reduce_all)
 
 
 def _any_of(conditions):
-    """Logical OR of boolean scalars with as few ops as possible."""
-    conditions = list(conditions)
-    if len(conditions) == 1:
-        return conditions[0]
-    if len(conditions) == 2:
-        return tf.logical_or(conditions[0], conditions[1])
-    return tf.reduce_any(tf.stack(conditions))
+    return _combine(conditions, tf.logical_or, tf.reduce_any)
 
 
 @keras.saving.register_keras_serializable(package="myxtts")
