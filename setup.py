@@ -61,7 +61,7 @@ class CMakeBuild(build_ext):
         shutil.copy2(built[0], kernels_dest)
         lib_dir = kernels_dest.parent / "_lib"
         lib_dir.mkdir(exist_ok=True)
-        for name in ("_mel_loss_op.so", "_build_info.py"):
+        for name in ("_mel_loss_op.so", "_build_info.py", "_state_layout.py"):
             if (out_dir / name).exists():
                 shutil.copy2(out_dir / name, lib_dir / name)
 
@@ -72,7 +72,7 @@ packages += ["myxtts"] + [f"myxtts.{p}" for p in find_packages(where="python/myx
 setup(
     packages=packages,
     package_dir={"myxtts_ops": "myxtts_ops", "myxtts": "python/myxtts"},
-    package_data={"myxtts_ops": ["_lib/*.so", "_lib/_build_info.py"]},
+    package_data={"myxtts_ops": ["_lib/*.so", "_lib/_build_info.py", "_lib/_state_layout.py"]},
     ext_modules=[CMakeExtension("myxtts_ops.kernels")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

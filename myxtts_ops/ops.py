@@ -9,7 +9,7 @@ from tensorflow.python.ops import control_flow_util
 from myxtts_ops import _loader
 from myxtts_ops.state import STATE_SIZE
 from myxtts_ops.types import MaskedMelLossOutput
-from myxtts_ops.validation import check_static_shapes, validate_args
+from myxtts_ops.validation import check_static_shapes, state_tensor, validate_args
 
 OP_NAME = "MyxttsOps>MaskedMelLoss"
 GRAD_OP_NAME = "MyxttsOps>MaskedMelLossGrad"
@@ -86,11 +86,7 @@ def masked_mel_loss(
         y_true = tf.convert_to_tensor(y_true, name="y_true")
         y_pred = tf.convert_to_tensor(y_pred, name="y_pred")
         lengths_t, use_lengths = _lengths_or_placeholder(lengths)
-        state_t = (
-            tf.zeros([STATE_SIZE], tf.float64)
-            if state is None
-            else tf.convert_to_tensor(state, dtype=tf.float64, name="state")
-        )
+        state_t = tf.zeros([STATE_SIZE], tf.float64) if state is None else state_tensor(state)
         check_static_shapes(y_true, y_pred, lengths_t if use_lengths else None, state_t)
         loss, per_sample, nonfinite, new_state, _ = library.myxtts_ops_masked_mel_loss(
             y_true=y_true,
@@ -149,3 +145,21 @@ def _masked_mel_loss_grad(op, grad_loss, grad_per_sample, *unused_grads):
         use_lengths=op.get_attr("use_lengths"),
     )
     return [grad_true, grad_pred, None, None, None]
+
+
+class HigherOrderGradientError(NotImplementedError):
+    """A second-order or forward-mode gradient of the fused op was asked for."""
+
+
+@tf.RegisterGradient(GRAD_OP_NAME)
+def _masked_mel_loss_grad_grad(op, *unused_grads):
+    """The fused backward has no gradient of its own: say so instead of the
+    registry's LookupError. (Second-order and forward-mode autodiff,
+    tf.autodiff.ForwardAccumulator included, both differentiate it.)"""
+    raise HigherOrderGradientError(
+        "myxtts_ops.masked_mel_loss supports first-order (reverse-mode) gradients only: "
+        "second-order gradients and forward-mode (tf.autodiff.ForwardAccumulator) "
+        "differentiate its fused backward op, which has no gradient. Use "
+        "myxtts_ops.reference.masked_mel_loss (plain TF ops, differentiable to any order) "
+        "where these are needed."
+    )

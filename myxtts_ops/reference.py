@@ -14,7 +14,12 @@ XLA it never changes anything because the assertion runs first).
 
 The state update mirrors ``update_state`` in ``csrc/kernels/mel_loss_math.h``
 operation for operation (same summation order), so a state computed here
-equals the fused op's given the same loss value.
+equals the fused op's given the same loss value. That includes the header's
+one rule for a corrupted incoming state (``sanitize_state``, restated by
+:func:`_sanitize_state` with the constants generated from the header) and its
+rule for which elements count (``element_counts``: the element loss is
+finite in the accumulation type, so an overflowing difference is excluded and
+counted like a NaN input).
 """
 
 import numpy as np
@@ -22,21 +27,57 @@ import tensorflow as tf
 
 from myxtts_ops import state as _st
 from myxtts_ops.types import MaskedMelLossOutput
-from myxtts_ops.validation import check_static_shapes, validate_args
+from myxtts_ops.validation import check_static_shapes, state_tensor, validate_args
 
 __all__ = ["masked_mel_loss", "MaskedMelLossOutput", "update_state"]
 
 
-def _as_tensor(x, dtype=None):
-    if isinstance(x, (tf.Tensor, tf.Variable)) or tf.is_tensor(x):
-        return tf.convert_to_tensor(x)
-    if dtype is not None:
-        return tf.convert_to_tensor(np.asarray(x, dtype=dtype))
-    return tf.convert_to_tensor(x)
-
-
 def _acc_dtype(dtype):
     return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _is_state_count(x):
+    return tf.logical_and(
+        tf.logical_and(x >= 0.0, x <= _st.MAX_COUNT), tf.equal(tf.math.floor(x), x)
+    )
+
+
+def _sanitize_state(fields):
+    """``sanitize_state`` of ``mel_loss_math.h`` on a list of float64 scalars.
+
+    The one rule for a corrupted incoming state, restated step for step (see
+    the header for the rule and its reasons).
+    """
+    f = list(fields)
+    zero = tf.constant(0.0, tf.float64)
+    for i in (_st.STEPS, _st.CLEAN_STEPS, _st.NONFINITE_STEPS):
+        f[i] = tf.where(_is_state_count(f[i]), f[i], zero)
+    mean_ok = tf.math.is_finite(f[_st.RUNNING_MEAN])
+    f[_st.RUNNING_MEAN] = tf.where(mean_ok, f[_st.RUNNING_MEAN], zero)
+    f[_st.CLEAN_STEPS] = tf.where(mean_ok, f[_st.CLEAN_STEPS], zero)
+    f[_st.LAST_LOSS] = tf.where(tf.math.is_finite(f[_st.LAST_LOSS]), f[_st.LAST_LOSS], zero)
+    count, head = f[_st.WINDOW_COUNT], f[_st.RING_HEAD]
+    size = float(_st.WINDOW_SIZE)
+    window_ok = tf.reduce_all(
+        tf.stack(
+            [
+                _is_state_count(count),
+                count <= size,
+                _is_state_count(head),
+                head < size,
+                tf.logical_or(tf.equal(count, size), tf.equal(head, count)),
+            ]
+            + [
+                tf.logical_or(float(i) >= count, tf.math.is_finite(f[_st.RING_START + i]))
+                for i in range(_st.WINDOW_SIZE)
+            ]
+        )
+    )
+    restarted = [_st.RING_HEAD, _st.WINDOW_COUNT, _st.WINDOW_MEAN, _st.WINDOW_VARIANCE]
+    restarted += [_st.RING_START + i for i in range(_st.WINDOW_SIZE)]
+    for i in restarted:
+        f[i] = tf.where(window_ok, f[i], zero)
+    return f
 
 
 def update_state(state, loss, nonfinite_count, valid_count):
@@ -44,36 +85,37 @@ def update_state(state, loss, nonfinite_count, valid_count):
 
     ``loss`` is the loss as returned (already rounded to the output dtype);
     it is widened to float64 here. Mirrors ``update_state`` of
-    ``mel_loss_math.h``.
+    ``mel_loss_math.h``: the incoming state is sanitised first, and a step
+    with a non-finite element or a non-finite loss only moves ``steps`` and
+    ``nonfinite_steps``.
     """
     s = tf.convert_to_tensor(state, tf.float64)
     loss = tf.cast(tf.stop_gradient(loss), tf.float64)
     nonfinite_count = tf.cast(nonfinite_count, tf.int64)
     valid_count = tf.cast(valid_count, tf.int64)
-    f = [s[i] for i in range(_st.STATE_SIZE)]
+    f = _sanitize_state([s[i] for i in range(_st.STATE_SIZE)])
 
     one = tf.constant(1.0, tf.float64)
-    has_nonfinite = nonfinite_count > 0
-    clean = tf.logical_and(tf.logical_not(has_nonfinite), valid_count > 0)
+    nonfinite_step = tf.logical_or(nonfinite_count > 0, tf.logical_not(tf.math.is_finite(loss)))
+    clean = tf.logical_and(tf.logical_not(nonfinite_step), valid_count > 0)
 
     steps = f[_st.STEPS] + one
-    nonfinite_steps = tf.where(has_nonfinite, f[_st.NONFINITE_STEPS] + one, f[_st.NONFINITE_STEPS])
+    nonfinite_steps = tf.where(nonfinite_step, f[_st.NONFINITE_STEPS] + one, f[_st.NONFINITE_STEPS])
 
     k = f[_st.CLEAN_STEPS] + one
     decay = tf.minimum(k / _st.DECAY_RAMP, tf.constant(_st.MAX_DECAY, tf.float64))
     running_mean = decay * f[_st.RUNNING_MEAN] + (one - decay) * loss
 
-    # int(out[kRingHead]) truncates toward zero; out-of-range (or NaN) -> 0.
-    head_f = f[_st.RING_HEAD]
-    head_ok = tf.logical_and(head_f > -1.0, head_f < float(_st.WINDOW_SIZE))
-    head = tf.where(head_ok, tf.cast(tf.where(head_ok, head_f, 0.0), tf.int32), 0)
+    # Sanitised: ring_head an integer in [0, WINDOW_SIZE), window_count one in
+    # [0, WINDOW_SIZE].
+    head = tf.cast(f[_st.RING_HEAD], tf.int32)
     ring = [
         tf.where(tf.equal(head, i), loss, f[_st.RING_START + i]) for i in range(_st.WINDOW_SIZE)
     ]
     new_head = tf.cast(tf.math.floormod(head + 1, _st.WINDOW_SIZE), tf.float64)
     filled = tf.minimum(f[_st.WINDOW_COUNT] + one, float(_st.WINDOW_SIZE))
-    n = tf.cast(tf.clip_by_value(filled, 0.0, float(_st.WINDOW_SIZE)), tf.int32)
-    n_f = tf.cast(tf.maximum(n, 1), tf.float64)
+    n = tf.cast(filled, tf.int32)
+    n_f = tf.cast(n, tf.float64)
 
     # Sequential sums in slot order, as the C++ loop does.
     total = tf.constant(0.0, tf.float64)
@@ -142,12 +184,12 @@ def masked_mel_loss(
     """
     loss_type, huber_delta, normalization = validate_args(loss_type, huber_delta, normalization)
     with tf.name_scope(name or "masked_mel_loss_reference"):
-        y_true = _as_tensor(y_true)
-        y_pred = _as_tensor(y_pred)
+        y_true = tf.convert_to_tensor(y_true)
+        y_pred = tf.convert_to_tensor(y_pred)
         if lengths is not None:
-            lengths = _as_tensor(lengths)
+            lengths = tf.convert_to_tensor(lengths)
         if state is not None:
-            state = _as_tensor(state, dtype=np.float64)
+            state = state_tensor(state)
         check_static_shapes(y_true, y_pred, lengths, state)
 
         dtype = y_true.dtype
@@ -197,21 +239,26 @@ def masked_mel_loss(
         p = tf.cast(y_pred, acc)
         valid = tf.range(frames)[tf.newaxis, :] < lengths64[:, tf.newaxis]  # [B, T]
         valid = tf.broadcast_to(valid[:, :, tf.newaxis], tf.shape(t))
-        finite = tf.logical_and(tf.math.is_finite(t), tf.math.is_finite(p))
+
+        def element_loss(d):
+            ad = tf.abs(d)
+            if loss_type == "l1":
+                return ad
+            delta = tf.constant(huber_delta, acc)
+            half = tf.constant(0.5, acc)
+            return tf.where(ad <= delta, half * d * d, delta * (ad - half * delta))
+
+        # element_counts of mel_loss_math.h: an element counts when its loss
+        # is finite in the accumulation type (NaN/Inf inputs and overflowing
+        # differences alike are excluded and counted).
+        finite = tf.math.is_finite(tf.stop_gradient(element_loss(p - t)))
         ok = tf.logical_and(valid, finite)
 
         zero = tf.zeros([], acc)
-        # Double tf.where: non-ok elements are replaced *before* the math so
-        # neither the value nor the gradient ever sees NaN/Inf.
+        # Double tf.where: elements that do not count are replaced *before*
+        # the math so neither the value nor the gradient ever sees NaN/Inf.
         d = tf.where(ok, p - t, zero)
-        ad = tf.abs(d)
-        if loss_type == "l1":
-            elem = ad
-        else:
-            delta = tf.constant(huber_delta, acc)
-            half = tf.constant(0.5, acc)
-            elem = tf.where(ad <= delta, half * d * d, delta * (ad - half * delta))
-        elem = tf.where(ok, elem, zero)
+        elem = tf.where(ok, element_loss(d), zero)
 
         sums = tf.cast(tf.reduce_sum(elem, axis=[1, 2]), tf.float64)  # S_b
         counts = tf.reduce_sum(tf.cast(ok, tf.int64), axis=[1, 2])  # n_b

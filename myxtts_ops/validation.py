@@ -6,15 +6,13 @@ need runtime values (lengths in ``[0, T]``, dynamic shapes) live with each
 implementation.
 """
 
-import math
-import numbers
-
+import numpy as np
 import tensorflow as tf
 
+from myxtts_ops import kernels
 from myxtts_ops.state import STATE_SIZE
+from myxtts_ops.types import LOSS_TYPES, NORMALIZATIONS
 
-LOSS_TYPES = ("l1", "huber")
-NORMALIZATIONS = ("per_sample", "global")
 SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 LENGTHS_DTYPES = (tf.int32, tf.int64)
 
@@ -24,6 +22,9 @@ def validate_args(loss_type, huber_delta, normalization):
 
     Returns ``(loss_type, huber_delta, normalization)`` with ``huber_delta`` as
     a Python float. Raises ``ValueError`` naming the argument and bad value.
+    huber_delta follows the one rule of ``csrc/kernels/mel_loss_checks.h``
+    (a positive, finite, normal float64; not a bool), checked by the kernels
+    module, so Python refuses exactly what the op would.
     """
     if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
         raise ValueError(
@@ -34,17 +35,29 @@ def validate_args(loss_type, huber_delta, normalization):
             f"normalization must be one of {NORMALIZATIONS}, "
             f"got normalization={normalization!r}"
         )
-    if isinstance(huber_delta, bool) or not isinstance(huber_delta, numbers.Real):
-        raise ValueError(
-            "huber_delta must be a positive finite Python number, "
-            f"got huber_delta={huber_delta!r}"
-        )
-    delta = float(huber_delta)
-    if not (math.isfinite(delta) and delta > 0.0):
-        raise ValueError(
-            f"huber_delta must be a positive finite number, got huber_delta={huber_delta!r}"
-        )
+    delta = kernels.check_huber_delta(huber_delta)
     return loss_type, delta, normalization
+
+
+def state_tensor(state):
+    """``state`` as a float64 tensor, refusing every other dtype.
+
+    A tensor keeps its dtype (so a float32 tensor is refused, as in graph
+    mode); an array or list must already be float64 (big-endian float64 is
+    converted to native order). Raises ``ValueError`` naming the dtype.
+    """
+    if tf.is_tensor(state) or isinstance(state, tf.Variable):
+        tensor = tf.convert_to_tensor(state)
+        dtype_name = tensor.dtype.name
+    else:
+        array = np.asarray(state)
+        dtype_name = array.dtype.name
+        tensor = None
+        if array.dtype.kind == "f" and array.dtype.itemsize == 8:
+            tensor = tf.convert_to_tensor(array.astype(np.float64, copy=False))
+    if tensor is None or tensor.dtype != tf.float64:
+        raise ValueError(f"state must be float64, got state dtype={dtype_name}")
+    return tensor
 
 
 def _dims(shape):

@@ -47,7 +47,7 @@ cmake --build "$BUILD_DIR" --parallel "$JOBS"
 
 OUT="$BUILD_DIR/out"
 KERNELS=$(ls "$OUT"/kernels*.so 2>/dev/null | head -n1 || true)
-for f in "$OUT/_mel_loss_op.so" "$OUT/_build_info.py" "$KERNELS"; do
+for f in "$OUT/_mel_loss_op.so" "$OUT/_build_info.py" "$OUT/_state_layout.py" "$KERNELS"; do
   [ -n "$f" ] && [ -f "$f" ] || { echo "sanitize_cpu: missing build output in $OUT" >&2; exit 1; }
 done
 
@@ -70,7 +70,7 @@ tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' -cf - myxtts_ops | tar -
 tar -C "$ROOT/python" --exclude='__pycache__' -cf - myxtts | tar -C "$WORK/python" -xf -
 tar -C "$ROOT" --exclude='__pycache__' --exclude='gpu' -cf - tests | tar -C "$WORK" -xf -
 mkdir -p "$WORK/myxtts_ops/_lib"
-cp "$OUT/_mel_loss_op.so" "$OUT/_build_info.py" "$WORK/myxtts_ops/_lib/"
+cp "$OUT/_mel_loss_op.so" "$OUT/_build_info.py" "$OUT/_state_layout.py" "$WORK/myxtts_ops/_lib/"
 cp "$KERNELS" "$WORK/myxtts_ops/"
 [ -f "$ROOT/pyproject.toml" ] && cp "$ROOT/pyproject.toml" "$WORK/" || true
 [ -f "$ROOT/setup.cfg" ] && cp "$ROOT/setup.cfg" "$WORK/" || true

@@ -6,20 +6,34 @@ place the spec pins a precision: ``d = y_pred - y_true`` is formed in float32
 for float16/bfloat16/float32 inputs (both widenings are exact, so this is one
 IEEE float32 subtraction) and in float64 for float64 inputs.
 
+Which valid elements count: those whose element loss is finite in the
+accumulation type (float32, or float64 for float64 inputs); a NaN/Inf input
+and a difference whose loss overflows are excluded and counted alike. The
+element loss is evaluated in that type only to decide this; the values are
+float64.
+
 Inputs are NumPy arrays (bfloat16 as ``ml_dtypes.bfloat16``). Outputs are
 float64 arrays / Python numbers, except ``state`` which follows SPEC 3.4 with
 the loss rounded to the op's output dtype (float32 for non-float64 inputs),
 exactly as the op feeds its own returned loss into the statistics.
+
+The state layout (indices) is read from the build's generated copy of the
+kernels' header (``myxtts_ops.state``), so it cannot drift; the update and the
+rule for a corrupted incoming state are written here independently.
 """
 
 import math
 
 import numpy as np
 
-# State layout restated from docs/ARCHITECTURE.md on purpose (independent).
-_N_FIELDS = 19
-_WINDOW = 10
-_RING0 = 9
+from myxtts_ops import state as _layout
+
+_N_FIELDS = _layout.STATE_SIZE
+_WINDOW = _layout.WINDOW_SIZE
+_RING0 = _layout.RING_START
+_STEPS, _CLEAN, _NONFINITE = _layout.STEPS, _layout.CLEAN_STEPS, _layout.NONFINITE_STEPS
+_MEAN, _COUNT, _WMEAN = _layout.RUNNING_MEAN, _layout.WINDOW_COUNT, _layout.WINDOW_MEAN
+_WVAR, _LAST, _HEAD = _layout.WINDOW_VARIANCE, _layout.LAST_LOSS, _layout.RING_HEAD
 
 
 def _is_f64(x):
@@ -36,10 +50,21 @@ def _diff(y_true, y_pred):
         return (p - t).astype(np.float64)
 
 
-def _finite(y_true, y_pred):
-    t = np.asarray(y_true).astype(np.float64)
-    p = np.asarray(y_pred).astype(np.float64)
-    return np.isfinite(t) & np.isfinite(p)
+def _counts(y_true, y_pred, loss_type, huber_delta):
+    """Elements whose loss is finite in the accumulation type (SPEC 3.2)."""
+    acc = np.float64 if _is_f64(y_true) else np.float32
+    t = np.asarray(y_true).astype(acc)
+    p = np.asarray(y_pred).astype(acc)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = p - t
+        ad = np.abs(d)
+        if loss_type == "l1":
+            e = ad
+        else:
+            delta = acc(huber_delta)
+            half = acc(0.5)
+            e = np.where(ad <= delta, half * d * d, delta * (ad - half * delta))
+    return np.isfinite(e)
 
 
 def _lengths(lengths, batch, frames):
@@ -58,7 +83,7 @@ def _sample_stats(y_true, y_pred, lengths, loss_type, huber_delta):
     batch, frames, mels = np.asarray(y_true).shape
     lens = _lengths(lengths, batch, frames)
     d_all = _diff(y_true, y_pred)
-    ok_all = _finite(y_true, y_pred)
+    ok_all = _counts(y_true, y_pred, loss_type, huber_delta)
     delta = _delta_in_acc(y_true, huber_delta)
     sums, counts, bad = [], [], []
     for b in range(batch):
@@ -91,29 +116,57 @@ def _weights(counts, normalization):
     return np.array([w_loss, w_sample], dtype=np.float64).reshape(2, len(counts))
 
 
+def _is_count(x):
+    return bool(0.0 <= x <= 2.0**53) and float(x).is_integer()
+
+
+def sanitized(state):
+    """The rule for a corrupted incoming state (see csrc/kernels/mel_loss_math.h)."""
+    s = np.array(state, dtype=np.float64, copy=True)
+    for i in (_STEPS, _CLEAN, _NONFINITE):
+        if not _is_count(s[i]):
+            s[i] = 0.0
+    if not math.isfinite(s[_MEAN]):
+        s[_MEAN] = 0.0
+        s[_CLEAN] = 0.0
+    if not math.isfinite(s[_LAST]):
+        s[_LAST] = 0.0
+    count, head = s[_COUNT], s[_HEAD]
+    ok = (_is_count(count) and count <= _WINDOW and _is_count(head) and head < _WINDOW
+          and (count == _WINDOW or head == count))
+    if ok and not all(math.isfinite(v) for v in s[_RING0:_RING0 + int(count)]):
+        ok = False
+    if not ok:
+        s[_HEAD] = s[_COUNT] = s[_WMEAN] = s[_WVAR] = 0.0
+        s[_RING0:_RING0 + _WINDOW] = 0.0
+    return s
+
+
 def next_state(state, loss, nonfinite_count, valid_count):
-    """SPEC 3.4 state update, written independently of the kernels' loop."""
-    s = np.zeros(_N_FIELDS) if state is None else np.array(state, dtype=np.float64, copy=True)
-    s[0] += 1.0
-    if nonfinite_count > 0:
-        s[2] += 1.0
+    """SPEC 3.4 state update, written independently of the kernels' loop.
+
+    A step with a non-finite element or a non-finite loss is a non-finite step.
+    """
+    s = np.zeros(_N_FIELDS) if state is None else sanitized(state)
+    s[_STEPS] += 1.0
+    if nonfinite_count > 0 or not math.isfinite(loss):
+        s[_NONFINITE] += 1.0
         return s
     if valid_count == 0:
         return s
-    s[1] += 1.0
-    k = s[1]
-    decay = min(k / 1000.0, 0.99)
-    s[3] = decay * s[3] + (1.0 - decay) * loss
-    s[7] = loss
-    head = int(s[8])
-    if not 0 <= head < _WINDOW:
-        head = 0
+    s[_CLEAN] += 1.0
+    k = s[_CLEAN]
+    decay = min(k / _layout.DECAY_RAMP, _layout.MAX_DECAY)
+    s[_MEAN] = decay * s[_MEAN] + (1.0 - decay) * loss
+    s[_LAST] = loss
+    head = int(s[_HEAD])
     s[_RING0 + head] = loss
-    s[8] = float((head + 1) % _WINDOW)
-    s[4] = float(min(int(s[4]) + 1, _WINDOW))
-    window = s[_RING0:_RING0 + int(s[4])]
-    s[5] = math.fsum(window) / len(window)
-    s[6] = (math.fsum((x - s[5]) ** 2 for x in window) / len(window)) if len(window) >= 2 else 0.0
+    s[_HEAD] = float((head + 1) % _WINDOW)
+    s[_COUNT] = float(min(int(s[_COUNT]) + 1, _WINDOW))
+    window = s[_RING0:_RING0 + int(s[_COUNT])]
+    s[_WMEAN] = math.fsum(window) / len(window)
+    s[_WVAR] = (math.fsum((x - s[_WMEAN]) ** 2 for x in window) / len(window)
+                if len(window) >= 2 else 0.0)
     return s
 
 
@@ -152,7 +205,7 @@ def backward(y_true, y_pred, lengths=None, loss_type="l1", huber_delta=1.0,
     w = _weights(counts, normalization)
     g_b = np.zeros(batch) if grad_per_sample is None else np.asarray(grad_per_sample, np.float64)
     d_all = _diff(y_true, y_pred)
-    ok_all = _finite(y_true, y_pred)
+    ok_all = _counts(y_true, y_pred, loss_type, huber_delta)
     delta = _delta_in_acc(y_true, huber_delta)
     gp = np.zeros((batch, frames, mels), np.float64)
     for b in range(batch):

@@ -1,10 +1,10 @@
 """Tests of the fused op ``myxtts_ops.masked_mel_loss`` and of the pybind11
 NumPy module ``myxtts_ops.kernels``.
 
-The whole contract battery of ``test_reference.py`` is rerun here with the
-fused op (``impl`` fixture below); the fused-only tests compare it with the
-reference and the oracle, check determinism across runs and thread counts,
-the op graph, and the NumPy kernels module.
+The contract battery in ``test_reference.py`` runs for both implementations
+(its ``impl`` fixture is parametrised); the fused-only tests here compare the
+op with the reference and the oracle, check determinism across runs and
+thread counts, the op graph, and the NumPy kernels module.
 """
 
 import hashlib
@@ -21,10 +21,7 @@ import oracle
 from child_env import TESTS_DIR, child_env
 from conftest import DTYPES, NP_DTYPES, assert_close, assert_grad_close, make_inputs, tol
 
-# Rerun the reference battery against the fused op (collected in this module,
-# so the `impl` fixture defined below applies to them).
-from test_reference import *  # noqa: F401,F403
-from test_reference import LOSS_TYPES, NORMS, _call, _grads, _out_dtype  # noqa: F401
+from test_reference import LOSS_TYPES, NORMS, _call, _grads, _out_dtype
 
 
 @pytest.fixture

@@ -1,9 +1,8 @@
-"""Tests of the pure-TF reference (``myxtts_ops.reference``) against the
-independent float64 NumPy oracle (``tests/oracle.py``).
-
-The battery is written against the public ``masked_mel_loss`` contract and is
-parametrised by the ``impl`` fixture; ``test_fused_op.py`` reruns it for the
-fused op.
+"""The ``masked_mel_loss`` contract battery, run against both implementations
+-- the pure-TF reference (``myxtts_ops.reference``) and the fused op
+(``myxtts_ops.masked_mel_loss``) -- through the ``impl`` fixture, and checked
+against the independent float64 NumPy oracle (``tests/oracle.py``).
+Fused-only tests live in ``test_fused_op.py``.
 """
 
 import numpy as np
@@ -15,17 +14,20 @@ from conftest import DTYPES, NP_DTYPES, assert_close, assert_grad_close, tol
 
 from myxtts_ops import state as st
 from myxtts_ops.state import STATE_SIZE, read_state
+from myxtts_ops.types import LOSS_TYPES, NORMALIZATIONS as NORMS
 
 
-@pytest.fixture
-def impl():
+def _implementation(name):
+    import myxtts_ops
     from myxtts_ops import reference
 
-    return reference.masked_mel_loss
+    return {"reference": reference.masked_mel_loss, "fused": myxtts_ops.masked_mel_loss}[name]
 
 
-LOSS_TYPES = ("l1", "huber")
-NORMS = ("per_sample", "global")
+@pytest.fixture(params=["reference", "fused"])
+def impl(request):
+    """Each test of the battery runs once per implementation."""
+    return _implementation(request.param)
 TF_DTYPES = {
     "float16": tf.float16,
     "bfloat16": tf.bfloat16,

@@ -29,7 +29,8 @@ int64_t length_of(const LengthsView& lengths, int64_t b, int64_t frames) {
                           : static_cast<const int32_t*>(lengths.data)[b];
 }
 
-// Sum, valid-finite count and non-finite count of elements [0, n).
+// Sum, count of the elements that count (element_counts) and count of those
+// that do not, over elements [0, n).
 template <typename T, LossType kType>
 Partial reduce_range(const T* __restrict y_true, const T* __restrict y_pred, int64_t n,
                      typename AccType<T>::type delta) {
@@ -40,19 +41,16 @@ Partial reduce_range(const T* __restrict y_true, const T* __restrict y_pred, int
   const int64_t n_vec = n - n % kLanes;
   for (; i < n_vec; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const A t = to_acc(y_true[i + l]);
-      const A p = to_acc(y_pred[i + l]);
-      const bool ok = is_finite(t) & is_finite(p);
-      const A e = element_loss<kType>(p - t, delta);
+      const A e = element_loss<kType>(to_acc(y_pred[i + l]) - to_acc(y_true[i + l]), delta);
+      const bool ok = element_counts(e);
       acc[l] += ok ? e : A(0);
       cnt[l] += ok;  // plain bool add: a ternary here blocks vectorisation
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
-    const A t = to_acc(y_true[i]);
-    const A p = to_acc(y_pred[i]);
-    const bool ok = is_finite(t) & is_finite(p);
-    acc[l] += ok ? element_loss<kType>(p - t, delta) : A(0);
+    const A e = element_loss<kType>(to_acc(y_pred[i]) - to_acc(y_true[i]), delta);
+    const bool ok = element_counts(e);
+    acc[l] += ok ? e : A(0);
     cnt[l] += ok;  // plain bool add: a ternary here blocks vectorisation
   }
   Partial out{0.0, 0, 0};
@@ -142,10 +140,9 @@ void backward_range(const T* __restrict y_true, const T* __restrict y_pred,
   using A = typename AccType<T>::type;
   int64_t i = 0;
   for (; i < n_valid; ++i) {
-    const A t = to_acc(y_true[i]);
-    const A p = to_acc(y_pred[i]);
-    const bool ok = is_finite(t) & is_finite(p);
-    const A g = ok ? coef * element_loss_grad<kType>(p - t, delta) : A(0);
+    const A d = to_acc(y_pred[i]) - to_acc(y_true[i]);
+    const bool ok = element_counts(element_loss<kType>(d, delta));
+    const A g = ok ? coef * element_loss_grad<kType>(d, delta) : A(0);
     g_pred[i] = from_acc<T>(g);
     if (kWriteTrue) g_true[i] = from_acc<T>(-g);
   }
@@ -222,19 +219,6 @@ struct Backward {
 };
 
 }  // namespace
-
-int64_t find_invalid_length(const LengthsView& lengths, int64_t batch, int64_t frames,
-                            int64_t* bad_value) {
-  if (lengths.data == nullptr) return -1;
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t v = length_of(lengths, b, frames);
-    if (v < 0 || v > frames) {
-      *bad_value = v;
-      return b;
-    }
-  }
-  return -1;
-}
 
 void mel_loss_forward_cpu(const ForwardArgs& args, const ParallelFor& parallel_for) {
   dispatch<Forward>(args, parallel_for);

@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "mel_loss_checks.h"
 #include "mel_loss_kernels.h"
 
 namespace myxtts_ops {
@@ -89,10 +90,8 @@ __device__ V block_sum(V v, V* shared) {
 
 template <LossType kType, typename T, typename A>
 __device__ __forceinline__ void accumulate(T t_raw, T p_raw, A delta, A& acc, int& cnt) {
-  const A t = to_acc(t_raw);
-  const A p = to_acc(p_raw);
-  const bool ok = is_finite(t) & is_finite(p);
-  const A e = element_loss<kType>(p - t, delta);
+  const A e = element_loss<kType>(to_acc(p_raw) - to_acc(t_raw), delta);
+  const bool ok = element_counts(e);
   acc += ok ? e : A(0);
   cnt += ok ? 1 : 0;
 }
@@ -215,10 +214,12 @@ __global__ void __launch_bounds__(kThreads)
   const long long bad = block_sum<long long>(local_bad, shared_i);
   if (threadIdx.x == 0) {
     A loss = A(batch_loss(cfg.normalization, sum_means, active, total_sum, total_count));
-    if (bad > 0) loss = A(NAN);  // out-of-range lengths: never a plausible number
+    // Out-of-range lengths: never a plausible number; a NaN loss also keeps
+    // the step out of the statistics (update_state).
+    if (bad > 0) loss = A(NAN);
     *loss_out = loss;
     *nonfinite_out = nonfinite;
-    update_state(state_in, state_out, double(loss), bad > 0 ? 1 : nonfinite, valid_total);
+    update_state(state_in, state_out, double(loss), nonfinite, valid_total);
     totals_i[0] = active;
     totals_i[1] = total_count;
   }
@@ -236,10 +237,9 @@ __global__ void __launch_bounds__(kThreads)
 template <LossType kType, typename T, typename A>
 __device__ __forceinline__ void grad_element(T t_raw, T p_raw, bool valid, A coef, A delta,
                                              T& g_true, T& g_pred) {
-  const A t = to_acc(t_raw);
-  const A p = to_acc(p_raw);
-  const bool ok = valid & is_finite(t) & is_finite(p);
-  const A g = ok ? coef * element_loss_grad<kType>(p - t, delta) : A(0);
+  const A d = to_acc(p_raw) - to_acc(t_raw);
+  const bool ok = valid & element_counts(element_loss<kType>(d, delta));
+  const A g = ok ? coef * element_loss_grad<kType>(d, delta) : A(0);
   g_pred = from_acc<T>(g);
   g_true = from_acc<T>(-g);
 }
@@ -391,11 +391,7 @@ void cuda_forward_fill_header(void* header, const LengthsView& host_lengths, int
   char* h = static_cast<char*>(header);
   for (size_t i = 0; i < w.lengths; ++i) h[i] = 0;
   if (host_lengths.data == nullptr) return;
-  int32_t* out = reinterpret_cast<int32_t*>(h + w.lengths);
-  for (int64_t b = 0; b < batch; ++b) {
-    out[b] = host_lengths.is_int64 ? int32_t(static_cast<const int64_t*>(host_lengths.data)[b])
-                                   : static_cast<const int32_t*>(host_lengths.data)[b];
-  }
+  stage_lengths_int32(host_lengths, batch, reinterpret_cast<int32_t*>(h + w.lengths));
 }
 
 std::string mel_loss_forward_cuda(const ForwardArgs& args, void* workspace,

@@ -64,13 +64,10 @@ struct BackwardArgs {
 using ParallelFor = std::function<void(
     int64_t n, int64_t cost_per_unit, const std::function<void(int64_t, int64_t)>& fn)>;
 
-// Lengths must already be validated (0 <= length <= frames).
+// Lengths must already be validated (0 <= length <= frames; see
+// mel_loss_checks.h for the shared argument rules).
 void mel_loss_forward_cpu(const ForwardArgs& args, const ParallelFor& parallel_for);
 void mel_loss_backward_cpu(const BackwardArgs& args, const ParallelFor& parallel_for);
-
-// Returns the index of the first length outside [0, frames], or -1.
-int64_t find_invalid_length(const LengthsView& lengths, int64_t batch, int64_t frames,
-                            int64_t* bad_value);
 
 // ---------------------------------------------------------------------------
 // CUDA (defined only when built with CUDA; see built_with_cuda()).

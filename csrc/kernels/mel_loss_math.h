@@ -39,8 +39,10 @@ struct LossConfig {
 
 // ---------------------------------------------------------------------------
 // Running-statistics state: a float64 vector the op reads and returns anew.
-// The Python side mirrors these indices (myxtts_ops/state.py) and a test checks
-// that both agree.
+// This namespace is the one definition of the layout: the build generates
+// myxtts_ops/_lib/_state_layout.py from it (scripts/gen_state_layout.py), which
+// myxtts_ops/state.py and the test oracles read; tests/test_state_layout.py
+// checks the installed copy against this header and against the kernels.
 namespace state {
 constexpr int kSteps = 0;
 constexpr int kCleanSteps = 1;
@@ -56,6 +58,16 @@ constexpr int kWindowSize = 10;
 constexpr int kSize = kRingStart + kWindowSize;  // 19
 constexpr double kDecayRamp = 1000.0;
 constexpr double kMaxDecay = 0.99;
+// Largest counter value kept by sanitize_state: every integer up to 2^53 is
+// exact in a double.
+constexpr double kMaxCount = 9007199254740992.0;
+// Fields 0 .. N-1 are public (myxtts_ops.read_state), under these names.
+constexpr const char* kPublicFieldNames[] = {
+    "steps", "clean_steps", "nonfinite_steps", "running_mean",
+    "window_count", "window_mean", "window_variance", "last_loss",
+};
+static_assert(sizeof(kPublicFieldNames) / sizeof(kPublicFieldNames[0]) == kLastLoss + 1,
+              "public fields are the prefix steps .. last_loss");
 }  // namespace state
 
 // Accumulation type: float32 for 16/32-bit inputs, float64 for float64.
@@ -198,6 +210,16 @@ MXO_HD A element_loss(A d, A delta) {
   return ad <= delta ? A(0.5) * d * d : delta * (ad - A(0.5) * delta);
 }
 
+// Which valid elements count (SPEC 3.2): those whose loss is finite in the
+// accumulation type. A NaN or Inf input makes d, and so the loss, non-finite;
+// so does a finite difference that overflows (-3e38 vs 3e38 in float32) or a
+// Huber loss that does. Every element that does not count is excluded from
+// the sums and counted in nonfinite_count, and gets a zero gradient.
+template <typename A>
+MXO_HD bool element_counts(A elem_loss) {
+  return is_finite(elem_loss);
+}
+
 // d(element_loss)/d(d); sign(0) = 0.
 template <LossType kType, typename A>
 MXO_HD A element_loss_grad(A d, A delta) {
@@ -248,17 +270,67 @@ MXO_HD double batch_loss(Normalization norm, double sum_means, int64_t active,
 }
 
 // ---------------------------------------------------------------------------
-// Running statistics: out = update(in). `loss` is the loss as returned to the
-// caller (already rounded to its output dtype), so a reference that sees the
-// same output reproduces the state exactly. `in` and `out` may alias.
+// The one rule for a corrupted incoming state (NaN, Inf, negative or
+// fractional counters, a ring head or window count out of range, a window
+// that does not match its head, non-finite losses in it). update_state
+// applies it before every update; myxtts_ops/reference.py (_sanitize_state)
+// restates it in TF ops with the generated constants, and a property test
+// feeds both arbitrary states (tests/test_silent_errors.py). A state the op
+// wrote is never changed by it.
+//   * steps, clean_steps, nonfinite_steps: not an integer in [0, kMaxCount]
+//     -> 0.
+//   * running_mean not finite -> 0, and clean_steps -> 0 so the decay ramps
+//     up again as on a fresh state.
+//   * last_loss not finite -> 0.
+//   * The window is kept only when window_count is an integer in
+//     [0, kWindowSize], ring_head an integer in [0, kWindowSize), ring_head ==
+//     window_count while the window is not full, and its filled slots are
+//     finite; otherwise it restarts: ring_head, window_count, window_mean,
+//     window_variance and every slot -> 0.
+MXO_HD bool is_state_count(double x) { return x >= 0.0 && x <= state::kMaxCount && x == floor(x); }
+
+MXO_HD void sanitize_state(double* s) {
+  using namespace state;
+  if (!is_state_count(s[kSteps])) s[kSteps] = 0.0;
+  if (!is_state_count(s[kCleanSteps])) s[kCleanSteps] = 0.0;
+  if (!is_state_count(s[kNonfiniteSteps])) s[kNonfiniteSteps] = 0.0;
+  if (!is_finite(s[kRunningMean])) {
+    s[kRunningMean] = 0.0;
+    s[kCleanSteps] = 0.0;
+  }
+  if (!is_finite(s[kLastLoss])) s[kLastLoss] = 0.0;
+  const double count = s[kWindowCount];
+  const double head = s[kRingHead];
+  bool window_ok = is_state_count(count) && count <= double(kWindowSize) &&
+                   is_state_count(head) && head < double(kWindowSize) &&
+                   (count == double(kWindowSize) || head == count);
+  for (int i = 0; i < kWindowSize; ++i)
+    window_ok = window_ok && (double(i) >= count || is_finite(s[kRingStart + i]));
+  if (!window_ok) {
+    s[kRingHead] = 0.0;
+    s[kWindowCount] = 0.0;
+    s[kWindowMean] = 0.0;
+    s[kWindowVariance] = 0.0;
+    for (int i = 0; i < kWindowSize; ++i) s[kRingStart + i] = 0.0;
+  }
+}
+
+// Running statistics: out = update(sanitize(in)). `loss` is the loss as
+// returned to the caller (already rounded to its output dtype), so a
+// reference that sees the same output reproduces the state exactly. A step
+// with a non-finite element (nonfinite_count > 0) or a non-finite loss (the
+// finite element losses overflowed their sum) is a non-finite step: only
+// steps and nonfinite_steps move, so an overflow never enters the
+// statistics. `in` and `out` may alias.
 MXO_HD void update_state(const double* in, double* out, double loss,
                          int64_t nonfinite_count, int64_t valid_count) {
   // Works on `out` directly (no local array: keeps GPU code free of local
   // memory); copying first makes in == out safe.
   if (out != in)
     for (int i = 0; i < state::kSize; ++i) out[i] = in[i];
+  sanitize_state(out);
   out[state::kSteps] += 1.0;
-  if (nonfinite_count > 0) {
+  if (nonfinite_count > 0 || !is_finite(loss)) {
     out[state::kNonfiniteSteps] += 1.0;
     return;
   }
@@ -270,14 +342,12 @@ MXO_HD void update_state(const double* in, double* out, double loss,
   out[state::kRunningMean] = decay * out[state::kRunningMean] + (1.0 - decay) * loss;
   out[state::kLastLoss] = loss;
 
-  // Range-check as doubles before converting: a corrupted state (NaN, huge
-  // values) must not reach an out-of-range float-to-int conversion.
-  const double head_raw = out[state::kRingHead];
-  const int head = (head_raw >= 0.0 && head_raw < double(state::kWindowSize)) ? int(head_raw) : 0;
+  // sanitize_state left ring_head an integer in [0, kWindowSize) and
+  // window_count one in [0, kWindowSize].
+  const int head = int(out[state::kRingHead]);
   out[state::kRingStart + head] = loss;
   out[state::kRingHead] = double((head + 1) % state::kWindowSize);
   double filled = out[state::kWindowCount] + 1.0;
-  if (!(filled >= 1.0)) filled = 1.0;  // also catches NaN
   if (filled > state::kWindowSize) filled = state::kWindowSize;
   out[state::kWindowCount] = filled;
 

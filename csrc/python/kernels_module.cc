@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
+#include "kernels/mel_loss_checks.h"
 #include "kernels/mel_loss_kernels.h"
 
 namespace py = pybind11;
@@ -20,8 +22,33 @@ namespace {
 
 // ---------------------------------------------------------------------------
 // Argument checks shared by the NumPy and CUDA entry points. Messages name the
-// input and the offending value, as the TF op does.
-LossConfig parse_config(const std::string& loss_type, double huber_delta,
+// input and the offending value, as the TF op does; the rules themselves live
+// in kernels/mel_loss_checks.h.
+
+// huber_delta as a double: a Python or NumPy real number (not a bool, which
+// Python would read as 1.0) that passes huber_delta_error. Also what
+// myxtts_ops.validation checks huber_delta with, so the rule is written once.
+double huber_delta_value(py::handle obj) {
+  py::module_ np = py::module_::import("numpy");
+  const bool is_bool = PyBool_Check(obj.ptr()) || py::isinstance(obj, np.attr("bool_"));
+  const bool is_real = PyFloat_Check(obj.ptr()) || PyLong_Check(obj.ptr()) ||
+                       py::isinstance(obj, np.attr("floating")) ||
+                       py::isinstance(obj, np.attr("integer"));
+  if (is_bool || !is_real)
+    throw py::value_error("huber_delta must be a real number (a float), got huber_delta=" +
+                          std::string(py::repr(obj)));
+  const double delta = PyFloat_AsDouble(obj.ptr());
+  if (PyErr_Occurred()) {  // an int too large for a double
+    PyErr_Clear();
+    throw py::value_error("huber_delta must be a finite float64, got huber_delta=" +
+                          std::string(py::repr(obj)));
+  }
+  const std::string err = huber_delta_error(delta);
+  if (!err.empty()) throw py::value_error(err);
+  return delta;
+}
+
+LossConfig parse_config(const std::string& loss_type, py::handle huber_delta,
                         const std::string& normalization) {
   LossConfig c;
   if (loss_type == "l1") {
@@ -39,10 +66,7 @@ LossConfig parse_config(const std::string& loss_type, double huber_delta,
     throw py::value_error("normalization must be 'per_sample' or 'global', got '" +
                           normalization + "'");
   }
-  if (!(huber_delta > 0.0 && huber_delta <= 1.7976931348623157e308))  // rejects NaN, Inf
-    throw py::value_error("huber_delta must be a positive finite number, got " +
-                          std::to_string(huber_delta));
-  c.huber_delta = huber_delta;
+  c.huber_delta = huber_delta_value(huber_delta);
   return c;
 }
 
@@ -59,6 +83,8 @@ MelShape check_mel_shapes(const std::vector<int64_t>& t, const std::vector<int64
   if (p != t)
     throw py::value_error("y_pred shape " + shape_str(p) + " does not match y_true shape " +
                           shape_str(t));
+  const std::string err = mel_shape_error(t[0], t[1], t[2]);
+  if (!err.empty()) throw py::value_error("y_true: " + err);
   MelShape s;
   s.batch = t[0];
   s.frames = t[1];
@@ -79,12 +105,8 @@ void check_weights_shape(const std::vector<int64_t>& shape, int64_t batch) {
 }
 
 void check_lengths_values(const LengthsView& lengths, const MelShape& s) {
-  int64_t bad = 0;
-  const int64_t b = find_invalid_length(lengths, s.batch, s.frames, &bad);
-  if (b >= 0)
-    throw py::value_error("lengths[" + std::to_string(b) + "] = " + std::to_string(bad) +
-                          " is outside [0, " + std::to_string(s.frames) +
-                          "] (frames of y_true)");
+  const std::string err = lengths_error(lengths, s.batch, s.frames);
+  if (!err.empty()) throw py::value_error(err);
 }
 
 // ---------------------------------------------------------------------------
@@ -99,11 +121,18 @@ DType numpy_mel_dtype(const py::array& a, const char* name) {
                         " must be float16, bfloat16, float32 or float64, got " + n);
 }
 
-// C-contiguous view or copy that keeps the number of dimensions (unlike
-// numpy.ascontiguousarray, which turns 0-d into 1-d).
+// C-contiguous view or copy in native byte order that keeps the number of
+// dimensions (unlike numpy.ascontiguousarray, which turns 0-d into 1-d). The
+// kernels read raw memory, so a big-endian array is converted, never misread.
 py::array contiguous(py::handle obj) {
-  return py::module_::import("numpy").attr("require")(obj, py::none(), "C");
+  py::module_ np = py::module_::import("numpy");
+  py::array a = np.attr("asarray")(obj);
+  if (!a.dtype().attr("isnative").cast<bool>())
+    a = a.attr("astype")(a.dtype().attr("newbyteorder")("="));
+  return np.attr("require")(a, py::none(), "C");
 }
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype().attr("name")); }
 
 std::vector<int64_t> shape_of(const py::array& a) {
   return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
@@ -121,9 +150,23 @@ LengthsView numpy_lengths(const py::array& a, const MelShape& s) {
   return v;
 }
 
-ParallelFor thread_pool(int num_threads) {
-  int threads = num_threads > 0 ? num_threads : int(std::thread::hardware_concurrency());
-  threads = std::max(threads, 1);
+// Upper bound of num_threads: the kernels are memory bound, so more threads
+// than this only cost thread starts.
+constexpr int kMaxThreads = 256;
+
+int checked_num_threads(int64_t num_threads) {
+  if (num_threads < 0 || num_threads > kMaxThreads)
+    throw py::value_error("num_threads must be in [0, " + std::to_string(kMaxThreads) +
+                          "] (0: one per hardware thread), got num_threads=" +
+                          std::to_string(num_threads));
+  const int threads = num_threads > 0 ? num_threads : int(std::thread::hardware_concurrency());
+  return std::min(std::max(threads, 1), kMaxThreads);
+}
+
+// Runs with the GIL released. A worker that cannot start (thread or memory
+// limit) joins the ones already started and raises RuntimeError: an
+// unjoined std::thread would terminate the process.
+ParallelFor thread_pool(int threads) {
   return [threads](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
     const int64_t t = std::min<int64_t>(threads, n);
     if (t <= 1) {
@@ -131,7 +174,15 @@ ParallelFor thread_pool(int num_threads) {
       return;
     }
     std::vector<std::thread> workers;
-    for (int64_t i = 1; i < t; ++i) workers.emplace_back(fn, n * i / t, n * (i + 1) / t);
+    workers.reserve(size_t(t - 1));
+    try {
+      for (int64_t i = 1; i < t; ++i) workers.emplace_back(fn, n * i / t, n * (i + 1) / t);
+    } catch (const std::system_error& e) {
+      for (auto& w : workers) w.join();
+      throw std::runtime_error("could not start worker thread " +
+                               std::to_string(workers.size() + 1) + " of " + std::to_string(t) +
+                               " (" + e.what() + "); pass a smaller num_threads");
+    }
     fn(0, n / t);
     for (auto& w : workers) w.join();
   };
@@ -157,8 +208,10 @@ NumpyMels numpy_mels(py::object y_true_obj, py::object y_pred_obj) {
 }
 
 py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
-                       py::object state_obj, const std::string& loss_type, double huber_delta,
-                       const std::string& normalization, int num_threads) {
+                       py::object state_obj, const std::string& loss_type,
+                       py::object huber_delta, const std::string& normalization,
+                       int64_t num_threads) {
+  const int threads = checked_num_threads(num_threads);
   const NumpyMels m = numpy_mels(y_true_obj, y_pred_obj);
   const MelShape& s = m.shape;
   const DType dtype = m.dtype;
@@ -173,15 +226,20 @@ py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object 
     lengths = contiguous(lengths_obj);
     args.lengths = numpy_lengths(lengths, s);
   }
-  py::array_t<double, py::array::c_style | py::array::forcecast> state_in;
+  py::array state_in;
   if (state_obj.is_none()) {
-    state_in = py::array_t<double>(state::kSize);
-    std::fill(state_in.mutable_data(), state_in.mutable_data() + state::kSize, 0.0);
+    py::array_t<double> fresh(state::kSize);
+    std::fill(fresh.mutable_data(), fresh.mutable_data() + state::kSize, 0.0);
+    state_in = fresh;
   } else {
-    state_in = py::array_t<double, py::array::c_style | py::array::forcecast>(state_obj);
+    // float64 only, as the TF op: a float32 state would have lost precision
+    // already, and int/bool/complex ones are not states at all.
+    state_in = contiguous(state_obj);
+    if (dtype_name(state_in) != "float64")
+      throw py::value_error("state must be float64, got state dtype=" + dtype_name(state_in));
     check_vector(shape_of(state_in), state::kSize, "state");
   }
-  args.state_in = state_in.data();
+  args.state_in = static_cast<const double*>(state_in.data());
 
   const bool f64 = output_is_double(dtype);
   py::array loss = f64 ? py::array(py::dtype::of<double>(), std::vector<int64_t>{})
@@ -198,7 +256,7 @@ py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object 
   args.sample_weights = weights.mutable_data();
   {
     py::gil_scoped_release release;
-    mel_loss_forward_cpu(args, thread_pool(num_threads));
+    mel_loss_forward_cpu(args, thread_pool(threads));
   }
   py::dict out;
   out["loss"] = loss;
@@ -212,7 +270,8 @@ py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object 
 py::tuple numpy_backward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
                          py::object weights_obj, py::object grad_loss_obj,
                          py::object grad_per_sample_obj, const std::string& loss_type,
-                         double huber_delta, int num_threads) {
+                         py::object huber_delta, int64_t num_threads) {
+  const int threads = checked_num_threads(num_threads);
   const NumpyMels m = numpy_mels(y_true_obj, y_pred_obj);
   const MelShape& s = m.shape;
   const DType dtype = m.dtype;
@@ -255,7 +314,7 @@ py::tuple numpy_backward(py::object y_true_obj, py::object y_pred_obj, py::objec
   args.grad_y_pred = g_pred.mutable_data();
   {
     py::gil_scoped_release release;
-    mel_loss_backward_cpu(args, thread_pool(num_threads));
+    mel_loss_backward_cpu(args, thread_pool(threads));
   }
   return py::make_tuple(g_true, g_pred);
 }
@@ -277,6 +336,10 @@ DeviceArray device_array(py::handle obj, const char* name) {
   DeviceArray a;
   for (auto d : iface["shape"].cast<py::tuple>()) a.shape.push_back(d.cast<int64_t>());
   a.typestr = iface["typestr"].cast<std::string>();
+  if (a.typestr.size() < 3 || (a.typestr[0] != '<' && a.typestr[0] != '|'))
+    throw py::value_error(std::string(name) +
+                          " must be in little-endian (native) byte order, got typestr " +
+                          a.typestr);
   a.ptr = reinterpret_cast<void*>(iface["data"].cast<py::tuple>()[0].cast<uintptr_t>());
   if (iface.contains("strides") && !iface["strides"].is_none()) {
     // Accept explicit strides only when they describe a C-contiguous layout.
@@ -372,7 +435,7 @@ DeviceMels device_mels(py::object y_true_obj, py::object y_pred_obj, py::object 
 void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
                   py::object state_obj, py::object loss_obj, py::object per_sample_obj,
                   py::object nonfinite_obj, py::object new_state_obj, py::object weights_obj,
-                  py::object workspace_obj, const std::string& loss_type, double huber_delta,
+                  py::object workspace_obj, const std::string& loss_type, py::object huber_delta,
                   const std::string& normalization, uintptr_t stream,
                   py::object dtype_obj, bool check_lengths) {
   require_cuda();
@@ -426,7 +489,7 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
 void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
                    py::object weights_obj, py::object grad_loss_obj,
                    py::object grad_per_sample_obj, py::object grad_true_obj,
-                   py::object grad_pred_obj, const std::string& loss_type, double huber_delta,
+                   py::object grad_pred_obj, const std::string& loss_type, py::object huber_delta,
                    uintptr_t stream, py::object dtype_obj, bool check_lengths) {
   require_cuda();
   const DeviceMels m = device_mels(y_true_obj, y_pred_obj, dtype_obj);
@@ -469,7 +532,9 @@ void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object leng
   check(mel_loss_backward_cuda(args, strm));
 }
 
-size_t workspace_size(int64_t batch, int64_t frames, int64_t mels, const std::string&) {
+size_t workspace_size(int64_t batch, int64_t frames, int64_t mels) {
+  const std::string err = mel_shape_error(batch, frames, mels);
+  if (!err.empty()) throw py::value_error(err);
   MelShape s;
   s.batch = batch;
   s.frames = frames;
@@ -484,19 +549,6 @@ PYBIND11_MODULE(kernels, m) {
       "Fused masked mel loss kernels without TensorFlow: NumPy arrays (CPU) and CUDA "
       "device arrays via __cuda_array_interface__ (CuPy, PyTorch).";
   m.attr("STATE_SIZE") = state::kSize;
-  py::dict fields;
-  fields["steps"] = state::kSteps;
-  fields["clean_steps"] = state::kCleanSteps;
-  fields["nonfinite_steps"] = state::kNonfiniteSteps;
-  fields["running_mean"] = state::kRunningMean;
-  fields["window_count"] = state::kWindowCount;
-  fields["window_mean"] = state::kWindowMean;
-  fields["window_variance"] = state::kWindowVariance;
-  fields["last_loss"] = state::kLastLoss;
-  fields["ring_head"] = state::kRingHead;
-  fields["ring_start"] = state::kRingStart;
-  fields["window_size"] = state::kWindowSize;
-  m.attr("STATE_FIELDS") = fields;
 
   m.def("built_with_cuda", &built_with_cuda, "Whether the CUDA kernels were compiled in.");
   m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without CUDA).");
@@ -512,8 +564,11 @@ PYBIND11_MODULE(kernels, m) {
         py::arg("num_threads") = 0,
         "CPU backward on NumPy arrays. Returns (grad_y_true, grad_y_pred).");
   m.def("cuda_workspace_size", &workspace_size, py::arg("batch"), py::arg("frames"),
-        py::arg("mels"), py::arg("dtype") = "float32",
-        "Bytes of device workspace cuda_forward needs.");
+        py::arg("mels"),
+        "Bytes of device workspace cuda_forward needs (the same for every dtype).");
+  m.def("check_huber_delta", &huber_delta_value, py::arg("huber_delta"),
+        "huber_delta as a float if it is a positive, finite, normal float64 number (not a "
+        "bool); raises ValueError naming the value otherwise. The one huber_delta rule.");
   m.def("cuda_forward", &cuda_forward, py::arg("y_true"), py::arg("y_pred"), py::arg("lengths"),
         py::arg("state"), py::arg("loss"), py::arg("per_sample"), py::arg("nonfinite_count"),
         py::arg("new_state"), py::arg("sample_weights"), py::arg("workspace"), py::kw_only(),

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/mel_loss_checks.h"
 #include "kernels/mel_loss_kernels.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -160,8 +161,8 @@ absl::Status ReadHuberDelta(const Tensor& t, LossConfig* config) {
     return errors::InvalidArgument("huber_delta must be a scalar, got shape ",
                                    t.shape().DebugString());
   const double delta = t.scalar<double>()();
-  if (!(delta > 0.0 && delta <= 1.7976931348623157e308))  // also rejects NaN and Inf
-    return errors::InvalidArgument("huber_delta must be a positive finite number, got ", delta);
+  const std::string err = huber_delta_error(delta);
+  if (!err.empty()) return errors::InvalidArgument(err);
   config->huber_delta = delta;
   return absl::OkStatus();
 }
@@ -183,8 +184,8 @@ absl::Status CheckMelInputs(const Tensor& y_true, const Tensor& y_pred, const Te
     return errors::InvalidArgument("lengths must have shape [", shape->batch,
                                    "] (one length per sample), got shape ",
                                    lengths.shape().DebugString());
-  if (shape->frames > 0x7fffffff)
-    return errors::InvalidArgument("frames = ", shape->frames, " exceeds 2^31 - 1");
+  const std::string err = mel_shape_error(shape->batch, shape->frames, shape->mels);
+  if (!err.empty()) return errors::InvalidArgument("y_true: ", err);
   return absl::OkStatus();
 }
 
@@ -199,11 +200,8 @@ LengthsView ViewLengths(const Tensor& lengths, bool use_lengths) {
 // Lengths are read on the host for both devices (the GPU kernel registers
 // them as host memory), so one check serves both.
 absl::Status CheckLengths(const LengthsView& lengths, const MelShape& shape) {
-  int64_t bad = 0;
-  const int64_t b = find_invalid_length(lengths, shape.batch, shape.frames, &bad);
-  if (b >= 0)
-    return errors::InvalidArgument("lengths[", b, "] = ", bad, " is outside [0, ", shape.frames,
-                                   "] (frames of y_true)");
+  const std::string err = lengths_error(lengths, shape.batch, shape.frames);
+  if (!err.empty()) return errors::InvalidArgument(err);
   return absl::OkStatus();
 }
 
@@ -358,10 +356,7 @@ class MaskedMelLossGradOp : public OpKernel {
     if (attrs_.use_lengths) {
       // Host lengths -> int32 on the device (validated above, so they fit).
       std::vector<int32_t> staged(shape.batch);
-      for (int64_t b = 0; b < shape.batch; ++b)
-        staged[b] = host_lengths.is_int64
-                        ? int32_t(static_cast<const int64_t*>(host_lengths.data)[b])
-                        : static_cast<const int32_t*>(host_lengths.data)[b];
+      stage_lengths_int32(host_lengths, shape.batch, staged.data());
       OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT32, TensorShape({shape.batch}),
                                              &device_lengths));
       void* dst = const_cast<char*>(device_lengths.tensor_data().data());

@@ -18,12 +18,12 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-# State layout (SPEC 3.4 / docs/ARCHITECTURE.md), restated here on purpose.
-STEPS, CLEAN_STEPS, NONFINITE_STEPS, RUNNING_MEAN = 0, 1, 2, 3
-WINDOW_COUNT, WINDOW_MEAN, WINDOW_VARIANCE, LAST_LOSS = 4, 5, 6, 7
-RING_HEAD, RING_START, WINDOW_SIZE = 8, 9, 10
-STATE_SIZE = RING_START + WINDOW_SIZE
-DECAY_RAMP, MAX_DECAY = 1000.0, 0.99
+# State layout: the build's copy generated from the kernels' header (one
+# source); the update and the corrupted-state rule below are written here.
+from myxtts_ops.state import (  # noqa: E402
+    CLEAN_STEPS, DECAY_RAMP, LAST_LOSS, MAX_DECAY, NONFINITE_STEPS, RING_HEAD, RING_START,
+    RUNNING_MEAN, STATE_SIZE, STEPS, WINDOW_COUNT, WINDOW_MEAN, WINDOW_SIZE, WINDOW_VARIANCE,
+)
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -80,13 +80,21 @@ def _valid_mask(batch: int, frames: int, lengths) -> np.ndarray:
     return np.arange(frames)[None, :] < lengths[:, None]
 
 
-def _diff(y_true, y_pred, dtype):
+def _diff(y_true, y_pred, dtype, loss_type="l1", huber_delta=1.0):
+    """d, and which elements count: those whose loss is finite in the
+    accumulation type (a NaN/Inf input or an overflowing loss does not)."""
     t = to_float(y_true, dtype)
     p = to_float(y_pred, dtype)
     with np.errstate(invalid="ignore", over="ignore"):
-        finite = np.isfinite(t) & np.isfinite(p)
         d = p - t  # float32 (or float64) IEEE subtraction, like the kernels
-    return d, finite
+        ad = np.abs(d)
+        if loss_type == "huber":
+            delta = d.dtype.type(huber_delta)
+            half = d.dtype.type(0.5)
+            e = np.where(ad <= delta, half * d * d, delta * (ad - half * delta))
+        else:
+            e = ad
+    return d, np.isfinite(e)
 
 
 def _elem(d: np.ndarray, loss_type: str, delta: float) -> np.ndarray:
@@ -134,7 +142,7 @@ def forward(y_true, y_pred, lengths=None, state=None, *, dtype: Optional[str] = 
     B, T, M = y_true.shape
     delta = _effective_delta(huber_delta, dtype)
     valid = np.broadcast_to(_valid_mask(B, T, lengths)[:, :, None], (B, T, M))
-    d, finite = _diff(y_true, y_pred, dtype)
+    d, finite = _diff(y_true, y_pred, dtype, loss_type, huber_delta)
     use = valid & finite
     with np.errstate(invalid="ignore", over="ignore"):
         elem = np.where(use, _elem(np.where(use, d, 0), loss_type, delta), 0.0)
@@ -164,13 +172,39 @@ def forward(y_true, y_pred, lengths=None, state=None, *, dtype: Optional[str] = 
     return Forward(loss, per_sample, nonfinite, counts, sums, valid_count, weights, new_state)
 
 
+def _is_count(x) -> bool:
+    return bool(0.0 <= x <= 2.0**53) and float(x).is_integer()
+
+
+def sanitize_state(s: np.ndarray) -> np.ndarray:
+    """The corrupted-state rule of mel_loss_math.h, restated."""
+    s = s.copy()
+    for i in (STEPS, CLEAN_STEPS, NONFINITE_STEPS):
+        if not _is_count(s[i]):
+            s[i] = 0.0
+    if not math.isfinite(s[RUNNING_MEAN]):
+        s[RUNNING_MEAN] = s[CLEAN_STEPS] = 0.0
+    if not math.isfinite(s[LAST_LOSS]):
+        s[LAST_LOSS] = 0.0
+    count, head = s[WINDOW_COUNT], s[RING_HEAD]
+    ok = (_is_count(count) and count <= WINDOW_SIZE and _is_count(head) and head < WINDOW_SIZE
+          and (count == WINDOW_SIZE or head == count)
+          and bool(np.all(np.isfinite(s[RING_START:RING_START + int(min(count, WINDOW_SIZE))])))
+          if _is_count(count) else False)
+    if not ok:
+        s[RING_HEAD] = s[WINDOW_COUNT] = s[WINDOW_MEAN] = s[WINDOW_VARIANCE] = 0.0
+        s[RING_START:RING_START + WINDOW_SIZE] = 0.0
+    return s
+
+
 def update_state(state, loss: float, nonfinite_count: int, valid_count: int) -> np.ndarray:
     """SPEC 3.4, scalar Python arithmetic in float64."""
     s = (np.zeros([STATE_SIZE]) if state is None
          else np.array(state, dtype=np.float64, copy=True))
     assert s.shape == (STATE_SIZE,)
+    s = sanitize_state(s)
     s[STEPS] += 1.0
-    if nonfinite_count > 0:
+    if nonfinite_count > 0 or not math.isfinite(loss):
         s[NONFINITE_STEPS] += 1.0
         return s
     if valid_count <= 0:
@@ -181,8 +215,6 @@ def update_state(state, loss: float, nonfinite_count: int, valid_count: int) -> 
     s[RUNNING_MEAN] = decay * s[RUNNING_MEAN] + (1.0 - decay) * loss
     s[LAST_LOSS] = loss
     head = int(s[RING_HEAD])
-    if head < 0 or head >= WINDOW_SIZE:
-        head = 0
     s[RING_START + head] = loss
     s[RING_HEAD] = float((head + 1) % WINDOW_SIZE)
     filled = min(s[WINDOW_COUNT] + 1.0, float(WINDOW_SIZE))
@@ -204,7 +236,7 @@ def backward(y_true, y_pred, lengths, sample_weights, grad_loss, grad_per_sample
     B, T, M = y_true.shape
     delta = _effective_delta(huber_delta, dtype)
     valid = np.broadcast_to(_valid_mask(B, T, lengths)[:, :, None], (B, T, M))
-    d, finite = _diff(y_true, y_pred, dtype)
+    d, finite = _diff(y_true, y_pred, dtype, loss_type, huber_delta)
     use = valid & finite
     w = np.asarray(sample_weights, dtype=np.float64).reshape(2, B)
     g = float(np.asarray(grad_loss, dtype=np.float64))
