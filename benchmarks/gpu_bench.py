@@ -331,7 +331,7 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
     outs = dict(loss=dev.empty((), od), per_sample=dev.empty((B,), od),
                 nonfinite=dev.empty((), "int64"), new_state=dev.empty((k.STATE_SIZE,), "float64"),
                 weights=[dev.empty((2, B), "float64") for _ in range(n_sets)],
-                workspace=dev.empty((k.cuda_workspace_size(B, T, M, dtype),), "uint8"),
+                workspace=dev.empty((k.cuda_workspace_size(B, T, M),), "uint8"),
                 g_true=dev.empty((B, T, M), dtype), g_pred=dev.empty((B, T, M), dtype),
                 g_loss=dev.upload(np.asarray(1.0, np.float32)),
                 g_ps=dev.upload(np.zeros(B, np.float32)))

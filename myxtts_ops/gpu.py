@@ -86,7 +86,7 @@ def available() -> bool:
 
 def workspace_size(batch: int, frames: int, mels: int, dtype: str = "float32") -> int:
     """Bytes of device workspace the forward kernel needs."""
-    return int(_kernels().cuda_workspace_size(int(batch), int(frames), int(mels), str(dtype)))
+    return int(_kernels().cuda_workspace_size(int(batch), int(frames), int(mels)))
 
 
 # ---------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def forward(y_true, y_pred, lengths=None, state=None, *, loss_type: str = "l1",
     k = _kernels()
     batch, frames, mels = (int(s) for s in y_true.shape)
     out_dtype = "float64" if dtype == "float64" else "float32"
-    ws_bytes = int(k.cuda_workspace_size(batch, frames, mels, dtype))
+    ws_bytes = int(k.cuda_workspace_size(batch, frames, mels))
     with be.stream_context(stream, y_true):
         if state is None:
             state = be.zeros((int(k.STATE_SIZE),), "float64", y_true)

@@ -66,11 +66,10 @@ def _sanitize_state(fields):
                 _is_state_count(head),
                 head < size,
                 tf.logical_or(tf.equal(count, size), tf.equal(head, count)),
+                tf.math.is_finite(f[_st.WINDOW_MEAN]),
+                tf.logical_not(tf.math.is_nan(f[_st.WINDOW_VARIANCE])),
             ]
-            + [
-                tf.logical_or(float(i) >= count, tf.math.is_finite(f[_st.RING_START + i]))
-                for i in range(_st.WINDOW_SIZE)
-            ]
+            + [tf.math.is_finite(f[_st.RING_START + i]) for i in range(_st.WINDOW_SIZE)]
         )
     )
     restarted = [_st.RING_HEAD, _st.WINDOW_COUNT, _st.WINDOW_MEAN, _st.WINDOW_VARIANCE]

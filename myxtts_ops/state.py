@@ -10,7 +10,8 @@ A corrupted incoming state is repaired by one rule before every update
 counters that are not integers in ``[0, 2**53]`` become 0, a non-finite
 ``running_mean`` restarts the mean (and ``clean_steps``), a non-finite
 ``last_loss`` becomes 0, and an inconsistent window (count or head out of
-range, head != count while not full, a non-finite filled slot) restarts.
+range, head != count while not full, a non-finite slot or window_mean, a NaN
+``window_variance``) restarts.
 """
 
 try:

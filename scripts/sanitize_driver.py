@@ -178,7 +178,7 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
     loss, per_sample = lib.empty((), od), lib.empty((B,), od)
     nonfinite, new_state = lib.empty((), "int64"), lib.empty((k.STATE_SIZE,), "float64")
     weights = lib.empty((2, B), "float64")
-    workspace = lib.empty((max(k.cuda_workspace_size(B, T, M, dtype), 1),), "uint8")
+    workspace = lib.empty((max(k.cuda_workspace_size(B, T, M), 1),), "uint8")
     cfg = dict(loss_type=loss_type, huber_delta=0.75)
     lib.sync()  # uploads ran on the default stream; the launch may be on another
     k.cuda_forward(yt, yp, Ld, state, loss, per_sample, nonfinite, new_state, weights, workspace,
@@ -227,7 +227,7 @@ def count_launches(k, lib):
     state = lib.upload(np.zeros(k.STATE_SIZE))
     loss, ps, nf = lib.empty((), "float32"), lib.empty((B,), "float32"), lib.empty((), "int64")
     ns, w = lib.empty((k.STATE_SIZE,), "float64"), lib.empty((2, B), "float64")
-    ws = lib.empty((k.cuda_workspace_size(B, T, M, "float32"),), "uint8")
+    ws = lib.empty((k.cuda_workspace_size(B, T, M),), "uint8")
     gl, gps = lib.upload(np.asarray(1.0, np.float32)), lib.upload(np.zeros(B, np.float32))
     gt, gp = lib.empty((B, T, M), "float32"), lib.empty((B, T, M), "float32")
 

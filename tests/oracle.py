@@ -134,7 +134,9 @@ def sanitized(state):
     count, head = s[_COUNT], s[_HEAD]
     ok = (_is_count(count) and count <= _WINDOW and _is_count(head) and head < _WINDOW
           and (count == _WINDOW or head == count))
-    if ok and not all(math.isfinite(v) for v in s[_RING0:_RING0 + int(count)]):
+    if not all(math.isfinite(v) for v in s[_RING0:_RING0 + _WINDOW]):
+        ok = False
+    if not math.isfinite(s[_WMEAN]) or math.isnan(s[_WVAR]):
         ok = False
     if not ok:
         s[_HEAD] = s[_COUNT] = s[_WMEAN] = s[_WVAR] = 0.0

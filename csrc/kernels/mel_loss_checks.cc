@@ -3,6 +3,9 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 namespace myxtts_ops {
 namespace {
@@ -15,14 +18,22 @@ int64_t length_at(const LengthsView& lengths, int64_t b) {
 }  // namespace
 
 std::string format_double(double x) {
+#if defined(__SSE__)
+  // TF runs op kernels with denormals-are-zero set, under which the
+  // formatter's own comparisons read a subnormal as 0: format with it off.
+  const unsigned int csr = _mm_getcsr();
+  _mm_setcsr(csr & ~0x8040u);  // clear FTZ (bit 15) and DAZ (bit 6)
+#endif
   char buf[64];
   const auto r = std::to_chars(buf, buf + sizeof(buf), x);
+#if defined(__SSE__)
+  _mm_setcsr(csr);
+#endif
   return std::string(buf, r.ptr);
 }
 
 std::string huber_delta_error(double delta) {
-  // Comparisons on the value are unreliable under flush-to-zero for
-  // subnormals; std::fpclassify looks at the bits.
+  // Under denormals-are-zero a subnormal classifies as zero: refused too.
   const int kind = std::fpclassify(delta);
   if (kind == FP_NORMAL && !std::signbit(delta) && delta <= kMaxHuberDelta) return std::string();
   return "huber_delta must be a positive, finite, normal float64 (at least " +

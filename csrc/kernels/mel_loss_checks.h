@@ -19,7 +19,7 @@ constexpr double kMinHuberDelta = 2.2250738585072014e-308;
 constexpr double kMaxHuberDelta = 1.7976931348623157e308;
 
 // Shortest decimal text that reads back as `x` ("1e-320", "nan", "-inf").
-// Integer arithmetic on the bits: right under flush-to-zero too.
+// Right under denormals-are-zero too (TF sets it for op kernels).
 std::string format_double(double x);
 
 // Empty when `delta` is a valid huber_delta (a positive, finite, normal

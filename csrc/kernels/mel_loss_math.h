@@ -284,8 +284,9 @@ MXO_HD double batch_loss(Normalization norm, double sum_means, int64_t active,
 //   * last_loss not finite -> 0.
 //   * The window is kept only when window_count is an integer in
 //     [0, kWindowSize], ring_head an integer in [0, kWindowSize), ring_head ==
-//     window_count while the window is not full, and its filled slots are
-//     finite; otherwise it restarts: ring_head, window_count, window_mean,
+//     window_count while the window is not full, every slot and window_mean
+//     are finite and window_variance is not NaN (+Inf is what a finite
+//     window of values near 1e300 gives); otherwise it restarts: ring_head, window_count, window_mean,
 //     window_variance and every slot -> 0.
 MXO_HD bool is_state_count(double x) { return x >= 0.0 && x <= state::kMaxCount && x == floor(x); }
 
@@ -303,9 +304,9 @@ MXO_HD void sanitize_state(double* s) {
   const double head = s[kRingHead];
   bool window_ok = is_state_count(count) && count <= double(kWindowSize) &&
                    is_state_count(head) && head < double(kWindowSize) &&
-                   (count == double(kWindowSize) || head == count);
-  for (int i = 0; i < kWindowSize; ++i)
-    window_ok = window_ok && (double(i) >= count || is_finite(s[kRingStart + i]));
+                   (count == double(kWindowSize) || head == count) &&
+                   is_finite(s[kWindowMean]) && s[kWindowVariance] == s[kWindowVariance];
+  for (int i = 0; i < kWindowSize; ++i) window_ok = window_ok && is_finite(s[kRingStart + i]);
   if (!window_ok) {
     s[kRingHead] = 0.0;
     s[kWindowCount] = 0.0;

@@ -189,8 +189,8 @@ def sanitize_state(s: np.ndarray) -> np.ndarray:
     count, head = s[WINDOW_COUNT], s[RING_HEAD]
     ok = (_is_count(count) and count <= WINDOW_SIZE and _is_count(head) and head < WINDOW_SIZE
           and (count == WINDOW_SIZE or head == count)
-          and bool(np.all(np.isfinite(s[RING_START:RING_START + int(min(count, WINDOW_SIZE))])))
-          if _is_count(count) else False)
+          and bool(np.all(np.isfinite(s[RING_START:RING_START + WINDOW_SIZE])))
+          and math.isfinite(s[WINDOW_MEAN]) and not math.isnan(s[WINDOW_VARIANCE]))
     if not ok:
         s[RING_HEAD] = s[WINDOW_COUNT] = s[WINDOW_MEAN] = s[WINDOW_VARIANCE] = 0.0
         s[RING_START:RING_START + WINDOW_SIZE] = 0.0

@@ -119,7 +119,7 @@ class Case:
         self.nonfinite = DevBuf(lib, (), "int64", 0)
         self.new_state = DevBuf(lib, (ref.STATE_SIZE,), "float64", 0)
         self.weights = DevBuf(lib, (2, B), "float64", 1)
-        ws = int(kernels.cuda_workspace_size(*self.shape, dtype))
+        ws = int(kernels.cuda_workspace_size(*self.shape))
         self.workspace = DevBuf(lib, (max(ws, 1),), "uint8", 0)
         self.g_loss_h = np.asarray(grad_loss, dtype=od).reshape(())
         self.g_ps_h = (np.zeros([B], dtype=od) if grad_per_sample is None
