@@ -37,13 +37,14 @@ _WVAR, _LAST, _HEAD = _layout.WINDOW_VARIANCE, _layout.LAST_LOSS, _layout.RING_H
 
 
 def _is_f64(x):
-    return np.asarray(x).dtype == np.float64
+    return np.asarray(x).dtype.name == "float64"  # either byte order
 
 
 def _diff(y_true, y_pred):
     """d in the precision the spec prescribes, returned as float64."""
     if _is_f64(y_true):
-        return np.asarray(y_pred, np.float64) - np.asarray(y_true, np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.asarray(y_pred, np.float64) - np.asarray(y_true, np.float64)
     t = np.asarray(y_true).astype(np.float32)
     p = np.asarray(y_pred).astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -95,7 +96,8 @@ def _sample_stats(y_true, y_pred, lengths, loss_type, huber_delta):
         if loss_type == "l1":
             e = a
         else:
-            e = np.where(a <= delta, 0.5 * dv * dv, delta * (a - 0.5 * delta))
+            with np.errstate(over="ignore"):
+                e = np.where(a <= delta, 0.5 * dv * dv, delta * (a - 0.5 * delta))
         sums.append(math.fsum(e.tolist()))
         counts.append(int(ok.sum()))
         bad.append(n * mels - counts[-1])

@@ -18,19 +18,26 @@ accepted. What is generated:
 * dtypes: float16, bfloat16, float32, float64; y_pred of another dtype, an
   integer dtype, rank 2 / rank 4, mismatched shapes;
 * values: normal noise at three scales, plus NaN, +Inf, -Inf, subnormals of
-  the dtype, +-1e30, +-1e300, +-0, float16 max, ties (y_pred == y_true), put
-  into valid frames, padding or anywhere (values are built in float64, cast to
-  the target dtype -- 1e30 is Inf in float16 -- and the oracle runs on the cast
-  arrays);
+  the dtype, +-1e30, +-1e300, +-0, float16 max, ties (y_pred == y_true), huge
+  finite values (a 16th of the dtype's max: Huber terms overflow float32) and
+  overflowing pairs (y_true = -0.9 max, y_pred = +0.9 max at one element: a
+  finite input pair whose difference overflows), put into valid frames,
+  padding or anywhere (values are built in float64, cast to the target dtype
+  -- 1e30 is Inf in float16 -- and the oracle runs on the cast arrays);
+* byte order: y_true / y_pred (not bfloat16), lengths and state now and then
+  big-endian;
 * lengths: None, valid int32 / int64 arrays, Python lists, out of range (T+1,
   2^40), negative, wrong shape ([B+1], [], [B, 1]), wrong dtype (float32,
-  float64, int16, uint8);
+  float64, int16, uint8), float lengths holding NaN or 1e10;
 * state: None, fresh, a mid-training state (including a ring head outside
-  [0, 10)), NumPy float32 (cast, accepted), a float32 tf.Tensor (rejected),
-  wrong sizes ([18], [20], [0], [1, 19]);
+  [0, 10) and a window count that does not match it), a corrupted one (NaN,
+  Inf, negative or fractional fields: repaired by the one sanitising rule),
+  big-endian float64 (accepted), NumPy float32 / int32 / bool / complex and a
+  float32 tf.Tensor (rejected), wrong sizes ([18], [20], [0], [1, 19]);
 * loss_type l1 / huber and normalization per_sample / global, plus unknown
   strings and non-strings; huber_delta valid (1e-3 .. 100), 0, negative, NaN,
-  +Inf, 1e-50 (0 once narrowed to float32: valid, Huber then 0);
+  +Inf, True, subnormal (1e-320: refused), 1e-50 (0 once narrowed to float32:
+  valid, Huber then 0);
 * gradients (GradientTape through the registered fused backward, and
   ``kernels.backward``) with random upstream gradients for loss and per_sample.
 
@@ -112,13 +119,28 @@ def special_value(kind, dtype):
         # maxima overflows the float32 accumulator where the float64 oracle
         # does not (that overflow is what SPEC 3.2 prescribes).
         "max": 65504.0 if dtype == "float16" else 1e4,
+        # Up to 8 of these in one sample cannot overflow a float32 lane sum
+        # (SPEC 3.2 accumulates there; the float64 oracle would not overflow).
+        "huge": DTYPE_MAX[dtype] / 16,
+        "-huge": -DTYPE_MAX[dtype] / 16,
     }[kind]
 
 
+DTYPE_MAX = {
+    "float16": 65504.0,
+    "bfloat16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).max),
+    "float32": float(np.finfo(np.float32).max),
+    "float64": float(np.finfo(np.float64).max),
+}
+
 SPECIAL_KINDS = (
     "nan", "inf", "-inf", "subnormal", "-subnormal", "1e30", "-1e30", "1e300", "-1e300",
-    "zero", "-zero", "max", "tie",
+    "zero", "-zero", "max", "tie", "huge", "-huge", "overflow",
 )
+
+
+def _big_endian(a):
+    return a.astype(a.dtype.newbyteorder(">"))
 
 
 def _cast(x64, dtype):
@@ -137,10 +159,10 @@ def mel_shapes(draw):
 @st.composite
 def lengths_specs(draw, batch, frames, allow_bad=True, kernels=False):
     """Returns (lengths object, bad: bool, bad value or None)."""
-    kinds = ["none", "int32", "int64", "list"]
+    kinds = ["none", "int32", "int64", "list", "big_endian"]
     if allow_bad:
         kinds += ["too_long", "negative", "huge", "shape_plus1", "scalar", "rank2",
-                  "float32", "float64", "int16", "uint8"]
+                  "float32", "float64", "int16", "uint8", "float_nan", "float_1e10"]
     kind = draw(st.sampled_from(kinds))
     valid = np.array([draw(st.integers(0, frames)) for _ in range(batch)], np.int64)
     if batch >= 2 and draw(st.booleans()):
@@ -149,6 +171,13 @@ def lengths_specs(draw, batch, frames, allow_bad=True, kernels=False):
         return None, False, None
     if kind in ("int32", "int64"):
         return valid.astype(kind), False, None
+    if kind == "big_endian":
+        return _big_endian(valid.astype(draw(st.sampled_from(["int32", "int64"])))), False, None
+    if kind in ("float_nan", "float_1e10"):  # refused by dtype, whatever the values
+        lens = valid.astype(np.float64)
+        if batch:
+            lens[0] = np.nan if kind == "float_nan" else 1e10
+        return lens, True, None
     if kind == "list":
         if batch == 0:  # [] converts to float32: see test_empty_list_lengths
             return valid.astype(np.int32), False, None
@@ -175,7 +204,8 @@ def lengths_specs(draw, batch, frames, allow_bad=True, kernels=False):
 @st.composite
 def state_specs(draw, allow_tensor=True):
     """Returns (state object, bad, state as float64 for the oracle)."""
-    kinds = ["none", "fresh", "mid", "mid_f32", "size18", "size20", "size0", "rank2"]
+    kinds = ["none", "fresh", "mid", "corrupt", "big_endian", "f32", "int32", "bool", "complex",
+             "size18", "size20", "size0", "rank2"]
     if allow_tensor:
         kinds.append("tf_f32")
     kind = draw(st.sampled_from(kinds))
@@ -191,11 +221,18 @@ def state_specs(draw, allow_tensor=True):
         s[8] = draw(st.sampled_from([0, 3, 9, 12, -1]))  # 12 / -1: outside the ring
         s[9:] = [draw(st.floats(0, 10)) for _ in range(10)]
         s[5], s[6], s[7] = 1.5, 0.25, s[9]
-    if kind in ("fresh", "mid"):
+    if kind == "corrupt":
+        for _ in range(draw(st.integers(1, 4))):
+            s[draw(st.integers(0, STATE_SIZE - 1))] = draw(st.sampled_from(
+                [np.nan, np.inf, -np.inf, -1.0, 0.5, 2.5, 1e300, 2.0**60, 11.0]))
+    if kind in ("fresh", "mid", "corrupt"):
         return s, False, s
-    if kind == "mid_f32":
-        s32 = s.astype(np.float32)
-        return s32, False, s32.astype(np.float64)
+    if kind == "big_endian":
+        return _big_endian(s), False, s
+    if kind in ("f32", "int32", "bool", "complex"):
+        dtype = {"f32": np.float32, "int32": np.int32, "bool": np.bool_,
+                 "complex": np.complex128}[kind]
+        return s.astype(dtype), True, None
     if kind == "tf_f32":
         return tf.constant(s, tf.float32), True, None
     bad = {"size18": np.zeros(18), "size20": np.zeros(20), "size0": np.zeros(0),
@@ -219,7 +256,8 @@ def config_specs(draw, allow_bad=True, kernels=False):
             bad.add("normalization")
         else:
             delta = draw(st.sampled_from(
-                [0.0, -0.0, -1.0, -1e-30, float("nan"), float("-inf"), float("inf")]))
+                [0.0, -0.0, -1.0, -1e-30, float("nan"), float("-inf"), float("inf"), True,
+                 1e-320, 5e-324]))
             bad.add("huber_delta")
     return dict(loss_type=loss_type, huber_delta=delta, normalization=normalization), bad
 
@@ -250,9 +288,14 @@ def mel_cases(draw, allow_bad=True, kernels=False):
         arr = yt if target == "y_true" else yp
         if kind == "tie":
             yp.reshape(-1)[flat] = yt.reshape(-1)[flat]
+        elif kind == "overflow":
+            yt.reshape(-1)[flat] = -0.9 * DTYPE_MAX[dtype]
+            yp.reshape(-1)[flat] = 0.9 * DTYPE_MAX[dtype]
         else:
             arr.reshape(-1)[flat] = special_value(kind, dtype)
     y_true, y_pred = _cast(yt, dtype), _cast(yp, dtype)
+    if dtype != "bfloat16" and draw(st.integers(0, 5)) == 0:
+        y_true, y_pred = _big_endian(y_true), _big_endian(y_pred)
 
     bad = set()
     if lengths_bad:
@@ -480,7 +523,7 @@ def graph_cases(draw):
 @given(case=graph_cases())
 def test_op_in_tf_function_with_unknown_shapes(case):
     lengths = case["lengths"]
-    lengths_dtype = None if lengths is None else tf.as_dtype(np.asarray(lengths).dtype)
+    lengths_dtype = None if lengths is None else tf.as_dtype(np.asarray(lengths).dtype.name)
     fn = _graph_fn(case["dtype"], lengths_dtype, case["config"]["loss_type"],
                    case["config"]["normalization"])
     args = [case["y_true"], case["y_pred"]] + ([] if lengths is None else [lengths]) + \
@@ -538,7 +581,7 @@ def test_kernels_backward_matches_oracle(case, seed, threads):
         case["y_true"], case["y_pred"], oracle_lengths(case["lengths"]), cfg["loss_type"],
         cfg["huber_delta"], cfg["normalization"], grad_loss=float(g_loss),
         grad_per_sample=g_ps.astype(np.float64))
-    assert grad_pred.dtype == case["y_true"].dtype
+    assert grad_pred.dtype.name == case["y_true"].dtype.name and grad_pred.dtype.isnative
     keep = ~flushable(case["y_true"], case["y_pred"], dtype)
     for got, want, what in ((grad_pred, want_pred, "grad y_pred"),
                             (grad_true, want_true, "grad y_true")):
