@@ -42,14 +42,14 @@ Partial reduce_range(const T* __restrict y_true, const T* __restrict y_pred, int
   for (; i < n_vec; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
       const A e = element_loss<kType>(to_acc(y_pred[i + l]) - to_acc(y_true[i + l]), delta);
-      const bool ok = element_counts(e);
+      const bool ok = element_counts<kType>(e);
       acc[l] += ok ? e : A(0);
       cnt[l] += ok;  // plain bool add: a ternary here blocks vectorisation
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
     const A e = element_loss<kType>(to_acc(y_pred[i]) - to_acc(y_true[i]), delta);
-    const bool ok = element_counts(e);
+    const bool ok = element_counts<kType>(e);
     acc[l] += ok ? e : A(0);
     cnt[l] += ok;  // plain bool add: a ternary here blocks vectorisation
   }
@@ -141,7 +141,7 @@ void backward_range(const T* __restrict y_true, const T* __restrict y_pred,
   int64_t i = 0;
   for (; i < n_valid; ++i) {
     const A d = to_acc(y_pred[i]) - to_acc(y_true[i]);
-    const bool ok = element_counts(element_loss<kType>(d, delta));
+    const bool ok = element_counts<kType>(element_loss<kType>(d, delta));
     const A g = ok ? coef * element_loss_grad<kType>(d, delta) : A(0);
     g_pred[i] = from_acc<T>(g);
     if (kWriteTrue) g_true[i] = from_acc<T>(-g);

@@ -91,7 +91,7 @@ __device__ V block_sum(V v, V* shared) {
 template <LossType kType, typename T, typename A>
 __device__ __forceinline__ void accumulate(T t_raw, T p_raw, A delta, A& acc, int& cnt) {
   const A e = element_loss<kType>(to_acc(p_raw) - to_acc(t_raw), delta);
-  const bool ok = element_counts(e);
+  const bool ok = element_counts<kType>(e);
   acc += ok ? e : A(0);
   cnt += ok ? 1 : 0;
 }
@@ -238,7 +238,7 @@ template <LossType kType, typename T, typename A>
 __device__ __forceinline__ void grad_element(T t_raw, T p_raw, bool valid, A coef, A delta,
                                              T& g_true, T& g_pred) {
   const A d = to_acc(p_raw) - to_acc(t_raw);
-  const bool ok = valid & element_counts(element_loss<kType>(d, delta));
+  const bool ok = valid & element_counts<kType>(element_loss<kType>(d, delta));
   const A g = ok ? coef * element_loss_grad<kType>(d, delta) : A(0);
   g_pred = from_acc<T>(g);
   g_true = from_acc<T>(-g);
