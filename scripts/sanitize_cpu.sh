@@ -9,9 +9,11 @@
 #    touched.
 # 2. Copies the Python packages and the tests into a temporary directory and
 #    drops the sanitized libraries into that copy.
-# 3. Runs the op tests (tests/test_fused_op.py, tests/test_fuzz.py, or the
-#    files in $MYXTTS_SANITIZE_TESTS) there, with libasan/libubsan preloaded
-#    into the (uninstrumented) Python interpreter.
+# 3. Runs the op tests (tests/test_reference.py -- the contract battery, run
+#    for the fused op too --, tests/test_fused_op.py, tests/test_fuzz.py,
+#    tests/test_silent_errors.py, or the files in $MYXTTS_SANITIZE_TESTS)
+#    there, with libasan/libubsan preloaded into the (uninstrumented) Python
+#    interpreter.
 #
 # Exit status: non-zero on a build failure, a sanitizer report (ASan aborts;
 # UBSan halts on the first error) or a failing test. Leak detection is off:
@@ -22,7 +24,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 BUILD_DIR="${MYXTTS_SANITIZE_BUILD_DIR:-$ROOT/build/sanitize-cpu}"
 JOBS="${MYXTTS_OPS_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
-TESTS="${MYXTTS_SANITIZE_TESTS:-tests/test_fused_op.py tests/test_fuzz.py}"
+TESTS="${MYXTTS_SANITIZE_TESTS:-tests/test_reference.py tests/test_fused_op.py tests/test_fuzz.py tests/test_silent_errors.py}"
 START=$(date +%s)
 
 log() { echo "[sanitize_cpu +$(( $(date +%s) - START ))s] $*"; }
