@@ -36,47 +36,52 @@ def _acc_dtype(dtype):
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
-def _is_state_count(x):
-    return tf.logical_and(
-        tf.logical_and(x >= 0.0, x <= _st.MAX_COUNT), tf.equal(tf.math.floor(x), x)
-    )
+def _field_mask(*indices):
+    mask = np.zeros([_st.STATE_SIZE], bool)
+    mask[list(indices)] = True
+    return tf.constant(mask)
 
 
-def _sanitize_state(fields):
-    """``sanitize_state`` of ``mel_loss_math.h`` on a list of float64 scalars.
+def _sanitize_state(s):
+    """``sanitize_state`` of ``mel_loss_math.h`` on a float64 ``[STATE_SIZE]`` tensor.
 
-    The one rule for a corrupted incoming state, restated step for step (see
-    the header for the rule and its reasons).
+    The one rule for a corrupted incoming state, restated with whole-vector
+    masks (see the header for the rule and its reasons).
     """
-    f = list(fields)
-    zero = tf.constant(0.0, tf.float64)
-    for i in (_st.STEPS, _st.CLEAN_STEPS, _st.NONFINITE_STEPS):
-        f[i] = tf.where(_is_state_count(f[i]), f[i], zero)
-    mean_ok = tf.math.is_finite(f[_st.RUNNING_MEAN])
-    f[_st.RUNNING_MEAN] = tf.where(mean_ok, f[_st.RUNNING_MEAN], zero)
-    f[_st.CLEAN_STEPS] = tf.where(mean_ok, f[_st.CLEAN_STEPS], zero)
-    f[_st.LAST_LOSS] = tf.where(tf.math.is_finite(f[_st.LAST_LOSS]), f[_st.LAST_LOSS], zero)
-    count, head = f[_st.WINDOW_COUNT], f[_st.RING_HEAD]
-    size = float(_st.WINDOW_SIZE)
+    zero = tf.zeros_like(s)
+    finite = tf.math.is_finite(s)
+    is_count = tf.logical_and(
+        tf.logical_and(s >= 0.0, s <= _st.MAX_COUNT), tf.equal(tf.math.floor(s), s)
+    )
+    counters = _field_mask(_st.STEPS, _st.CLEAN_STEPS, _st.NONFINITE_STEPS)
+    s = tf.where(tf.logical_and(counters, tf.logical_not(is_count)), zero, s)
+    mean_bad = tf.logical_not(finite[_st.RUNNING_MEAN])
+    s = tf.where(tf.logical_and(_field_mask(_st.RUNNING_MEAN, _st.CLEAN_STEPS), mean_bad), zero, s)
+    last_bad = tf.logical_not(finite[_st.LAST_LOSS])
+    s = tf.where(tf.logical_and(_field_mask(_st.LAST_LOSS), last_bad), zero, s)
+    count, head, size = s[_st.WINDOW_COUNT], s[_st.RING_HEAD], float(_st.WINDOW_SIZE)
     window_ok = tf.reduce_all(
         tf.stack(
             [
-                _is_state_count(count),
+                is_count[_st.WINDOW_COUNT],
                 count <= size,
-                _is_state_count(head),
+                is_count[_st.RING_HEAD],
                 head < size,
                 tf.logical_or(tf.equal(count, size), tf.equal(head, count)),
-                tf.math.is_finite(f[_st.WINDOW_MEAN]),
-                tf.logical_not(tf.math.is_nan(f[_st.WINDOW_VARIANCE])),
+                finite[_st.WINDOW_MEAN],
+                tf.logical_not(tf.math.is_nan(s[_st.WINDOW_VARIANCE])),
+                tf.reduce_all(finite[_st.RING_START :]),
             ]
-            + [tf.math.is_finite(f[_st.RING_START + i]) for i in range(_st.WINDOW_SIZE)]
         )
     )
-    restarted = [_st.RING_HEAD, _st.WINDOW_COUNT, _st.WINDOW_MEAN, _st.WINDOW_VARIANCE]
-    restarted += [_st.RING_START + i for i in range(_st.WINDOW_SIZE)]
-    for i in restarted:
-        f[i] = tf.where(window_ok, f[i], zero)
-    return f
+    window = _field_mask(
+        _st.RING_HEAD,
+        _st.WINDOW_COUNT,
+        _st.WINDOW_MEAN,
+        _st.WINDOW_VARIANCE,
+        *range(_st.RING_START, _st.RING_START + _st.WINDOW_SIZE),
+    )
+    return tf.where(tf.logical_and(window, tf.logical_not(window_ok)), zero, s)
 
 
 def update_state(state, loss, nonfinite_count, valid_count):
@@ -92,7 +97,8 @@ def update_state(state, loss, nonfinite_count, valid_count):
     loss = tf.cast(tf.stop_gradient(loss), tf.float64)
     nonfinite_count = tf.cast(nonfinite_count, tf.int64)
     valid_count = tf.cast(valid_count, tf.int64)
-    f = _sanitize_state([s[i] for i in range(_st.STATE_SIZE)])
+    s = _sanitize_state(s)
+    f = [s[i] for i in range(_st.STATE_SIZE)]
 
     one = tf.constant(1.0, tf.float64)
     nonfinite_step = tf.logical_or(nonfinite_count > 0, tf.logical_not(tf.math.is_finite(loss)))
