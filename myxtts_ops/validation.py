@@ -125,3 +125,43 @@ def check_static_shapes(y_true, y_pred, lengths=None, state=None):
             raise ValueError(
                 f"state must have shape [{STATE_SIZE}], got state shape={_dims(state.shape)}"
             )
+
+
+# Largest length any implementation accepts: lengths travel to the GPU as int32.
+MAX_LENGTH = 2**31 - 1
+
+
+def integral_lengths(lengths, name="lengths"):
+    """Lengths as an integer tensor, accepting whole-number float lengths.
+
+    Keras casts every input to float32, so frame counts often arrive as
+    floats. Integer tensors are returned as they are; float ones are
+    converted to int64 after a run-time check that every value is a whole
+    number in ``[0, MAX_LENGTH]`` -- otherwise ``InvalidArgumentError`` names
+    the index and the value the caller passed (``nan``, ``1e+10``, ``5.9``),
+    never the number a bare cast would make of it (-2147483648). Under XLA
+    the check compiles to nothing, like every TF assertion. Other dtypes
+    raise ``ValueError``.
+    """
+    tensor = tf.convert_to_tensor(lengths)
+    if tensor.dtype.is_integer:
+        return tensor
+    if not tensor.dtype.is_floating:
+        raise ValueError(
+            f"{name} must be integers (or whole-number floats), got {name} dtype="
+            f"{tensor.dtype.name}"
+        )
+    flat = tf.reshape(tensor, [-1])
+    whole = tf.logical_and(tf.math.is_finite(flat), tf.equal(tf.math.floor(flat), flat))
+    in_range = tf.logical_and(flat >= 0, tf.cast(flat, tf.float64) <= float(MAX_LENGTH))
+    bad = tf.logical_not(tf.logical_and(whole, in_range))
+    # A sentinel keeps argmax/gather defined for an empty vector.
+    index = tf.argmax(tf.concat([tf.cast(bad, tf.int32), [0]], 0), output_type=tf.int64)
+    value = tf.gather(tf.concat([flat, tf.zeros([1], flat.dtype)], 0), index)
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [f"{name} must be whole numbers in [0, {MAX_LENGTH}]; not at index", index, "value", value],
+        name=f"check_{name}",
+    )
+    with tf.control_dependencies([check]):
+        return tf.cast(tensor, tf.int64)

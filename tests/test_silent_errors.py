@@ -15,6 +15,7 @@ checked where it enters. Each test failed on the code before the fix.
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -404,3 +405,34 @@ def test_float_lengths_refused_by_dtype(lengths):
     for impl in IMPLS.values():
         with pytest.raises(ValueError, match=r"lengths.*(int32 or int64|float)"):
             impl(y, y, np.array(lengths))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("values,index,shown", [([np.nan, 2.0], 0, "nan"),
+                                                ([3.0, 1e10], 1, "1e+10"),
+                                                ([5.9, 2.0], 0, "5.9"),
+                                                ([1.0, -2.0], 1, "-2")])
+def test_float_lengths_name_the_value_passed(mode, values, index, shown):
+    """The op-side conversion the loss side uses for Keras' float lengths."""
+    from myxtts_ops.validation import integral_lengths
+
+    fn = integral_lengths if mode == "eager" else tf.function(integral_lengths)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        fn(tf.constant(values, tf.float32)).numpy()
+    msg = str(info.value)
+    # Eager: "...index'\n1\nb'value'\n1e+10"; graph: "...index] [1] [value] [1e+10]".
+    assert re.search(rf"lengths must be whole numbers.*index\W+{index}\W+b?'?value\W+"
+                     rf"{re.escape(shown)}\b", msg, re.S), msg
+    assert "-2147483648" not in msg
+
+
+def test_float_lengths_whole_numbers_convert():
+    from myxtts_ops.validation import integral_lengths
+
+    out = integral_lengths(tf.constant([5.0, 0.0, 300.0], tf.float32))
+    assert out.dtype == tf.int64 and out.numpy().tolist() == [5, 0, 300]
+    ints = tf.constant([1, 2], tf.int32)
+    assert integral_lengths(ints) is ints
+    assert integral_lengths(tf.zeros([0], tf.float32)).shape == [0]
+    with pytest.raises(ValueError, match="lengths.*bool"):
+        integral_lengths(tf.constant([True]))
