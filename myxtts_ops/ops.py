@@ -66,8 +66,10 @@ def masked_mel_loss(
       loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (> 0).
       normalization: ``"per_sample"`` (mean of per-sample means) or
         ``"global"`` (sum over all valid elements / their count).
-      on_xla: inside an XLA-compiled function the custom op cannot run;
-        ``"fallback"`` computes the same result with the pure-TF reference,
+      on_xla: inside an XLA-compiled function (``jit_compile=True``) the op runs
+        as one XLA custom call forward and one backward. Only where that path
+        cannot exist (a build or TensorFlow without it) ``"fallback"`` computes
+        the same result with the pure-TF reference (logged once) and
         ``"error"`` raises :class:`XlaUnsupportedError`.
 
     Returns:
@@ -77,9 +79,12 @@ def masked_mel_loss(
     if on_xla not in ON_XLA_CHOICES:
         raise ValueError(f"on_xla must be one of {ON_XLA_CHOICES}, got on_xla={on_xla!r}")
     if in_xla_context():
-        return _xla_fallback(
-            y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla
-        )
+        reason = _loader.xla_unavailable_reason()
+        if reason is not None:
+            return _xla_fallback(
+                y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name,
+                on_xla, reason,
+            )
 
     library = _loader.load_ops()
     with tf.name_scope(name or "masked_mel_loss"):
@@ -106,21 +111,26 @@ def masked_mel_loss(
         return MaskedMelLossOutput(loss, per_sample, nonfinite, new_state)
 
 
-def _xla_fallback(y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla):
+def _xla_fallback(
+    y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla, reason
+):
     global _warned_xla
     if on_xla == "error":
         raise XlaUnsupportedError(
             "myxtts_ops.masked_mel_loss was called inside an XLA-compiled function "
-            "(jit_compile=True), where custom ops cannot run. Compile the step without XLA "
-            "(tf.function(jit_compile=False), or model.compile(jit_compile=False) in Keras, "
-            "which enables XLA by default on GPU), or pass on_xla='fallback' to use the "
-            "pure-TF reference there."
+            f"(jit_compile=True), where the fused op cannot run here: {reason}. Compile the "
+            "step without XLA (tf.function(jit_compile=False), or model.compile("
+            "jit_compile=False) in Keras, which enables XLA by default on GPU), rebuild "
+            "myxtts-ops against a TensorFlow with the XLA headers, or pass "
+            "on_xla='fallback' to use the pure-TF reference there."
         )
     if not _warned_xla:
         _warned_xla = True
         _log.warning(
             "myxtts_ops.masked_mel_loss inside an XLA-compiled function: using the pure-TF "
-            "reference (same results, not fused). Use jit_compile=False for the fused op."
+            "reference (same results, not fused) because %s. Use jit_compile=False for the "
+            "fused op.",
+            reason,
         )
     from myxtts_ops import reference
 
