@@ -374,3 +374,79 @@ def test_saved_model_from_jit_function(tmp_path, rng, inputs):
     args = (tf.constant(y_true), tf.constant(y_pred), tf.constant(lens))
     want = myxtts_ops.masked_mel_loss(*args).loss
     assert _bits(loaded.loss(*args)) == _bits(want)
+
+
+_MIRRORED_CHILD = textwrap.dedent(
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    import myxtts_ops
+
+    def step(a, b, c):
+        with tf.GradientTape() as tape:
+            tape.watch(b)
+            out = myxtts_ops.masked_mel_loss(a, b, c, on_xla="error")
+        return out.loss, out.state, tape.gradient(out.loss, b)
+
+    rng = np.random.default_rng(1)
+    yt = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    yp = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    lens = np.array([6, 2, 0, 5], np.int32)
+    shard = lambda x, r: tf.constant(x[2 * r: 2 * r + 2])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    xla = tf.function(step, jit_compile=True)
+    values = [strategy.experimental_distribute_values_from_function(
+        lambda ctx, x=x: shard(x, ctx.replica_id_in_sync_group)) for x in (yt, yp, lens)]
+    results = strategy.run(xla, args=tuple(values))
+    per_replica = [strategy.experimental_local_results(r) for r in results]
+    for r in range(2):
+        want = tf.function(step)(shard(yt, r), shard(yp, r), shard(lens, r))
+        for got, w in zip((v[r] for v in per_replica), want):
+            assert got.numpy().tobytes() == w.numpy().tobytes()
+    hlo = xla.experimental_get_compiler_ir(shard(yt, 0), shard(yp, 0), shard(lens, 0))(
+        stage="optimized_hlo")
+    assert 'custom_call_target="myxtts_ops_masked_mel_loss"' in hlo
+    print("ok mirrored")
+    """
+)
+
+
+def test_mirrored_strategy_replicas(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_CHILD], cwd=tmp_path, env=child_env(),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok mirrored" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# Where the XLA path cannot exist: the reference, logged once, or an error.
+def test_fallback_only_without_xla_path(monkeypatch, caplog, inputs):
+    from myxtts_ops import _loader, ops
+
+    y_true, y_pred, lens = inputs((2, 5, 3), "float32", lengths=[5, 2])
+    args = (tf.constant(y_true), tf.constant(y_pred), tf.constant(lens))
+    fn = lambda a, b, c: myxtts_ops.masked_mel_loss(a, b, c)  # noqa: E731
+    with caplog.at_level("WARNING", logger="myxtts_ops"):
+        assert FORWARD_TARGET in _optimized_hlo(tf.function(fn, jit_compile=True), *args)
+    assert not [r for r in caplog.records if "reference" in r.getMessage()]
+
+    monkeypatch.setattr(_loader, "xla_unavailable_reason", lambda: "a test says so")
+    monkeypatch.setattr(ops, "_warned_xla", False)
+    with caplog.at_level("WARNING", logger="myxtts_ops"):
+        xla = tf.function(fn, jit_compile=True)
+        out = xla(*args)
+        assert "custom-call(" not in _optimized_hlo(xla, *args)
+        tf.function(lambda a, b, c: fn(a, b, c), jit_compile=True)(*args)
+    logged = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
+    assert len(logged) == 1 and "a test says so" in logged[0]
+    want = myxtts_ops.masked_mel_loss(*args)
+    np.testing.assert_allclose(out.loss.numpy(), want.loss.numpy(), rtol=1e-6)
+    strict = lambda a, b, c: myxtts_ops.masked_mel_loss(a, b, c, on_xla="error")  # noqa: E731
+    with pytest.raises(myxtts_ops.XlaUnsupportedError, match="a test says so"):
+        tf.function(strict, jit_compile=True, autograph=False)(*args)
