@@ -14,10 +14,17 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/platform/logging.h"
 #include "tf/mel_loss_common.h"
+#include "xla/ffi/api/ffi.h"
 #include "xla/hlo/builder/xla_builder.h"
 #include "xla/layout_util.h"
 #include "xla/shape_util.h"
 #include "xla/mel_loss_ffi.h"
+
+// Exported by libtensorflow_cc; declared here because xla/ffi/ffi_api.h pulls
+// XLA-internal headers.
+namespace xla::ffi {
+const XLA_FFI_Api* GetXlaFfiApi();
+}
 
 namespace myxtts_ops {
 namespace {
@@ -29,9 +36,38 @@ using ::tensorflow::XlaOpKernelContext;
 constexpr char kForwardOp[] = "MyxttsOps>MaskedMelLoss";
 constexpr char kBackwardOp[] = "MyxttsOps>MaskedMelLossGrad";
 
-// Why the XLA path is unavailable in this process ("" when it is available).
+std::string Register(const char* target, const char* platform, XLA_FFI_Handler* handler) {
+  const XLA_FFI_Api* api = ::xla::ffi::GetXlaFfiApi();
+  XLA_FFI_Error* error = ::xla::ffi::Ffi::RegisterStaticHandler(api, target, platform, handler);
+  if (error == nullptr) return std::string();
+  XLA_FFI_Error_GetMessage_Args args;
+  args.struct_size = XLA_FFI_Error_GetMessage_Args_STRUCT_SIZE;
+  args.extension_start = nullptr;
+  args.error = error;
+  api->XLA_FFI_Error_GetMessage(&args);
+  std::string message = std::string("registering the XLA FFI handler ") + target + " for " +
+                        platform + ": " + args.message;
+  XLA_FFI_Error_Destroy_Args destroy;
+  destroy.struct_size = XLA_FFI_Error_Destroy_Args_STRUCT_SIZE;
+  destroy.extension_start = nullptr;
+  destroy.error = error;
+  api->XLA_FFI_Error_Destroy(&destroy);
+  return message;
+}
+
+// Registers the handlers with this process's XLA FFI registry ("Host", and
+// "CUDA" in CUDA builds) once; why the XLA path is unavailable, or "".
 const std::string& FfiRegistrationError() {
-  static const std::string error = register_ffi_handlers();
+  static const std::string error = [] {
+    for (const auto& [platform, handlers] :
+         {std::pair{"Host", host_ffi_handlers()}, std::pair{"CUDA", cuda_ffi_handlers()}}) {
+      if (handlers.forward == nullptr) continue;  // no CUDA in this build
+      std::string err = Register(kFfiForwardTarget, platform, handlers.forward);
+      if (err.empty()) err = Register(kFfiBackwardTarget, platform, handlers.backward);
+      if (!err.empty()) return err;
+    }
+    return std::string();
+  }();
   return error;
 }
 

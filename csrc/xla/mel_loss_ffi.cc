@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -30,12 +31,6 @@
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 #endif
-
-// Exported by libtensorflow_cc; declared here because xla/ffi/ffi_api.h pulls
-// XLA-internal headers.
-namespace xla::ffi {
-const XLA_FFI_Api* GetXlaFfiApi();
-}
 
 namespace myxtts_ops {
 namespace {
@@ -396,40 +391,12 @@ XLA_FFI_DEFINE_HANDLER(kBackwardCuda, BackwardCuda,
                            .Attr<bool>("want_grad_y_true"));
 #endif
 
-namespace {
+FfiHandlers host_ffi_handlers() { return {kForwardHost, kBackwardHost}; }
 
-std::string Register(const char* target, const char* platform, XLA_FFI_Handler* handler) {
-  const XLA_FFI_Api* api = ::xla::ffi::GetXlaFfiApi();
-  XLA_FFI_Error* error = ffi::Ffi::RegisterStaticHandler(api, target, platform, handler);
-  if (error == nullptr) return std::string();
-  XLA_FFI_Error_GetMessage_Args args;
-  args.struct_size = XLA_FFI_Error_GetMessage_Args_STRUCT_SIZE;
-  args.extension_start = nullptr;
-  args.error = error;
-  api->XLA_FFI_Error_GetMessage(&args);
-  std::string message = std::string("registering the XLA FFI handler ") + target + " for " +
-                        platform + ": " + args.message;
-  XLA_FFI_Error_Destroy_Args destroy;
-  destroy.struct_size = XLA_FFI_Error_Destroy_Args_STRUCT_SIZE;
-  destroy.extension_start = nullptr;
-  destroy.error = error;
-  api->XLA_FFI_Error_Destroy(&destroy);
-  return message;
-}
-
-}  // namespace
-
-std::string register_ffi_handlers() {
-  static const std::string result = [] {
-    std::string err = Register(kFfiForwardTarget, "Host", kForwardHost);
-    if (err.empty()) err = Register(kFfiBackwardTarget, "Host", kBackwardHost);
 #if MYXTTS_OPS_WITH_CUDA
-    if (err.empty()) err = Register(kFfiForwardTarget, "CUDA", kForwardCuda);
-    if (err.empty()) err = Register(kFfiBackwardTarget, "CUDA", kBackwardCuda);
+FfiHandlers cuda_ffi_handlers() { return {kForwardCuda, kBackwardCuda}; }
+#else
+FfiHandlers cuda_ffi_handlers() { return {}; }
 #endif
-    return err;
-  }();
-  return result;
-}
 
 }  // namespace myxtts_ops

@@ -1,9 +1,10 @@
 // XLA typed-FFI handlers of the masked mel loss: the custom-call targets the
-// XLA kernels (csrc/tf/mel_loss_xla.cc) lower the two ops to. No TensorFlow
-// header: the handlers only see xla/ffi/api/ffi.h and csrc/kernels.
+// XLA kernels (csrc/tf/mel_loss_xla.cc) lower the two ops to, and register.
+// No TensorFlow header or library: the handlers only see the header-only
+// xla/ffi/api/ffi.h and csrc/kernels.
 #pragma once
 
-#include <string>
+#include "xla/ffi/api/c_api.h"
 
 namespace myxtts_ops {
 
@@ -11,9 +12,14 @@ namespace myxtts_ops {
 inline constexpr char kFfiForwardTarget[] = "myxtts_ops_masked_mel_loss";
 inline constexpr char kFfiBackwardTarget[] = "myxtts_ops_masked_mel_loss_grad";
 
-// Registers the handlers with the XLA FFI registry of this process: "Host"
-// always, "CUDA" when built with CUDA. Idempotent; returns an empty string
-// on success, else what failed.
-std::string register_ffi_handlers();
+// The handlers of one platform; null members where this build has none (CUDA
+// without nvcc). They depend on nothing but the versioned FFI C API, so any
+// XLA runtime (TF's, JAX's) can register them under the targets above.
+struct FfiHandlers {
+  XLA_FFI_Handler* forward = nullptr;
+  XLA_FFI_Handler* backward = nullptr;
+};
+FfiHandlers host_ffi_handlers();   // platform "Host" (XLA:CPU)
+FfiHandlers cuda_ffi_handlers();   // platform "CUDA" (XLA:GPU)
 
 }  // namespace myxtts_ops
