@@ -450,3 +450,17 @@ def test_fallback_only_without_xla_path(monkeypatch, caplog, inputs):
     strict = lambda a, b, c: myxtts_ops.masked_mel_loss(a, b, c, on_xla="error")  # noqa: E731
     with pytest.raises(myxtts_ops.XlaUnsupportedError, match="a test says so"):
         tf.function(strict, jit_compile=True, autograph=False)(*args)
+
+
+def test_ffi_handlers_exported_for_jax():
+    """The same handlers, as PyCapsules of the TF-free pybind module (for
+    jax.ffi.register_ffi_target). Only their presence is checked here: running
+    them needs JAX, which the CPU CI does not install."""
+    from myxtts_ops import kernels
+
+    targets = kernels.ffi_targets()
+    names = {"myxtts_ops_masked_mel_loss", "myxtts_ops_masked_mel_loss_grad"}
+    assert set(targets["cpu"]) == names
+    assert ("CUDA" in targets) == kernels.built_with_cuda()
+    for capsule in (c for platform in targets.values() for c in platform.values()):
+        assert type(capsule).__name__ == "PyCapsule"
