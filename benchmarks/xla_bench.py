@@ -114,11 +114,13 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="also write <out>.md")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     stats, n_sets, tf_version = run(args.batch, args.frames, args.mels, args.repeats, args.warmup)
     header = (f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; TensorFlow {tf_version}; "
               f"[{args.batch}, {args.frames}, {args.mels}] float32, lengths in "
               f"[{args.frames // 2}, {args.frames}]; {args.repeats} interleaved rounds over "
-              f"{n_sets} input copies; {time.perf_counter() - t0:.0f} s in all.\n\n")
+              f"{n_sets} input copies; {time.perf_counter() - t0:.0f} s in all; 1-minute load "
+              f"average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n")
     text = header + table(stats)
     print(text, end="")
     if args.out:

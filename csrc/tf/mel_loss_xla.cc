@@ -122,21 +122,32 @@ xla::PrimitiveType OutputType(xla::PrimitiveType input) {
   return input == xla::F64 ? xla::F64 : xla::F32;
 }
 
-absl::Status CheckXlaPathAvailable() {
-  if (FfiRegistrationError().empty()) return absl::OkStatus();
-  return ::tensorflow::errors::Unimplemented(
-      "the myxtts_ops XLA custom calls are unavailable in this process: ",
-      FfiRegistrationError());
+bool CompilesForGpu(OpKernelConstruction* ctx) {
+  return ctx->device_type() == ::tensorflow::DeviceType(::tensorflow::DEVICE_GPU_XLA_JIT);
+}
+
+absl::Status CheckXlaPathAvailable(bool for_gpu) {
+  if (!FfiRegistrationError().empty())
+    return ::tensorflow::errors::Unimplemented(
+        "the myxtts_ops XLA custom calls are unavailable in this process: ",
+        FfiRegistrationError());
+  if (for_gpu && cuda_ffi_handlers().forward == nullptr)
+    return ::tensorflow::errors::Unimplemented(
+        "myxtts-ops was built without CUDA, so masked_mel_loss has no XLA:GPU custom call; "
+        "rebuild it with nvcc on PATH and MYXTTS_OPS_CUDA=on, or compile this function for "
+        "the CPU");
+  return absl::OkStatus();
 }
 
 class MaskedMelLossXla : public XlaOpKernel {
  public:
-  explicit MaskedMelLossXla(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+  explicit MaskedMelLossXla(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), for_gpu_(CompilesForGpu(ctx)) {
     OP_REQUIRES_OK(ctx, attrs_.Read(ctx, /*with_normalization=*/true));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
-    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable());
+    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_));
     std::vector<xla::Shape> operand_shapes;
     for (int i = 0; i < 4; ++i) {
       auto shape = RowMajorInputShape(ctx, i);
@@ -172,16 +183,18 @@ class MaskedMelLossXla : public XlaOpKernel {
 
  private:
   OpAttrs attrs_;
+  bool for_gpu_;
 };
 
 class MaskedMelLossGradXla : public XlaOpKernel {
  public:
-  explicit MaskedMelLossGradXla(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+  explicit MaskedMelLossGradXla(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), for_gpu_(CompilesForGpu(ctx)) {
     OP_REQUIRES_OK(ctx, attrs_.Read(ctx, /*with_normalization=*/false));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
-    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable());
+    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_));
     std::vector<xla::Shape> operand_shapes;
     for (int i = 0; i < 6; ++i) {
       auto shape = RowMajorInputShape(ctx, i);
@@ -226,6 +239,7 @@ class MaskedMelLossGradXla : public XlaOpKernel {
 
  private:
   OpAttrs attrs_;
+  bool for_gpu_;
 };
 
 ::tensorflow::OpKernel* NewForwardXla(OpKernelConstruction* ctx) {
