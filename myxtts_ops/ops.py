@@ -147,6 +147,10 @@ def _masked_mel_loss_grad(op, grad_loss, grad_per_sample, *unused_grads):
     if grad_per_sample is None:
         grad_per_sample = tf.zeros_like(op.outputs[1])
     library = _loader.load_ops()
+    # A tape knows which inputs need no gradient (e.g. y_true in Keras fit);
+    # under XLA that is the only way the backward learns it may skip d/dy_true.
+    skipped = getattr(op, "skip_input_indices", None) or ()
+    grad_y_true_wanted = 0 not in skipped
     grad_true, grad_pred = library.myxtts_ops_masked_mel_loss_grad(
         y_true=op.inputs[0],
         y_pred=op.inputs[1],
@@ -157,5 +161,6 @@ def _masked_mel_loss_grad(op, grad_loss, grad_per_sample, *unused_grads):
         huber_delta=op.inputs[4],
         loss_type=op.get_attr("loss_type"),
         use_lengths=op.get_attr("use_lengths"),
+        grad_y_true_wanted=grad_y_true_wanted,
     )
-    return [grad_true, grad_pred, None, None, None]
+    return [grad_true if grad_y_true_wanted else None, grad_pred, None, None, None]

@@ -113,8 +113,13 @@ REGISTER_OP("MyxttsOps>MaskedMelLossGrad")
     .Attr("Tlen: {int32, int64} = DT_INT32")
     .Attr("loss_type: {'l1', 'huber'} = 'l1'")
     .Attr("use_lengths: bool = true")
+    .Attr("grad_y_true_wanted: bool = true")
     .SetShapeFn(myxtts_ops::BackwardShape)
-    .Doc("Fused backward pass of MyxttsOps>MaskedMelLoss.");
+    .Doc(R"doc(
+Fused backward pass of MyxttsOps>MaskedMelLoss. grad_y_true_wanted = false
+tells that nothing reads grad_y_true (the XLA kernel then skips it and returns
+zeros; the OpKernel skips it whenever the graph does not consume it).
+)doc");
 
 namespace myxtts_ops {
 namespace {

@@ -191,6 +191,7 @@ class MaskedMelLossGradXla : public XlaOpKernel {
   explicit MaskedMelLossGradXla(OpKernelConstruction* ctx)
       : XlaOpKernel(ctx), for_gpu_(CompilesForGpu(ctx)) {
     OP_REQUIRES_OK(ctx, attrs_.Read(ctx, /*with_normalization=*/false));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("grad_y_true_wanted", &grad_y_true_wanted_));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
@@ -212,9 +213,11 @@ class MaskedMelLossGradXla : public XlaOpKernel {
     double huber_delta = 0.0;
     OP_REQUIRES_OK(ctx, ReadConstantHuberDelta(ctx, 6, &huber_delta));
 
-    // Like the OpKernel, skip d/dy_true when nothing in the graph reads it:
-    // its result then has no elements and the output is a (dead) zero.
-    const bool want_grad_y_true = ctx->op_kernel_context()->output_required(0);
+    // Skip d/dy_true when nothing reads it: its result then has no elements
+    // and the output is a zero. tf2xla reports every output as required, so
+    // the gradient function's grad_y_true_wanted is what usually decides.
+    const bool want_grad_y_true =
+        grad_y_true_wanted_ && ctx->op_kernel_context()->output_required(0);
     const xla::PrimitiveType type = operand_shapes[0].element_type();
     const Dims mel = DimsOf(operand_shapes[0]);
     const xla::Shape result = xla::ShapeUtil::MakeTupleShape({
@@ -240,6 +243,7 @@ class MaskedMelLossGradXla : public XlaOpKernel {
  private:
   OpAttrs attrs_;
   bool for_gpu_;
+  bool grad_y_true_wanted_ = true;
 };
 
 ::tensorflow::OpKernel* NewForwardXla(OpKernelConstruction* ctx) {
