@@ -10,7 +10,9 @@
 //            want_grad_y_true is false (nothing downstream reads it)
 //   attributes loss_type ("l1" | "huber"), normalization ("per_sample" |
 //            "global", forward only), use_lengths (lengths is a placeholder
-//            when false), huber_delta (f64).
+//            when false), huber_delta (f64), want_grad_y_true (backward only).
+// The TF op library registers these handlers with TF's XLA; the pybind module
+// exports them as PyCapsules for other XLA runtimes (JAX).
 #include "xla/mel_loss_ffi.h"
 
 #include <algorithm>
