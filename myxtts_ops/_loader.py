@@ -11,6 +11,7 @@ import threading
 _LIBRARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", "_mel_loss_op.so")
 _lock = threading.Lock()
 _library = None
+_xla_reason = None  # "" once the XLA path is known to work
 
 
 class OpLibraryError(ImportError):
@@ -69,6 +70,35 @@ def _load():
             "installed TensorFlow (`pip install --no-build-isolation --force-reinstall "
             "--no-binary myxtts-ops myxtts-ops`) or install the TensorFlow it was built for."
         ) from err
+
+
+def xla_unavailable_reason():
+    """Why the op cannot run as an XLA custom call in this process, or None if it can.
+
+    Loads the library. The XLA kernels and FFI handlers register themselves when
+    it loads, before or after the process's first XLA compilation; what is left
+    to fail is a build without them or a handler registration that XLA refused.
+    """
+    global _xla_reason
+    if _xla_reason is None:
+        try:
+            load_ops()
+        except OpLibraryError as err:
+            _xla_reason = f"the op library does not load ({err})"
+            return _xla_reason
+        import ctypes
+
+        try:
+            query = ctypes.CDLL(_LIBRARY_FILE).myxtts_ops_xla_unavailable_reason
+        except AttributeError:
+            _xla_reason = (
+                "this build of myxtts-ops has no XLA custom calls (the TensorFlow it was built "
+                "against lacked the tf2xla/XLA FFI headers or libtensorflow_cc)"
+            )
+        else:
+            query.restype = ctypes.c_char_p
+            _xla_reason = query().decode()
+    return _xla_reason or None
 
 
 def load_ops():

@@ -66,8 +66,10 @@ def masked_mel_loss(
       loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (> 0).
       normalization: ``"per_sample"`` (mean of per-sample means) or
         ``"global"`` (sum over all valid elements / their count).
-      on_xla: inside an XLA-compiled function the custom op cannot run;
-        ``"fallback"`` computes the same result with the pure-TF reference,
+      on_xla: inside an XLA-compiled function (``jit_compile=True``) the op runs
+        as one XLA custom call forward and one backward. Only where that path
+        cannot exist (a build or TensorFlow without it) ``"fallback"`` computes
+        the same result with the pure-TF reference (logged once) and
         ``"error"`` raises :class:`XlaUnsupportedError`.
 
     Returns:
@@ -77,9 +79,12 @@ def masked_mel_loss(
     if on_xla not in ON_XLA_CHOICES:
         raise ValueError(f"on_xla must be one of {ON_XLA_CHOICES}, got on_xla={on_xla!r}")
     if in_xla_context():
-        return _xla_fallback(
-            y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla
-        )
+        reason = _loader.xla_unavailable_reason()
+        if reason is not None:
+            return _xla_fallback(
+                y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name,
+                on_xla, reason,
+            )
 
     library = _loader.load_ops()
     with tf.name_scope(name or "masked_mel_loss"):
@@ -102,21 +107,26 @@ def masked_mel_loss(
         return MaskedMelLossOutput(loss, per_sample, nonfinite, new_state)
 
 
-def _xla_fallback(y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla):
+def _xla_fallback(
+    y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla, reason
+):
     global _warned_xla
     if on_xla == "error":
         raise XlaUnsupportedError(
             "myxtts_ops.masked_mel_loss was called inside an XLA-compiled function "
-            "(jit_compile=True), where custom ops cannot run. Compile the step without XLA "
-            "(tf.function(jit_compile=False), or model.compile(jit_compile=False) in Keras, "
-            "which enables XLA by default on GPU), or pass on_xla='fallback' to use the "
-            "pure-TF reference there."
+            f"(jit_compile=True), where the fused op cannot run here: {reason}. Compile the "
+            "step without XLA (tf.function(jit_compile=False), or model.compile("
+            "jit_compile=False) in Keras, which enables XLA by default on GPU), rebuild "
+            "myxtts-ops against a TensorFlow with the XLA headers, or pass "
+            "on_xla='fallback' to use the pure-TF reference there."
         )
     if not _warned_xla:
         _warned_xla = True
         _log.warning(
             "myxtts_ops.masked_mel_loss inside an XLA-compiled function: using the pure-TF "
-            "reference (same results, not fused). Use jit_compile=False for the fused op."
+            "reference (same results, not fused) because %s. Use jit_compile=False for the "
+            "fused op.",
+            reason,
         )
     from myxtts_ops import reference
 
@@ -133,6 +143,10 @@ def _masked_mel_loss_grad(op, grad_loss, grad_per_sample, *unused_grads):
     if grad_per_sample is None:
         grad_per_sample = tf.zeros_like(op.outputs[1])
     library = _loader.load_ops()
+    # A tape knows which inputs need no gradient (e.g. y_true in Keras fit);
+    # under XLA that is the only way the backward learns it may skip d/dy_true.
+    skipped = getattr(op, "skip_input_indices", None) or ()
+    grad_y_true_wanted = 0 not in skipped
     grad_true, grad_pred = library.myxtts_ops_masked_mel_loss_grad(
         y_true=op.inputs[0],
         y_pred=op.inputs[1],
@@ -143,8 +157,9 @@ def _masked_mel_loss_grad(op, grad_loss, grad_per_sample, *unused_grads):
         huber_delta=op.inputs[4],
         loss_type=op.get_attr("loss_type"),
         use_lengths=op.get_attr("use_lengths"),
+        grad_y_true_wanted=grad_y_true_wanted,
     )
-    return [grad_true, grad_pred, None, None, None]
+    return [grad_true if grad_y_true_wanted else None, grad_pred, None, None, None]
 
 
 class HigherOrderGradientError(NotImplementedError):

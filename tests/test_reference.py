@@ -471,12 +471,20 @@ def test_bad_lengths_runtime(impl, bad_value, index, ldtype, mode):
     assert str(index) in msg
 
 
-def test_xla_clamps_bad_lengths(impl):
-    """Under XLA, Assert is a no-op: out-of-range lengths are clamped to [0, T]."""
+def test_xla_bad_lengths(impl):
+    """Under XLA the fused op refuses out-of-range lengths (its custom call checks
+    them on the host); the reference's Assert is a no-op there, so it clamps them
+    to [0, T]."""
     y_true = np.zeros((2, 3, 2), np.float32)
     y_pred = np.ones((2, 3, 2), np.float32)
     fn = tf.function(impl, jit_compile=True)
-    out = fn(tf.constant(y_true), tf.constant(y_pred), tf.constant([7, -2], tf.int32))
+    args = (tf.constant(y_true), tf.constant(y_pred), tf.constant([7, -2], tf.int32))
+    if impl is _implementation("fused"):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"lengths\[0\] = 7 is outside \[0, 3\]"):
+            fn(*args)
+        return
+    out = fn(*args)
     np.testing.assert_array_equal(out.per_sample.numpy(), [1.0, 0.0])
     assert float(out.loss) == 1.0
 

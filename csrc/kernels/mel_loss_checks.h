@@ -1,16 +1,22 @@
-// Host-side argument rules shared by every entry point: the TF op
-// (csrc/tf/mel_loss_op.cc), the XLA custom call and the pybind11 module
-// (csrc/python/kernels_module.cc), and, through myxtts_ops.kernels, the
-// Python wrappers. Each rule is written here once; callers turn the returned
-// message into their own error type. No framework headers.
+// Host-side argument rules of the masked mel loss (SPEC 3.5), shared by every
+// entry point: the TF OpKernels (csrc/tf/mel_loss_op.cc), the XLA kernels at
+// compile time (csrc/tf/mel_loss_xla.cc), the XLA FFI handlers at run time
+// (csrc/xla/mel_loss_ffi.cc) and the pybind11 module
+// (csrc/python/kernels_module.cc), so every path refuses the same input with
+// the same message. Each rule is written here once; a check returns an empty
+// string when the input is fine, else a message naming the input and its bad
+// value, which callers turn into their own error type. No framework headers.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "mel_loss_kernels.h"
 
 namespace myxtts_ops {
+
+using Dims = std::vector<int64_t>;
 
 // Smallest accepted huber_delta: the smallest normal float64. TensorFlow runs
 // CPU kernels with denormals flushed to zero, where a subnormal delta would
@@ -22,23 +28,35 @@ constexpr double kMaxHuberDelta = 1.7976931348623157e308;
 // Right under denormals-are-zero too (TF sets it for op kernels).
 std::string format_double(double x);
 
-// Empty when `delta` is a valid huber_delta (a positive, finite, normal
-// float64), else the error message naming the value.
-std::string huber_delta_error(double delta);
+// "[2,3,4]", the way TensorShape::DebugString writes a shape.
+std::string shape_string(const Dims& dims);
 
-// Empty when [batch, frames, mels] is a shape the kernels handle: no size is
-// negative, frames fits int32 (lengths travel to the GPU as int32), and the
-// elements' bytes (8 per element at most) and the per-sample arrays fit in
-// int64 with room to spare, so no size computed from them overflows.
+// huber_delta must be a positive, finite, normal float64.
+std::string huber_delta_error(double delta);
+std::string check_huber_delta_shape(const Dims& huber_delta);
+
+// [batch, frames, mels] is a shape the kernels handle: no size is negative,
+// frames fits int32 (lengths travel to the GPU as int32), and the elements'
+// bytes (8 per element at most) and the per-sample arrays fit in int64 with
+// room to spare, so no size computed from them overflows.
 std::string mel_shape_error(int64_t batch, int64_t frames, int64_t mels);
+
+// Rank and shapes of y_true, y_pred and (when use_lengths) lengths, then
+// mel_shape_error; fills *shape.
+std::string check_mel_shapes(const Dims& y_true, const Dims& y_pred, const Dims& lengths,
+                             bool use_lengths, MelShape* shape);
+std::string check_state_shape(const Dims& state);
+// Inputs of the gradient op that come from the forward and from upstream.
+std::string check_grad_shapes(const Dims& sample_weights, const Dims& grad_loss,
+                              const Dims& grad_per_sample, int64_t batch);
 
 // Index of the first length outside [0, frames] (and its value in
 // *bad_value), or -1.
 int64_t find_invalid_length(const LengthsView& lengths, int64_t batch, int64_t frames,
                             int64_t* bad_value);
 
-// Empty when every length is in [0, frames], else
-// "lengths[b] = v is outside [0, frames] (frames of y_true)".
+// Length values (host memory): "lengths[b] = v is outside [0, frames] (frames
+// of y_true)" for the first bad one.
 std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t frames);
 
 // Copies validated host lengths (int32 or int64, values in [0, frames] with

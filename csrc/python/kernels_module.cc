@@ -14,6 +14,9 @@
 
 #include "kernels/mel_loss_checks.h"
 #include "kernels/mel_loss_kernels.h"
+#if MYXTTS_OPS_WITH_FFI
+#include "xla/mel_loss_ffi.h"
+#endif
 
 namespace py = pybind11;
 using namespace myxtts_ops;
@@ -582,4 +585,24 @@ PYBIND11_MODULE(kernels, m) {
         py::kw_only(), py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
         py::arg("stream") = 0, py::arg("dtype") = py::none(), py::arg("check_lengths") = true,
         "CUDA backward on device arrays, one kernel launch on `stream`.");
+#if MYXTTS_OPS_WITH_FFI
+  m.def(
+      "ffi_targets",
+      [] {
+        py::dict out;
+        const std::pair<const char*, FfiHandlers> platforms[] = {{"cpu", host_ffi_handlers()},
+                                                                 {"CUDA", cuda_ffi_handlers()}};
+        for (const auto& [platform, handlers] : platforms) {
+          if (handlers.forward == nullptr) continue;  // built without CUDA
+          py::dict targets;
+          targets[kFfiForwardTarget] = py::capsule(reinterpret_cast<void*>(handlers.forward));
+          targets[kFfiBackwardTarget] = py::capsule(reinterpret_cast<void*>(handlers.backward));
+          out[platform] = targets;
+        }
+        return out;
+      },
+      "The XLA typed-FFI handlers the TF op lowers to under jit_compile, as PyCapsules: "
+      "{platform: {target_name: capsule}}, for jax.ffi.register_ffi_target(name, capsule, "
+      "platform=platform). Custom-call contract: csrc/xla/mel_loss_ffi.cc.");
+#endif
 }

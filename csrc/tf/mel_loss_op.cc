@@ -14,6 +14,7 @@
 
 #include "kernels/mel_loss_checks.h"
 #include "kernels/mel_loss_kernels.h"
+#include "tf/mel_loss_common.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -113,8 +114,13 @@ REGISTER_OP("MyxttsOps>MaskedMelLossGrad")
     .Attr("Tlen: {int32, int64} = DT_INT32")
     .Attr("loss_type: {'l1', 'huber'} = 'l1'")
     .Attr("use_lengths: bool = true")
+    .Attr("grad_y_true_wanted: bool = true")
     .SetShapeFn(myxtts_ops::BackwardShape)
-    .Doc("Fused backward pass of MyxttsOps>MaskedMelLoss.");
+    .Doc(R"doc(
+Fused backward pass of MyxttsOps>MaskedMelLoss. grad_y_true_wanted = false
+tells that nothing reads grad_y_true (the XLA kernel then skips it and returns
+zeros; the OpKernel skips it whenever the graph does not consume it).
+)doc");
 
 namespace myxtts_ops {
 namespace {
@@ -128,41 +134,12 @@ DType ToKernelDType(DataType t) {
   }
 }
 
-// Attributes shared by both ops, read and checked once at construction.
-struct OpAttrs {
-  LossConfig config;
-  bool use_lengths = true;
-
-  absl::Status Read(OpKernelConstruction* ctx, bool with_normalization) {
-    std::string loss_type, normalization = "per_sample";
-    TF_RETURN_IF_ERROR(ctx->GetAttr("loss_type", &loss_type));
-    TF_RETURN_IF_ERROR(ctx->GetAttr("use_lengths", &use_lengths));
-    if (with_normalization) TF_RETURN_IF_ERROR(ctx->GetAttr("normalization", &normalization));
-    DataType t, tout;
-    TF_RETURN_IF_ERROR(ctx->GetAttr("T", &t));
-    TF_RETURN_IF_ERROR(ctx->GetAttr("Tout", &tout));
-    const DataType expected = t == ::tensorflow::DT_DOUBLE ? ::tensorflow::DT_DOUBLE
-                                                           : ::tensorflow::DT_FLOAT;
-    if (tout != expected)
-      return errors::InvalidArgument("Tout must be ", ::tensorflow::DataTypeString(expected),
-                                     " for inputs of type ", ::tensorflow::DataTypeString(t),
-                                     ", got ", ::tensorflow::DataTypeString(tout));
-    config.loss_type = loss_type == "huber" ? LossType::kHuber : LossType::kL1;
-    config.normalization =
-        normalization == "global" ? Normalization::kGlobal : Normalization::kPerSample;
-    return absl::OkStatus();
-  }
-};
-
 // huber_delta travels as a float64 host scalar so float64 losses use it
 // exactly (TF attributes only hold float32).
 absl::Status ReadHuberDelta(const Tensor& t, LossConfig* config) {
-  if (t.dims() != 0)
-    return errors::InvalidArgument("huber_delta must be a scalar, got shape ",
-                                   t.shape().DebugString());
+  TF_RETURN_IF_ERROR(CheckResult(check_huber_delta_shape(DimsOf(t.shape()))));
   const double delta = t.scalar<double>()();
-  const std::string err = huber_delta_error(delta);
-  if (!err.empty()) return errors::InvalidArgument(err);
+  TF_RETURN_IF_ERROR(CheckResult(huber_delta_error(delta)));
   config->huber_delta = delta;
   return absl::OkStatus();
 }
@@ -170,23 +147,8 @@ absl::Status ReadHuberDelta(const Tensor& t, LossConfig* config) {
 // Checks shapes of y_true, y_pred and (optionally) lengths; fills `shape`.
 absl::Status CheckMelInputs(const Tensor& y_true, const Tensor& y_pred, const Tensor& lengths,
                             bool use_lengths, MelShape* shape) {
-  if (y_true.dims() != 3)
-    return errors::InvalidArgument("y_true must have rank 3 [batch, frames, mels], got shape ",
-                                   y_true.shape().DebugString());
-  if (y_pred.shape() != y_true.shape())
-    return errors::InvalidArgument("y_pred shape ", y_pred.shape().DebugString(),
-                                   " does not match y_true shape ",
-                                   y_true.shape().DebugString());
-  shape->batch = y_true.dim_size(0);
-  shape->frames = y_true.dim_size(1);
-  shape->mels = y_true.dim_size(2);
-  if (use_lengths && (lengths.dims() != 1 || lengths.dim_size(0) != shape->batch))
-    return errors::InvalidArgument("lengths must have shape [", shape->batch,
-                                   "] (one length per sample), got shape ",
-                                   lengths.shape().DebugString());
-  const std::string err = mel_shape_error(shape->batch, shape->frames, shape->mels);
-  if (!err.empty()) return errors::InvalidArgument("y_true: ", err);
-  return absl::OkStatus();
+  return CheckResult(check_mel_shapes(DimsOf(y_true.shape()), DimsOf(y_pred.shape()),
+                                      DimsOf(lengths.shape()), use_lengths, shape));
 }
 
 LengthsView ViewLengths(const Tensor& lengths, bool use_lengths) {
@@ -200,9 +162,7 @@ LengthsView ViewLengths(const Tensor& lengths, bool use_lengths) {
 // Lengths are read on the host for both devices (the GPU kernel registers
 // them as host memory), so one check serves both.
 absl::Status CheckLengths(const LengthsView& lengths, const MelShape& shape) {
-  const std::string err = lengths_error(lengths, shape.batch, shape.frames);
-  if (!err.empty()) return errors::InvalidArgument(err);
-  return absl::OkStatus();
+  return CheckResult(lengths_error(lengths, shape.batch, shape.frames));
 }
 
 // One contiguous block of work units per pool thread: the kernel is memory
@@ -240,10 +200,7 @@ class MaskedMelLossOp : public OpKernel {
     const Tensor& state_in = ctx->input(3);
     MelShape shape;
     OP_REQUIRES_OK(ctx, CheckMelInputs(y_true, y_pred, lengths, attrs_.use_lengths, &shape));
-    OP_REQUIRES(ctx, state_in.dims() == 1 && state_in.dim_size(0) == state::kSize,
-                errors::InvalidArgument("state must have shape [", state::kSize,
-                                        "] (myxtts_ops.STATE_SIZE), got shape ",
-                                        state_in.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckResult(check_state_shape(DimsOf(state_in.shape()))));
     const LengthsView host_lengths = ViewLengths(lengths, attrs_.use_lengths);
     OP_REQUIRES_OK(ctx, CheckLengths(host_lengths, shape));
     LossConfig config = attrs_.config;
@@ -312,16 +269,10 @@ class MaskedMelLossGradOp : public OpKernel {
     const Tensor& grad_per_sample = ctx->input(5);
     MelShape shape;
     OP_REQUIRES_OK(ctx, CheckMelInputs(y_true, y_pred, lengths, attrs_.use_lengths, &shape));
-    OP_REQUIRES(ctx, weights.dims() == 2 && weights.dim_size(0) == 2 &&
-                         weights.dim_size(1) == shape.batch,
-                errors::InvalidArgument("sample_weights must have shape [2, ", shape.batch,
-                                        "], got ", weights.shape().DebugString()));
-    OP_REQUIRES(ctx, grad_loss.dims() == 0,
-                errors::InvalidArgument("grad_loss must be a scalar, got shape ",
-                                        grad_loss.shape().DebugString()));
-    OP_REQUIRES(ctx, grad_per_sample.dims() == 1 && grad_per_sample.dim_size(0) == shape.batch,
-                errors::InvalidArgument("grad_per_sample must have shape [", shape.batch,
-                                        "], got ", grad_per_sample.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckResult(check_grad_shapes(DimsOf(weights.shape()),
+                                                      DimsOf(grad_loss.shape()),
+                                                      DimsOf(grad_per_sample.shape()),
+                                                      shape.batch)));
     const LengthsView host_lengths = ViewLengths(lengths, attrs_.use_lengths);
     OP_REQUIRES_OK(ctx, CheckLengths(host_lengths, shape));
     LossConfig config = attrs_.config;

@@ -1,0 +1,306 @@
+// XLA kernels of MyxttsOps>MaskedMelLoss and its gradient: under
+// jit_compile=True each op lowers to exactly one typed-FFI custom call whose
+// target is a handler in csrc/xla/mel_loss_ffi.cc (registered for "Host" and,
+// in CUDA builds, "CUDA"). Shapes, ranks and the state shape are checked here,
+// at compile time, with the OpKernels' checks and messages; length values are
+// checked by the handler at run time.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
+#include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "tensorflow/core/framework/kernel_def_builder.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/platform/logging.h"
+#include "tf/mel_loss_common.h"
+#include "xla/ffi/api/ffi.h"
+#include "xla/hlo/builder/xla_builder.h"
+#include "xla/layout_util.h"
+#include "xla/shape_util.h"
+#include "xla/mel_loss_ffi.h"
+
+// Exported by libtensorflow_cc; declared here because xla/ffi/ffi_api.h pulls
+// XLA-internal headers.
+namespace xla::ffi {
+const XLA_FFI_Api* GetXlaFfiApi();
+}
+
+namespace myxtts_ops {
+namespace {
+
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::XlaOpKernel;
+using ::tensorflow::XlaOpKernelContext;
+
+constexpr char kForwardOp[] = "MyxttsOps>MaskedMelLoss";
+constexpr char kBackwardOp[] = "MyxttsOps>MaskedMelLossGrad";
+
+std::string Register(const char* target, const char* platform, XLA_FFI_Handler* handler) {
+  const XLA_FFI_Api* api = ::xla::ffi::GetXlaFfiApi();
+  XLA_FFI_Error* error = ::xla::ffi::Ffi::RegisterStaticHandler(api, target, platform, handler);
+  if (error == nullptr) return std::string();
+  XLA_FFI_Error_GetMessage_Args args;
+  args.struct_size = XLA_FFI_Error_GetMessage_Args_STRUCT_SIZE;
+  args.extension_start = nullptr;
+  args.error = error;
+  api->XLA_FFI_Error_GetMessage(&args);
+  std::string message = std::string("registering the XLA FFI handler ") + target + " for " +
+                        platform + ": " + args.message;
+  XLA_FFI_Error_Destroy_Args destroy;
+  destroy.struct_size = XLA_FFI_Error_Destroy_Args_STRUCT_SIZE;
+  destroy.extension_start = nullptr;
+  destroy.error = error;
+  api->XLA_FFI_Error_Destroy(&destroy);
+  return message;
+}
+
+// Registers the handlers with this process's XLA FFI registry ("Host", and
+// "CUDA" in CUDA builds) once; why the XLA path is unavailable, or "".
+const std::string& FfiRegistrationError() {
+  static const std::string error = [] {
+    for (const auto& [platform, handlers] :
+         {std::pair{"Host", host_ffi_handlers()}, std::pair{"CUDA", cuda_ffi_handlers()}}) {
+      if (handlers.forward == nullptr) continue;  // no CUDA in this build
+      std::string err = Register(kFfiForwardTarget, platform, handlers.forward);
+      if (err.empty()) err = Register(kFfiBackwardTarget, platform, handlers.backward);
+      if (!err.empty()) return err;
+    }
+    return std::string();
+  }();
+  return error;
+}
+
+absl::StatusOr<xla::Shape> RowMajorInputShape(XlaOpKernelContext* ctx, int index) {
+  TF_ASSIGN_OR_RETURN(xla::Shape shape, ctx->InputXlaShape(index));
+  if (shape.is_dynamic())
+    return ::tensorflow::errors::InvalidArgument(
+        "masked_mel_loss under XLA needs static shapes, got input ", index, " of shape ",
+        xla::ShapeUtil::HumanString(shape));
+  xla::LayoutUtil::SetToDefaultLayout(&shape);  // row-major: what the kernels index
+  return shape;
+}
+
+Dims DimsOf(const xla::Shape& shape) {
+  return Dims(shape.dimensions().begin(), shape.dimensions().end());
+}
+
+xla::Shape RowMajor(xla::PrimitiveType type, const Dims& dims) {
+  return xla::ShapeUtil::MakeShapeWithDescendingLayout(type, dims);
+}
+
+// huber_delta must be a compile-time constant under XLA (the wrapper passes a
+// constant); it becomes the custom call's f64 attribute.
+absl::Status ReadConstantHuberDelta(XlaOpKernelContext* ctx, int index, double* delta) {
+  TF_ASSIGN_OR_RETURN(xla::Shape shape, ctx->InputXlaShape(index));
+  TF_RETURN_IF_ERROR(CheckResult(check_huber_delta_shape(DimsOf(shape))));
+  xla::Literal literal;
+  const absl::Status constant = ctx->ConstantInput(index, &literal);
+  if (!constant.ok())
+    return ::tensorflow::errors::InvalidArgument(
+        "huber_delta must be a compile-time constant inside an XLA-compiled function: ",
+        constant.message());
+  *delta = literal.Get<double>({});
+  return CheckResult(huber_delta_error(*delta));
+}
+
+// The typed-FFI attribute dictionary (MLIR syntax); the double is written
+// with 17 significant digits so it round-trips exactly.
+std::string FfiAttributes(const OpAttrs& attrs, double huber_delta, bool with_normalization,
+                          const char* extra = "") {
+  char delta[64];
+  std::snprintf(delta, sizeof(delta), "%.17e", huber_delta);
+  std::string dict = "{loss_type = \"" + attrs.loss_type + "\"";
+  if (with_normalization) dict += ", normalization = \"" + attrs.normalization + "\"";
+  dict += std::string(", use_lengths = ") + (attrs.use_lengths ? "true" : "false");
+  dict += std::string(", huber_delta = ") + delta + " : f64";
+  dict += extra;
+  return dict + "}";
+}
+
+xla::PrimitiveType OutputType(xla::PrimitiveType input) {
+  return input == xla::F64 ? xla::F64 : xla::F32;
+}
+
+bool CompilesForGpu(OpKernelConstruction* ctx) {
+  return ctx->device_type() == ::tensorflow::DeviceType(::tensorflow::DEVICE_GPU_XLA_JIT);
+}
+
+absl::Status CheckXlaPathAvailable(bool for_gpu) {
+  if (!FfiRegistrationError().empty())
+    return ::tensorflow::errors::Unimplemented(
+        "the myxtts_ops XLA custom calls are unavailable in this process: ",
+        FfiRegistrationError());
+  if (for_gpu && cuda_ffi_handlers().forward == nullptr)
+    return ::tensorflow::errors::Unimplemented(
+        "myxtts-ops was built without CUDA, so masked_mel_loss has no XLA:GPU custom call; "
+        "rebuild it with nvcc on PATH and MYXTTS_OPS_CUDA=on, or compile this function for "
+        "the CPU");
+  return absl::OkStatus();
+}
+
+class MaskedMelLossXla : public XlaOpKernel {
+ public:
+  explicit MaskedMelLossXla(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), for_gpu_(CompilesForGpu(ctx)) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, /*with_normalization=*/true));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_));
+    std::vector<xla::Shape> operand_shapes;
+    for (int i = 0; i < 4; ++i) {
+      auto shape = RowMajorInputShape(ctx, i);
+      OP_REQUIRES_OK(ctx, shape.status());
+      operand_shapes.push_back(*shape);
+    }
+    MelShape shape;
+    OP_REQUIRES_OK(ctx, CheckResult(check_mel_shapes(DimsOf(operand_shapes[0]),
+                                                     DimsOf(operand_shapes[1]),
+                                                     DimsOf(operand_shapes[2]),
+                                                     attrs_.use_lengths, &shape)));
+    OP_REQUIRES_OK(ctx, CheckResult(check_state_shape(DimsOf(operand_shapes[3]))));
+    double huber_delta = 0.0;
+    OP_REQUIRES_OK(ctx, ReadConstantHuberDelta(ctx, 4, &huber_delta));
+
+    const xla::PrimitiveType out = OutputType(operand_shapes[0].element_type());
+    const xla::Shape result = xla::ShapeUtil::MakeTupleShape({
+        RowMajor(out, {}),                             // loss
+        RowMajor(out, {shape.batch}),                  // per_sample
+        RowMajor(xla::S64, {}),                        // nonfinite_count
+        RowMajor(xla::F64, {state::kSize}),            // new_state
+        RowMajor(xla::F64, {2, shape.batch}),          // sample_weights
+    });
+    std::vector<xla::XlaOp> operands;
+    for (int i = 0; i < 4; ++i) operands.push_back(ctx->Input(i));
+    xla::XlaOp call = xla::CustomCallWithLayout(
+        ctx->builder(), kFfiForwardTarget, operands, result, operand_shapes,
+        FfiAttributes(attrs_, huber_delta, /*with_normalization=*/true),
+        /*has_side_effect=*/false, /*output_operand_aliasing=*/{}, /*literal=*/nullptr,
+        xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
+    for (int i = 0; i < 5; ++i) ctx->SetOutput(i, xla::GetTupleElement(call, i));
+  }
+
+ private:
+  OpAttrs attrs_;
+  bool for_gpu_;
+};
+
+class MaskedMelLossGradXla : public XlaOpKernel {
+ public:
+  explicit MaskedMelLossGradXla(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), for_gpu_(CompilesForGpu(ctx)) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, /*with_normalization=*/false));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("grad_y_true_wanted", &grad_y_true_wanted_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_));
+    std::vector<xla::Shape> operand_shapes;
+    for (int i = 0; i < 6; ++i) {
+      auto shape = RowMajorInputShape(ctx, i);
+      OP_REQUIRES_OK(ctx, shape.status());
+      operand_shapes.push_back(*shape);
+    }
+    MelShape shape;
+    OP_REQUIRES_OK(ctx, CheckResult(check_mel_shapes(DimsOf(operand_shapes[0]),
+                                                     DimsOf(operand_shapes[1]),
+                                                     DimsOf(operand_shapes[2]),
+                                                     attrs_.use_lengths, &shape)));
+    OP_REQUIRES_OK(ctx, CheckResult(check_grad_shapes(DimsOf(operand_shapes[3]),
+                                                      DimsOf(operand_shapes[4]),
+                                                      DimsOf(operand_shapes[5]), shape.batch)));
+    double huber_delta = 0.0;
+    OP_REQUIRES_OK(ctx, ReadConstantHuberDelta(ctx, 6, &huber_delta));
+
+    // Skip d/dy_true when nothing reads it: its result then has no elements
+    // and the output is a zero. tf2xla reports every output as required, so
+    // the gradient function's grad_y_true_wanted is what usually decides.
+    const bool want_grad_y_true =
+        grad_y_true_wanted_ && ctx->op_kernel_context()->output_required(0);
+    const xla::PrimitiveType type = operand_shapes[0].element_type();
+    const Dims mel = DimsOf(operand_shapes[0]);
+    const xla::Shape result = xla::ShapeUtil::MakeTupleShape({
+        RowMajor(type, want_grad_y_true ? mel : Dims{0}),  // grad_y_true
+        RowMajor(type, mel),                              // grad_y_pred
+    });
+    std::vector<xla::XlaOp> operands;
+    for (int i = 0; i < 6; ++i) operands.push_back(ctx->Input(i));
+    xla::XlaOp call = xla::CustomCallWithLayout(
+        ctx->builder(), kFfiBackwardTarget, operands, result, operand_shapes,
+        FfiAttributes(attrs_, huber_delta, /*with_normalization=*/false,
+                      want_grad_y_true ? ", want_grad_y_true = true"
+                                       : ", want_grad_y_true = false"),
+        /*has_side_effect=*/false, /*output_operand_aliasing=*/{}, /*literal=*/nullptr,
+        xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
+    const xla::XlaOp grad_y_pred = xla::GetTupleElement(call, 1);
+    ctx->SetOutput(0, want_grad_y_true ? xla::GetTupleElement(call, 0)
+                                       : xla::Broadcast(xla::ConvertElementType(xla::ConstantR0<float>(ctx->builder(), 0.0f), type),
+                                                      mel));
+    ctx->SetOutput(1, grad_y_pred);
+  }
+
+ private:
+  OpAttrs attrs_;
+  bool for_gpu_;
+  bool grad_y_true_wanted_ = true;
+};
+
+::tensorflow::OpKernel* NewForwardXla(OpKernelConstruction* ctx) {
+  return new MaskedMelLossXla(ctx);
+}
+::tensorflow::OpKernel* NewBackwardXla(OpKernelConstruction* ctx) {
+  return new MaskedMelLossGradXla(ctx);
+}
+
+// Through the text listing: the KernelList proto is not safe to walk from
+// this library (its protobuf runtime is TF's).
+bool HasKernelFor(const std::string& op, const std::string& device) {
+  const std::string listing = ::tensorflow::KernelsRegisteredForOp(op);
+  return listing.find("device='" + device + "'") != std::string::npos;
+}
+
+// TF builds the XLA kernels of every REGISTER_XLA_OP once per process, at the
+// first XLA compilation; a library loaded after that has its REGISTER_XLA_OP
+// recorded but never turned into kernels. Detect that (a stock op already has
+// its XLA kernel) and register ours with the kernel registry directly.
+struct LateXlaKernelRegistration {
+  LateXlaKernelRegistration() {
+    if (!FfiRegistrationError().empty())
+      LOG(WARNING) << "myxtts_ops: " << FfiRegistrationError()
+                   << "; masked_mel_loss falls back to the pure-TF reference under XLA";
+    for (const std::string& backend : ::tensorflow::XlaOpRegistry::BackendNames()) {
+      if (!HasKernelFor("AddV2", backend)) continue;  // not built yet: REGISTER_XLA_OP serves
+      using Factory = ::tensorflow::OpKernel* (*)(OpKernelConstruction*);
+      const std::pair<const char*, Factory> kernels[] = {{kForwardOp, NewForwardXla},
+                                                         {kBackwardOp, NewBackwardXla}};
+      for (const auto& [op, factory] : kernels) {
+        if (HasKernelFor(op, backend)) continue;
+        const ::tensorflow::KernelDef* def =
+            ::tensorflow::KernelDefBuilder(op).Device(backend.c_str()).Build();
+        // Registrars live for the process, like REGISTER_KERNEL_BUILDER's.
+        new ::tensorflow::kernel_factory::OpKernelRegistrar(def, "XlaJitOp", factory);
+      }
+    }
+  }
+};
+
+}  // namespace
+}  // namespace myxtts_ops
+
+REGISTER_XLA_OP(Name("MyxttsOps>MaskedMelLoss").CompileTimeConstantInput("huber_delta"),
+                myxtts_ops::MaskedMelLossXla);
+REGISTER_XLA_OP(Name("MyxttsOps>MaskedMelLossGrad").CompileTimeConstantInput("huber_delta"),
+                myxtts_ops::MaskedMelLossGradXla);
+
+namespace myxtts_ops {
+namespace {
+// After the REGISTER_XLA_OPs above (same translation unit: in order).
+const LateXlaKernelRegistration late_registration;
+}  // namespace
+}  // namespace myxtts_ops
+
+// For myxtts_ops._loader (ctypes): why the XLA path is unavailable, or "".
+extern "C" __attribute__((visibility("default"))) const char* myxtts_ops_xla_unavailable_reason() {
+  return myxtts_ops::FfiRegistrationError().c_str();
+}

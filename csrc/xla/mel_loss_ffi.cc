@@ -1,0 +1,404 @@
+// XLA typed-FFI handlers: decode the custom call's buffers and attributes,
+// check them with the same framework-free checks as the OpKernels, and run the
+// same framework-free kernels (csrc/kernels) as the OpKernels.
+//
+// Custom-call contract (built by csrc/tf/mel_loss_xla.cc):
+//   forward  operands (y_true, y_pred, lengths, state)
+//            results  (loss, per_sample, nonfinite_count, new_state, sample_weights)
+//   backward operands (y_true, y_pred, lengths, sample_weights, grad_loss, grad_per_sample)
+//            results  (grad_y_true, grad_y_pred); grad_y_true has 0 elements when
+//            want_grad_y_true is false (nothing downstream reads it)
+//   attributes loss_type ("l1" | "huber"), normalization ("per_sample" |
+//            "global", forward only), use_lengths (lengths is a placeholder
+//            when false), huber_delta (f64), want_grad_y_true (backward only).
+// The TF op library registers these handlers with TF's XLA; the pybind module
+// exports them as PyCapsules for other XLA runtimes (JAX).
+#include "xla/mel_loss_ffi.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string_view>
+
+#include "kernels/mel_loss_checks.h"
+#include "kernels/mel_loss_kernels.h"
+#include "xla/ffi/api/ffi.h"
+
+#if MYXTTS_OPS_WITH_CUDA
+// The stream type only; CUDA headers stay in csrc/kernels' .cu files.
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+#endif
+
+namespace myxtts_ops {
+namespace {
+
+namespace ffi = ::xla::ffi;
+
+std::optional<DType> KernelDType(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F16: return DType::kHalf;
+    case ffi::DataType::BF16: return DType::kBFloat16;
+    case ffi::DataType::F32: return DType::kFloat;
+    case ffi::DataType::F64: return DType::kDouble;
+    default: return std::nullopt;
+  }
+}
+
+Dims DimsOf(const ffi::AnyBuffer& b) {
+  const auto d = b.dimensions();
+  return Dims(d.begin(), d.end());
+}
+
+ffi::Error Invalid(const std::string& message) { return ffi::Error::InvalidArgument(message); }
+
+// The decoded attributes of either custom call.
+struct Attrs {
+  LossConfig config;
+  bool use_lengths = true;
+};
+
+std::optional<ffi::Error> ReadAttrs(std::string_view loss_type, std::string_view normalization,
+                                    bool use_lengths, double huber_delta, Attrs* attrs) {
+  if (loss_type != "l1" && loss_type != "huber")
+    return Invalid("loss_type must be 'l1' or 'huber', got '" + std::string(loss_type) + "'");
+  if (normalization != "per_sample" && normalization != "global")
+    return Invalid("normalization must be 'per_sample' or 'global', got '" +
+                   std::string(normalization) + "'");
+  if (std::string m = huber_delta_error(huber_delta); !m.empty()) return Invalid(m);
+  attrs->config.loss_type = loss_type == "huber" ? LossType::kHuber : LossType::kL1;
+  attrs->config.normalization =
+      normalization == "global" ? Normalization::kGlobal : Normalization::kPerSample;
+  attrs->config.huber_delta = huber_delta;
+  attrs->use_lengths = use_lengths;
+  return std::nullopt;
+}
+
+// Dtypes and shapes of the mel inputs and lengths; what the XLA kernel
+// checked at compile time, checked again for callers that build the custom
+// call themselves (e.g. JAX).
+std::optional<ffi::Error> CheckMel(const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
+                                   const ffi::AnyBuffer& lengths, bool use_lengths,
+                                   MelShape* shape, DType* dtype, LengthsView* view) {
+  const std::optional<DType> t = KernelDType(y_true.element_type());
+  if (!t) return Invalid("y_true must be float16, bfloat16, float32 or float64");
+  if (y_pred.element_type() != y_true.element_type())
+    return Invalid("y_pred must have the dtype of y_true");
+  if (std::string m = check_mel_shapes(DimsOf(y_true), DimsOf(y_pred), DimsOf(lengths),
+                                       use_lengths, shape);
+      !m.empty())
+    return Invalid(m);
+  *dtype = *t;
+  *view = LengthsView();
+  if (use_lengths) {
+    if (lengths.element_type() != ffi::DataType::S32 &&
+        lengths.element_type() != ffi::DataType::S64)
+      return Invalid("lengths must be int32 or int64");
+    view->data = lengths.untyped_data();
+    view->is_int64 = lengths.element_type() == ffi::DataType::S64;
+  }
+  return std::nullopt;
+}
+
+ffi::DataType OutputType(DType dtype) {
+  return output_is_double(dtype) ? ffi::DataType::F64 : ffi::DataType::F32;
+}
+
+std::optional<ffi::Error> CheckForwardResults(DType dtype, const MelShape& shape,
+                                              const ffi::AnyBuffer& state,
+                                              const ffi::AnyBuffer& loss,
+                                              const ffi::AnyBuffer& per_sample,
+                                              const ffi::AnyBuffer& nonfinite,
+                                              const ffi::AnyBuffer& new_state,
+                                              const ffi::AnyBuffer& weights) {
+  if (state.element_type() != ffi::DataType::F64) return Invalid("state must be float64");
+  if (std::string m = check_state_shape(DimsOf(state)); !m.empty()) return Invalid(m);
+  const ffi::DataType out = OutputType(dtype);
+  const bool ok = loss.element_type() == out && loss.element_count() == 1 &&
+                  per_sample.element_type() == out &&
+                  per_sample.element_count() == size_t(shape.batch) &&
+                  nonfinite.element_type() == ffi::DataType::S64 &&
+                  nonfinite.element_count() == 1 &&
+                  new_state.element_type() == ffi::DataType::F64 &&
+                  new_state.element_count() == size_t(state::kSize) &&
+                  weights.element_type() == ffi::DataType::F64 &&
+                  weights.element_count() == size_t(2 * shape.batch);
+  if (!ok) return Invalid("masked mel loss custom call: result buffers do not match its inputs");
+  return std::nullopt;
+}
+
+std::optional<ffi::Error> CheckBackwardBuffers(DType dtype, const MelShape& shape,
+                                               const ffi::AnyBuffer& weights,
+                                               const ffi::AnyBuffer& grad_loss,
+                                               const ffi::AnyBuffer& grad_per_sample,
+                                               const ffi::AnyBuffer& grad_true,
+                                               const ffi::AnyBuffer& grad_pred,
+                                               bool want_grad_y_true) {
+  if (std::string m = check_grad_shapes(DimsOf(weights), DimsOf(grad_loss),
+                                        DimsOf(grad_per_sample), shape.batch);
+      !m.empty())
+    return Invalid(m);
+  const ffi::DataType out = OutputType(dtype);
+  if (weights.element_type() != ffi::DataType::F64 || grad_loss.element_type() != out ||
+      grad_per_sample.element_type() != out)
+    return Invalid("masked mel loss gradient: sample_weights must be float64 and the upstream "
+                   "gradients of the loss's output dtype");
+  const size_t n = size_t(shape.batch * shape.frames * shape.mels);
+  const bool ok = KernelDType(grad_pred.element_type()) == dtype &&
+                  grad_pred.element_count() == n &&
+                  (!want_grad_y_true || (KernelDType(grad_true.element_type()) == dtype &&
+                                         grad_true.element_count() == n));
+  if (!ok) return Invalid("masked mel loss gradient: result buffers do not match its inputs");
+  return std::nullopt;
+}
+
+// ParallelFor over XLA's intra-op thread pool. The calling thread works too
+// and only ever waits for blocks that another thread has already started, so
+// it cannot deadlock when the pool is busy, small, or absent (the FFI then
+// runs a scheduled task inline). Tasks that start after all blocks are taken
+// return at once; the shared state outlives the call for them.
+ParallelFor PoolParallelFor(ffi::ThreadPool* pool) {
+  return [pool](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
+    if (n <= 0) return;
+    const int64_t threads = std::max<int64_t>(1, pool->num_threads());
+    const int64_t blocks = std::min<int64_t>(threads, n);
+    const int64_t block = (n + blocks - 1) / blocks;
+    struct Shared {
+      std::atomic<int64_t> next{0};
+      std::mutex mu;
+      std::condition_variable cv;
+      int64_t done = 0;
+    };
+    auto shared = std::make_shared<Shared>();
+    const auto* work = &fn;
+    auto run_blocks = [shared, work, blocks, block, n]() {
+      for (;;) {
+        const int64_t i = shared->next.fetch_add(1);
+        if (i >= blocks) return;
+        (*work)(i * block, std::min(n, (i + 1) * block));
+        std::lock_guard<std::mutex> lock(shared->mu);
+        if (++shared->done == blocks) shared->cv.notify_all();
+      }
+    };
+    for (int64_t i = 1; i < blocks; ++i) pool->Schedule([run_blocks] { run_blocks(); });
+    run_blocks();
+    std::unique_lock<std::mutex> lock(shared->mu);
+    shared->cv.wait(lock, [&] { return shared->done == blocks; });
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Host (XLA:CPU)
+
+ffi::Error ForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred,
+                       ffi::AnyBuffer lengths, ffi::AnyBuffer state,
+                       ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> per_sample,
+                       ffi::Result<ffi::AnyBuffer> nonfinite,
+                       ffi::Result<ffi::AnyBuffer> new_state,
+                       ffi::Result<ffi::AnyBuffer> weights, std::string_view loss_type,
+                       std::string_view normalization, bool use_lengths, double huber_delta) {
+  Attrs attrs;
+  if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
+  ForwardArgs args;
+  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype,
+                        &args.lengths))
+    return *e;
+  if (auto e = CheckForwardResults(args.dtype, args.shape, state, *loss, *per_sample, *nonfinite,
+                                   *new_state, *weights))
+    return *e;
+  if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty()) return Invalid(m);
+  args.y_true = y_true.untyped_data();
+  args.y_pred = y_pred.untyped_data();
+  args.state_in = static_cast<const double*>(state.untyped_data());
+  args.config = attrs.config;
+  args.loss = loss->untyped_data();
+  args.per_sample = per_sample->untyped_data();
+  args.nonfinite_count = static_cast<int64_t*>(nonfinite->untyped_data());
+  args.state_out = static_cast<double*>(new_state->untyped_data());
+  args.sample_weights = static_cast<double*>(weights->untyped_data());
+  mel_loss_forward_cpu(args, PoolParallelFor(&pool));
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred,
+                        ffi::AnyBuffer lengths, ffi::AnyBuffer weights, ffi::AnyBuffer grad_loss,
+                        ffi::AnyBuffer grad_per_sample, ffi::Result<ffi::AnyBuffer> grad_true,
+                        ffi::Result<ffi::AnyBuffer> grad_pred, std::string_view loss_type,
+                        bool use_lengths, double huber_delta, bool want_grad_y_true) {
+  Attrs attrs;
+  if (auto e = ReadAttrs(loss_type, "per_sample", use_lengths, huber_delta, &attrs)) return *e;
+  BackwardArgs args;
+  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype,
+                        &args.lengths))
+    return *e;
+  if (auto e = CheckBackwardBuffers(args.dtype, args.shape, weights, grad_loss, grad_per_sample,
+                                    *grad_true, *grad_pred, want_grad_y_true))
+    return *e;
+  if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty()) return Invalid(m);
+  args.y_true = y_true.untyped_data();
+  args.y_pred = y_pred.untyped_data();
+  args.sample_weights = static_cast<const double*>(weights.untyped_data());
+  args.grad_loss = grad_loss.untyped_data();
+  args.grad_per_sample = grad_per_sample.untyped_data();
+  args.config = attrs.config;
+  args.grad_y_true = want_grad_y_true ? grad_true->untyped_data() : nullptr;
+  args.grad_y_pred = grad_pred->untyped_data();
+  mel_loss_backward_cpu(args, PoolParallelFor(&pool));
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------
+// CUDA (XLA:GPU). Buffers, lengths included, are device memory: the kernels
+// read lengths on the device, where an out-of-range value cannot be turned
+// into an error without a host round trip per step. They clamp it for memory
+// safety, make the loss NaN and count the step as non-finite in the state
+// (the gradient of such a step is that of the clamped lengths).
+#if MYXTTS_OPS_WITH_CUDA
+ffi::Error ForwardCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
+                       ffi::AnyBuffer y_pred, ffi::AnyBuffer lengths, ffi::AnyBuffer state,
+                       ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> per_sample,
+                       ffi::Result<ffi::AnyBuffer> nonfinite,
+                       ffi::Result<ffi::AnyBuffer> new_state,
+                       ffi::Result<ffi::AnyBuffer> weights, std::string_view loss_type,
+                       std::string_view normalization, bool use_lengths, double huber_delta) {
+  Attrs attrs;
+  if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
+  ForwardArgs args;
+  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype,
+                        &args.lengths))
+    return *e;
+  if (auto e = CheckForwardResults(args.dtype, args.shape, state, *loss, *per_sample, *nonfinite,
+                                   *new_state, *weights))
+    return *e;
+  args.y_true = y_true.untyped_data();
+  args.y_pred = y_pred.untyped_data();
+  args.state_in = static_cast<const double*>(state.untyped_data());
+  args.config = attrs.config;
+  args.loss = loss->untyped_data();
+  args.per_sample = per_sample->untyped_data();
+  args.nonfinite_count = static_cast<int64_t*>(nonfinite->untyped_data());
+  args.state_out = static_cast<double*>(new_state->untyped_data());
+  args.sample_weights = static_cast<double*>(weights->untyped_data());
+  // The workspace lives until the handler returns; XLA's allocator is ordered
+  // on this stream, so the queued kernel still owns it.
+  const std::optional<void*> workspace =
+      scratch.Allocate(cuda_forward_workspace_size(args.shape), 256);
+  if (!workspace) return ffi::Error::Internal("masked mel loss: no device workspace");
+  // No host header: the kernel reads the device lengths and the launcher
+  // clears the ticket counter on the stream.
+  const std::string err = mel_loss_forward_cuda(args, *workspace, nullptr, 0, stream);
+  return err.empty() ? ffi::Error::Success() : ffi::Error::Internal(err);
+}
+
+ffi::Error BackwardCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred,
+                        ffi::AnyBuffer lengths, ffi::AnyBuffer weights, ffi::AnyBuffer grad_loss,
+                        ffi::AnyBuffer grad_per_sample, ffi::Result<ffi::AnyBuffer> grad_true,
+                        ffi::Result<ffi::AnyBuffer> grad_pred, std::string_view loss_type,
+                        bool use_lengths, double huber_delta, bool want_grad_y_true) {
+  Attrs attrs;
+  if (auto e = ReadAttrs(loss_type, "per_sample", use_lengths, huber_delta, &attrs)) return *e;
+  BackwardArgs args;
+  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype,
+                        &args.lengths))
+    return *e;
+  if (auto e = CheckBackwardBuffers(args.dtype, args.shape, weights, grad_loss, grad_per_sample,
+                                    *grad_true, *grad_pred, want_grad_y_true))
+    return *e;
+  args.y_true = y_true.untyped_data();
+  args.y_pred = y_pred.untyped_data();
+  args.sample_weights = static_cast<const double*>(weights.untyped_data());
+  args.grad_loss = grad_loss.untyped_data();
+  args.grad_per_sample = grad_per_sample.untyped_data();
+  args.config = attrs.config;
+  args.grad_y_true = want_grad_y_true ? grad_true->untyped_data() : nullptr;
+  args.grad_y_pred = grad_pred->untyped_data();
+  const std::string err = mel_loss_backward_cuda(args, stream);
+  return err.empty() ? ffi::Error::Success() : ffi::Error::Internal(err);
+}
+#endif
+
+}  // namespace
+
+// Bindings: operand and result order is the custom-call contract above.
+XLA_FFI_DEFINE_HANDLER(kForwardHost, ForwardHost,
+                       ffi::Ffi::Bind()
+                           .Ctx<ffi::ThreadPool>()
+                           .Arg<ffi::AnyBuffer>()  // y_true
+                           .Arg<ffi::AnyBuffer>()  // y_pred
+                           .Arg<ffi::AnyBuffer>()  // lengths
+                           .Arg<ffi::AnyBuffer>()  // state
+                           .Ret<ffi::AnyBuffer>()  // loss
+                           .Ret<ffi::AnyBuffer>()  // per_sample
+                           .Ret<ffi::AnyBuffer>()  // nonfinite_count
+                           .Ret<ffi::AnyBuffer>()  // new_state
+                           .Ret<ffi::AnyBuffer>()  // sample_weights
+                           .Attr<std::string_view>("loss_type")
+                           .Attr<std::string_view>("normalization")
+                           .Attr<bool>("use_lengths")
+                           .Attr<double>("huber_delta"));
+
+XLA_FFI_DEFINE_HANDLER(kBackwardHost, BackwardHost,
+                       ffi::Ffi::Bind()
+                           .Ctx<ffi::ThreadPool>()
+                           .Arg<ffi::AnyBuffer>()  // y_true
+                           .Arg<ffi::AnyBuffer>()  // y_pred
+                           .Arg<ffi::AnyBuffer>()  // lengths
+                           .Arg<ffi::AnyBuffer>()  // sample_weights
+                           .Arg<ffi::AnyBuffer>()  // grad_loss
+                           .Arg<ffi::AnyBuffer>()  // grad_per_sample
+                           .Ret<ffi::AnyBuffer>()  // grad_y_true
+                           .Ret<ffi::AnyBuffer>()  // grad_y_pred
+                           .Attr<std::string_view>("loss_type")
+                           .Attr<bool>("use_lengths")
+                           .Attr<double>("huber_delta")
+                           .Attr<bool>("want_grad_y_true"));
+
+#if MYXTTS_OPS_WITH_CUDA
+XLA_FFI_DEFINE_HANDLER(kForwardCuda, ForwardCuda,
+                       ffi::Ffi::Bind()
+                           .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                           .Ctx<ffi::ScratchAllocator>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Attr<std::string_view>("loss_type")
+                           .Attr<std::string_view>("normalization")
+                           .Attr<bool>("use_lengths")
+                           .Attr<double>("huber_delta"));
+
+XLA_FFI_DEFINE_HANDLER(kBackwardCuda, BackwardCuda,
+                       ffi::Ffi::Bind()
+                           .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Attr<std::string_view>("loss_type")
+                           .Attr<bool>("use_lengths")
+                           .Attr<double>("huber_delta")
+                           .Attr<bool>("want_grad_y_true"));
+#endif
+
+FfiHandlers host_ffi_handlers() { return {kForwardHost, kBackwardHost}; }
+
+#if MYXTTS_OPS_WITH_CUDA
+FfiHandlers cuda_ffi_handlers() { return {kForwardCuda, kBackwardCuda}; }
+#else
+FfiHandlers cuda_ffi_handlers() { return {}; }
+#endif
+
+}  // namespace myxtts_ops

@@ -1,0 +1,467 @@
+"""The fused op inside XLA (``jit_compile=True``): one typed-FFI custom call
+forward and one backward (csrc/tf/mel_loss_xla.cc, csrc/xla/mel_loss_ffi.cc).
+
+Outputs and gradients under XLA must be bitwise equal to the same op outside
+XLA (both run the same CPU kernels with the same fixed-order reduction), bad
+input must be refused with the OpKernel's messages, and the path must work
+whichever comes first in a process: the library load or the first XLA
+compilation.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from child_env import child_env
+from conftest import DTYPES
+
+import myxtts_ops
+from myxtts_ops import state as st
+from myxtts_ops.state import STATE_SIZE
+
+
+def _xla_available():
+    try:
+        from myxtts_ops import _loader
+
+        return _loader.xla_unavailable_reason() is None
+    except Exception:  # noqa: BLE001 - any load failure means "not built"
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _xla_available(), reason="fused op has no XLA path here")
+
+FORWARD_TARGET = 'custom_call_target="myxtts_ops_masked_mel_loss"'
+BACKWARD_TARGET = 'custom_call_target="myxtts_ops_masked_mel_loss_grad"'
+OUT_DTYPE = {"float64": np.float64}
+
+
+def _bits(x):
+    """Bytes of a tensor/array: bitwise comparison that also matches NaN payloads."""
+    a = np.ascontiguousarray(np.asarray(x))
+    return a.dtype, a.shape, a.tobytes()
+
+
+def _state():
+    s = np.zeros(STATE_SIZE)
+    s[st.STEPS] = 7.0
+    s[st.CLEAN_STEPS] = 5.0
+    s[st.RUNNING_MEAN] = 0.8
+    s[st.WINDOW_COUNT] = 3.0
+    s[st.RING_HEAD] = 3.0
+    s[st.RING_START:st.RING_START + 3] = [0.5, 0.9, 0.7]
+    return s
+
+
+def _step(grads, **kw):
+    """Forward + requested gradients of ``g * loss + sum(g_b * per_sample)``."""
+
+    def step(yt, yp, lens, state, g, g_b):
+        sources = {"both": [yt, yp], "y_pred": [yp]}[grads]
+        with tf.GradientTape() as tape:
+            tape.watch(sources)
+            out = myxtts_ops.masked_mel_loss(yt, yp, lens, state, **kw)
+            target = out.loss * g + tf.reduce_sum(out.per_sample * g_b)
+        return out, tape.gradient(target, sources)
+
+    return step
+
+
+def _args(rng, inputs, shape, dtype, lengths, lengths_dtype=np.int32):
+    y_true, y_pred, lens = inputs(shape, dtype, lengths=lengths, lengths_dtype=lengths_dtype,
+                                  nonfinite_valid=3, nonfinite_padding=4, ties=3)
+    out_dtype = OUT_DTYPE.get(dtype, np.float32)
+    g = tf.constant(rng.uniform(0.5, 2.0), out_dtype)
+    g_b = tf.constant(rng.uniform(-1, 1, shape[0]).astype(out_dtype))
+    lens_t = None if lens is None else tf.constant(lens)
+    return (tf.constant(y_true), tf.constant(y_pred), lens_t, tf.constant(_state()), g, g_b)
+
+
+def _assert_bitwise(xla, ref):
+    (out_x, grads_x), (out_r, grads_r) = xla, ref
+    for name in ("loss", "per_sample", "nonfinite_count", "state"):
+        assert _bits(getattr(out_x, name)) == _bits(getattr(out_r, name)), name
+    assert len(grads_x) == len(grads_r)
+    for i, (a, b) in enumerate(zip(grads_x, grads_r)):
+        assert _bits(a) == _bits(b), f"gradient {i}"
+
+
+def _optimized_hlo(fn, *args):
+    return fn.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+
+
+# ---------------------------------------------------------------------------
+# Values: bitwise equal to the op outside XLA.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lengths", ["int32", "int64", "absent"])
+@pytest.mark.parametrize("loss_type,normalization", [("l1", "per_sample"), ("huber", "global")])
+def test_bitwise_equal_to_op_outside_xla(rng, inputs, dtype, lengths, loss_type, normalization):
+    # Odd shape; 3 samples so "random" lengths hold both 0 and T.
+    shape = (3, 13, 7)
+    lens = None if lengths == "absent" else "random"
+    lens_dtype = np.int64 if lengths == "int64" else np.int32
+    args = _args(rng, inputs, shape, dtype, lens, lens_dtype)
+    if lens is not None:
+        assert {0, 13} <= set(args[2].numpy().tolist())
+    step = _step("both", loss_type=loss_type, huber_delta=0.7, normalization=normalization)
+    xla = tf.function(step, jit_compile=True)
+    _assert_bitwise(xla(*args), tf.function(step)(*args))
+    assert FORWARD_TARGET in _optimized_hlo(xla, *args)
+
+
+@pytest.mark.parametrize("loss_type,normalization", [("l1", "global"), ("huber", "per_sample")])
+@pytest.mark.parametrize("grads", ["both", "y_pred"])
+def test_bitwise_other_modes_and_multichunk(rng, inputs, loss_type, normalization, grads):
+    # 2 x 300 x 80: several CPU work units per sample, split over the pool.
+    args = _args(rng, inputs, (2, 300, 80), "float32", [300, 171])
+    step = _step(grads, loss_type=loss_type, huber_delta=2.5, normalization=normalization)
+    _assert_bitwise(tf.function(step, jit_compile=True)(*args), tf.function(step)(*args))
+
+
+def test_empty_inputs(rng):
+    for shape in [(0, 4, 3), (2, 0, 3), (2, 4, 0)]:
+        args = (tf.zeros(shape), tf.ones(shape), tf.zeros([shape[0]], tf.int32),
+                tf.constant(_state()), tf.constant(1.0), tf.ones([shape[0]]))
+        step = _step("both")
+        _assert_bitwise(tf.function(step, jit_compile=True)(*args), tf.function(step)(*args))
+
+
+def test_state_chain_under_xla(rng, inputs):
+    """The state threads through compiled steps exactly as through the op outside XLA."""
+    y_true, y_pred, lens = inputs((2, 9, 4), "float32", lengths=[9, 4])
+    fn = lambda s: myxtts_ops.masked_mel_loss(y_true, y_pred * s[0], lens, s[1])  # noqa: E731
+    xla, plain = tf.function(fn, jit_compile=True), tf.function(fn)
+    sx = sp = tf.zeros([STATE_SIZE], tf.float64)
+    for i in range(13):
+        scale = tf.constant(1.0 + 0.1 * i)
+        sx, sp = xla((scale, sx)).state, plain((scale, sp)).state
+        assert _bits(sx) == _bits(sp)
+
+
+# ---------------------------------------------------------------------------
+# Lowering: one custom call each way, none of the reference's ops.
+def test_optimized_hlo_one_custom_call_each_way(rng, inputs):
+    args = _args(rng, inputs, (4, 11, 5), "float32", "random")
+    xla = tf.function(_step("both"), jit_compile=True)
+    hlo = _optimized_hlo(xla, *args)
+    assert hlo.count(FORWARD_TARGET) == 1, hlo
+    assert hlo.count(BACKWARD_TARGET) == 1, hlo
+    assert hlo.count("custom-call(") == 2, hlo
+    assert "API_VERSION_TYPED_FFI" in hlo
+    # The reference's masking and reductions would show up as these.
+    for op in ("is-finite", "reduce(", "abs(", "compare("):
+        assert op not in hlo, op
+    # Its XLA-compiled counterpart does contain them (so the check can fail).
+    from myxtts_ops import reference
+
+    def ref_step(yt, yp, lens, state, g, g_b):
+        with tf.GradientTape() as tape:
+            tape.watch([yt, yp])
+            out = reference.masked_mel_loss(yt, yp, lens, state)
+            target = out.loss * g + tf.reduce_sum(out.per_sample * g_b)
+        return out, tape.gradient(target, [yt, yp])
+
+    ref_hlo = _optimized_hlo(tf.function(ref_step, jit_compile=True), *args)
+    assert "custom-call(" not in ref_hlo and "is-finite" in ref_hlo and "reduce(" in ref_hlo
+
+
+def test_grad_y_true_skipped_when_not_needed(rng, inputs):
+    """tf2xla reports every output as used; the tape's knowledge that y_true
+    needs no gradient (as in Keras fit) reaches the custom call instead."""
+    args = _args(rng, inputs, (2, 6, 3), "float32", "random")
+    hlo = _optimized_hlo(tf.function(_step("y_pred"), jit_compile=True), *args)
+    assert "want_grad_y_true = false" in hlo and hlo.count(BACKWARD_TARGET) == 1
+    hlo = _optimized_hlo(tf.function(_step("both"), jit_compile=True), *args)
+    assert "want_grad_y_true = true" in hlo
+
+
+def test_huber_delta_attribute_exact(inputs):
+    """huber_delta reaches the float64 kernel bit-exactly (17 significant digits)."""
+    y_true, y_pred, lens = inputs((2, 7, 3), "float64", lengths=[7, 3])
+    delta = 0.1 + 0.2  # 0.30000000000000004
+    fn = lambda a, b, c: myxtts_ops.masked_mel_loss(a, b, c, loss_type="huber",  # noqa: E731
+                                                    huber_delta=delta)
+    args = (tf.constant(y_true), tf.constant(y_pred), tf.constant(lens))
+    x, p = tf.function(fn, jit_compile=True)(*args), tf.function(fn)(*args)
+    assert _bits(x.loss) == _bits(p.loss) and _bits(x.per_sample) == _bits(p.per_sample)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: same errors as the OpKernel.
+def _error_message(fn, *args):
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        out = fn(*args)
+        tf.nest.map_structure(lambda t: t.numpy(), out)
+    return info.value.message
+
+
+def _op_message(message):
+    """The OpKernel/XLA-kernel message without TF's node suffixes."""
+    return message.split(" [Op:")[0].split("\n")[0].split("{{")[0].strip()
+
+
+@pytest.mark.parametrize("lengths,bad", [([3, 9], "lengths[1] = 9"), ([-2, 4], "lengths[0] = -2")])
+@pytest.mark.parametrize("lengths_dtype", [tf.int32, tf.int64])
+def test_bad_lengths_error(lengths, bad, lengths_dtype):
+    fn = lambda a, b, c: myxtts_ops.masked_mel_loss(a, b, c)  # noqa: E731
+    args = (tf.zeros([2, 5, 3]), tf.ones([2, 5, 3]), tf.constant(lengths, lengths_dtype))
+    xla_msg = _error_message(tf.function(fn, jit_compile=True), *args)
+    op_msg = _error_message(tf.function(fn), *args)
+    assert f"{bad} is outside [0, 5] (frames of y_true)" in xla_msg
+    assert _op_message(op_msg) in xla_msg
+
+
+_DYNAMIC = [tf.TensorSpec(None, tf.float32), tf.TensorSpec(None, tf.float32),
+            tf.TensorSpec(None, tf.int32), tf.TensorSpec(None, tf.float64)]
+
+
+@pytest.mark.parametrize(
+    "shapes,expected",
+    [
+        (([2, 3, 4], [1, 3, 4], [2], [STATE_SIZE]),
+         "y_pred shape [1,3,4] does not match y_true shape [2,3,4]"),
+        (([2, 3, 4], [2, 3, 4], [1], [STATE_SIZE]),
+         "lengths must have shape [2] (one length per sample), got shape [1]"),
+        (([2, 3, 4], [2, 3, 4], [2], [STATE_SIZE, 1]),
+         f"state must have shape [{STATE_SIZE}] (myxtts_ops.STATE_SIZE), got shape [{STATE_SIZE},1]"),
+        (([2, 12], [2, 12], [2], [STATE_SIZE]),
+         "y_true must have rank 3 [batch, frames, mels], got shape [2,12]"),
+    ],
+)
+def test_compile_time_shape_errors(shapes, expected):
+    """Shapes only known when XLA compiles (no static shape at trace time) are
+    refused by the XLA kernel with the OpKernel's message, not broadcast."""
+    fn = lambda a, b, c, s: myxtts_ops.masked_mel_loss(a, b, c, s)  # noqa: E731
+    args = (tf.ones(shapes[0]), tf.zeros(shapes[1]), tf.fill(shapes[2], 3), tf.zeros(shapes[3], tf.float64))
+    xla_msg = _error_message(tf.function(fn, input_signature=_DYNAMIC, jit_compile=True), *args)
+    op_msg = _error_message(tf.function(fn, input_signature=_DYNAMIC), *args)
+    assert expected in xla_msg
+    assert expected in op_msg
+
+
+# ---------------------------------------------------------------------------
+# Load order: library loaded before, or after, the first XLA compilation.
+_LOAD_ORDER_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+
+    order = sys.argv[1]
+    if order == "after":
+        # The process's first XLA compilation builds TF's table of XLA kernels.
+        assert float(tf.function(lambda x: x * 2.0, jit_compile=True)(tf.constant(1.5))) == 3.0
+    import myxtts_ops
+
+    myxtts_ops.load_ops()
+
+    def step(a, b, c):
+        with tf.GradientTape() as tape:
+            tape.watch(b)
+            out = myxtts_ops.masked_mel_loss(a, b, c, on_xla="error")
+        return out.loss, out.state, tape.gradient(out.loss, b)
+
+    rng = np.random.default_rng(0)
+    args = (tf.constant(rng.standard_normal((3, 7, 5), np.float32)),
+            tf.constant(rng.standard_normal((3, 7, 5), np.float32)), tf.constant([7, 0, 4]))
+    xla = tf.function(step, jit_compile=True)
+    got, want = xla(*args), tf.function(step)(*args)
+    for a, b in zip(got, want):
+        assert a.numpy().tobytes() == b.numpy().tobytes()
+    hlo = xla.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+    assert hlo.count('custom_call_target="myxtts_ops_masked_mel_loss"') == 1, hlo
+    assert hlo.count('custom_call_target="myxtts_ops_masked_mel_loss_grad"') == 1, hlo
+    print("ok", order)
+    """
+)
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_load_order(order, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_ORDER_CHILD, order], cwd=tmp_path, env=child_env(),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ok {order}" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# Keras, XTTSLoss, SavedModel.
+class MelDecoder(keras.Model):
+    """Dense decoder whose training loss is the fused op with per-sample lengths."""
+
+    def __init__(self, mels):
+        super().__init__()
+        self.proj = keras.layers.Dense(mels)
+
+    def call(self, x):
+        return self.proj(x)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return myxtts_ops.masked_mel_loss(y["mel"], y_pred, y["lengths"], on_xla="error").loss
+
+
+def test_keras_fit_jit_compile_uses_fused_path(rng):
+    n, t, d, m = 32, 10, 6, 4
+    x = rng.standard_normal((n, t, d)).astype(np.float32)
+    mel = (x @ rng.standard_normal((d, m)).astype(np.float32)).astype(np.float32)
+    lens = rng.integers(1, t + 1, n).astype(np.int32)
+    model = MelDecoder(m)
+    model.compile(optimizer=keras.optimizers.Adam(5e-2), jit_compile=True)
+    data = tf.data.Dataset.from_tensor_slices((x, {"mel": mel, "lengths": lens})).batch(8)
+    history = model.fit(data, epochs=4, verbose=0, shuffle=False)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    # Only the fused path refuses out-of-range lengths inside fit(jit_compile=True)
+    # (the XLA-compiled reference clamps them).
+    bad = lens.copy()
+    bad[5] = t + 3
+    bad_data = tf.data.Dataset.from_tensor_slices((x, {"mel": mel, "lengths": bad})).batch(8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"lengths\[5\] = {t + 3} is outside"):
+        model.fit(bad_data, epochs=1, verbose=0, shuffle=False)
+
+
+def _xtts_trajectory(jit, n=240):
+    """SPEC 4.1 example: clean mel loss alternating 0.3 / 1.0, no gradient norms."""
+    from myxtts.training.losses import XTTSLoss
+
+    loss_fn = XTTSLoss(implementation="fused")
+    b, t, m = 2, 4, 3
+
+    def step(level):
+        y_true = {"mel_target": tf.zeros([b, t, m]), "mel_lengths": tf.constant([t, t - 1])}
+        return loss_fn(y_true, {"mel_output": tf.fill([b, t, m], level)})
+
+    fn = tf.function(step, input_signature=[tf.TensorSpec([], tf.float32)], jit_compile=jit)
+    weights, totals = [], []
+    for i in range(1, n + 1):
+        totals.append(float(fn(tf.constant(0.3 if i % 2 else 1.0))))
+        weights.append(float(loss_fn.get_adaptive_weight_metrics()["current_mel_weight"]))
+    hlo = fn.experimental_get_compiler_ir(tf.constant(1.0))(stage="optimized_hlo") if jit else ""
+    return np.array(weights), np.array(totals), hlo
+
+
+def test_xtts_loss_trajectory_under_xla():
+    w_xla, t_xla, hlo = _xtts_trajectory(jit=True)
+    w_plain, t_plain, _ = _xtts_trajectory(jit=False)
+    changes = [(i + 1, int(np.sign(w_xla[i] - w_xla[i - 1])))
+               for i in range(1, len(w_xla)) if w_xla[i] != w_xla[i - 1]]
+    assert changes == [(109, -1), (168, 1), (227, -1)]
+    np.testing.assert_array_equal(w_xla, w_plain)
+    np.testing.assert_array_equal(t_xla, t_plain)
+    assert hlo.count(FORWARD_TARGET) == 1, hlo
+
+
+def test_saved_model_from_jit_function(tmp_path, rng, inputs):
+    y_true, y_pred, lens = inputs((2, 6, 3), "float32", lengths=[6, 2])
+
+    class Module(tf.Module):
+        @tf.function(
+            jit_compile=True,
+            input_signature=[tf.TensorSpec([None, None, 3], tf.float32)] * 2
+            + [tf.TensorSpec([None], tf.int32)],
+        )
+        def loss(self, a, b, c):
+            return myxtts_ops.masked_mel_loss(a, b, c).loss
+
+    tf.saved_model.save(Module(), str(tmp_path / "m"))
+    loaded = tf.saved_model.load(str(tmp_path / "m"))
+    args = (tf.constant(y_true), tf.constant(y_pred), tf.constant(lens))
+    want = myxtts_ops.masked_mel_loss(*args).loss
+    assert _bits(loaded.loss(*args)) == _bits(want)
+
+
+_MIRRORED_CHILD = textwrap.dedent(
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    import myxtts_ops
+
+    def step(a, b, c):
+        with tf.GradientTape() as tape:
+            tape.watch(b)
+            out = myxtts_ops.masked_mel_loss(a, b, c, on_xla="error")
+        return out.loss, out.state, tape.gradient(out.loss, b)
+
+    rng = np.random.default_rng(1)
+    yt = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    yp = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    lens = np.array([6, 2, 0, 5], np.int32)
+    shard = lambda x, r: tf.constant(x[2 * r: 2 * r + 2])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    xla = tf.function(step, jit_compile=True)
+    values = [strategy.experimental_distribute_values_from_function(
+        lambda ctx, x=x: shard(x, ctx.replica_id_in_sync_group)) for x in (yt, yp, lens)]
+    results = strategy.run(xla, args=tuple(values))
+    per_replica = [strategy.experimental_local_results(r) for r in results]
+    for r in range(2):
+        want = tf.function(step)(shard(yt, r), shard(yp, r), shard(lens, r))
+        for got, w in zip((v[r] for v in per_replica), want):
+            assert got.numpy().tobytes() == w.numpy().tobytes()
+    hlo = xla.experimental_get_compiler_ir(shard(yt, 0), shard(yp, 0), shard(lens, 0))(
+        stage="optimized_hlo")
+    assert 'custom_call_target="myxtts_ops_masked_mel_loss"' in hlo
+    print("ok mirrored")
+    """
+)
+
+
+def test_mirrored_strategy_replicas(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_CHILD], cwd=tmp_path, env=child_env(),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok mirrored" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# Where the XLA path cannot exist: the reference, logged once, or an error.
+def test_fallback_only_without_xla_path(monkeypatch, caplog, inputs):
+    from myxtts_ops import _loader, ops
+
+    y_true, y_pred, lens = inputs((2, 5, 3), "float32", lengths=[5, 2])
+    args = (tf.constant(y_true), tf.constant(y_pred), tf.constant(lens))
+    fn = lambda a, b, c: myxtts_ops.masked_mel_loss(a, b, c)  # noqa: E731
+    with caplog.at_level("WARNING", logger="myxtts_ops"):
+        assert FORWARD_TARGET in _optimized_hlo(tf.function(fn, jit_compile=True), *args)
+    assert not [r for r in caplog.records if "reference" in r.getMessage()]
+
+    monkeypatch.setattr(_loader, "xla_unavailable_reason", lambda: "a test says so")
+    monkeypatch.setattr(ops, "_warned_xla", False)
+    with caplog.at_level("WARNING", logger="myxtts_ops"):
+        xla = tf.function(fn, jit_compile=True)
+        out = xla(*args)
+        assert "custom-call(" not in _optimized_hlo(xla, *args)
+        tf.function(lambda a, b, c: fn(a, b, c), jit_compile=True)(*args)
+    logged = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
+    assert len(logged) == 1 and "a test says so" in logged[0]
+    want = myxtts_ops.masked_mel_loss(*args)
+    np.testing.assert_allclose(out.loss.numpy(), want.loss.numpy(), rtol=1e-6)
+    strict = lambda a, b, c: myxtts_ops.masked_mel_loss(a, b, c, on_xla="error")  # noqa: E731
+    with pytest.raises(myxtts_ops.XlaUnsupportedError, match="a test says so"):
+        tf.function(strict, jit_compile=True, autograph=False)(*args)
+
+
+def test_ffi_handlers_exported_for_jax():
+    """The same handlers, as PyCapsules of the TF-free pybind module (for
+    jax.ffi.register_ffi_target). Only their presence is checked here: running
+    them needs JAX, which the CPU CI does not install."""
+    from myxtts_ops import kernels
+
+    targets = kernels.ffi_targets()
+    names = {"myxtts_ops_masked_mel_loss", "myxtts_ops_masked_mel_loss_grad"}
+    assert set(targets["cpu"]) == names
+    assert ("CUDA" in targets) == kernels.built_with_cuda()
+    for capsule in (c for platform in targets.values() for c in platform.values()):
+        assert type(capsule).__name__ == "PyCapsule"
