@@ -4,12 +4,28 @@ module, then places them in the myxtts_ops package.
 
 Environment:
   MYXTTS_OPS_CUDA        auto (default: build CUDA when nvcc is found) | on | off
+  MYXTTS_OPS_CUDA_HOME   CUDA toolkit to build with (its bin/nvcc); else CUDACXX, else
+                         nvcc on PATH. Use a toolkit of TensorFlow's CUDA major (12).
   MYXTTS_OPS_CUDA_ARCHS  CMake CUDA architectures (default 75-real;...;90)
   MYXTTS_OPS_SANITIZE    1: AddressSanitizer + UBSan build (for tests only)
   MYXTTS_OPS_TF_OP       0: skip the TF op library (pybind module only, no TF needed)
   MYXTTS_OPS_BUILD_JOBS  parallel build jobs
+
+The CMake build tree lives in build/temp*/cmake-<key>, the key hashing what it
+was configured with (interpreter, cmake, generator, TensorFlow, CUDA compiler,
+options): pip's isolated builds run with tools from a temporary environment
+that is gone afterwards, so a tree configured there must never be reused. A
+stable environment (--no-build-isolation, build_ext --inplace) keeps its key
+and rebuilds incrementally. Trees whose tools are gone are deleted.
+
+Developer loop: `python setup.py build_ext --inplace` (or `pip install
+--no-build-isolation -e .`) puts the op library, the build record and the
+kernels module in the source tree's myxtts_ops/.
 """
 
+import hashlib
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +36,74 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "build_backend"))
+import tf_requirement  # noqa: E402
+
+_CONFIG_FILE = "myxtts-configuration.json"
+
+
+def _tool(name):
+    path = shutil.which(name)
+    return os.path.realpath(path) if path else None
+
+
+def _cuda_compiler():
+    """The nvcc the build uses: MYXTTS_OPS_CUDA_HOME/bin/nvcc, CUDACXX, or PATH's."""
+    home = os.environ.get("MYXTTS_OPS_CUDA_HOME")
+    if home:
+        nvcc = Path(home) / "bin" / "nvcc"
+        if not nvcc.exists():
+            raise RuntimeError(f"MYXTTS_OPS_CUDA_HOME={home} has no bin/nvcc")
+        return str(nvcc)
+    return os.environ.get("CUDACXX") or _tool("nvcc")
+
+
+def build_configuration(env):
+    """Everything a configured CMake tree depends on: a change means a new tree."""
+    spec = importlib.util.find_spec("tensorflow")
+    cuda_mode = env.get("MYXTTS_OPS_CUDA", "auto").lower()
+    return {
+        "python": sys.executable,
+        "cmake": _tool("cmake"),
+        "ninja": _tool("ninja"),
+        "tensorflow": os.path.dirname(spec.origin) if spec and spec.origin else None,
+        "tensorflow_version": (tf_requirement.find_tensorflow() or (None, None))[1],
+        "cuda": cuda_mode,
+        "cuda_compiler": None if cuda_mode == "off" else _cuda_compiler(),
+        "cuda_archs": env.get("MYXTTS_OPS_CUDA_ARCHS", ""),
+        "sanitize": env.get("MYXTTS_OPS_SANITIZE", "0"),
+        "tf_op": env.get("MYXTTS_OPS_TF_OP", "1"),
+    }
+
+
+def configuration_key(configuration):
+    text = json.dumps(configuration, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _tools_gone(configuration):
+    paths = [configuration.get(k) for k in ("python", "cmake", "ninja", "tensorflow",
+                                            "cuda_compiler")]
+    return any(p and not os.path.exists(p) for p in paths)
+
+
+def prune_build_trees(parent, keep):
+    """Delete CMake trees configured with tools that no longer exist (pip's deleted
+    isolated environments), and the unkeyed tree of earlier versions."""
+    if not parent.is_dir():
+        return
+    for tree in parent.iterdir():
+        if tree == keep or not tree.is_dir():
+            continue
+        if tree.name == "cmake":
+            shutil.rmtree(tree, ignore_errors=True)
+        elif tree.name.startswith("cmake-"):
+            try:
+                configuration = json.loads((tree / _CONFIG_FILE).read_text())
+            except (OSError, ValueError):
+                configuration = None
+            if configuration is None or _tools_gone(configuration):
+                shutil.rmtree(tree, ignore_errors=True)
 
 
 class CMakeExtension(Extension):
@@ -29,9 +113,14 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
-        build_dir = Path(self.build_temp).resolve() / "cmake"
-        out_dir = build_dir / "out"
         env = os.environ
+        configuration = build_configuration(env)
+        parent = Path(self.build_temp).resolve()
+        build_dir = parent / f"cmake-{configuration_key(configuration)}"
+        prune_build_trees(parent, keep=build_dir)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        (build_dir / _CONFIG_FILE).write_text(json.dumps(configuration, indent=1, sort_keys=True))
+        out_dir = build_dir / "out"
         args = [
             "cmake", "-S", str(ROOT), "-B", str(build_dir),
             f"-DPython3_EXECUTABLE={sys.executable}",
@@ -39,14 +128,23 @@ class CMakeBuild(build_ext):
             f"-DMYXTTS_OUTPUT_DIR={out_dir}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
+        if configuration["cuda_compiler"]:
+            args.append(f"-DCMAKE_CUDA_COMPILER={configuration['cuda_compiler']}")
+        if env.get("MYXTTS_OPS_CUDA_HOME"):
+            args.append(f"-DCUDAToolkit_ROOT={env['MYXTTS_OPS_CUDA_HOME']}")
+        if configuration["tensorflow_version"]:
+            installed = tf_requirement.find_tensorflow()
+            cuda_major = tf_requirement.cuda_major_of_tensorflow(installed[0])
+            if cuda_major:
+                args.append(f"-DMYXTTS_TF_CUDA_MAJOR={cuda_major}")
         if env.get("MYXTTS_OPS_CUDA_ARCHS"):
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={env['MYXTTS_OPS_CUDA_ARCHS']}")
         if env.get("MYXTTS_OPS_SANITIZE", "0") not in ("", "0"):
             args.append("-DMYXTTS_SANITIZE=ON")
         if env.get("MYXTTS_OPS_TF_OP", "1") in ("0", "off", "OFF"):
             args.append("-DMYXTTS_BUILD_TF_OP=OFF")
-        if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():
-            args += ["-G", "Ninja"]
+        if configuration["ninja"]:
+            args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={configuration['ninja']}"]
         subprocess.run(args, check=True)
         jobs = env.get("MYXTTS_OPS_BUILD_JOBS") or str(os.cpu_count() or 2)
         subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
@@ -66,6 +164,27 @@ class CMakeBuild(build_ext):
                 shutil.copy2(out_dir / name, lib_dir / name)
 
 
+def _requirements():
+    """install_requires and extras: the TensorFlow minor this build compiles
+    against, under the distribution the target environment has."""
+    base = ["numpy>=1.24", "matplotlib>=3.7", "ml_dtypes>=0.3"]
+    # The build tools let the test tooling rebuild instrumented copies (scripts/sanitize_cpu.sh).
+    test = ["pytest>=8", "hypothesis>=6", "psutil", "cmake>=3.24", "ninja", "pybind11>=2.12"]
+    built_against = tf_requirement.find_tensorflow()
+    if built_against is None:
+        # No TensorFlow in this build (e.g. the metadata pass before the
+        # requirements are installed, or MYXTTS_OPS_TF_OP=0).
+        newest = "%d.%d" % tf_requirement.NEWEST_SUPPORTED
+        built_against = (tf_requirement.FALLBACK_DISTRIBUTION, newest)
+        installed = None
+    else:
+        installed = tf_requirement.find_tensorflow(tf_requirement.target_site_paths())
+    requires, extras = tf_requirement.wheel_requirements(built_against, installed)
+    return base + requires, {**extras, "test": test}
+
+
+install_requires, extras_require = _requirements()
+
 packages = find_packages(include=["myxtts_ops", "myxtts_ops.*"])
 packages += ["myxtts"] + [f"myxtts.{p}" for p in find_packages(where="python/myxtts")]
 
@@ -73,6 +192,8 @@ setup(
     packages=packages,
     package_dir={"myxtts_ops": "myxtts_ops", "myxtts": "python/myxtts"},
     package_data={"myxtts_ops": ["_lib/*.so", "_lib/_build_info.py"]},
+    install_requires=install_requires,
+    extras_require=extras_require,
     ext_modules=[CMakeExtension("myxtts_ops.kernels")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,
