@@ -163,6 +163,17 @@ class CMakeBuild(build_ext):
             if (out_dir / name).exists():
                 shutil.copy2(out_dir / name, lib_dir / name)
 
+    def copy_extensions_to_source(self):
+        """--inplace / editable: setuptools copies the kernels module into the
+        source package; the op library and the build record go with it."""
+        super().copy_extensions_to_source()
+        package_dir = Path(self.get_finalized_command("build_py").get_package_dir("myxtts_ops"))
+        built_lib = Path(self.build_lib) / "myxtts_ops" / "_lib"
+        for name in ("_mel_loss_op.so", "_build_info.py"):
+            if (built_lib / name).exists():
+                (package_dir / "_lib").mkdir(exist_ok=True)
+                shutil.copy2(built_lib / name, package_dir / "_lib" / name)
+
 
 def _requirements():
     """install_requires and extras: the TensorFlow minor this build compiles
