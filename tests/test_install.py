@@ -3,6 +3,7 @@ when the op library cannot be used (a shadowing source tree, an NVIDIA driver
 older than the CUDA the kernels were built with, AutoGraph noise)."""
 
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from myxtts_ops import _loader
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(_ROOT, "build_backend"))
+import cmake_tree  # noqa: E402
 import tf_requirement  # noqa: E402
 
 
@@ -76,6 +78,45 @@ def test_installed_wheel_requires_the_installed_tensorflow_minor():
     assert f"{installed[0]}=={minor}.*" in base, requires
     info = _loader.build_info()
     assert info is not None and info.TF_VERSION.startswith(minor + ".")
+
+
+# ---------------------------------------------------------------------------
+# CMake build trees: never reused once the tools they were configured with are gone
+
+
+def _configured_tree(parent, tools):
+    configuration = dict(cmake_tree.build_configuration({}), **tools)
+    tree = parent / f"cmake-{cmake_tree.configuration_key(configuration)}"
+    tree.mkdir(parents=True)
+    (tree / cmake_tree.CONFIG_FILE).write_text(json.dumps(configuration))
+    (tree / "CMakeCache.txt").write_text("")
+    return tree, configuration
+
+
+def test_build_tree_key_follows_the_tools(tmp_path):
+    base = cmake_tree.build_configuration({"MYXTTS_OPS_CUDA": "off"})
+    assert cmake_tree.configuration_key(base) == cmake_tree.configuration_key(dict(base))
+    for field, value in [("ninja", "/tmp/pip-build-env-x/overlay/bin/ninja"),
+                         ("tensorflow_version", "2.16.2"), ("cuda", "on"), ("cuda_archs", "90")]:
+        changed = dict(base, **{field: value})
+        assert cmake_tree.configuration_key(changed) != cmake_tree.configuration_key(base), field
+
+
+def test_trees_of_deleted_build_environments_are_pruned(tmp_path):
+    gone_env = tmp_path / "pip-build-env"
+    (gone_env / "bin").mkdir(parents=True)
+    for tool in ("cmake", "ninja"):
+        (gone_env / "bin" / tool).write_text("")
+    stale, _ = _configured_tree(tmp_path / "temp", {"cmake": str(gone_env / "bin" / "cmake"),
+                                                    "ninja": str(gone_env / "bin" / "ninja")})
+    shutil.rmtree(gone_env)  # pip deletes its isolated environment after the build
+    live, _ = _configured_tree(tmp_path / "temp", {"cuda_archs": "90"})
+    legacy = tmp_path / "temp" / "cmake"  # the unkeyed tree of earlier versions
+    legacy.mkdir()
+    current = tmp_path / "temp" / "cmake-current"
+    cmake_tree.prune_build_trees(tmp_path / "temp", keep=current)
+    assert not stale.exists() and not legacy.exists()
+    assert live.exists()
 
 
 # ---------------------------------------------------------------------------
