@@ -12,6 +12,8 @@ import threading
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LIBRARY_FILE = os.path.join(_PACKAGE_DIR, "_lib", "_mel_loss_op.so")
+_REBUILD = ("`pip install --force-reinstall --no-deps --no-binary myxtts-ops myxtts-ops`, or "
+            "`pip install --force-reinstall --no-deps .` in a source checkout")
 _lock = threading.Lock()
 _library = None
 
@@ -93,7 +95,7 @@ def cuda_driver_mismatch(built_cuda_version, driver_version):
         f"driver supports CUDA {driver} only: they would fail to launch. Install a driver for "
         f"CUDA {built_major}, or rebuild myxtts-ops with a CUDA {driver_version[0]}.x toolkit "
         f"(`MYXTTS_OPS_CUDA_HOME=/usr/local/cuda-{driver_version[0]}.x pip install "
-        "--no-build-isolation --force-reinstall .`), or without CUDA (`MYXTTS_OPS_CUDA=off`)."
+        "--force-reinstall --no-deps .`), or without CUDA (`MYXTTS_OPS_CUDA=off`)."
     )
 
 
@@ -123,8 +125,8 @@ def _load():
             f"{tf.__version__} is installed; custom ops only load into the TensorFlow "
             "minor version they were compiled for. Install TensorFlow "
             f"{_major_minor(built_for)} (`pip install 'tensorflow-cpu=={_major_minor(built_for)}.*'`), "
-            "or rebuild myxtts-ops against the installed one "
-            "(`pip install --no-build-isolation --force-reinstall --no-binary myxtts-ops myxtts-ops`)."
+            "or rebuild myxtts-ops against the installed one (the build uses the installed "
+            f"TensorFlow): {_REBUILD}."
         )
     try:
         return tf.load_op_library(_LIBRARY_FILE)
@@ -134,8 +136,7 @@ def _load():
             f"Loading {_LIBRARY_FILE} failed: {err}\n"
             f"It was built against TensorFlow {built_for or 'unknown'} (CXX11 ABI {abi}); "
             f"TensorFlow {tf.__version__} is installed. Rebuild myxtts-ops against the "
-            "installed TensorFlow (`pip install --no-build-isolation --force-reinstall "
-            "--no-binary myxtts-ops myxtts-ops`) or install the TensorFlow it was built for."
+            f"installed TensorFlow ({_REBUILD}) or install the TensorFlow it was built for."
         ) from err
 
 
