@@ -11,19 +11,15 @@ Environment:
   MYXTTS_OPS_TF_OP       0: skip the TF op library (pybind module only, no TF needed)
   MYXTTS_OPS_BUILD_JOBS  parallel build jobs
 
-The CMake build tree lives in build/temp*/cmake-<key>, the key hashing what it
-was configured with (interpreter, cmake, generator, TensorFlow, CUDA compiler,
-options): pip's isolated builds run with tools from a temporary environment
-that is gone afterwards, so a tree configured there must never be reused. A
-stable environment (--no-build-isolation, build_ext --inplace) keeps its key
-and rebuilds incrementally. Trees whose tools are gone are deleted.
+The CMake build tree lives in build/temp*/cmake-<key>, keyed to what decides
+the compiled code; it is configured afresh whenever the tools it was
+configured with moved (pip's isolated builds), see build_backend/cmake_tree.py.
 
 Developer loop: `python setup.py build_ext --inplace` (or `pip install
 --no-build-isolation -e .`) puts the op library, the build record and the
 kernels module in the source tree's myxtts_ops/.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -36,7 +32,7 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "build_backend"))
 import tf_requirement  # noqa: E402
-from cmake_tree import CONFIG_FILE, build_configuration, configuration_key, prune_build_trees  # noqa: E402
+from cmake_tree import build_configuration, prepare_build_tree  # noqa: E402
 
 class CMakeExtension(Extension):
     def __init__(self, name):
@@ -47,11 +43,7 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         env = os.environ
         configuration = build_configuration(env)
-        parent = Path(self.build_temp).resolve()
-        build_dir = parent / f"cmake-{configuration_key(configuration)}"
-        prune_build_trees(parent, keep=build_dir)
-        build_dir.mkdir(parents=True, exist_ok=True)
-        (build_dir / CONFIG_FILE).write_text(json.dumps(configuration, indent=1, sort_keys=True))
+        build_dir = prepare_build_tree(Path(self.build_temp).resolve(), configuration)
         out_dir = build_dir / "out"
         args = [
             configuration["cmake"] or "cmake", "-S", str(ROOT), "-B", str(build_dir),

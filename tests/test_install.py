@@ -81,40 +81,60 @@ def test_installed_wheel_requires_the_installed_tensorflow_minor():
 
 
 # ---------------------------------------------------------------------------
-# CMake build trees: never reused once the tools they were configured with are gone
+# CMake build trees: configured afresh when their tools moved, pruned when gone
 
 
-def _configured_tree(parent, tools):
-    configuration = dict(cmake_tree.build_configuration({}), **tools)
-    tree = parent / f"cmake-{cmake_tree.configuration_key(configuration)}"
-    tree.mkdir(parents=True)
-    (tree / cmake_tree.CONFIG_FILE).write_text(json.dumps(configuration))
-    (tree / "CMakeCache.txt").write_text("")
-    return tree, configuration
-
-
-def test_build_tree_key_follows_the_tools(tmp_path):
+def test_build_tree_key_follows_what_is_compiled_not_where_the_tools_are():
     base = cmake_tree.build_configuration({"MYXTTS_OPS_CUDA": "off"})
-    assert cmake_tree.configuration_key(base) == cmake_tree.configuration_key(dict(base))
-    for field, value in [("ninja", "/tmp/pip-build-env-x/overlay/bin/ninja"),
-                         ("tensorflow_version", "2.16.2"), ("cuda", "on"), ("cuda_archs", "90")]:
-        changed = dict(base, **{field: value})
-        assert cmake_tree.configuration_key(changed) != cmake_tree.configuration_key(base), field
+    key = cmake_tree.configuration_key(base)
+    for field in cmake_tree.LOCATIONS:  # pip's temporary environments move these
+        moved = dict(base, **{field: f"/tmp/pip-build-env-x/overlay/{field}"})
+        assert cmake_tree.configuration_key(moved) == key, field
+    for field, value in [("tensorflow_version", "2.16.2"), ("cmake_version", "3.24.0"),
+                         ("generator", "Unix Makefiles"), ("cuda", "on"), ("cuda_archs", "90"),
+                         ("python", "/other/venv/bin/python")]:
+        assert cmake_tree.configuration_key(dict(base, **{field: value})) != key, field
 
 
-def test_trees_of_deleted_build_environments_are_pruned(tmp_path):
-    gone_env = tmp_path / "pip-build-env"
-    (gone_env / "bin").mkdir(parents=True)
-    for tool in ("cmake", "ninja"):
-        (gone_env / "bin" / tool).write_text("")
-    stale, _ = _configured_tree(tmp_path / "temp", {"cmake": str(gone_env / "bin" / "cmake"),
-                                                    "ninja": str(gone_env / "bin" / "ninja")})
-    shutil.rmtree(gone_env)  # pip deletes its isolated environment after the build
-    live, _ = _configured_tree(tmp_path / "temp", {"cuda_archs": "90"})
-    legacy = tmp_path / "temp" / "cmake"  # the unkeyed tree of earlier versions
+def _configured(tree, configuration):
+    (tree / "CMakeFiles" / "4.0.0").mkdir(parents=True)
+    (tree / "CMakeFiles" / "mel_loss_kernels.dir").mkdir()
+    (tree / "CMakeFiles" / "mel_loss_kernels.dir" / "mel_loss_cuda.cu.o").write_bytes(b"obj")
+    (tree / "CMakeCache.txt").write_text("CMAKE_MAKE_PROGRAM:FILEPATH=/gone/ninja\n")
+    (tree / ".ninja_log").write_text("")
+    (tree / cmake_tree.CONFIG_FILE).write_text(json.dumps(configuration))
+
+
+def test_tree_of_a_deleted_build_environment_is_configured_afresh(tmp_path):
+    """pip install . twice: the second build must not use the first one's CMakeCache
+    (its ninja is gone), but keeps the compiled objects."""
+    now = cmake_tree.build_configuration({"MYXTTS_OPS_CUDA": "off"})
+    before = dict(now, ninja="/tmp/pip-build-env-gone/overlay/bin/ninja")
+    tree = tmp_path / f"cmake-{cmake_tree.configuration_key(now)}"
+    _configured(tree, before)
+    assert cmake_tree.prepare_build_tree(tmp_path, now) == tree
+    assert not (tree / "CMakeCache.txt").exists()
+    assert not (tree / "CMakeFiles" / "4.0.0").exists()
+    assert (tree / "CMakeFiles" / "mel_loss_kernels.dir" / "mel_loss_cuda.cu.o").exists()
+    assert (tree / ".ninja_log").exists()
+    assert json.loads((tree / cmake_tree.CONFIG_FILE).read_text()) == now
+    # Same tools again: the configuration stays (incremental developer builds).
+    (tree / "CMakeCache.txt").write_text("kept")
+    cmake_tree.prepare_build_tree(tmp_path, now)
+    assert (tree / "CMakeCache.txt").read_text() == "kept"
+
+
+def test_trees_of_deleted_interpreters_are_pruned(tmp_path):
+    now = cmake_tree.build_configuration({"MYXTTS_OPS_CUDA": "off"})
+    gone = dict(now, python=str(tmp_path / "deleted-venv" / "bin" / "python"))
+    stale = tmp_path / f"cmake-{cmake_tree.configuration_key(gone)}"
+    _configured(stale, gone)
+    other = dict(now, cuda_archs="90")
+    live = tmp_path / f"cmake-{cmake_tree.configuration_key(other)}"
+    _configured(live, other)
+    legacy = tmp_path / "cmake"  # the unkeyed tree of earlier versions
     legacy.mkdir()
-    current = tmp_path / "temp" / "cmake-current"
-    cmake_tree.prune_build_trees(tmp_path / "temp", keep=current)
+    cmake_tree.prepare_build_tree(tmp_path, now)
     assert not stale.exists() and not legacy.exists()
     assert live.exists()
 
