@@ -5,10 +5,15 @@ call of an op (or of :func:`load_ops`), so importing the package stays cheap
 and works on machines without TensorFlow (``myxtts_ops.kernels`` needs none).
 """
 
+import ctypes
 import os
+import sys
 import threading
 
-_LIBRARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", "_mel_loss_op.so")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_LIBRARY_FILE = os.path.join(_PACKAGE_DIR, "_lib", "_mel_loss_op.so")
+_REBUILD = ("`pip install --force-reinstall --no-deps --no-binary myxtts-ops myxtts-ops`, or "
+            "`pip install --force-reinstall --no-deps .` in a source checkout")
 _lock = threading.Lock()
 _library = None
 _xla_reason = None  # "" once the XLA path is known to work
@@ -31,33 +36,98 @@ def _major_minor(version):
     return ".".join(str(version).split(".")[:2])
 
 
+def built_copies_elsewhere(package_dir=_PACKAGE_DIR, search_path=None):
+    """Other copies of the package on the import path that have the op library
+    (e.g. the installed one, when a source checkout shadows it)."""
+    found = []
+    for entry in sys.path if search_path is None else search_path:
+        candidate = os.path.join(os.path.abspath(entry or os.curdir), "myxtts_ops")
+        if os.path.realpath(candidate) == os.path.realpath(package_dir):
+            continue
+        if os.path.exists(os.path.join(candidate, "_lib", "_mel_loss_op.so")):
+            found.append(candidate)
+    return list(dict.fromkeys(found))
+
+
+def missing_library_message(library_file, elsewhere):
+    """Why the op library is missing here and what to do about it."""
+    if elsewhere:
+        return (
+            f"The myxtts-ops op library is missing ({library_file}): Python imported "
+            f"myxtts_ops from the unbuilt source tree {os.path.dirname(os.path.dirname(library_file))}, "
+            f"which shadows the built copy at {elsewhere[0]}. Run from another directory "
+            "(the current directory comes first on sys.path), or build the source tree in place "
+            "with `python setup.py build_ext --inplace` (or `pip install --no-build-isolation -e .`)."
+        )
+    return (
+        f"The myxtts-ops op library is missing ({library_file}): this copy of the "
+        "package was not built. Reinstall it (`pip install --force-reinstall myxtts-ops`, "
+        "or `pip install .` from a source checkout), or build a source checkout in place "
+        "with `python setup.py build_ext --inplace`."
+    )
+
+
+def driver_cuda_version():
+    """The CUDA version the installed NVIDIA driver supports, as (major, minor),
+    or None when there is no driver (a CPU-only machine)."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value <= 0:
+        return None
+    return version.value // 1000, (version.value % 1000) // 10
+
+
+def cuda_driver_mismatch(built_cuda_version, driver_version):
+    """None when a driver supporting CUDA `driver_version` (major, minor) runs
+    kernels built with toolkit `built_cuda_version` ("12.5.82"), else the error
+    text. The kernels link the toolkit's static runtime, which runs on any
+    driver of the same CUDA major or newer (minor version compatibility)."""
+    if not built_cuda_version or driver_version is None:
+        return None
+    built_major = int(str(built_cuda_version).split(".")[0])
+    if driver_version[0] >= built_major:
+        return None
+    driver = "%d.%d" % driver_version
+    return (
+        f"myxtts-ops's CUDA kernels were built with CUDA {built_cuda_version}, but the NVIDIA "
+        f"driver supports CUDA {driver} only: they would fail to launch. Install a driver for "
+        f"CUDA {built_major}, or rebuild myxtts-ops with a CUDA {driver_version[0]}.x toolkit "
+        f"(`MYXTTS_OPS_CUDA_HOME=/usr/local/cuda-{driver_version[0]}.x pip install "
+        "--force-reinstall --no-deps .`), or without CUDA (`MYXTTS_OPS_CUDA=off`)."
+    )
+
+
 def _load():
+    info = build_info()
+    built_for = getattr(info, "TF_VERSION", "") if info else ""
     try:
         import tensorflow as tf
     except ImportError as err:
+        wanted = _major_minor(built_for) if built_for else "2"
         raise OpLibraryError(
-            "myxtts-ops needs TensorFlow 2.21: install it with "
-            "`pip install 'myxtts-ops[cpu]'` (CPU) or `pip install 'myxtts-ops[gpu]'` (CUDA). "
+            f"myxtts-ops needs TensorFlow {wanted}: install it with "
+            f"`pip install 'tensorflow-cpu=={wanted}.*'` (CPU) or "
+            f"`pip install 'tensorflow[and-cuda]=={wanted}.*'` (CUDA). "
             f"Import failed with: {err}"
         ) from err
 
-    info = build_info()
     if not os.path.exists(_LIBRARY_FILE):
-        raise OpLibraryError(
-            f"The myxtts-ops op library is missing ({_LIBRARY_FILE}): this copy of the "
-            "package was not built. Reinstall the wheel (`pip install --force-reinstall "
-            "myxtts-ops`) or build in place from a source checkout with "
-            "`python setup.py build_ext --inplace`."
-        )
-    built_for = getattr(info, "TF_VERSION", "") if info else ""
+        raise OpLibraryError(missing_library_message(_LIBRARY_FILE, built_copies_elsewhere()))
+    if info is not None and getattr(info, "CUDA_ENABLED", False):
+        mismatch = cuda_driver_mismatch(getattr(info, "CUDA_VERSION", ""), driver_cuda_version())
+        if mismatch:
+            raise OpLibraryError(mismatch)
     if built_for and _major_minor(built_for) != _major_minor(tf.__version__):
         raise OpLibraryError(
             f"myxtts-ops was built against TensorFlow {built_for} but TensorFlow "
             f"{tf.__version__} is installed; custom ops only load into the TensorFlow "
             "minor version they were compiled for. Install TensorFlow "
             f"{_major_minor(built_for)} (`pip install 'tensorflow-cpu=={_major_minor(built_for)}.*'`), "
-            "or rebuild myxtts-ops against the installed one "
-            "(`pip install --no-build-isolation --force-reinstall --no-binary myxtts-ops myxtts-ops`)."
+            "or rebuild myxtts-ops against the installed one (the build uses the installed "
+            f"TensorFlow): {_REBUILD}."
         )
     try:
         return tf.load_op_library(_LIBRARY_FILE)
@@ -67,8 +137,7 @@ def _load():
             f"Loading {_LIBRARY_FILE} failed: {err}\n"
             f"It was built against TensorFlow {built_for or 'unknown'} (CXX11 ABI {abi}); "
             f"TensorFlow {tf.__version__} is installed. Rebuild myxtts-ops against the "
-            "installed TensorFlow (`pip install --no-build-isolation --force-reinstall "
-            "--no-binary myxtts-ops myxtts-ops`) or install the TensorFlow it was built for."
+            f"installed TensorFlow ({_REBUILD}) or install the TensorFlow it was built for."
         ) from err
 
 

@@ -44,6 +44,9 @@ def _lengths_or_placeholder(lengths):
     return tf.convert_to_tensor(lengths), True
 
 
+# No tensor-dependent Python control flow here: AutoGraph would only convert
+# (and warn about) the lazy loader's file checks inside a user's tf.function.
+@tf.autograph.experimental.do_not_convert
 def masked_mel_loss(
     y_true,
     y_pred,

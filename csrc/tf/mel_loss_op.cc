@@ -173,7 +173,10 @@ ParallelFor TfParallelFor(OpKernelContext* ctx) {
   return [pool](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
     const int64_t threads = std::max<int64_t>(1, pool->NumThreads());
     const int64_t block = std::max<int64_t>(1, (n + threads - 1) / threads);
-    pool->ParallelFor(n, ::tsl::thread::ThreadPool::SchedulingParams::Fixed(block), fn);
+    // The constructor, not SchedulingParams::Fixed(), which TF 2.16 lacks.
+    using Pool = ::tsl::thread::ThreadPool;
+    pool->ParallelFor(
+        n, Pool::SchedulingParams(Pool::SchedulingStrategy::kFixedBlockSize, {}, block), fn);
   };
 }
 
