@@ -7,12 +7,13 @@ import sys
 import pytest
 
 from child_env import TESTS_DIR, child_env
-from myxtts_ops import cli
-from myxtts_ops.profiler import MODES, RECORD_FIELDS
+from myxtts_ops.tools import cli
+from myxtts_ops.tools.records import RECORD_FIELDS
+from myxtts_ops.tools.workloads import MODES
 
 
 def _fused_available():
-    from myxtts_ops.profiler import ProfilerError, check_fused_available
+    from myxtts_ops.tools.profiler import ProfilerError, check_fused_available
 
     try:
         check_fused_available()
@@ -24,7 +25,7 @@ def _fused_available():
 def _impls():
     # The fused op is measured whenever its library loads (always in CI, where
     # it is built first); otherwise the rest of the CLI is still tested.
-    return "fused,reference,xla" if _fused_available() else "reference,xla"
+    return "fused,reference,xla,fused_xla" if _fused_available() else "reference,xla"
 
 
 BAD_ARGS = [
@@ -126,8 +127,10 @@ def test_profile_quick_writes_json_plot_and_trace(tmp_path, capsys):
         if rec["impl"] != "floor":
             assert rec["ops_per_step"] > 0
             assert rec["repeats"] == 3
+        # XLA rows carry the measured size of their HLO module.
+        assert (rec["xla_hlo_ops"] is not None) == (rec["impl"] in ("xla", "fused_xla"))
     # Table: every impl and mode, and the ops column.
-    for word in impls + ["floor"] + list(MODES) + ["ops/step", "1 cluster"]:
+    for word in impls + ["floor"] + list(MODES) + ["ops/step", " HLO, "]:
         assert word in out
     assert png_path.stat().st_size > 1000
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,7 +2,7 @@
 
 Trains a small Keras mel decoder (per-frame text embeddings -> 80 mel bins,
 Dense layers) on synthetic data with a custom ``tf.GradientTape`` loop and
-:class:`myxtts.training.losses.XTTSLoss` (adaptive weights on). Batches vary in
+``XTTSLoss`` (adaptive weights on). Batches vary in
 difficulty (clean and noisy "utterances"), so the loss moves around its running
 mean the way real TTS losses do. Two faults are injected:
 
@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from .loss_side import LossImportError, xtts_loss_class
+from .profiler import ProfilerError, check_fused_available
+from .tf_import import import_tensorflow
 
 EMBED_DIM = 32
 MELS = 80
@@ -32,13 +35,6 @@ VARIANCE_THRESHOLD = 0.5  # XTTSLoss default adaptive_weight_variance_threshold
 
 class DemoError(RuntimeError):
     """An error meant for the user: the CLI prints the message, no traceback."""
-
-
-def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
 
 
 def _scalar(v) -> float:
@@ -76,14 +72,12 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
     if steps < 1:
         raise DemoError(f"steps must be >= 1, got {steps}")
     t_start = time.perf_counter()
-    tf = _tf()
+    tf = import_tensorflow()
     try:
-        from myxtts.training.losses import XTTSLoss
-    except Exception as exc:
-        raise DemoError(f"myxtts.training.losses.XTTSLoss failed to import: {exc}") from None
+        XTTSLoss = xtts_loss_class()
+    except LossImportError as exc:
+        raise DemoError(str(exc)) from None
     if implementation == "fused":
-        from .profiler import ProfilerError, check_fused_available
-
         try:
             check_fused_available()
         except ProfilerError as exc:
@@ -311,9 +305,3 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     os.makedirs(parent, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
-
-    sys.exit(main(["demo"] + sys.argv[1:]))
