@@ -157,3 +157,41 @@ def test_demo_shortened_end_to_end(tmp_path, capsys):
     assert not summary["weight_moved_on_nan"] and not summary["weight_moved_on_spike"]
     spike = data["history"][27]
     assert spike["mel_loss"] > 20 * data["history"][26]["running_mel_loss"]
+
+
+def _count(text, needle):
+    return sum(1 for line in text.splitlines() if needle in line)
+
+
+def test_dedupe_startup_lines_ignores_log_prefixes():
+    from myxtts_ops.tools.tf_import import dedupe_startup_lines
+
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1795638541.509425   10199 port.cc:153] oneDNN custom operations are on.\n"
+            "I0000 00:00:1795638541.575206   10199 cpu_feature_guard.cc:227] optimized\n"
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1795638544.475231   10199 port.cc:153] oneDNN custom operations are on.\n")
+    out = dedupe_startup_lines(text)
+    assert _count(out, "absl::InitializeLog") == 1
+    assert _count(out, "oneDNN custom operations") == 1
+    assert _count(out, "cpu_feature_guard") == 1
+
+
+def test_tensorflow_startup_notices_print_once():
+    """TF 2.21 logs its start-up notices from two shared libraries (each with its
+    own absl), so a plain import prints them twice; the CLI's import prints each once."""
+    env = child_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    plain = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
+                           text=True, env=env, timeout=120, cwd=TESTS_DIR)
+    cli_run = subprocess.run(
+        [sys.executable, "-m", "myxtts_ops", "profile", "--batch", "2", "--frames", "8",
+         "--mels", "4", "--repeats", "1", "--warmup", "0", "--impls", "reference",
+         "--modes", "forward", "--bandwidth-mib", "8", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=TESTS_DIR)
+    assert cli_run.returncode == 0, cli_run.stderr
+    for needle in ("absl::InitializeLog", "oneDNN custom operations"):
+        assert _count(cli_run.stderr, needle) <= 1, cli_run.stderr
+        if _count(plain.stderr, needle) < 2:
+            continue  # a TensorFlow that prints it once: nothing left to prove
+        assert _count(cli_run.stderr, needle) == 1, cli_run.stderr
