@@ -30,7 +30,6 @@ from .tf_import import import_tensorflow
 EMBED_DIM = 32
 MELS = 80
 GRAD_CLIP = 5.0
-VARIANCE_THRESHOLD = 0.5  # XTTSLoss default adaptive_weight_variance_threshold
 
 
 class DemoError(RuntimeError):
@@ -38,10 +37,7 @@ class DemoError(RuntimeError):
 
 
 def _scalar(v) -> float:
-    try:
-        return float(np.asarray(v))
-    except Exception:  # pragma: no cover - odd metric types
-        return float("nan")
+    return float(np.asarray(v))
 
 
 def _metrics(loss_fn) -> Dict[str, float]:
@@ -153,12 +149,8 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
             event = "spike"
         total, gnorm = train_step(tf.constant(x), tf.constant(mel), tf.constant(lengths))
         m = _metrics(loss_fn)
-        weight = m.get("current_mel_weight", float("nan"))
         total = _scalar(total)
-        if hasattr(loss_fn, "get_losses"):  # the unweighted mel term of this call
-            mel_loss = _scalar(loss_fn.get_losses()["mel_loss"])
-        else:
-            mel_loss = total / weight if weight else float("nan")
+        mel_loss = _scalar(loss_fn.get_losses()["mel_loss"])  # unweighted mel term of this call
         if event != "spike" and np.isfinite(mel_loss):
             prev_mel = mel_loss
         history.append(dict(step=step, total_loss=total, mel_loss=mel_loss,
@@ -166,6 +158,7 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
 
     elapsed = time.perf_counter() - t_start
     summary = _summarize(history, elapsed, implementation, nan_step, spike_step, spike_factor)
+    summary["variance_threshold"] = float(loss_fn.config.adaptive_weight_variance_threshold)
     if not quiet:
         print(_format_summary(summary))
     if plot_path:
@@ -267,8 +260,8 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     ax.set_ylabel("mel loss (L1)")
     ax.legend(loc="upper right", fontsize=8)
     axes[1].plot(steps, col("loss_variance"), color="#9467bd")
-    axes[1].axhline(VARIANCE_THRESHOLD, color="gray", ls=":", lw=1,
-                    label=f"gate threshold ({VARIANCE_THRESHOLD})")
+    threshold = summary["variance_threshold"]
+    axes[1].axhline(threshold, color="gray", ls=":", lw=1, label=f"gate threshold ({threshold})")
     axes[1].set_yscale("symlog", linthresh=1e-2)
     axes[1].set_ylim(bottom=0)
     axes[1].set_ylabel("window variance\n(last 10 clean steps)")
