@@ -114,8 +114,12 @@ class CuPyBackend(ArrayBackend):
             dst[...] = src
 
     def copy_from_host(self, dst, host, stream=None) -> None:
+        host = np.asarray(host, dtype=dst.dtype)
+        if stream is None:
+            dst.set(host)  # synchronous
+            return
         with self.stream_context(stream, dst):
-            dst.set(np.asarray(host, dtype=dst.dtype))
+            dst.set(host, stream=self.cp.cuda.get_current_stream())
 
     def new_stream(self):
         return self.cp.cuda.Stream(non_blocking=True)
