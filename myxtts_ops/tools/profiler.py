@@ -301,6 +301,7 @@ def run_profile(
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
 
+    import_tensorflow()  # before the op library loads it: start-up notices once
     if FUSED_IMPLS.intersection(config.impls):
         check_fused_available()
     if "xtts_step" in config.modes:
