@@ -25,9 +25,10 @@ for name, path in (("myxtts_ops", ROOT), ("myxtts", os.path.join(ROOT, "python")
         sys.path.insert(0, path)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from myxtts_ops import report  # noqa: E402
-from myxtts_ops.profiler import (IMPLS, MODES, ProfileConfig, ProfilerError,  # noqa: E402
-                                 run_profile)
+from myxtts_ops.tools import report  # noqa: E402
+from myxtts_ops.tools.measure import floor_bytes, percentiles_ms  # noqa: E402
+from myxtts_ops.tools.profiler import ProfileConfig, ProfilerError, run_profile  # noqa: E402
+from myxtts_ops.tools.workloads import IMPLS, MODES  # noqa: E402
 
 
 def _cpu_name():
@@ -39,13 +40,6 @@ def _cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _percentiles(times_s):
-    import numpy as np
-
-    ms = np.asarray(times_s) * 1e3
-    return float(np.median(ms)), float(np.percentile(ms, 20)), float(np.percentile(ms, 80))
 
 
 def kernel_only(batch, frames, mels, repeats, rotate_bytes=96 << 20, seed=0):
@@ -76,7 +70,7 @@ def kernel_only(batch, frames, mels, repeats, rotate_bytes=96 << 20, seed=0):
             step(t, p)
             if r >= 3:
                 times.append(time.perf_counter() - t0)
-        out[mode] = _percentiles(times)
+        out[mode] = percentiles_ms(times)
     return out, float(lengths.sum()) / (batch * frames)
 
 
@@ -169,8 +163,6 @@ def in_graph_ms(batch, frames, mels, repeats, steps=8, seed=0):
 def isolated_table(result, config, repeats):
     """Fused op alone (no interleaving) and the kernels without TF dispatch,
     against the floor of the interleaved run."""
-    from myxtts_ops.profiler import floor_bytes
-
     batch, frames = config.shapes[0] if config.shapes else (config.batch, config.frames)
     mels = config.mels
     alone = run_profile(ProfileConfig(device="cpu", dtype="float32", repeats=repeats,
@@ -181,8 +173,8 @@ def isolated_table(result, config, repeats):
     bw = result.bandwidth["best"] * 1e9
     floor = {m: floor_bytes(m, batch, frames, mels, "float32", valid) / bw * 1e3
              for m in ("forward", "forward_backward", "xtts_step")}
-    rows = [("fused op alone (tf.function)", r["mode"], (r["median_ms"], r["p20_ms"], r["p80_ms"]))
-            for r in alone.records if r["impl"] == "fused"]
+    rows = [("fused op alone (tf.function)", r.mode, (r.median_ms, r.p20_ms, r.p80_ms))
+            for r in alone.records if r.impl == "fused"]
     for mode, ms in in_graph_ms(batch, frames, mels, repeats).items():
         rows.append(("fused op in a step graph, per step", mode, (ms, float("nan"), float("nan"))))
     # Forward only: the NumPy backward allocates fresh outputs per call, so it

@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from myxtts_ops.tools.measure import floor_bytes, percentiles_ms  # noqa: E402
+
 SIZES = [(8, 200, 80), (32, 1000, 80), (256, 2000, 80)]
 DTYPES = ["float32", "bfloat16"]
 MODES = ["forward", "backward", "forward_backward"]
@@ -60,124 +62,44 @@ def load_kernels():
     return kernels
 
 
-def pct(values, q):
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
 # ---------------------------------------------------------------------------
-class Dev:
-    """Device arrays, events and an empty kernel through PyTorch (preferred:
-    it also runs the eager baseline) or CuPy."""
+def load_dev(name=None):
+    """The array backend: PyTorch preferred (it also runs the eager baseline), else CuPy."""
+    from myxtts_ops.array_backend import BackendUnavailable, load_backend
 
-    def __init__(self):
-        self.torch = self.cp = None
-        try:
-            import torch
+    try:
+        return load_backend(name, prefer=("torch", "cupy"))
+    except BackendUnavailable as e:
+        skip(f"no CUDA array library to allocate device arrays: {e}")
 
-            if torch.cuda.is_available():
-                self.torch = torch
-        except Exception:  # noqa: BLE001
-            pass
-        if self.torch is None:
-            try:
-                import cupy
 
-                if cupy.cuda.runtime.getDeviceCount() > 0:
-                    self.cp = cupy
-            except Exception:  # noqa: BLE001
-                pass
-        if self.torch is None and self.cp is None:
-            skip("neither PyTorch (CUDA) nor CuPy is available to allocate device arrays")
-        self.name = "torch" if self.torch is not None else "cupy"
-        self._noop = None
-
-    def device_name(self):
-        if self.torch is not None:
-            return self.torch.cuda.get_device_name()
-        props = self.cp.cuda.runtime.getDeviceProperties(self.cp.cuda.Device().id)
-        return props["name"].decode()
-
-    def stream_ptr(self):
-        if self.torch is not None:
-            return int(self.torch.cuda.current_stream().cuda_stream)
-        return int(self.cp.cuda.get_current_stream().ptr)
-
-    def sync(self):
-        (self.torch.cuda.synchronize() if self.torch is not None
-         else self.cp.cuda.Device().synchronize())
-
-    def upload(self, host, dtype=None):
-        """Host array -> device; bfloat16 given as uint16 bits stays 16-bit storage
-        (torch.bfloat16 for torch, uint16 for CuPy)."""
-        if self.torch is not None:
-            t = self.torch
-            if dtype == "bfloat16":
-                return t.from_numpy(host.view(np.int16)).cuda().view(t.bfloat16)
-            return t.from_numpy(np.ascontiguousarray(host)).cuda()
-        return self.cp.asarray(host)
-
-    def empty(self, shape, dtype):
-        if self.torch is not None:
-            t = self.torch
-            td = {"float32": t.float32, "float64": t.float64, "int64": t.int64,
-                  "uint8": t.uint8, "bfloat16": t.bfloat16}[dtype]
-            return t.empty(shape, dtype=td, device="cuda")
-        return self.cp.empty(shape, dtype="uint16" if dtype == "bfloat16" else dtype)
-
-    def kview(self, x):
-        """Object for the kernels (bfloat16 torch tensors as int16 views)."""
-        if self.torch is not None and x.dtype == self.torch.bfloat16:
-            return x.view(self.torch.int16)
-        return x
-
-    def event(self):
-        if self.torch is not None:
-            return self.torch.cuda.Event(enable_timing=True)
-        return self.cp.cuda.Event()
-
-    def elapsed_ms(self, a, b):
-        if self.torch is not None:
-            return a.elapsed_time(b)
-        return self.cp.cuda.get_elapsed_time(a, b)
-
-    def noop(self):
-        if self._noop is None:
-            if self.cp is None:
-                try:
-                    import cupy
-
-                    self.cp = cupy
-                except Exception:  # noqa: BLE001
-                    pass
-            if self.cp is not None:
-                k = self.cp.RawKernel(r'extern "C" __global__ void myxtts_noop() {}',
-                                      "myxtts_noop")
-                ptr = self.stream_ptr()
-                stream = self.cp.cuda.ExternalStream(ptr) if ptr else self.cp.cuda.Stream.null
-                self._noop = lambda: k((1,), (1,), (), stream=stream)
-            else:  # PyTorch only: a zero-cycle spin kernel
-                self._noop = lambda: self.torch.cuda._sleep(0)
-        return self._noop()
-
-    def copy(self, dst, src):
-        if self.torch is not None:
-            dst.copy_(src)
-        else:
-            self.cp.copyto(dst, src)
+def empty_kernel(dev):
+    """A launcher of one empty kernel on the current stream: a CuPy RawKernel
+    when CuPy is importable, else PyTorch's zero-cycle spin kernel."""
+    try:
+        import cupy
+    except Exception:  # noqa: BLE001
+        cupy = None
+    if cupy is not None:
+        k = cupy.RawKernel(r'extern "C" __global__ void myxtts_noop() {}', "myxtts_noop")
+        ptr = dev.stream_ptr()
+        stream = cupy.cuda.ExternalStream(ptr) if ptr else cupy.cuda.Stream.null
+        return lambda: k((1,), (1,), (), stream=stream)
+    return lambda: dev.module.cuda._sleep(0)
 
 
 def time_events(dev, fn, reps, warmup):
     """Per-repetition device time (ms) from CUDA events on the current stream."""
     for i in range(warmup):
         fn(i)
-    dev.sync()
+    dev.synchronize()
     starts = [dev.event() for _ in range(reps)]
     ends = [dev.event() for _ in range(reps)]
     for i in range(reps):
         starts[i].record()
         fn(i)
         ends[i].record()
-    dev.sync()
+    dev.synchronize()
     return [dev.elapsed_ms(a, b) for a, b in zip(starts, ends)]
 
 
@@ -202,7 +124,6 @@ def copy_bandwidth(dev, reps):
     n = (1 << 30) // 4
     a, b = dev.empty((n,), "float32"), dev.empty((n,), "float32")
     ms = time_events(dev, lambda i: dev.copy(b, a), max(reps // 4, 5), 3)
-    del a, b
     return 2.0 * n * 4 / (np.median(ms) / 1e3)
 
 
@@ -301,13 +222,10 @@ def jax_impl(jax, loss_type="l1", delta=1.0):
 
 
 # ---------------------------------------------------------------------------
-def floor_bytes(mode, valid_elems, total_elems, itemsize):
-    fwd = 2 * valid_elems * itemsize
-    bwd = 2 * valid_elems * itemsize + 2 * total_elems * itemsize
-    return {"forward": fwd, "backward": bwd, "forward_backward": fwd + bwd}[mode]
-
-
 def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records, notes):
+    def kv(x):  # what the kernels take (bfloat16 PyTorch tensors as int16 views)
+        return dev.kernel_view(x)[0]
+
     B, T, M = size
     isz = 2 if dtype == "bfloat16" else 4
     set_bytes = 2 * B * T * M * isz
@@ -323,41 +241,41 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
                                + ((x.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)
             t, p = conv(t), conv(p)
         host_sets.append((t, p, lengths))
-        sets.append((dev.upload(t, dtype), dev.upload(p, dtype), dev.upload(lengths)))
+        sets.append((dev.asarray(t, dtype), dev.asarray(p, dtype), dev.asarray(lengths)))
     valid = int(np.mean([h[2].sum() for h in host_sets])) * M
     total = B * T * M
     od = "float32"
-    state = dev.upload(np.zeros(k.STATE_SIZE))
+    state = dev.asarray(np.zeros(k.STATE_SIZE))
     outs = dict(loss=dev.empty((), od), per_sample=dev.empty((B,), od),
                 nonfinite=dev.empty((), "int64"), new_state=dev.empty((k.STATE_SIZE,), "float64"),
                 weights=[dev.empty((2, B), "float64") for _ in range(n_sets)],
                 workspace=dev.empty((k.cuda_workspace_size(B, T, M),), "uint8"),
                 g_true=dev.empty((B, T, M), dtype), g_pred=dev.empty((B, T, M), dtype),
-                g_loss=dev.upload(np.asarray(1.0, np.float32)),
-                g_ps=dev.upload(np.zeros(B, np.float32)))
+                g_loss=dev.asarray(np.asarray(1.0, np.float32)),
+                g_ps=dev.asarray(np.zeros(B, np.float32)))
     stream = dev.stream_ptr()
     bf = "bfloat16" if dtype == "bfloat16" else None
 
     def fused_fwd(i):
         t, p, L = sets[i % n_sets]
-        k.cuda_forward(dev.kview(t), dev.kview(p), L, state, outs["loss"], outs["per_sample"],
+        k.cuda_forward(kv(t), kv(p), L, state, outs["loss"], outs["per_sample"],
                        outs["nonfinite"], outs["new_state"], outs["weights"][i % n_sets],
                        outs["workspace"], stream=stream, dtype=bf, check_lengths=False)
 
     def fused_bwd(i):
         t, p, L = sets[i % n_sets]
-        k.cuda_backward(dev.kview(t), dev.kview(p), L, outs["weights"][i % n_sets],
-                        outs["g_loss"], outs["g_ps"], dev.kview(outs["g_true"]),
-                        dev.kview(outs["g_pred"]), stream=stream, dtype=bf, check_lengths=False)
+        k.cuda_backward(kv(t), kv(p), L, outs["weights"][i % n_sets],
+                        outs["g_loss"], outs["g_ps"], kv(outs["g_true"]),
+                        kv(outs["g_pred"]), stream=stream, dtype=bf, check_lengths=False)
 
     for i in range(n_sets):
         fused_fwd(i)  # sample weights of every set for the backward-only timing
-    dev.sync()
+    dev.synchronize()
     impls = {"fused": {"forward": fused_fwd, "backward": fused_bwd,
                        "forward_backward": lambda i: (fused_fwd(i), fused_bwd(i))}}
 
-    if dev.torch is not None:
-        torch = dev.torch
+    if dev.name == "torch":
+        torch = dev.module
         tfwd = torch_impl(torch)
         tstate = torch.zeros(k.STATE_SIZE, dtype=torch.float64, device="cuda")
         leaf = [(t.detach().clone().requires_grad_(True), p.detach().clone().requires_grad_(True), L)
@@ -419,15 +337,17 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
 
     # Every buffer once in the warm-up (lazy autograd graphs, JAX retraces).
     warmup = max(warmup, n_sets + 2)
-    empty_ms = time_events(dev, lambda i: dev.noop(), reps, warmup)
+    noop = empty_kernel(dev)
+    empty_ms = time_events(dev, lambda i: noop(), reps, warmup)
     for mode in MODES:
-        fbytes = floor_bytes(mode, valid, total, isz)
+        # The kernels write both gradients (d/dy_true and d/dy_pred).
+        fbytes = floor_bytes(mode, B, T, M, dtype, valid / total, gradients=2)
         base = dict(mode=mode, batch=B, frames=T, mels=M, dtype=dtype, device=device_name)
 
         def add(impl, times, method):
-            med = pct(times, 50)
-            records.append(dict(base, impl=impl, median_ms=med, p20_ms=pct(times, 20),
-                                p80_ms=pct(times, 80), gbps=fbytes / (med / 1e3) / 1e9,
+            med, p20, p80 = percentiles_ms([t / 1e3 for t in times])
+            records.append(dict(base, impl=impl, median_ms=med, p20_ms=p20,
+                                p80_ms=p80, gbps=fbytes / (med / 1e3) / 1e9,
                                 method=method, reps=len(times), buffers=n_sets))
 
         for name, fns in impls.items():
@@ -449,10 +369,11 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
         n_launch = 2 if mode == "forward_backward" else 1
         e_ms = [x * n_launch for x in empty_ms]
         add("empty_kernel", e_ms, f"cuda_events x{n_launch}")
-    del sets, outs, impls, jax_impls
-    dev.sync()
-    if dev.torch is not None:
-        dev.torch.cuda.empty_cache()
+    # Drop the device buffers (the timing closures hold these cells) before emptying the cache.
+    sets = outs = impls = jax_impls = leaf = graphs = None  # noqa: F841
+    dev.synchronize()
+    if dev.name == "torch":
+        dev.module.cuda.empty_cache()
 
 
 def print_tables(records, out=sys.stdout):
@@ -495,9 +416,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     k = load_kernels()
-    if args.no_torch:
-        sys.modules["torch"] = None  # type: ignore[assignment]
-    dev = Dev()
+    dev = load_dev("cupy" if args.no_torch else None)
     jax = None
     notes = []
     if not args.no_jax:
@@ -510,7 +429,7 @@ def main(argv=None):
                 notes.append("JAX sees no GPU: jax_jit skipped")
         except Exception as e:  # noqa: BLE001
             notes.append(f"JAX unavailable ({type(e).__name__}: {e}): jax_jit skipped")
-    if dev.torch is None:
+    if dev.name != "torch":
         notes.append("PyTorch unavailable: torch_eager skipped")
     sizes = [(32, 1000, 80)] if args.quick else SIZES
     dtypes = ["float32"] if args.quick else DTYPES

@@ -33,7 +33,7 @@ _LAZY = {
     "masked_mel_loss": ("myxtts_ops.ops", "masked_mel_loss"),
     "XlaUnsupportedError": ("myxtts_ops.ops", "XlaUnsupportedError"),
     "MaskedMelLossOutput": ("myxtts_ops.types", "MaskedMelLossOutput"),
-    "load_ops": ("myxtts_ops._loader", "load_ops"),
+    "load_ops": ("myxtts_ops.ops", "load_ops"),
     "OpLibraryError": ("myxtts_ops._loader", "OpLibraryError"),
     "reference": ("myxtts_ops.reference", None),
     "kernels": ("myxtts_ops.kernels", None),

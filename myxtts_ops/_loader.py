@@ -173,15 +173,12 @@ def xla_unavailable_reason():
 def load_ops():
     """Load and register the op library (idempotent, thread-safe).
 
-    Call it before ``tf.saved_model.load`` of a graph that contains the op.
-    Returns the loaded op module.
+    Returns the loaded op module. The public ``myxtts_ops.load_ops`` is
+    :func:`myxtts_ops.ops.load_ops`, which also registers the gradient.
     """
     global _library
     if _library is None:
         with _lock:
             if _library is None:
                 _library = _load()
-                # Registers the gradient of the op; importing ops.py is the
-                # one place that does it.
-                from myxtts_ops import ops  # noqa: F401
     return _library

@@ -30,8 +30,9 @@ Nothing synchronises: results are ready when the stream reaches them.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, NamedTuple, Optional
+
+from myxtts_ops.array_backend import ArrayBackend, backend_for
 
 __all__ = [
     "ForwardResult",
@@ -42,8 +43,6 @@ __all__ = [
 ]
 
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
-_LOSS_TYPES = ("l1", "huber")
-_NORMALIZATIONS = ("per_sample", "global")
 
 
 class ForwardResult(NamedTuple):
@@ -84,192 +83,12 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
-def workspace_size(batch: int, frames: int, mels: int, dtype: str = "float32") -> int:
-    """Bytes of device workspace the forward kernel needs."""
+def workspace_size(batch: int, frames: int, mels: int) -> int:
+    """Bytes of device workspace the forward kernel needs (the same for every dtype)."""
     return int(_kernels().cuda_workspace_size(int(batch), int(frames), int(mels)))
 
 
-# ---------------------------------------------------------------------------
-# Backends. Each wraps one framework; the module is imported on first use.
-class _Backend:
-    name = "?"
-
-    def dtype_name(self, x) -> str: ...
-    def empty(self, shape, dtype: str, like): ...
-    def zeros(self, shape, dtype: str, like): ...
-    def full(self, shape, value, dtype: str, like): ...
-    def to_device(self, host, like): ...
-    def contiguous(self, x): ...
-    def stream_context(self, stream, like): ...
-    def stream_handle(self, stream, like) -> int: ...
-    def kernel_view(self, x):
-        """(object for the kernel, dtype override or None)."""
-        return x, None
-
-    def wrap_bf16_output(self, x):
-        return x
-
-
-class _CuPy(_Backend):
-    name = "cupy"
-
-    def __init__(self):
-        import cupy
-
-        self.cp = cupy
-
-    def owns(self, x) -> bool:
-        return isinstance(x, self.cp.ndarray)
-
-    def dtype_name(self, x) -> str:
-        return x.dtype.name
-
-    def _device(self, like):
-        return self.cp.cuda.Device(like.device.id)
-
-    def empty(self, shape, dtype, like):
-        dtype = "uint16" if dtype == "bfloat16" else dtype
-        with self._device(like):
-            return self.cp.empty(shape, dtype=dtype)
-
-    def zeros(self, shape, dtype, like):
-        dtype = "uint16" if dtype == "bfloat16" else dtype
-        with self._device(like):
-            return self.cp.zeros(shape, dtype=dtype)
-
-    def full(self, shape, value, dtype, like):
-        with self._device(like):
-            return self.cp.full(shape, value, dtype=dtype)
-
-    def to_device(self, host, like):
-        import numpy as np
-
-        with self._device(like):
-            return self.cp.asarray(np.asarray(host))
-
-    def contiguous(self, x):
-        return x if x.flags.c_contiguous else self.cp.ascontiguousarray(x)
-
-    def _stream(self, stream, like):
-        if stream is None:
-            return None
-        if isinstance(stream, int):
-            return self.cp.cuda.ExternalStream(stream, like.device.id) if stream else \
-                self.cp.cuda.Stream.null
-        return stream
-
-    @contextlib.contextmanager
-    def stream_context(self, stream, like):
-        s = self._stream(stream, like)
-        with self._device(like):
-            if s is None:
-                yield
-            else:
-                with s:
-                    yield
-
-    def stream_handle(self, stream, like) -> int:
-        if stream is None:
-            with self._device(like):
-                return int(self.cp.cuda.get_current_stream().ptr)
-        if isinstance(stream, int):
-            return stream
-        return int(getattr(stream, "ptr"))
-
-
-class _Torch(_Backend):
-    name = "torch"
-
-    def __init__(self):
-        import torch
-
-        self.torch = torch
-
-    def owns(self, x) -> bool:
-        return isinstance(x, self.torch.Tensor)
-
-    def _tdtype(self, dtype: str):
-        return {
-            "float16": self.torch.float16,
-            "bfloat16": self.torch.bfloat16,
-            "float32": self.torch.float32,
-            "float64": self.torch.float64,
-            "int32": self.torch.int32,
-            "int64": self.torch.int64,
-            "uint8": self.torch.uint8,
-            "int16": self.torch.int16,
-        }[dtype]
-
-    def dtype_name(self, x) -> str:
-        return str(x.dtype).replace("torch.", "")
-
-    def empty(self, shape, dtype, like):
-        return self.torch.empty(shape, dtype=self._tdtype(dtype), device=like.device)
-
-    def zeros(self, shape, dtype, like):
-        return self.torch.zeros(shape, dtype=self._tdtype(dtype), device=like.device)
-
-    def full(self, shape, value, dtype, like):
-        return self.torch.full(shape, value, dtype=self._tdtype(dtype), device=like.device)
-
-    def to_device(self, host, like):
-        import numpy as np
-
-        return self.torch.as_tensor(np.asarray(host)).to(like.device)
-
-    def contiguous(self, x):
-        return x.contiguous()
-
-    def _stream(self, stream, like):
-        if stream is None:
-            return None
-        if isinstance(stream, int):
-            return self.torch.cuda.ExternalStream(stream, device=like.device)
-        return stream
-
-    @contextlib.contextmanager
-    def stream_context(self, stream, like):
-        s = self._stream(stream, like)
-        with self.torch.cuda.device(like.device):
-            if s is None:
-                yield
-            else:
-                with self.torch.cuda.stream(s):
-                    yield
-
-    def stream_handle(self, stream, like) -> int:
-        if stream is None:
-            return int(self.torch.cuda.current_stream(like.device).cuda_stream)
-        if isinstance(stream, int):
-            return stream
-        return int(getattr(stream, "cuda_stream"))
-
-    def kernel_view(self, x):
-        if x is not None and x.dtype == self.torch.bfloat16:
-            return x.view(self.torch.int16), "bfloat16"
-        return x, None
-
-
-_BACKENDS: dict = {}
-
-
-def _backend_for(x) -> _Backend:
-    module = type(x).__module__.split(".")[0]
-    if module not in ("cupy", "torch"):
-        raise TypeError(
-            "myxtts_ops.gpu works on CuPy arrays or PyTorch CUDA tensors, got "
-            f"{type(x).__module__}.{type(x).__name__}; for NumPy arrays use "
-            "myxtts_ops.kernels.forward/backward"
-        )
-    if module not in _BACKENDS:
-        _BACKENDS[module] = _CuPy() if module == "cupy" else _Torch()
-    backend = _BACKENDS[module]
-    if backend.name == "torch" and not x.is_cuda:
-        raise ValueError("PyTorch tensors must be on a CUDA device (got %s)" % x.device)
-    return backend
-
-
-def _resolve_dtype(be: _Backend, y_true, y_pred, dtype: Optional[str]) -> str:
+def _resolve_dtype(be: ArrayBackend, y_true, y_pred, dtype: Optional[str]) -> str:
     t_name, p_name = be.dtype_name(y_true), be.dtype_name(y_pred)
     if t_name != p_name:
         raise ValueError(f"y_true and y_pred must have the same dtype, got {t_name} and {p_name}")
@@ -287,16 +106,7 @@ def _resolve_dtype(be: _Backend, y_true, y_pred, dtype: Optional[str]) -> str:
     return dtype
 
 
-def _check_config(loss_type, huber_delta, normalization=None):
-    if loss_type not in _LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {_LOSS_TYPES}, got {loss_type!r}")
-    if not float(huber_delta) > 0.0:
-        raise ValueError(f"huber_delta must be > 0, got {huber_delta!r}")
-    if normalization is not None and normalization not in _NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
-
-
-def _prepare(be: _Backend, y_true, y_pred, lengths, dtype):
+def _prepare(be: ArrayBackend, y_true, y_pred, lengths, dtype):
     if tuple(y_true.shape) != tuple(y_pred.shape) or len(y_true.shape) != 3:
         raise ValueError(
             f"y_true and y_pred must both be [batch, frames, mels], got shapes "
@@ -307,7 +117,7 @@ def _prepare(be: _Backend, y_true, y_pred, lengths, dtype):
     batch = int(y_true.shape[0])
     if lengths is not None:
         if not be.owns(lengths):
-            lengths = be.to_device(lengths, y_true)
+            lengths = be.asarray(lengths, like=y_true)
         if be.dtype_name(lengths) not in ("int32", "int64"):
             raise ValueError(f"lengths must be int32 or int64, got {be.dtype_name(lengths)}")
         if tuple(lengths.shape) != (batch,):
@@ -331,8 +141,7 @@ def forward(y_true, y_pred, lengths=None, state=None, *, loss_type: str = "l1",
     (out-of-range lengths then give a NaN loss instead of an error), which
     keeps the call free of host synchronisation (CUDA-graph capturable).
     """
-    be = _backend_for(y_true)
-    _check_config(loss_type, huber_delta, normalization)
+    be = backend_for(y_true)
     y_true, y_pred, lengths, dtype = _prepare(be, y_true, y_pred, lengths, dtype)
     k = _kernels()
     batch, frames, mels = (int(s) for s in y_true.shape)
@@ -342,7 +151,7 @@ def forward(y_true, y_pred, lengths=None, state=None, *, loss_type: str = "l1",
         if state is None:
             state = be.zeros((int(k.STATE_SIZE),), "float64", y_true)
         elif not be.owns(state):
-            state = be.to_device(state, y_true)
+            state = be.asarray(state, like=y_true)
         if be.dtype_name(state) != "float64" or tuple(state.shape) != (int(k.STATE_SIZE),):
             raise ValueError(
                 f"state must be float64 [{int(k.STATE_SIZE)}], got "
@@ -351,9 +160,9 @@ def forward(y_true, y_pred, lengths=None, state=None, *, loss_type: str = "l1",
         state = be.contiguous(state)
         if workspace is None:
             workspace = be.empty((max(ws_bytes, 1),), "uint8", y_true)
-        elif int(workspace.nbytes if hasattr(workspace, "nbytes") else
-                 workspace.numel() * workspace.element_size()) < ws_bytes:
-            raise ValueError(f"workspace too small: need {ws_bytes} bytes")
+        elif be.nbytes(workspace) < ws_bytes:
+            raise ValueError(
+                f"workspace too small: need {ws_bytes} bytes, got {be.nbytes(workspace)}")
         loss = be.empty((), out_dtype, y_true)
         per_sample = be.empty((batch,), out_dtype, y_true)
         nonfinite = be.empty((), "int64", y_true)
@@ -364,7 +173,7 @@ def forward(y_true, y_pred, lengths=None, state=None, *, loss_type: str = "l1",
         k.cuda_forward(
             t_k, p_k, lengths, state, loss, per_sample, nonfinite, new_state, weights,
             workspace, loss_type=loss_type, huber_delta=float(huber_delta),
-            normalization=normalization, stream=be.stream_handle(stream, y_true),
+            normalization=normalization, stream=be.stream_ptr(stream, y_true),
             dtype=bf or (dtype if dtype == "bfloat16" else None), check_lengths=check_lengths,
         )
     return ForwardResult(loss, per_sample, nonfinite, new_state, weights)
@@ -379,8 +188,7 @@ def backward(y_true, y_pred, lengths, sample_weights, grad_loss=None, grad_per_s
     (scalar) defaults to 1 and ``grad_per_sample`` ([B]) to zeros; both may
     be device arrays in the loss dtype or host numbers/arrays.
     """
-    be = _backend_for(y_true)
-    _check_config(loss_type, huber_delta)
+    be = backend_for(y_true)
     y_true, y_pred, lengths, dtype = _prepare(be, y_true, y_pred, lengths, dtype)
     k = _kernels()
     batch = int(y_true.shape[0])
@@ -391,21 +199,21 @@ def backward(y_true, y_pred, lengths, sample_weights, grad_loss=None, grad_per_s
         elif not be.owns(grad_loss):
             import numpy as np
 
-            grad_loss = be.to_device(np.asarray(grad_loss, dtype=out_dtype).reshape(()), y_true)
+            grad_loss = be.asarray(np.asarray(grad_loss, dtype=out_dtype).reshape(()), like=y_true)
         if grad_per_sample is None:
             grad_per_sample = be.zeros((batch,), out_dtype, y_true)
         elif not be.owns(grad_per_sample):
             import numpy as np
 
-            grad_per_sample = be.to_device(
-                np.asarray(grad_per_sample, dtype=out_dtype).reshape((batch,)), y_true)
+            grad_per_sample = be.asarray(
+                np.asarray(grad_per_sample, dtype=out_dtype).reshape((batch,)), like=y_true)
         for name, arr, shape in (("grad_loss", grad_loss, ()),
                                  ("grad_per_sample", grad_per_sample, (batch,))):
             if be.dtype_name(arr) != out_dtype or tuple(arr.shape) != shape:
                 raise ValueError(f"{name} must be {out_dtype} {list(shape)}, got "
                                  f"{be.dtype_name(arr)} {list(arr.shape)}")
         if not be.owns(sample_weights):
-            sample_weights = be.to_device(sample_weights, y_true)
+            sample_weights = be.asarray(sample_weights, like=y_true)
         if be.dtype_name(sample_weights) != "float64" or tuple(sample_weights.shape) != (2, batch):
             raise ValueError(f"sample_weights must be float64 [2, {batch}]")
         grad_loss, grad_per_sample = be.contiguous(grad_loss), be.contiguous(grad_per_sample)
@@ -420,7 +228,7 @@ def backward(y_true, y_pred, lengths, sample_weights, grad_loss=None, grad_per_s
         k.cuda_backward(
             t_k, p_k, lengths, sample_weights, grad_loss, grad_per_sample, gt_k, gp_k,
             loss_type=loss_type, huber_delta=float(huber_delta),
-            stream=be.stream_handle(stream, y_true),
+            stream=be.stream_ptr(stream, y_true),
             dtype=bf or (dtype if dtype == "bfloat16" else None), check_lengths=check_lengths,
         )
     return g_true, g_pred

@@ -23,6 +23,16 @@ class XlaUnsupportedError(ValueError):
     """The fused op was asked for inside an XLA-compiled function."""
 
 
+def load_ops():
+    """Load and register the op library and its gradient (idempotent, thread-safe).
+
+    Call it before ``tf.saved_model.load`` of a graph that contains the op.
+    Returns the loaded op module. (The gradient is registered when this module
+    is imported, so the loader does not import this module back.)
+    """
+    return _loader.load_ops()
+
+
 def in_xla_context():
     """True while tracing a function that XLA will compile (jit_compile=True)."""
     if tf.executing_eagerly():

@@ -61,9 +61,9 @@ def load(export_dir, *args, **kwargs):
     """
     import tensorflow as tf
 
-    from myxtts_ops import _loader
+    from myxtts_ops import ops
 
-    _loader.load_ops()
+    ops.load_ops()
     try:
         return tf.saved_model.load(export_dir, *args, **kwargs)
     except (tf.errors.NotFoundError, RuntimeError, ValueError) as err:

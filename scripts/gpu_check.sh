@@ -5,6 +5,9 @@
 #   bash scripts/gpu_check.sh            # everything
 #   GPU_CHECK_STEPS="build test" bash scripts/gpu_check.sh
 #   GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh   # quick benchmark
+#   bash scripts/gpu_check.sh --dry-run  # no GPU needed: check that every step's
+#                                        # files, CMake options, commands and test
+#                                        # selections resolve (CI runs this)
 #
 # Steps (GPU_CHECK_STEPS, default all, in this order):
 #   build     configure + build the pybind11 module only (no TF op) for sm_${CUDA_ARCH:-90}
@@ -20,8 +23,15 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
+DRY_RUN=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$arg' (use --dry-run or no argument)" >&2; exit 2 ;;
+  esac
+done
 OUT_DIR="${OUT:-build-gpu/check}"
-mkdir -p "$OUT_DIR"
 BUILD_DIR="${BUILD_DIR:-build-gpu}"
 CUDA_ARCH="${CUDA_ARCH:-90}"
 PY="${PYTHON:-python3}"
@@ -37,7 +47,60 @@ find_cuda_tool() {
 }
 CUOBJDUMP="$(find_cuda_tool cuobjdump)"
 SANITIZER="$(find_cuda_tool compute-sanitizer)"
-STEPS="${GPU_CHECK_STEPS:-build sass test sanitize launches bench}"
+ALL_STEPS="build sass test sanitize launches bench"
+STEPS="${GPU_CHECK_STEPS:-$ALL_STEPS}"
+for step in $STEPS; do
+  if [[ " $ALL_STEPS " != *" $step "* ]]; then
+    echo "gpu_check.sh: unknown step '$step' in GPU_CHECK_STEPS; steps: $ALL_STEPS" >&2
+    exit 2
+  fi
+done
+# The pytest selection of the second array library's run (step test).
+TORCH_SUBSET="wrapper or stream or launch or deterministic or oracle and 1031"
+
+# ---------------------------------------------------------------------------
+# --dry-run: what every step needs, checked without a GPU. Exit status: failures.
+if [[ $DRY_RUN -eq 1 ]]; then
+  fails=0
+  check() {  # check DESCRIPTION COMMAND...
+    local what="$1"; shift
+    if "$@" > /dev/null 2>&1; then echo "ok    $what"; else echo "FAIL  $what"; fails=$((fails + 1)); fi
+  }
+  tool() {  # tool NAME PATH: GPU-machine tools are reported, not required here
+    if command -v "$2" > /dev/null 2>&1; then echo "ok    $1: $(command -v "$2")"
+    else echo "note  $1 not found here (needed on the GPU machine)"; fi
+  }
+  for f in CMakeLists.txt csrc/kernels/mel_loss_cuda.cu csrc/python/kernels_module.cc \
+           scripts/sanitize_driver.py scripts/sass_check.py benchmarks/gpu_bench.py \
+           tests/gpu/conftest.py tests/gpu/test_cuda_kernels.py; do
+    check "file $f" test -f "$f"
+  done
+  for opt in MYXTTS_BUILD_TF_OP MYXTTS_BUILD_PYBIND MYXTTS_OPS_CUDA; do
+    check "CMake option $opt (step build)" grep -Eq "(option|set)\($opt " CMakeLists.txt
+  done
+  for name in $("$PY" -c "import sys; sys.path.insert(0, 'scripts'); import sass_check; print(*sass_check.KERNEL_NAMES)" 2>/dev/null || echo "sass_check.KERNEL_NAMES"); do
+    check "kernel $name of the SASS check is in the CUDA source" grep -q "$name" csrc/kernels/mel_loss_cuda.cu
+  done
+  check "command $PY" command -v "$PY"
+  check "command cmake" command -v cmake
+  tool nvcc nvcc
+  tool cuobjdump "$CUOBJDUMP"
+  tool compute-sanitizer "$SANITIZER"
+  check "python scripts compile" "$PY" -m py_compile scripts/sanitize_driver.py \
+    scripts/sass_check.py benchmarks/gpu_bench.py
+  check "myxtts_ops.gpu and the array backend import" \
+    "$PY" -c "import sys; sys.path.insert(0, '.'); import myxtts_ops.gpu, myxtts_ops.array_backend"
+  check "sanitize_driver.py --help" "$PY" scripts/sanitize_driver.py --help
+  check "gpu_bench.py --help" "$PY" benchmarks/gpu_bench.py --help
+  check "pytest collects tests/gpu (step test)" \
+    "$PY" -m pytest tests/gpu --collect-only -q -p no:cacheprovider
+  check "the PyTorch subset selects tests (step test)" bash -c \
+    "'$PY' -m pytest tests/gpu --collect-only -q -p no:cacheprovider -k '$TORCH_SUBSET' | grep -q '::'"
+  echo "dry run: $fails failure(s)"
+  exit "$fails"
+fi
+
+mkdir -p "$OUT_DIR"
 VERDICTS="$OUT_DIR/verdicts.txt"
 : > "$VERDICTS"
 : > "$OUT_DIR/gpu_check.log"
@@ -111,41 +174,7 @@ if want sass; then
     grep -E "Function|REG|STACK|LOCAL" "$OUT_DIR/resource_usage.txt" | \
       (command -v c++filt >/dev/null && c++filt || cat) | head -n 60
     "$CUOBJDUMP" -sass "$target" > "$OUT_DIR/sass.txt" 2>&1 || rc=1
-    "$PY" - "$OUT_DIR/sass.txt" <<'EOF' || rc=1
-import re, subprocess, sys
-text = open(sys.argv[1]).read()
-funcs, cur = {}, None
-for line in text.splitlines():
-    m = re.search(r"Function : (\S+)", line)
-    if m:
-        cur = m.group(1); funcs.setdefault(cur, []); continue
-    if cur:
-        funcs[cur].append(line)
-def demangle(n):
-    try:
-        return subprocess.run(["c++filt", n], capture_output=True, text=True).stdout.strip()
-    except Exception:
-        return n
-bad = 0
-print(f"{'kernel':70} {'LDG.128':>8} {'LDG':>5} {'STG.128':>8} {'LDL':>4} {'STL':>4}")
-for name, lines in funcs.items():
-    if "forward_kernel" not in name and "backward_kernel" not in name:
-        continue
-    body = "\n".join(lines)
-    ldg128 = len(re.findall(r"\bLDG(?:\.[A-Z0-9_]+)*\.128\b", body))
-    ldg = len(re.findall(r"\bLDG\.", body))
-    stg128 = len(re.findall(r"\bSTG(?:\.[A-Z0-9_]+)*\.128\b", body))
-    ldl = len(re.findall(r"\bLDL\b", body))
-    stl = len(re.findall(r"\bSTL\b", body))
-    short = demangle(name)
-    short = re.sub(r"myxtts_ops::|\(anonymous namespace\)::", "", short)
-    short = short.split("(")[0][:70]
-    print(f"{short:70} {ldg128:8d} {ldg:5d} {stg128:8d} {ldl:4d} {stl:4d}")
-    if ldg128 == 0 or ldl or stl:
-        bad += 1
-print("SASS check:", "OK (128-bit loads, no local memory)" if not bad else f"{bad} kernel(s) without LDG.E.128 or with LDL/STL")
-sys.exit(1 if bad else 0)
-EOF
+    "$PY" scripts/sass_check.py "$OUT_DIR/sass.txt" || rc=1
   fi
   record sass $rc
 fi 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
@@ -159,7 +188,7 @@ if want test; then
   if "$PY" -c "import cupy, torch; assert torch.cuda.is_available()" 2>/dev/null; then
     log "pytest tests/gpu with PyTorch arrays (subset)"
     MYXTTS_GPU_BACKEND=torch "$PY" -m pytest tests/gpu -q -rs -p no:cacheprovider \
-      -k "wrapper or stream or launch or deterministic or oracle and 1031" \
+      -k "$TORCH_SUBSET" \
       --junitxml="$OUT_DIR/pytest-gpu-torch.xml" || rc=1
   fi
   record test $rc

@@ -50,73 +50,27 @@ def load_kernels():
     return kernels
 
 
-class Lib:
-    """Exact-size device arrays with CuPy (pool off) or PyTorch (caching off)."""
+def load_lib():
+    """An array backend with exact-size allocations (CuPy preferred: its pool
+    can be switched off at run time)."""
+    from myxtts_ops.array_backend import BackendUnavailable, load_backend
 
-    def __init__(self):
-        self.name = None
-        try:
-            import cupy
+    try:
+        lib = load_backend()
+    except BackendUnavailable as e:
+        skip(f"no CUDA array library: {e}")
+    lib.exact_allocations()
+    return lib
 
-            if cupy.cuda.runtime.getDeviceCount() > 0:
-                cupy.cuda.set_allocator(None)
-                cupy.cuda.set_pinned_memory_allocator(None)
-                self.cp, self.name = cupy, "cupy"
-                return
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            import torch
 
-            if torch.cuda.is_available():
-                self.torch, self.name = torch, "torch"
-                return
-        except Exception:  # noqa: BLE001
-            pass
-        skip("neither CuPy nor PyTorch with CUDA is available")
-
-    def upload(self, host: np.ndarray, offset: int = 0):
-        """Device copy of ``host``; with offset k the array starts k elements
-        into an allocation that ends exactly where the array ends."""
-        host = np.ascontiguousarray(host) if host.ndim else host
-        n = host.size
-        if self.name == "cupy":
-            buf = self.cp.empty((n + offset,), dtype=host.dtype)
-            arr = buf[offset:].reshape(host.shape)
-            arr.set(host)
-            return arr
-        t = self.torch
-        h = host.view(np.int16) if host.dtype == np.uint16 else host
-        buf = t.empty((n + offset,), dtype=t.from_numpy(np.zeros(1, h.dtype)).dtype,
-                      device="cuda")
-        arr = buf[offset:].view(host.shape)
-        arr.copy_(t.from_numpy(np.array(h, order="C")))
-        return arr
-
-    def empty(self, shape, dtype):
-        if self.name == "cupy":
-            return self.cp.empty(shape, dtype=dtype)
-        t = self.torch
-        dtype = np.int16 if np.dtype(dtype) == np.uint16 else dtype
-        return t.empty(shape, dtype=t.from_numpy(np.zeros(1, dtype)).dtype, device="cuda")
-
-    def host(self, arr):
-        if self.name == "cupy":
-            return self.cp.asnumpy(arr)
-        return arr.cpu().numpy()
-
-    def sync(self):
-        if self.name == "cupy":
-            self.cp.cuda.Device().synchronize()
-        else:
-            self.torch.cuda.synchronize()
-
-    def stream(self):
-        if self.name == "cupy":
-            s = self.cp.cuda.Stream(non_blocking=True)
-            return s, int(s.ptr)
-        s = self.torch.cuda.Stream()
-        return s, int(s.cuda_stream)
+def upload(lib, host: np.ndarray, offset: int = 0):
+    """Device copy of ``host``; with offset k the array starts k elements into
+    an allocation that ends exactly where the array ends."""
+    host = np.asarray(host)
+    buf = lib.empty((host.size + offset,), host.dtype.name)
+    arr = buf[offset:].reshape(host.shape)
+    lib.copy_from_host(arr, host)
+    return arr
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -172,37 +126,37 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
     L = lengths_for(rng, kind, B, T)
     od = "float64" if dtype == "float64" else "float32"
     bf = "bfloat16" if dtype == "bfloat16" else None
-    yt, yp = lib.upload(t_h, off), lib.upload(p_h, off)
-    Ld = None if L is None else lib.upload(L)
-    state = lib.upload(np.zeros(k.STATE_SIZE))
+    yt, yp = upload(lib, t_h, off), upload(lib, p_h, off)
+    Ld = None if L is None else upload(lib, L)
+    state = upload(lib, np.zeros(k.STATE_SIZE))
     loss, per_sample = lib.empty((), od), lib.empty((B,), od)
     nonfinite, new_state = lib.empty((), "int64"), lib.empty((k.STATE_SIZE,), "float64")
     weights = lib.empty((2, B), "float64")
     workspace = lib.empty((max(k.cuda_workspace_size(B, T, M), 1),), "uint8")
     cfg = dict(loss_type=loss_type, huber_delta=0.75)
-    lib.sync()  # uploads ran on the default stream; the launch may be on another
+    lib.synchronize()  # uploads ran on the default stream; the launch may be on another
     k.cuda_forward(yt, yp, Ld, state, loss, per_sample, nonfinite, new_state, weights, workspace,
                    normalization=norm, stream=stream_ptr, dtype=bf, **cfg)
-    g_loss = lib.upload(np.asarray(1.25, dtype=od))
-    g_ps = lib.upload(np.linspace(-1.0, 1.0, B).astype(od))
+    g_loss = upload(lib, np.asarray(1.25, dtype=od))
+    g_ps = upload(lib, np.linspace(-1.0, 1.0, B).astype(od))
     sd = t_h.dtype
     gt_buf, gp_buf = lib.empty((t_h.size + off,), sd), lib.empty((t_h.size + off,), sd)
     gt, gp = gt_buf[off:].reshape(shape), gp_buf[off:].reshape(shape)
-    lib.sync()
+    lib.synchronize()
     k.cuda_backward(yt, yp, Ld, weights, g_loss, g_ps, gt, gp, stream=stream_ptr, dtype=bf, **cfg)
-    lib.sync()
+    lib.synchronize()
     if not compare:
         return
     want = k.forward(cpu_view(t_h, dtype), cpu_view(p_h, dtype), L, np.zeros(k.STATE_SIZE),
                      normalization=norm, **cfg)
-    got_loss = float(lib.host(loss))
+    got_loss = float(lib.to_host(loss))
     tol = 1e-12 if dtype == "float64" else 2e-5
     ok = np.isclose(got_loss, float(want["loss"]), rtol=tol, atol=1e-7)
-    ok &= int(lib.host(nonfinite)) == int(want["nonfinite_count"])
-    ok &= np.array_equal(lib.host(weights), want["sample_weights"])
+    ok &= int(lib.to_host(nonfinite)) == int(want["nonfinite_count"])
+    ok &= np.array_equal(lib.to_host(weights), want["sample_weights"])
     w_t, w_p = k.backward(cpu_view(t_h, dtype), cpu_view(p_h, dtype), L, want["sample_weights"],
                           np.asarray(1.25, od), np.linspace(-1.0, 1.0, B).astype(od), **cfg)
-    g = lib.host(gp)
+    g = lib.to_host(gp)
     g = g.view(np.uint16) if dtype == "bfloat16" else g
     w = np.asarray(w_p).view(np.uint16) if dtype == "bfloat16" else np.asarray(w_p)
     if dtype == "bfloat16":
@@ -219,16 +173,17 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
 
 def count_launches(k, lib):
     rng = np.random.default_rng(0)
-    s, ptr = lib.stream()
+    s = lib.new_stream()
+    ptr = lib.stream_ptr(s)
     B, T, M = 8, 401, 80
     t_h, p_h = make(rng, (B, T, M), "float32"), make(rng, (B, T, M), "float32")
-    yt, yp = lib.upload(t_h), lib.upload(p_h)
-    L = lib.upload(np.full(B, 300, np.int32))
-    state = lib.upload(np.zeros(k.STATE_SIZE))
+    yt, yp = upload(lib, t_h), upload(lib, p_h)
+    L = upload(lib, np.full(B, 300, np.int32))
+    state = upload(lib, np.zeros(k.STATE_SIZE))
     loss, ps, nf = lib.empty((), "float32"), lib.empty((B,), "float32"), lib.empty((), "int64")
     ns, w = lib.empty((k.STATE_SIZE,), "float64"), lib.empty((2, B), "float64")
     ws = lib.empty((k.cuda_workspace_size(B, T, M),), "uint8")
-    gl, gps = lib.upload(np.asarray(1.0, np.float32)), lib.upload(np.zeros(B, np.float32))
+    gl, gps = upload(lib, np.asarray(1.0, np.float32)), upload(lib, np.zeros(B, np.float32))
     gt, gp = lib.empty((B, T, M), "float32"), lib.empty((B, T, M), "float32")
 
     def fwd():
@@ -238,7 +193,7 @@ def count_launches(k, lib):
         k.cuda_backward(yt, yp, L, w, gl, gps, gt, gp, stream=ptr, check_lengths=False)
 
     fwd(), bwd()
-    lib.sync()
+    lib.synchronize()
     results = {}
     if lib.name == "torch":
         from torch.profiler import ProfilerActivity, profile
@@ -246,7 +201,7 @@ def count_launches(k, lib):
         for name, fn in (("forward", fwd), ("backward", bwd)):
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 fn()
-                lib.sync()
+                lib.synchronize()
             kernels = [e for e in prof.events()
                        if getattr(e, "device_type", None) is not None
                        and str(e.device_type).endswith("CUDA")
@@ -276,12 +231,12 @@ def main(argv=None) -> int:
     ap.add_argument("--count-launches", action="store_true")
     args = ap.parse_args(argv)
     k = load_kernels()
-    lib = Lib()
+    lib = load_lib()
     print(f"sanitize_driver: kernels={k.__file__} backend={lib.name}")
     if args.count_launches:
         return count_launches(k, lib)
     rng = np.random.default_rng(1234)
-    _, ptr = lib.stream()
+    ptr = lib.stream_ptr(lib.new_stream())
     n = 0
     for dtype in ("float16", "bfloat16", "float32", "float64"):
         for i, (shape, kind, off) in enumerate(CASES):

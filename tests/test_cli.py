@@ -7,12 +7,13 @@ import sys
 import pytest
 
 from child_env import TESTS_DIR, child_env
-from myxtts_ops import cli
-from myxtts_ops.profiler import MODES, RECORD_FIELDS
+from myxtts_ops.tools import cli
+from myxtts_ops.tools.records import RECORD_FIELDS
+from myxtts_ops.tools.workloads import MODES
 
 
 def _fused_available():
-    from myxtts_ops.profiler import ProfilerError, check_fused_available
+    from myxtts_ops.tools.profiler import ProfilerError, check_fused_available
 
     try:
         check_fused_available()
@@ -24,7 +25,7 @@ def _fused_available():
 def _impls():
     # The fused op is measured whenever its library loads (always in CI, where
     # it is built first); otherwise the rest of the CLI is still tested.
-    return "fused,reference,xla" if _fused_available() else "reference,xla"
+    return "fused,reference,xla,fused_xla" if _fused_available() else "reference,xla"
 
 
 BAD_ARGS = [
@@ -126,8 +127,10 @@ def test_profile_quick_writes_json_plot_and_trace(tmp_path, capsys):
         if rec["impl"] != "floor":
             assert rec["ops_per_step"] > 0
             assert rec["repeats"] == 3
+        # XLA rows carry the measured size of their HLO module.
+        assert (rec["xla_hlo_ops"] is not None) == (rec["impl"] in ("xla", "fused_xla"))
     # Table: every impl and mode, and the ops column.
-    for word in impls + ["floor"] + list(MODES) + ["ops/step", "1 cluster"]:
+    for word in impls + ["floor"] + list(MODES) + ["ops/step", " HLO, "]:
         assert word in out
     assert png_path.stat().st_size > 1000
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -154,3 +157,41 @@ def test_demo_shortened_end_to_end(tmp_path, capsys):
     assert not summary["weight_moved_on_nan"] and not summary["weight_moved_on_spike"]
     spike = data["history"][27]
     assert spike["mel_loss"] > 20 * data["history"][26]["running_mel_loss"]
+
+
+def _count(text, needle):
+    return sum(1 for line in text.splitlines() if needle in line)
+
+
+def test_dedupe_startup_lines_ignores_log_prefixes():
+    from myxtts_ops.tools.tf_import import dedupe_startup_lines
+
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1795638541.509425   10199 port.cc:153] oneDNN custom operations are on.\n"
+            "I0000 00:00:1795638541.575206   10199 cpu_feature_guard.cc:227] optimized\n"
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1795638544.475231   10199 port.cc:153] oneDNN custom operations are on.\n")
+    out = dedupe_startup_lines(text)
+    assert _count(out, "absl::InitializeLog") == 1
+    assert _count(out, "oneDNN custom operations") == 1
+    assert _count(out, "cpu_feature_guard") == 1
+
+
+def test_tensorflow_startup_notices_print_once():
+    """TF 2.21 logs its start-up notices from two shared libraries (each with its
+    own absl), so a plain import prints them twice; the CLI's import prints each once."""
+    env = child_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    plain = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
+                           text=True, env=env, timeout=120, cwd=TESTS_DIR)
+    cli_run = subprocess.run(
+        [sys.executable, "-m", "myxtts_ops", "profile", "--batch", "2", "--frames", "8",
+         "--mels", "4", "--repeats", "1", "--warmup", "0", "--impls", "reference",
+         "--modes", "forward", "--bandwidth-mib", "8", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=TESTS_DIR)
+    assert cli_run.returncode == 0, cli_run.stderr
+    for needle in ("absl::InitializeLog", "oneDNN custom operations"):
+        assert _count(cli_run.stderr, needle) <= 1, cli_run.stderr
+        if _count(plain.stderr, needle) < 2:
+            continue  # a TensorFlow that prints it once: nothing left to prove
+        assert _count(cli_run.stderr, needle) == 1, cli_run.stderr

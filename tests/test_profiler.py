@@ -7,25 +7,58 @@ import math
 import numpy as np
 import pytest
 
-from myxtts_ops import profiler, report
-from myxtts_ops.profiler import RECORD_FIELDS, ProfileConfig, ProfilerError
+from myxtts_ops.tools import measure, profiler, report, timing, workloads
+from myxtts_ops.tools.profiler import ProfileConfig, ProfilerError
+from myxtts_ops.tools.records import RECORD_FIELDS, Record
 
 
 def test_floor_bytes():
-    assert profiler.floor_bytes("forward", 2, 3, 4, "float32") == 2 * 24 * 4
-    assert profiler.floor_bytes("forward_backward", 2, 3, 4, "float16") == 5 * 24 * 2
-    assert profiler.floor_bytes("xtts_step", 2, 3, 4, "float64") == 5 * 24 * 8
+    assert measure.floor_bytes("forward", 2, 3, 4, "float32") == 2 * 24 * 4
+    assert measure.floor_bytes("forward_backward", 2, 3, 4, "float16") == 5 * 24 * 2
+    assert measure.floor_bytes("xtts_step", 2, 3, 4, "float64") == 5 * 24 * 8
     # Only valid frames must be read; the gradient is written everywhere.
-    assert profiler.floor_bytes("forward", 2, 3, 4, "float32", 0.5) == 1 * 24 * 4
-    assert profiler.floor_bytes("forward_backward", 2, 3, 4, "float32", 0.5) == 3 * 24 * 4
-    assert profiler.floor_bytes("forward", 1, 1, 1, "bfloat16") == 4
+    assert measure.floor_bytes("forward", 2, 3, 4, "float32", 0.5) == 1 * 24 * 4
+    assert measure.floor_bytes("forward_backward", 2, 3, 4, "float32", 0.5) == 3 * 24 * 4
+    assert measure.floor_bytes("forward", 1, 1, 1, "bfloat16") == 4
+    # The raw kernels write both gradients.
+    assert measure.floor_bytes("backward", 2, 3, 4, "float32", 0.5, gradients=2) == 3 * 24 * 4
+    with pytest.raises(ValueError, match="backwards"):
+        measure.floor_bytes("backwards", 2, 3, 4, "float32")
 
 
 def test_percentiles():
-    med, p20, p80 = profiler.percentiles_ms([0.001 * i for i in range(1, 102)])
+    med, p20, p80 = measure.percentiles_ms([0.001 * i for i in range(1, 102)])
     assert med == pytest.approx(51.0)
     assert p20 == pytest.approx(21.0)
     assert p80 == pytest.approx(81.0)
+    assert measure.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+
+
+def test_record_fields_are_the_spec_fields_in_order():
+    assert RECORD_FIELDS == ("impl", "mode", "batch", "frames", "mels", "dtype", "device",
+                             "median_ms", "p20_ms", "p80_ms", "gbps")
+    rec = Record("fused", "forward", 1, 2, 3, "float32", "cpu", 1.0, 0.5, 2.0, 9.0,
+                 ops_per_step=4)
+    assert list(rec.to_dict())[: len(RECORD_FIELDS)] == list(RECORD_FIELDS)
+    assert Record.from_dict(rec.to_dict()) == rec
+
+
+def test_hlo_stats_counts_work_and_custom_calls():
+    hlo = """HloModule m
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %add.1 = f32[] add(f32[] %x, f32[] %y)
+}
+ENTRY %main (a: f32[4]) -> (f32[], f32[4]) {
+  %a = f32[4]{0} parameter(0)
+  %c = f32[] constant(0)
+  %r = f32[] reduce(f32[4]{0} %a, f32[] %c), dimensions={0}, to_apply=%add
+  %k = f32[4]{0} custom-call(f32[4]{0} %a), custom_call_target="myxtts_mel_loss"
+  ROOT %t = (f32[], f32[4]{0}) tuple(f32[] %r, f32[4]{0} %k)
+}
+"""
+    assert measure.hlo_stats(hlo) == (3, 1)  # add, reduce, custom-call
 
 
 @pytest.mark.parametrize("kw", [dict(batch=0), dict(repeats=0), dict(warmup=-1),
@@ -44,7 +77,7 @@ def test_count_ops_excludes_bookkeeping():
         return tf.identity(tf.reduce_sum(tf.abs(x) * 2.0))
 
     concrete = f.get_concrete_function(tf.TensorSpec([4], tf.float32))
-    assert profiler.count_ops(concrete) == 3  # Abs, Mul, Sum
+    assert measure.count_ops(concrete) == 3  # Abs, Mul, Sum
 
 
 def test_progress_bar_off_a_tty():
@@ -58,7 +91,7 @@ def test_progress_bar_off_a_tty():
 
 
 def test_bandwidth_positive():
-    bw = profiler.measure_bandwidth("cpu", "/CPU:0", 8 << 20, repeats=2)
+    bw = timing.measure_bandwidth("cpu", "/CPU:0", 8 << 20, repeats=2)
     assert bw["best"] > 0 and math.isfinite(bw["best"])
     assert bw["best"] == max(v for k, v in bw.items() if k != "best")
 
@@ -72,16 +105,21 @@ def test_sweep_has_a_floor_record_for_every_shape_and_mode(tmp_path):
     recs = result.records
     for b, t in config.shapes:
         for mode in config.modes:
-            sel = [r for r in recs if (r["batch"], r["frames"], r["mode"]) == (b, t, mode)]
-            assert {r["impl"] for r in sel} == {"reference", "xla", "floor"}
-            floor = next(r for r in sel if r["impl"] == "floor")
-            assert floor["gbps"] == pytest.approx(result.bandwidth["best"])
-            nbytes = profiler.floor_bytes(mode, b, t, 8, "float32", floor["valid_fraction"])
-            assert floor["median_ms"] == pytest.approx(nbytes / (floor["gbps"] * 1e9) * 1e3)
+            sel = [r for r in recs if (r.batch, r.frames, r.mode) == (b, t, mode)]
+            assert {r.impl for r in sel} == {"reference", "xla", "floor"}
+            floor = next(r for r in sel if r.impl == "floor")
+            assert floor.gbps == pytest.approx(result.bandwidth["best"])
+            nbytes = measure.floor_bytes(mode, b, t, 8, "float32", floor.valid_fraction)
+            assert floor.median_ms == pytest.approx(nbytes / (floor.gbps * 1e9) * 1e3)
             for r in sel:
-                if r["impl"] != "floor":
-                    assert r["gbps"] == pytest.approx(nbytes / (r["median_ms"] * 1e-3) / 1e9)
-                    assert r["floor_fraction"] == pytest.approx(floor["median_ms"] / r["median_ms"])
+                if r.impl != "floor":
+                    assert r.gbps == pytest.approx(nbytes / (r.median_ms * 1e-3) / 1e9)
+                    assert r.floor_fraction == pytest.approx(floor.median_ms / r.median_ms)
+                # Measured from the HLO of the compiled step, not written in.
+                if r.impl == "xla":
+                    assert r.xla_hlo_ops > 10 and r.xla_custom_calls == 0
+                else:
+                    assert r.xla_hlo_ops is None
     # report: JSON, table, sweep plot
     path = tmp_path / "sweep.json"
     report.write_json(recs, str(path))
@@ -104,12 +142,12 @@ def test_other_dtypes(dtype):
                            bandwidth_mib=8)
     result = profiler.run_profile(config, progress=False, log=lambda m: None)
     assert not result.failures
-    assert {r["dtype"] for r in result.records} == {dtype}
+    assert {r.dtype for r in result.records} == {dtype}
     assert len(result.records) == 4
 
 
 def test_make_batch_lengths_in_range():
-    yt, yp, ln = profiler.make_batch(64, 100, 4, "float32", seed=1)
+    yt, yp, ln = workloads.make_batch(64, 100, 4, "float32", seed=1)
     ln = ln.numpy()
     assert yt.shape == yp.shape == (64, 100, 4)
     assert ln.min() >= 50 and ln.max() <= 100
@@ -118,9 +156,9 @@ def test_make_batch_lengths_in_range():
 
 def test_input_rotation_covers_the_cache():
     # [32, 1000, 80] float32: 20.48 MB per (y_true, y_pred) pair.
-    assert profiler.input_sets_for(32, 1000, 80, "float32", 96 << 20) == 5
-    assert profiler.input_sets_for(64, 2000, 80, "float64", 96 << 20) == 1
-    assert profiler.input_sets_for(1, 1, 1, "float16", 1 << 30) == 16  # capped
+    assert workloads.input_sets_for(32, 1000, 80, "float32", 96 << 20) == 5
+    assert workloads.input_sets_for(64, 2000, 80, "float64", 96 << 20) == 1
+    assert workloads.input_sets_for(1, 1, 1, "float16", 1 << 30) == 16  # capped
 
 
 def test_rounds_rotate_over_input_copies():
@@ -128,4 +166,4 @@ def test_rounds_rotate_over_input_copies():
                            impls=("reference",), modes=("forward",), bandwidth_mib=8,
                            rotate_mib=1)
     result = profiler.run_profile(config, progress=False, log=lambda m: None)
-    assert {r["input_sets"] for r in result.records} == {16}
+    assert {r.input_sets for r in result.records} == {16}

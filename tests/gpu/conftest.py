@@ -67,11 +67,11 @@ def load_kernels():
 
 
 # ---------------------------------------------------------------------------
-# Array-library adapters (only what the tests need).
 class DevBuf:
     """A C-contiguous device array carved out of a raw byte buffer at an element
     offset (so its start address is deliberately unaligned), with the bytes
-    around it available for poisoning."""
+    around it available for poisoning. ``lib`` is a
+    :class:`myxtts_ops.array_backend.ArrayBackend`."""
 
     def __init__(self, lib, shape, dtype: str, offset: int = 0, fill: int = 0xFF):
         self.lib = lib
@@ -80,9 +80,9 @@ class DevBuf:
         n = int(np.prod(self.shape)) if self.shape else 1
         item = self.dtype.itemsize
         self.nbytes = n * item
-        self.raw_all = lib.raw_bytes((n + offset + 4) * item, fill)
-        self.raw = lib.slice_bytes(self.raw_all, offset * item, offset * item + self.nbytes)
-        self.arr = lib.view_bytes(self.raw, self.dtype.name, self.shape)
+        self.raw_all = lib.full((max((n + offset + 4) * item, 1),), fill, "uint8")
+        self.raw = self.raw_all[offset * item: offset * item + self.nbytes]
+        self.arr = lib.reinterpret(self.raw, self.dtype.name, self.shape)
 
     def poison(self, byte: int = 0xFF):
         self.lib.fill_bytes(self.raw_all, byte)
@@ -96,147 +96,15 @@ class DevBuf:
         self.lib.copy_from_host(self.arr, host, stream)
 
 
-class CuPyLib:
-    name = "cupy"
-
-    def __init__(self):
-        import cupy
-
-        self.cp = cupy
-
-    def raw_bytes(self, nbytes, fill):
-        return self.cp.full((max(int(nbytes), 1),), fill, dtype=self.cp.uint8)
-
-    def slice_bytes(self, raw, lo, hi):
-        return raw[lo:hi]
-
-    def view_bytes(self, raw, dtype, shape):
-        return raw.view(dtype).reshape(shape)
-
-    def fill_bytes(self, raw, byte):
-        raw.fill(byte)
-
-    def to_host(self, arr, dtype):
-        return self.cp.asnumpy(arr).astype(dtype, copy=False)
-
-    def copy_from_host(self, arr, host, stream=None):
-        if stream is None:
-            arr.set(host)
-        else:
-            arr.set(host, stream=stream)
-
-    def new_stream(self):
-        return self.cp.cuda.Stream(non_blocking=True)
-
-    def stream_ptr(self, s) -> int:
-        return int(s.ptr)
-
-    def default_stream_ptr(self) -> int:
-        return int(self.cp.cuda.get_current_stream().ptr)
-
-    def synchronize(self, s=None):
-        (s or self.cp.cuda.Device()).synchronize()
-
-    def device_copy(self, dst, src, stream):
-        with stream:
-            dst[...] = src
-
-    def empty(self, shape, dtype):
-        return self.cp.empty(shape, dtype=dtype)
-
-    def asarray(self, host):
-        return self.cp.asarray(host)
-
-
-class TorchLib:
-    name = "torch"
-
-    def __init__(self):
-        import torch
-
-        self.torch = torch
-        self.device = torch.device("cuda", torch.cuda.current_device())
-        self._t = {"float16": torch.float16, "float32": torch.float32,
-                   "float64": torch.float64, "uint16": torch.int16, "int16": torch.int16,
-                   "int32": torch.int32, "int64": torch.int64, "uint8": torch.uint8}
-
-    def raw_bytes(self, nbytes, fill):
-        return self.torch.full((max(int(nbytes), 1),), fill, dtype=self.torch.uint8,
-                               device=self.device)
-
-    def slice_bytes(self, raw, lo, hi):
-        return raw[lo:hi]
-
-    def view_bytes(self, raw, dtype, shape):
-        return raw.view(self._t[dtype]).view(shape)
-
-    def fill_bytes(self, raw, byte):
-        raw.fill_(byte)
-
-    def to_host(self, arr, dtype):
-        out = arr.detach().cpu().numpy()
-        return out.view(np.uint16) if dtype == "uint16" else out.astype(dtype, copy=False)
-
-    def copy_from_host(self, arr, host, stream=None):
-        src = self.torch.from_numpy(host.view(np.int16) if host.dtype == np.uint16 else host)
-        if stream is None:
-            arr.copy_(src)
-        else:
-            with self.torch.cuda.stream(stream):
-                arr.copy_(src.pin_memory(), non_blocking=True)
-
-    def new_stream(self):
-        return self.torch.cuda.Stream(device=self.device)
-
-    def stream_ptr(self, s) -> int:
-        return int(s.cuda_stream)
-
-    def default_stream_ptr(self) -> int:
-        return int(self.torch.cuda.current_stream(self.device).cuda_stream)
-
-    def synchronize(self, s=None):
-        if s is None:
-            self.torch.cuda.synchronize(self.device)
-        else:
-            s.synchronize()
-
-    def device_copy(self, dst, src, stream):
-        with self.torch.cuda.stream(stream):
-            dst.copy_(src, non_blocking=True)
-
-    def empty(self, shape, dtype):
-        return self.torch.empty(shape, dtype=self._t[dtype], device=self.device)
-
-    def asarray(self, host):
-        host = np.asarray(host)
-        if host.dtype == np.uint16:
-            host = host.view(np.int16)
-        return self.torch.from_numpy(np.ascontiguousarray(host)).to(self.device)
-
-
 def load_lib():
-    """(adapter, None) or (None, reason)."""
-    wanted = os.environ.get("MYXTTS_GPU_BACKEND", "").strip().lower()
-    reasons = []
-    for name in (["cupy", "torch"] if not wanted else [wanted]):
-        try:
-            if name == "cupy":
-                import cupy
+    """(array backend, None) or (None, reason). ``MYXTTS_GPU_BACKEND`` picks one."""
+    from myxtts_ops.array_backend import BackendUnavailable, load_backend
 
-                if cupy.cuda.runtime.getDeviceCount() > 0:
-                    return CuPyLib(), None
-                reasons.append("CuPy sees no CUDA device")
-            elif name == "torch":
-                import torch
-
-                if torch.cuda.is_available():
-                    return TorchLib(), None
-                reasons.append("PyTorch has no CUDA device")
-            else:
-                reasons.append(f"unknown MYXTTS_GPU_BACKEND={name!r}")
-        except Exception as e:  # noqa: BLE001 - ImportError, CUDA driver errors
-            reasons.append(f"{name} unavailable ({type(e).__name__}: {e})")
-    return None, "; ".join(reasons)
+    wanted = os.environ.get("MYXTTS_GPU_BACKEND", "").strip().lower() or None
+    try:
+        return load_backend(wanted), None
+    except (BackendUnavailable, ValueError) as e:
+        return None, str(e)
 
 
 # ---------------------------------------------------------------------------

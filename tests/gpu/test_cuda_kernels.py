@@ -396,10 +396,10 @@ def test_non_default_stream_with_pending_work(kernels, lib, dtype, check_lengths
             buf.poison(0xFF)
         lib.synchronize()
         for _ in range(12):  # a few ms of queued copies
-            lib.device_copy(big_b, big_a, stream)
-        lib.device_copy(case.y_true.arr, src_t.arr, stream)
-        lib.device_copy(case.y_pred.arr, src_p.arr, stream)
-        lib.device_copy(case.lengths.arr, src_l.arr, stream)
+            lib.copy(big_b, big_a, stream)
+        lib.copy(case.y_true.arr, src_t.arr, stream)
+        lib.copy(case.y_pred.arr, src_p.arr, stream)
+        lib.copy(case.lengths.arr, src_l.arr, stream)
         case.forward(stream=ptr, poison=None, check_lengths=check_lengths)
         case.backward(stream=ptr, poison=None, check_lengths=check_lengths)
         lib.synchronize(stream)
@@ -489,8 +489,8 @@ def test_gpu_wrapper(kernels, lib, dtype):
     lengths = make_lengths(rng, 4, 123, "mixed64")
     y_true, y_pred = make_inputs(rng, shape, dtype, lengths, nonfinite=True)
     if lib.name == "torch" and dtype == "bfloat16":
-        t = lib.asarray(y_true).view(lib.torch.bfloat16)
-        p = lib.asarray(y_pred).view(lib.torch.bfloat16)
+        t = lib.asarray(y_true).view(lib.module.bfloat16)
+        p = lib.asarray(y_pred).view(lib.module.bfloat16)
         kw = {}
     else:
         t, p = lib.asarray(y_true), lib.asarray(y_pred)
@@ -511,7 +511,7 @@ def test_gpu_wrapper(kernels, lib, dtype):
                                   loss_type="huber", huber_delta=0.5, stream=stream, **kw)
     lib.synchronize(stream)
     if lib.name == "torch" and dtype == "bfloat16":
-        g_true, g_pred = g_true.view(lib.torch.int16), g_pred.view(lib.torch.int16)
+        g_true, g_pred = g_true.view(lib.module.int16), g_pred.view(lib.module.int16)
         sd = "uint16"
     else:
         sd = ref.storage_dtype(dtype).name

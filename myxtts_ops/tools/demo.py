@@ -2,7 +2,7 @@
 
 Trains a small Keras mel decoder (per-frame text embeddings -> 80 mel bins,
 Dense layers) on synthetic data with a custom ``tf.GradientTape`` loop and
-:class:`myxtts.training.losses.XTTSLoss` (adaptive weights on). Batches vary in
+``XTTSLoss`` (adaptive weights on). Batches vary in
 difficulty (clean and noisy "utterances"), so the loss moves around its running
 mean the way real TTS losses do. Two faults are injected:
 
@@ -18,34 +18,26 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from .loss_side import LossImportError, xtts_loss_class
+from .profiler import ProfilerError, check_fused_available
+from .tf_import import import_tensorflow
+
 EMBED_DIM = 32
 MELS = 80
 GRAD_CLIP = 5.0
-VARIANCE_THRESHOLD = 0.5  # XTTSLoss default adaptive_weight_variance_threshold
 
 
 class DemoError(RuntimeError):
     """An error meant for the user: the CLI prints the message, no traceback."""
 
 
-def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
-
-
 def _scalar(v) -> float:
-    try:
-        return float(np.asarray(v))
-    except Exception:  # pragma: no cover - odd metric types
-        return float("nan")
+    return float(np.asarray(v))
 
 
 def _metrics(loss_fn) -> Dict[str, float]:
@@ -76,14 +68,12 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
     if steps < 1:
         raise DemoError(f"steps must be >= 1, got {steps}")
     t_start = time.perf_counter()
-    tf = _tf()
+    tf = import_tensorflow()
     try:
-        from myxtts.training.losses import XTTSLoss
-    except Exception as exc:
-        raise DemoError(f"myxtts.training.losses.XTTSLoss failed to import: {exc}") from None
+        XTTSLoss = xtts_loss_class()
+    except LossImportError as exc:
+        raise DemoError(str(exc)) from None
     if implementation == "fused":
-        from .profiler import ProfilerError, check_fused_available
-
         try:
             check_fused_available()
         except ProfilerError as exc:
@@ -159,12 +149,8 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
             event = "spike"
         total, gnorm = train_step(tf.constant(x), tf.constant(mel), tf.constant(lengths))
         m = _metrics(loss_fn)
-        weight = m.get("current_mel_weight", float("nan"))
         total = _scalar(total)
-        if hasattr(loss_fn, "get_losses"):  # the unweighted mel term of this call
-            mel_loss = _scalar(loss_fn.get_losses()["mel_loss"])
-        else:
-            mel_loss = total / weight if weight else float("nan")
+        mel_loss = _scalar(loss_fn.get_losses()["mel_loss"])  # unweighted mel term of this call
         if event != "spike" and np.isfinite(mel_loss):
             prev_mel = mel_loss
         history.append(dict(step=step, total_loss=total, mel_loss=mel_loss,
@@ -172,6 +158,7 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
 
     elapsed = time.perf_counter() - t_start
     summary = _summarize(history, elapsed, implementation, nan_step, spike_step, spike_factor)
+    summary["variance_threshold"] = float(loss_fn.config.adaptive_weight_variance_threshold)
     if not quiet:
         print(_format_summary(summary))
     if plot_path:
@@ -273,8 +260,8 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     ax.set_ylabel("mel loss (L1)")
     ax.legend(loc="upper right", fontsize=8)
     axes[1].plot(steps, col("loss_variance"), color="#9467bd")
-    axes[1].axhline(VARIANCE_THRESHOLD, color="gray", ls=":", lw=1,
-                    label=f"gate threshold ({VARIANCE_THRESHOLD})")
+    threshold = summary["variance_threshold"]
+    axes[1].axhline(threshold, color="gray", ls=":", lw=1, label=f"gate threshold ({threshold})")
     axes[1].set_yscale("symlog", linthresh=1e-2)
     axes[1].set_ylim(bottom=0)
     axes[1].set_ylabel("window variance\n(last 10 clean steps)")
@@ -311,9 +298,3 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     os.makedirs(parent, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
-
-    sys.exit(main(["demo"] + sys.argv[1:]))

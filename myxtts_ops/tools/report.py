@@ -6,36 +6,50 @@ import json
 import os
 from typing import Iterable, List, Optional
 
-from .profiler import DTYPE_SIZES, IMPLS, MODES, RECORD_FIELDS
+from .measure import DTYPE_SIZES
+from .records import Record
+from .workloads import IMPLS, MODES
 
 _IMPL_ORDER = {name: i for i, name in enumerate(IMPLS + ("floor",))}
 _MODE_ORDER = {name: i for i, name in enumerate(MODES)}
-_COLORS = {"fused": "#1f77b4", "reference": "#ff7f0e", "xla": "#2ca02c", "floor": "black"}
+_COLORS = {
+    "fused": "#1f77b4",
+    "reference": "#ff7f0e",
+    "xla": "#2ca02c",
+    "fused_xla": "#9467bd",
+    "floor": "black",
+}
 
 
-def _shape_key(rec):
-    return (rec["batch"], rec["frames"], rec["mels"], rec["dtype"], rec["device"])
+def _shape_key(rec: Record):
+    return (rec.batch, rec.frames, rec.mels, rec.dtype, rec.device)
 
 
-def _sorted(records: Iterable[dict]) -> List[dict]:
-    return sorted(records, key=lambda r: (_shape_key(r), _MODE_ORDER.get(r["mode"], 99),
-                                          _IMPL_ORDER.get(r["impl"], 99)))
+def _sorted(records: Iterable[Record]) -> List[Record]:
+    return sorted(
+        records,
+        key=lambda r: (_shape_key(r), _MODE_ORDER.get(r.mode, 99), _IMPL_ORDER.get(r.impl, 99)),
+    )
 
 
-def _ops_text(rec) -> str:
-    ops = rec.get("ops_per_step")
-    if rec["impl"] == "floor" or ops is None:
+def _ops_text(rec: Record) -> str:
+    """Graph ops per step; for XLA rows also the HLO size and custom calls, measured."""
+    if rec.impl == "floor" or rec.ops_per_step is None:
         return "-"
-    if rec["impl"] == "xla":
-        return f"1 cluster ({ops} ops)"
-    return str(ops)
+    if rec.xla_hlo_ops is None:
+        return str(rec.ops_per_step)
+    calls = rec.xla_custom_calls or 0
+    kernels = f"{calls} custom call(s)" if calls else "no custom call"
+    if rec.impl == "fused_xla" and not calls:
+        kernels += ": reference fallback"
+    return f"{rec.ops_per_step} -> {rec.xla_hlo_ops} HLO, {kernels}"
 
 
 def _fmt_ms(v: float) -> str:
     return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
 
 
-def format_table(records: Iterable[dict], markdown: bool = False) -> str:
+def format_table(records: Iterable[Record], markdown: bool = False) -> str:
     """A readable table of the records, grouped by shape and mode."""
     records = _sorted(records)
     headers = ["mode", "impl", "median ms", "p20 ms", "p80 ms", "GB/s", "% of floor",
@@ -73,40 +87,36 @@ def format_table(records: Iterable[dict], markdown: bool = False) -> str:
             current = key
             last_mode = None
             b, t, m, dt, dev = key
-            valid = rec.get("valid_fraction")
-            bw = rec.get("bandwidth_gbps")
+            valid = rec.valid_fraction
+            bw = rec.bandwidth_gbps
             title = (f"shape [{b}, {t}, {m}] {dt} on {dev}"
                      + (f", {valid:.0%} of frames valid" if valid is not None else "")
                      + (f", streaming bandwidth {bw:.1f} GB/s" if bw else ""))
             lines.append(f"### {title}" if markdown else title)
             if markdown:
                 lines.append("")
-        speed = rec.get("speedup_vs_reference")
-        frac = rec.get("floor_fraction")
-        is_floor = rec["impl"] == "floor"
+        speed = rec.speedup_vs_reference
+        frac = rec.floor_fraction
+        is_floor = rec.impl == "floor"
         rows.append([
-            rec["mode"] if (rec["mode"] != last_mode or markdown) else "",
-            rec["impl"],
-            _fmt_ms(rec["median_ms"]),
-            "-" if is_floor else _fmt_ms(rec["p20_ms"]),
-            "-" if is_floor else _fmt_ms(rec["p80_ms"]),
-            f"{rec['gbps']:.1f}",
+            rec.mode if (rec.mode != last_mode or markdown) else "",
+            rec.impl,
+            _fmt_ms(rec.median_ms),
+            "-" if is_floor else _fmt_ms(rec.p20_ms),
+            "-" if is_floor else _fmt_ms(rec.p80_ms),
+            f"{rec.gbps:.1f}",
             f"{100 * frac:.0f}%" if frac is not None else "-",
             f"{speed:.2f}x" if speed is not None else "-",
             _ops_text(rec),
         ])
-        last_mode = rec["mode"]
+        last_mode = rec.mode
     flush()
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_json(records: Iterable[dict], path: str) -> None:
+def write_json(records: Iterable[Record], path: str) -> None:
     """Write the records as a JSON list (required fields first in each record)."""
-    out = []
-    for rec in _sorted(records):
-        ordered = {k: rec[k] for k in RECORD_FIELDS}
-        ordered.update({k: v for k, v in rec.items() if k not in ordered})
-        out.append(ordered)
+    out = [rec.to_dict() for rec in _sorted(records)]
     _ensure_parent(path)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)
@@ -118,7 +128,7 @@ def _ensure_parent(path: str) -> None:
     os.makedirs(parent, exist_ok=True)
 
 
-def plot(records: Iterable[dict], path: str, title: Optional[str] = None) -> None:
+def plot(records: Iterable[Record], path: str, title: Optional[str] = None) -> None:
     """PNG chart: bars per impl per mode with the floor (one shape), or time vs size (sweeps)."""
     import matplotlib
 
@@ -139,20 +149,20 @@ def plot(records: Iterable[dict], path: str, title: Optional[str] = None) -> Non
 
 
 def _plot_bars(plt, records, title):
-    modes = [m for m in MODES if any(r["mode"] == m for r in records)]
-    impls = [i for i in IMPLS if any(r["impl"] == i for r in records)]
+    modes = [m for m in MODES if any(r.mode == m for r in records)]
+    impls = [i for i in IMPLS if any(r.impl == i for r in records)]
     fig, ax = plt.subplots(figsize=(2.4 + 2.6 * len(modes), 4.2))
     width = 0.8 / max(len(impls), 1)
     for j, impl in enumerate(impls):
         xs, ys, lo, hi = [], [], [], []
         for i, mode in enumerate(modes):
-            rec = next((r for r in records if r["impl"] == impl and r["mode"] == mode), None)
+            rec = next((r for r in records if r.impl == impl and r.mode == mode), None)
             if rec is None:
                 continue
             xs.append(i - 0.4 + width * (j + 0.5))
-            ys.append(rec["median_ms"])
-            lo.append(rec["median_ms"] - rec["p20_ms"])
-            hi.append(rec["p80_ms"] - rec["median_ms"])
+            ys.append(rec.median_ms)
+            lo.append(rec.median_ms - rec.p20_ms)
+            hi.append(rec.p80_ms - rec.median_ms)
         bars = ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, label=impl,
                       color=_COLORS.get(impl))
         for bar, y, h in zip(bars, ys, hi):
@@ -160,10 +170,10 @@ def _plot_bars(plt, records, title):
                         textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
     floor_labelled = False
     for i, mode in enumerate(modes):
-        rec = next((r for r in records if r["impl"] == "floor" and r["mode"] == mode), None)
+        rec = next((r for r in records if r.impl == "floor" and r.mode == mode), None)
         if rec is None:
             continue
-        ax.hlines(rec["median_ms"], i - 0.45, i + 0.45, colors="black", linestyles="--",
+        ax.hlines(rec.median_ms, i - 0.45, i + 0.45, colors="black", linestyles="--",
                   linewidth=1.5, label=None if floor_labelled else "memory floor")
         floor_labelled = True
     ax.set_xticks(range(len(modes)))
@@ -177,15 +187,15 @@ def _plot_bars(plt, records, title):
 
 
 def _plot_sweep(plt, records, title):
-    modes = [m for m in MODES if any(r["mode"] == m for r in records)]
+    modes = [m for m in MODES if any(r.mode == m for r in records)]
     fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 4.2), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for impl in IMPLS + ("floor",):
-            recs = [r for r in records if r["impl"] == impl and r["mode"] == mode]
+            recs = [r for r in records if r.impl == impl and r.mode == mode]
             if not recs:
                 continue
-            pts = sorted((r["batch"] * r["frames"] * r["mels"] * DTYPE_SIZES[r["dtype"]] / 1e6,
-                          r["median_ms"]) for r in recs)
+            pts = sorted((r.batch * r.frames * r.mels * DTYPE_SIZES[r.dtype] / 1e6, r.median_ms)
+                         for r in recs)
             ax.plot([p[0] for p in pts], [p[1] for p in pts],
                     "--" if impl == "floor" else "o-", color=_COLORS.get(impl),
                     label="memory floor" if impl == "floor" else impl)
@@ -197,6 +207,6 @@ def _plot_sweep(plt, records, title):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     r0 = records[0]
-    fig.suptitle(title or f"masked mel loss sweep, {r0['mels']} mels, {r0['dtype']} on {r0['device']}")
+    fig.suptitle(title or f"masked mel loss sweep, {r0.mels} mels, {r0.dtype} on {r0.device}")
     fig.tight_layout()
     return fig
