@@ -68,10 +68,11 @@ class CMakeBuild(build_ext):
 
 packages = find_packages(include=["myxtts_ops", "myxtts_ops.*"])
 packages += ["myxtts"] + [f"myxtts.{p}" for p in find_packages(where="python/myxtts")]
+packages += ["myxtts_loss"]
 
 setup(
     packages=packages,
-    package_dir={"myxtts_ops": "myxtts_ops", "myxtts": "python/myxtts"},
+    package_dir={"myxtts_ops": "myxtts_ops", "myxtts": "python/myxtts", "myxtts_loss": "python/myxtts_loss"},
     package_data={"myxtts_ops": ["_lib/*.so", "_lib/_build_info.py"]},
     ext_modules=[CMakeExtension("myxtts_ops.kernels")],
     cmdclass={"build_ext": CMakeBuild},
