@@ -191,6 +191,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         self._extra_weights = {}
         self._extra_specs = {}
         self._call_lock = threading.Lock()
+        self._raw_total_tensor = None
         self._warned_all_nonfinite = 0
         self.contrastive_loss = terms.ContrastiveSpeakerLoss(
             c.contrastive_temperature, c.contrastive_margin
@@ -632,6 +633,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         st.write(updates)
         for name in self._extra_fns:
             st.extra_losses[name].assign(_finite_or_zero(values[name]))
+        # get_raw_total_loss() hands this very tensor back while the caller is in the
+        # same graph (or eager), so a trainer can differentiate it, as MyXTTS's does.
+        self._raw_total_tensor = total
         return total
 
     def _log_change(self, accepted, step, old, new):
@@ -711,10 +715,18 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         return weighted_terms(self)
 
     def get_raw_total_loss(self):
-        """The latest call's raw total (the value returned and differentiated); None
-        before the first call and after :meth:`reset_stability_state` (eagerly)."""
+        """The latest call's raw total: the tensor the call returned (differentiable) when
+        read eagerly after an eager call or inside the graph that made the call, else a
+        float32 snapshot; None before the first call and after
+        :meth:`reset_stability_state` (eagerly)."""
         if not self._has_called():
             return None
+        t = getattr(self, "_raw_total_tensor", None)
+        if t is not None:
+            if tf.executing_eagerly() and not hasattr(t, "graph"):
+                return t
+            if not tf.executing_eagerly() and getattr(t, "graph", None) is tf.compat.v1.get_default_graph():
+                return t
         return tf.identity(self._state.last_raw_total.read_value())
 
     def get_smoothed_total_loss(self):
@@ -758,6 +770,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         """Every counter, history, statistic, weight and latest value back to its initial
         value; the enabled/disabled switch is kept (a manual disable survives a reset)."""
         self._state.reset()
+        self._raw_total_tensor = None
         self._warned_all_nonfinite = 0
 
     # ---------------------------------------------------- serialization
