@@ -166,6 +166,14 @@ def test_misspelt_keys_are_named(where, key, hint):
         XTTSLoss()(yt, yp)
 
 
+def test_other_model_outputs_are_left_alone():
+    """MyXTTS models return more outputs (text_encoded, ...): not mistaken for typos."""
+    yt, yp = _pair(0.5)
+    yp.update(text_encoded=tf.zeros([2, 3, 8]), encoder_output=tf.zeros([2, 3, 8]),
+              mel_postnet=tf.zeros([2, 4, 3]))
+    assert float(XTTSLoss()(yt, yp)) == pytest.approx(1.25)
+
+
 @pytest.mark.parametrize(
     "key, shape",
     [("stop_tokens", [2, 1]), ("stop_tokens", [1, 4]), ("stop_tokens", [2, 4, 2]),

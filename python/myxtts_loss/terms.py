@@ -37,7 +37,6 @@ term's value; they are built on the same statistics functions.
 
 import collections
 import dataclasses
-import difflib
 
 import numpy as np
 import tensorflow as tf
@@ -491,9 +490,27 @@ _KEY_SHAPES = {
 }
 
 
+def _edit_distance(a, b):
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
 def _close_key(key, known):
-    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.8)
-    return close[0] if close else None
+    """A known key within 2 edits of ``key`` (a typo or a plural), else None.
+
+    Only near-identical names count: a model's other outputs (``text_encoded``,
+    ``encoder_output``) must not be mistaken for misspelt inputs.
+    """
+    key = str(key)
+    if len(key) < 5:
+        return None
+    best = min(sorted(known), key=lambda k: _edit_distance(key, k))
+    return best if _edit_distance(key, best) <= 2 else None
 
 
 def check_inputs(y_true, y_pred, extra_keys=()):
