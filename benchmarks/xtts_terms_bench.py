@@ -93,14 +93,19 @@ def make_inputs(rng, sets, batch, frames, mels, tokens, heads, all_heads):
     return out
 
 
-def median_ms(fn, repeats):
-    fn()
-    times = []
+def interleaved_ms(graphs, repeats):
+    """Median wall time (ms) of each graph, calling them in turn ``repeats`` times, so
+    that load changes on a shared machine hit every graph alike; also the median of
+    each graph's per-round ratio to the first one."""
+    for g in graphs.values():
+        g()  # trace + warm up
+    times = {k: [] for k in graphs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn().numpy()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
+        for k, g in graphs.items():
+            t0 = time.perf_counter()
+            g().numpy()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}, times
 
 
 def graph_of(step, inputs):
@@ -153,33 +158,37 @@ def measure(args):
     def xtts_mel_stop(k, yt, yp):
         return fwd_bwd(lambda p: mel_stop(yt, p), yp)
 
-    base = median_ms(graph_of(baseline, base_inputs), args.repeats)
-    # Interleave the two measured graphs so machine noise hits both alike.
-    g_op, g_loss = graph_of(op_fb, base_inputs), graph_of(xtts_mel_stop, base_inputs)
-    op_ms, loss_ms = [], []
-    for _ in range(args.rounds):
-        op_ms.append(median_ms(g_op, args.repeats))
-        loss_ms.append(median_ms(g_loss, args.repeats))
-    op = (float(np.median(op_ms)) - base) / args.sets
-    ms = (float(np.median(loss_ms)) - base) / args.sets
-    results["mel_stop"] = {"op_forward_backward_ms": op, "xtts_mel_stop_ms": ms, "ratio": ms / op,
-                           **shape}
+    graphs = {"base": graph_of(baseline, base_inputs), "op": graph_of(op_fb, base_inputs),
+              "loss": graph_of(xtts_mel_stop, base_inputs)}
+    med, raw = interleaved_ms(graphs, args.repeats * args.rounds)
+    base = np.array(raw["base"])
+    op_steps = (np.array(raw["op"]) - base) / args.sets
+    loss_steps = (np.array(raw["loss"]) - base) / args.sets
+    results["mel_stop"] = {
+        "op_forward_backward_ms": (med["op"] - med["base"]) / args.sets,
+        "xtts_mel_stop_ms": (med["loss"] - med["base"]) / args.sets,
+        "ratio": float(np.median(loss_steps / op_steps)),  # median of per-round ratios
+        "ratio_p20": float(np.percentile(loss_steps / op_steps, 20)),
+        "ratio_p80": float(np.percentile(loss_steps / op_steps, 80)),
+        **shape,
+    }
 
     # Every head at realistic shapes.
-    del base_inputs
+    del base_inputs, graphs
     inputs = make_inputs(rng, args.sets_all, args.batch, args.frames, args.mels, args.tokens,
                          args.heads, all_heads=True)
     full = XTTSLoss()
-    base = median_ms(graph_of(baseline, inputs), args.repeats)
-    full_ms = (median_ms(graph_of(lambda k, yt, yp: fwd_bwd(lambda p: full(yt, p), yp), inputs),
-                         args.repeats) - base) / args.sets_all
-    per_term = {}
-    names = list(full.term_functions(*inputs[0]))
-    for name in names:
+    graphs = {"base": graph_of(baseline, inputs),
+              "xtts": graph_of(lambda k, yt, yp: fwd_bwd(lambda p: full(yt, p), yp), inputs)}
+    for name in full.term_functions(*inputs[0]):
         def step(k, yt, yp, name=name):
             return fwd_bwd(lambda p: full.term_functions(yt, p)[name](), yp)
 
-        per_term[name] = (median_ms(graph_of(step, inputs), args.repeats) - base) / args.sets_all
+        graphs[name] = graph_of(step, inputs)
+    med, _ = interleaved_ms(graphs, args.repeats)
+    full_ms = (med.pop("xtts") - med["base"]) / args.sets_all
+    base = med.pop("base")
+    per_term = {k: (v - base) / args.sets_all for k, v in med.items()}
     results["all_heads"] = {
         "xtts_all_heads_ms": full_ms,
         "per_term_ms": per_term,
@@ -195,12 +204,14 @@ def to_markdown(results, args):
     lines = [
         f"Machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, TF {tf.__version__}. "
         f"Command: `python benchmarks/xtts_terms_bench.py --repeats {args.repeats} "
-        f"--rounds {args.rounds}`. Per-step medians inside a step graph (forward + backward).",
+        f"--rounds {args.rounds}`. Per-step medians inside a step graph (forward + backward); "
+        f"graphs called in turn; load average during the run: {os.getloadavg()[0]:.1f}.",
         "",
         f"| [B, T, M] = [{r['batch']}, {r['frames']}, {r['mels']}] float32 | ms per step | ratio |",
         "|---|---|---|",
         f"| fused op, forward + backward | {r['op_forward_backward_ms']:.3f} | 1.00 |",
-        f"| XTTSLoss, mel + stop terms | {r['xtts_mel_stop_ms']:.3f} | {r['ratio']:.2f} |",
+        f"| XTTSLoss, mel + stop terms | {r['xtts_mel_stop_ms']:.3f} | {r['ratio']:.2f} "
+        f"(p20 {r['ratio_p20']:.2f}, p80 {r['ratio_p80']:.2f}) |",
         "",
         f"Every head of the default MyXTTS model (attention weights [{a['batch']}, {a['heads']}, "
         f"{a['frames']}, {a['tokens']}], {a['tokens']} tokens): XTTSLoss "
@@ -224,7 +235,7 @@ def main(argv=None):
     p.add_argument("--sets", type=int, default=8)
     p.add_argument("--sets-all", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="mel+stop rows: repeats x rounds calls")
     p.add_argument("--out", default=None, help="write <out>.json and <out>.md")
     args = p.parse_args(argv)
     results = measure(args)

@@ -110,35 +110,42 @@ def adaptive_weight_step(state, obs, settings, enabled):
     consec = tf.where(passed, state["consecutive_stable_steps"] + 1, tf.constant(0, i64))
     decide = tf.logical_and(passed, consec >= c.adaptive_weight_min_stable_steps)
 
-    # 3. Direction (+1 up, -1 down, 0 none).
-    safe_mel = tf.where(tf.math.is_finite(mel), mel, tf.zeros_like(mel))
-    ratio = tf.clip_by_value(
-        safe_mel / tf.maximum(tf.abs(obs["running_mean"]), _RATIO_EPS), _RATIO_MIN, _RATIO_MAX
-    )
+    # 3.-4. Direction, candidate and its validation, only on deciding steps
+    # (a cond: the other steps skip these ops).
+    safe_mel = tf.stop_gradient(tf.where(tf.math.is_finite(mel), mel, tf.zeros_like(mel)))
+    running_mean = tf.cast(obs["running_mean"], tf.float32)
     growing = obs["growing"]
-    up = tf.logical_and(ratio > c.adaptive_weight_loss_high_ratio, tf.logical_not(growing))
-    down = tf.logical_or(ratio < c.adaptive_weight_loss_low_ratio, growing)
-    direction = tf.where(down, -1.0, tf.where(up, 1.0, 0.0))
-    attempt = tf.logical_and(decide, tf.not_equal(direction, 0.0))
 
-    # 4. Candidate and its validation.
-    lo, hi = c.adaptive_weight_min_weight, c.adaptive_weight_max_weight
-    factor = 1.0 + tf.constant(c.adaptive_weight_max_change_percent, tf.float32) * direction
-    cand = tf.clip_by_value(w * factor, lo, hi)
-    weighted = cand * safe_mel
-    valid = _all_of(
-        [
-            tf.not_equal(cand, w),
-            tf.math.is_finite(cand),
-            cand >= lo,
-            cand <= hi,
-            tf.math.is_finite(weighted),
-            weighted <= c.adaptive_weight_max_weighted_loss,
-        ]
-    )
-    accepted = tf.logical_and(attempt, valid)
-    rejected = tf.logical_and(attempt, tf.logical_not(valid))
-    new_w = tf.where(accepted, cand, w)
+    def _decide():
+        ratio = tf.clip_by_value(
+            safe_mel / tf.maximum(tf.abs(running_mean), _RATIO_EPS), _RATIO_MIN, _RATIO_MAX
+        )
+        up = tf.logical_and(ratio > c.adaptive_weight_loss_high_ratio, tf.logical_not(growing))
+        down = tf.logical_or(ratio < c.adaptive_weight_loss_low_ratio, growing)
+        direction = tf.where(down, -1.0, tf.where(up, 1.0, 0.0))
+        attempt = tf.not_equal(direction, 0.0)
+        lo, hi = c.adaptive_weight_min_weight, c.adaptive_weight_max_weight
+        factor = 1.0 + tf.constant(c.adaptive_weight_max_change_percent, tf.float32) * direction
+        cand = tf.clip_by_value(w * factor, lo, hi)
+        weighted = cand * safe_mel
+        valid = _all_of(
+            [
+                tf.not_equal(cand, w),
+                tf.math.is_finite(cand),
+                cand >= lo,
+                cand <= hi,
+                tf.math.is_finite(weighted),
+                weighted <= c.adaptive_weight_max_weighted_loss,
+            ]
+        )
+        accepted = tf.logical_and(attempt, valid)
+        return tf.where(accepted, cand, w), accepted, tf.logical_and(attempt, tf.logical_not(valid))
+
+    def _keep():
+        return w, tf.constant(False), tf.constant(False)
+
+    new_w, accepted, rejected = tf.cond(decide, _decide, _keep)
+    new_w = tf.stop_gradient(new_w)
 
     # 5. Spike reference: EMA of the returned total over clean steps,
     # a spike's contribution winsorised at the limit.

@@ -229,14 +229,18 @@ def stop_stats(target, pred, lengths, positive_weight=5.0, label_smoothing=0.1, 
 
 def attention_stats(weights, text_lengths, mel_lengths):
     """Contract 3.3: KL(prior || mean-over-heads attention) per valid (t, j) pair,
-    per-sample sum / valid pairs clipped to [0, 200], then the mean over B."""
+    per-sample sum / valid pairs clipped to [0, 200], then the mean over B.
+
+    The attention tensor is the largest input of the loss ([B, H, T, U]), so it
+    is read once: the mean over heads comes first, and a non-finite value in any
+    head makes that mean non-finite, which excludes the pair (and zeroes its
+    gradient in every head). The prior has no gradient and is built on [B, T, U].
+    """
     a = _as_float(weights)
     if a.shape.rank != 4:
         raise ValueError(f"attention_weights must have shape [batch, heads, frames, tokens], got {a.shape}")
-    head_finite = tf.reduce_all(tf.math.is_finite(a), axis=1)  # [B, Tq, Tk]
-    a = tf.where(tf.math.is_finite(a), a, tf.zeros_like(a))
-    a = tf.reduce_mean(a, axis=1)
-    shape = tf.shape(a)
+    abar = tf.reduce_mean(a, axis=1)  # [B, Tq, Tk]
+    shape = tf.shape(abar)
     tq, tk = shape[1], shape[2]
     lx = tf.cast(text_lengths, _F32)
     lm = tf.cast(mel_lengths, _F32)
@@ -246,20 +250,23 @@ def attention_stats(weights, text_lengths, mel_lengths):
     prior = tf.exp(-tf.square(mu[:, :, tf.newaxis] - j) / 4.0)
     prior = prior / (tf.reduce_sum(prior, axis=-1, keepdims=True) + 1e-8)
     prior = tf.clip_by_value(prior, 1e-8, 1.0 - 1e-8)
-    a = tf.clip_by_value(a, 1e-8, 1.0 - 1e-8)
-    kl = prior * tf.math.log(prior / a)
+    prior_log_prior = prior * tf.math.log(prior)
     valid = tf.logical_and(
         _position_mask(mel_lengths, tq)[:, :, tf.newaxis],
         _position_mask(text_lengths, tk)[:, tf.newaxis, :],
     )
-    ok = tf.logical_and(valid, head_finite)
-    sums = tf.reduce_sum(tf.where(ok, kl, tf.zeros_like(kl)), axis=[1, 2])
+    finite = tf.math.is_finite(abar)
+    ok = tf.logical_and(valid, finite)
+    safe = tf.clip_by_value(tf.where(ok, abar, tf.ones_like(abar)), 1e-8, 1.0 - 1e-8)
+    # E log(E / A) = E log E - E log A, with E log E constant.
+    kl = tf.where(ok, prior_log_prior - prior * tf.math.log(safe), tf.zeros_like(safe))
+    sums = tf.reduce_sum(kl, axis=[1, 2])
     counts = tf.reduce_sum(tf.cast(ok, _F32), axis=[1, 2])
     per_sample = tf.clip_by_value(sums / tf.maximum(counts, 1.0), 0.0, 200.0)
     return TermStats(
         tf.reduce_sum(per_sample),
         tf.cast(shape[0], _F32),
-        _count(tf.logical_and(valid, tf.logical_not(head_finite))),
+        _count(tf.logical_and(valid, tf.logical_not(finite))),
     )
 
 
