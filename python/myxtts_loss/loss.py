@@ -786,6 +786,8 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             extras = {}
             for term, (fn, weight) in self._extra_specs.items():
                 try:
+                    if getattr(fn, "__name__", "") == "<lambda>":
+                        raise TypeError("a lambda cannot be deserialised safely")
                     serialized = keras.saving.serialize_keras_object(fn)
                     keras.saving.deserialize_keras_object(serialized)
                 except Exception as exc:  # noqa: BLE001 - any failure means "not serialisable"
