@@ -129,10 +129,15 @@ install_requires, extras_require = _requirements()
 
 packages = find_packages(include=["myxtts_ops", "myxtts_ops.*"])
 packages += ["myxtts"] + [f"myxtts.{p}" for p in find_packages(where="python/myxtts")]
+packages += ["myxtts_loss"]
 
 setup(
     packages=packages,
-    package_dir={"myxtts_ops": "myxtts_ops", "myxtts": "python/myxtts"},
+    package_dir={
+        "myxtts_ops": "myxtts_ops",
+        "myxtts": "python/myxtts",
+        "myxtts_loss": "python/myxtts_loss",
+    },
     package_data={"myxtts_ops": [f"_lib/{name}" for name in _LIB_FILES]},
     install_requires=install_requires,
     extras_require=extras_require,

@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,10 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave memory 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The installed package; the source tree only without one (scripts/gpu_check.sh
+# builds the kernels module into it).
+if importlib.util.find_spec("myxtts_ops") is None:
+    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 

@@ -9,14 +9,22 @@ chunk of steps (``--chunk``), with, per step and drawn at random:
 * an empty batch (every length 0; ``--empty-prob``),
 * a gradient-norm surge (x20, ``--surge-prob``) or a non-finite norm
   (``--nan-norm-prob``) fed to ``observe_gradient_norm``,
+* an overflow (``--overflow-prob``): finite inputs whose difference overflows
+  float32 (``y_true = -3e38``, ``y_pred = 3e38`` in a valid element), which
+  must count as a non-finite step and never enter the running statistics,
+
+and, between chunks, a burst of eager calls from two threads at once
+(``--concurrent-calls`` per thread): each call either runs or is refused with
+``ConcurrentCallError``, and every counter counts exactly the calls that ran,
 
 and a slowly drifting noise level so that the adaptive weight keeps moving.
 
 After every chunk it checks on the host: every output (returned total) and every
 state variable finite, the mel weight always inside its bounds, and the counters
 consistent with what was injected (op ``steps == clean + nonfinite + empty``,
-``step_count == steps``, loss ``nonfinite_steps == NaN batches``, observed +
-non-finite gradient norms == norms fed). Memory: the resident set size
+``step_count == steps``, loss ``nonfinite_steps == NaN or overflow batches``,
+observed + non-finite gradient norms == norms fed, concurrent calls run +
+refused == made). Memory: the resident set size
 (``VmRSS`` of ``/proc/self/status``) after the first chunk and at the end; the
 run fails when it grows by more than ``--max-rss-growth-mb``.
 
@@ -54,7 +62,7 @@ def rss_mb():
 def build(args):
     import tensorflow as tf
 
-    from myxtts.training.losses import XTTSLoss
+    from myxtts_loss import XTTSLoss
 
     loss_fn = XTTSLoss(implementation=args.implementation)
     c = loss_fn.config
@@ -63,13 +71,14 @@ def build(args):
 
     def one_step(step, seed):
         s = tf.stack([seed, step])
-        u = tf.random.stateless_uniform([6], seed=s)
+        u = tf.random.stateless_uniform([7], seed=s)
         level = 1.0 + 0.5 * tf.sin(tf.cast(step, tf.float32) / 400.0)
         nan = u[0] < args.nan_prob
         spike = u[1] < args.spike_prob
         empty = u[2] < args.empty_prob
         surge = u[3] < args.surge_prob
         nan_norm = u[4] < args.nan_norm_prob
+        overflow = u[6] < args.overflow_prob
         y_true = tf.random.stateless_normal([B, T, M], seed=s + 1)
         noise = tf.random.stateless_normal([B, T, M], seed=s + 2) * level
         noise = tf.where(spike, noise * 50.0, noise)
@@ -79,6 +88,12 @@ def build(args):
         # NaN in frame 0 of sample 0 (always valid unless the batch is empty).
         poison = tf.where(nan, tf.constant(np.nan, tf.float32), y_pred[0, 0, 0])
         y_pred = tf.tensor_scatter_nd_update(y_pred, [[0, 0, 0]], tf.reshape(poison, [1]))
+        # Overflow: finite values 3e38 apart in the same (valid) element.
+        big = tf.constant(3e38, tf.float32)
+        y_true = tf.tensor_scatter_nd_update(
+            y_true, [[0, 0, 1]], tf.reshape(tf.where(overflow, -big, y_true[0, 0, 1]), [1]))
+        y_pred = tf.tensor_scatter_nd_update(
+            y_pred, [[0, 0, 1]], tf.reshape(tf.where(overflow, big, y_pred[0, 0, 1]), [1]))
         total = loss_fn(
             {"mel_target": y_true, "mel_lengths": lengths},
             {"mel_output": y_pred},
@@ -87,9 +102,10 @@ def build(args):
         norm = tf.where(surge, norm * 20.0, norm)
         norm = tf.where(nan_norm, tf.constant(np.nan, tf.float32), norm)
         loss_fn.observe_gradient_norm(norm)
-        nan_counted = tf.logical_and(nan, tf.logical_not(empty))
+        nan_counted = tf.logical_and(tf.logical_or(nan, overflow), tf.logical_not(empty))
+        overflow_counted = tf.logical_and(overflow, tf.logical_not(empty))
         w = loss_fn.current_mel_weight
-        return total, w, nan_counted, empty, spike, surge
+        return total, w, nan_counted, empty, spike, surge, overflow_counted
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
     def chunk(start, n, seed):
@@ -99,10 +115,11 @@ def build(args):
         empties = tf.constant(0, tf.int64)
         spikes = tf.constant(0, tf.int64)
         surges = tf.constant(0, tf.int64)
+        overflows = tf.constant(0, tf.int64)
         w_min = tf.constant(np.inf, tf.float32)
         w_max = tf.constant(-np.inf, tf.float32)
         for i in tf.range(n):
-            total, w, nan, empty, spike, surge = one_step(start + i, seed)
+            total, w, nan, empty, spike, surge, overflow = one_step(start + i, seed)
             w = tf.convert_to_tensor(w)
             bad_total += tf.cast(tf.logical_not(tf.math.is_finite(total)), tf.int64)
             out_of_bounds += tf.cast(
@@ -113,14 +130,51 @@ def build(args):
             empties += tf.cast(empty, tf.int64)
             spikes += tf.cast(spike, tf.int64)
             surges += tf.cast(surge, tf.int64)
+            overflows += tf.cast(overflow, tf.int64)
             w_min = tf.minimum(w_min, w)
             w_max = tf.maximum(w_max, w)
         return dict(
             bad_total=bad_total, out_of_bounds=out_of_bounds, nans=nans, empties=empties,
-            spikes=spikes, surges=surges, w_min=w_min, w_max=w_max,
+            spikes=spikes, surges=surges, overflows=overflows, w_min=w_min, w_max=w_max,
         )
 
     return loss_fn, chunk, (lo, hi)
+
+
+def concurrent_burst(loss_fn, args, seed):
+    """Two threads call the loss eagerly at once; returns (calls run, calls refused, errors)."""
+    import threading
+
+    import tensorflow as tf
+
+    from myxtts_loss import ConcurrentCallError
+
+    rng = np.random.default_rng(seed)
+    B, T, M = args.batch, args.frames, args.mels
+    y_true = {"mel_target": tf.constant(rng.standard_normal((B, T, M)).astype(np.float32)),
+              "mel_lengths": tf.constant(rng.integers(1, T + 1, B).astype(np.int32))}
+    y_pred = {"mel_output": y_true["mel_target"] + 1.0}
+    ran, refused, errors = [0, 0], [0, 0], []
+    barrier = threading.Barrier(2)
+
+    def worker(i):
+        barrier.wait()
+        for _ in range(args.concurrent_calls):
+            try:
+                loss_fn(y_true, y_pred)
+                ran[i] += 1
+            except ConcurrentCallError:
+                refused[i] += 1
+            except Exception as exc:  # noqa: BLE001 - reported as a failure
+                errors.append(f"concurrent call failed: {exc!r}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(ran), sum(refused), errors
 
 
 def check_state(loss_fn, expected, errors, where):
@@ -145,8 +199,9 @@ def check_state(loss_fn, expected, errors, where):
         "gradient norms observed + non-finite == fed": (
             int(loss_fn._state.gradient_norm_count.numpy())
             + int(loss_fn._state.nonfinite_gradient_norms.numpy()),
-            expected["steps"],
+            expected["norms"],
         ),
+        "op running statistics finite": (bool(np.isfinite(st["running_mean"])), True),
         "non-finite gradient norms <= fed": (
             int(loss_fn._state.nonfinite_gradient_norms.numpy()) <= expected["steps"], True
         ),
@@ -174,6 +229,9 @@ def main(argv=None):
     p.add_argument("--empty-prob", type=float, default=0.005)
     p.add_argument("--surge-prob", type=float, default=0.005)
     p.add_argument("--nan-norm-prob", type=float, default=0.005)
+    p.add_argument("--overflow-prob", type=float, default=0.002)
+    p.add_argument("--concurrent-calls", type=int, default=20,
+                   help="eager calls per thread in the two-thread burst after each chunk (0: none)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--implementation", default="fused", choices=("fused", "reference"))
     p.add_argument("--max-rss-growth-mb", type=float, default=64.0)
@@ -187,7 +245,8 @@ def main(argv=None):
     rss_import = rss_mb()
     loss_fn, chunk, _ = build(args)
     errors = []
-    expected = dict(steps=0, nans=0, empties=0, spikes=0, surges=0)
+    expected = dict(steps=0, nans=0, empties=0, spikes=0, surges=0, overflows=0, norms=0,
+                    concurrent_ran=0, concurrent_refused=0)
     w_min, w_max = np.inf, -np.inf
     rss_start = None
     rss_peak = 0.0
@@ -199,9 +258,19 @@ def main(argv=None):
         out = chunk(tf.constant(done, tf.int64), tf.constant(n, tf.int64), tf.constant(args.seed, tf.int64))
         out = {k: v.numpy() for k, v in out.items()}
         done += n
-        expected["steps"] = done
-        for k in ("nans", "empties", "spikes", "surges"):
+        expected["steps"] += n
+        expected["norms"] += n
+        for k in ("nans", "empties", "spikes", "surges", "overflows"):
             expected[k] += int(out[k])
+        if args.concurrent_calls > 0:
+            ran, refused, burst_errors = concurrent_burst(loss_fn, args, args.seed + done)
+            errors.extend(burst_errors)
+            expected["steps"] += ran
+            expected["concurrent_ran"] += ran
+            expected["concurrent_refused"] += refused
+            if ran + refused != 2 * args.concurrent_calls:
+                errors.append(f"after step {done}: {ran} + {refused} concurrent calls != "
+                              f"{2 * args.concurrent_calls} made")
         if out["bad_total"]:
             errors.append(f"steps <= {done}: {int(out['bad_total'])} non-finite returned totals")
         if out["out_of_bounds"]:
@@ -230,6 +299,7 @@ def main(argv=None):
     m = loss_fn.get_stability_metrics()
     result = dict(
         steps=done,
+        loss_calls=expected["steps"],
         shape=[args.batch, args.frames, args.mels],
         implementation=args.implementation,
         seconds=round(elapsed, 2),
@@ -244,6 +314,9 @@ def main(argv=None):
         empty_batches=expected["empties"],
         spike_batches=expected["spikes"],
         gradient_surges=expected["surges"],
+        overflow_batches=expected["overflows"],
+        concurrent_calls_run=expected["concurrent_ran"],
+        concurrent_calls_refused=expected["concurrent_refused"],
         loss_nonfinite_steps=int(m["nonfinite_steps"]),
         detected_spikes=int(m["spike_count"]),
         weight_changes=int(a["weight_changes"]),

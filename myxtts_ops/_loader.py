@@ -49,18 +49,19 @@ def built_copies_elsewhere(package_dir=_PACKAGE_DIR, search_path=None):
     return list(dict.fromkeys(found))
 
 
-def missing_library_message(library_file, elsewhere):
-    """Why the op library is missing here and what to do about it."""
+def missing_library_message(library_file, elsewhere, what="op library"):
+    """Why a built file (the op library, the generated state layout) is missing
+    here and what to do about it."""
     if elsewhere:
         return (
-            f"The myxtts-ops op library is missing ({library_file}): Python imported "
+            f"The myxtts-ops {what} is missing ({library_file}): Python imported "
             f"myxtts_ops from the unbuilt source tree {os.path.dirname(os.path.dirname(library_file))}, "
             f"which shadows the built copy at {elsewhere[0]}. Run from another directory "
             "(the current directory comes first on sys.path), or build the source tree in place "
             "with `python setup.py build_ext --inplace` (or `pip install --no-build-isolation -e .`)."
         )
     return (
-        f"The myxtts-ops op library is missing ({library_file}): this copy of the "
+        f"The myxtts-ops {what} is missing ({library_file}): this copy of the "
         "package was not built. Reinstall it (`pip install --force-reinstall myxtts-ops`, "
         "or `pip install .` from a source checkout), or build a source checkout in place "
         "with `python setup.py build_ext --inplace`."

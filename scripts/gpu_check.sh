@@ -89,13 +89,13 @@ if [[ $DRY_RUN -eq 1 ]]; then
   check "python scripts compile" "$PY" -m py_compile scripts/sanitize_driver.py \
     scripts/sass_check.py benchmarks/gpu_bench.py
   check "myxtts_ops.gpu and the array backend import" \
-    "$PY" -c "import sys; sys.path.insert(0, '.'); import myxtts_ops.gpu, myxtts_ops.array_backend"
+    "$PY" -P -c "import importlib.util, sys; importlib.util.find_spec('myxtts_ops') or sys.path.insert(0, '.'); import myxtts_ops.gpu, myxtts_ops.array_backend"
   check "sanitize_driver.py --help" "$PY" scripts/sanitize_driver.py --help
   check "gpu_bench.py --help" "$PY" benchmarks/gpu_bench.py --help
   check "pytest collects tests/gpu (step test)" \
-    "$PY" -m pytest tests/gpu --collect-only -q -p no:cacheprovider
+    "$PY" -P -m pytest tests/gpu --collect-only -q -p no:cacheprovider
   check "the PyTorch subset selects tests (step test)" bash -c \
-    "'$PY' -m pytest tests/gpu --collect-only -q -p no:cacheprovider -k '$TORCH_SUBSET' | grep -q '::'"
+    "'$PY' -P -m pytest tests/gpu --collect-only -q -p no:cacheprovider -k '$TORCH_SUBSET' | grep -q '::'"
   echo "dry run: $fails failure(s)"
   exit "$fails"
 fi
@@ -147,6 +147,13 @@ if want build; then
     [[ -z "$so" ]] && so=$(find "$BUILD_DIR" -name 'kernels*.so' | head -n 1)
     if [[ -n "$so" ]]; then
       rm -f myxtts_ops/kernels*.so && cp "$so" myxtts_ops/ && echo "installed $so -> myxtts_ops/"
+      # The state layout generated from mel_loss_math.h goes where the package reads it.
+      layout=$(find "$BUILD_DIR" -name '_state_layout.py' | head -n 1)
+      if [[ -n "$layout" ]]; then
+        cp "$layout" myxtts_ops/_lib/ && echo "installed $layout -> myxtts_ops/_lib/"
+      else
+        echo "no _state_layout.py produced"; rc=1
+      fi
     else
       echo "no kernels*.so produced"; rc=1
     fi

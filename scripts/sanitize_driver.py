@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -29,7 +30,10 @@ from pathlib import Path
 os.environ.setdefault("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The installed package; the source tree only without one (scripts/gpu_check.sh
+# builds the kernels module into it).
+if importlib.util.find_spec("myxtts_ops") is None:
+    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 

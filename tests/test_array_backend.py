@@ -81,7 +81,8 @@ def _run(argv, timeout=180):
 
 
 def test_gpu_suite_collects_and_skips_cleanly():
-    proc = _run([sys.executable, "-m", "pytest", "tests/gpu", "-q", "-rs", "-p", "no:cacheprovider"])
+    # -P: the installed package, not the source tree in the working directory.
+    proc = _run([sys.executable, "-P", "-m", "pytest", "tests/gpu", "-q", "-rs", "-p", "no:cacheprovider"])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert " error" not in out.lower()

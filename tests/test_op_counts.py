@@ -1,10 +1,12 @@
 """Graph-size claims as bounds: the ops XTTSLoss adds to a training step.
 
-The release notes (BENCHMARKS.md) claim the weight decision of XTTSLoss adds 73
-graph ops per step, down from 141. Measured on this tree (TF 2.21, shapes
-[4, 50, 8]): 73 top-level work ops and 116 with the bodies of its cond
-branches, for both implementations. The bounds leave about 10% headroom; a
-change that needs more ops per step must raise them here, on purpose.
+BENCHMARKS.md gives the graph ops the whole MyXTTS loss (every term's
+bookkeeping, the adaptive rule, smoothing, the per-term values get_losses()
+reports, state writes) adds to the fused op and its state update when only the
+mel input is given. Measured on this tree (TF 2.21, shapes [4, 50, 8]): 241
+top-level work ops and 296 with the bodies of its cond branches, for both
+implementations. The bounds leave about 10% headroom; a change that needs more
+ops per step must raise them here, on purpose.
 """
 
 import pytest
@@ -14,10 +16,10 @@ import myxtts_ops
 from myxtts_ops.tools.loss_side import xtts_loss_class
 from myxtts_ops.tools.measure import count_ops
 
-#: Measured 73 (see the module docstring); the previous release had 141.
-MAX_ADDED_TOP_LEVEL_OPS = 80
-#: Measured 116 with the cond branch bodies.
-MAX_ADDED_NESTED_OPS = 128
+#: Measured 241 (see the module docstring).
+MAX_ADDED_TOP_LEVEL_OPS = 265
+#: Measured 296 with the cond branch bodies.
+MAX_ADDED_NESTED_OPS = 325
 
 
 def _fused_available():

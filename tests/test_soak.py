@@ -1,5 +1,6 @@
 """Short soak of XTTSLoss (benchmarks/soak.py, 3,000 steps): random NaN batches,
-50x spikes, empty batches and gradient-norm surges inside a tf.function; every
+50x spikes, empty batches, overflowing batches and gradient-norm surges inside a
+tf.function, and two-thread bursts of eager calls between chunks; every
 output and variable finite, the weight in bounds, counters consistent, and no
 RSS growth. The full run is ``python benchmarks/soak.py --steps 100000``."""
 
@@ -31,5 +32,9 @@ def test_soak_short(tmp_path):
     # The run exercised what it is meant to.
     assert r["nan_batches"] > 0 and r["spike_batches"] > 0 and r["gradient_surges"] > 0
     assert r["empty_batches"] > 0 and r["weight_changes"] > 0
-    assert r["loss_nonfinite_steps"] == r["nan_batches"]
+    assert r["loss_nonfinite_steps"] == r["nan_batches"]  # NaN or overflow, non-empty
+    assert r["overflow_batches"] > 0
+    # Every eager call of the bursts either ran (and was counted) or was refused.
+    assert r["concurrent_calls_run"] + r["concurrent_calls_refused"] == 6 * 2 * 20
+    assert r["loss_calls"] == 3000 + r["concurrent_calls_run"]
     assert 1.0 <= r["weight_min"] <= r["weight_max"] <= 5.0

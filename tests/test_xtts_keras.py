@@ -47,7 +47,8 @@ def _functional_decoder(mel_dtype=None):
     inp = keras.Input((T, D))
     h = keras.layers.Dense(16, activation="relu")(inp)
     mel = keras.layers.Dense(M, name="mel", dtype=mel_dtype)(h)
-    stop = keras.layers.Dense(1, name="stop", dtype="float32")(h)
+    # MyXTTS's stop head: sigmoid probabilities (XTTSLoss's default input).
+    stop = keras.layers.Dense(1, name="stop", activation="sigmoid", dtype="float32")(h)
     return XTTSModel(inp, {"mel_output": mel, "stop_tokens": stop})
 
 
@@ -56,7 +57,7 @@ class SubclassedDecoder(XTTSModelMixin, keras.Model):
         super().__init__()
         self.hidden = keras.layers.Dense(16, activation="relu")
         self.mel = keras.layers.Dense(M)
-        self.stop = keras.layers.Dense(1)
+        self.stop = keras.layers.Dense(1, activation="sigmoid")
 
     def call(self, x):
         h = self.hidden(x)

@@ -14,7 +14,7 @@ class LossImportError(ImportError):
 def xtts_loss_class():
     """The ``XTTSLoss`` class (imports the loss side, and TensorFlow, on first call)."""
     try:
-        from myxtts.training.losses import XTTSLoss
+        from myxtts_loss import XTTSLoss
     except Exception as exc:  # the import's own message is the actionable part
         msg = str(exc) or exc.__class__.__name__
         raise LossImportError(f"XTTSLoss failed to import: {msg}") from None

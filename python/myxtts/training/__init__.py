@@ -29,6 +29,7 @@ __all__ = [
 _LAZY = {
     "XTTSLoss": "myxtts.training.losses",
     "XTTSLossConfig": "myxtts.config",
+    "XTTSLossBackup": "myxtts.training.callbacks",
     "XTTSModel": "myxtts.training.keras_model",
     "XTTSModelMixin": "myxtts.training.keras_model",
     "feed_gradient_norm": "myxtts.training.gradient_norm",

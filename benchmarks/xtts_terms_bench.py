@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""XTTSLoss cost inside a training-step graph, whole and per term (BENCHMARKS.md).
+
+    python benchmarks/xtts_terms_bench.py                  # CPU benchmark shape
+    python benchmarks/xtts_terms_bench.py --repeats 30 --out benchmarks/results/xtts_terms
+
+Method (as ``benchmarks/cpu_bench.py``'s ``in_graph_ms``): one ``tf.function``
+runs the measured step on ``--sets`` different input sets (so they come from
+memory, not cache), the same function without the loss is subtracted (the
+Python-to-TF call a real step pays once whatever its loss), and the result is
+divided by the number of sets. Every step is forward + backward (the gradient
+with respect to every prediction), and one element of each gradient is
+returned so nothing is pruned.
+
+Rows:
+
+1. the fused op alone, forward + backward (the mel term's floor);
+2. XTTSLoss with mel + stop terms (the SPEC 4.4 / issue 10 budget: <= 1.2x row 1);
+3. XTTSLoss with every head of the default MyXTTS model at realistic shapes
+   (attention weights [B, heads, frames, tokens], larger than the mel tensor);
+4. each term alone (``XTTSLoss.term_functions``), forward + backward: its share
+   of row 3.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import importlib.util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for name, path in (("myxtts_ops", ROOT), ("myxtts_loss", os.path.join(ROOT, "python"))):
+    if importlib.util.find_spec(name) is None:
+        sys.path.insert(0, path)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_inputs(rng, sets, batch, frames, mels, tokens, heads, all_heads):
+    """``sets`` (y_true, y_pred) dicts of tensors as the MyXTTS trainer builds them."""
+    out = []
+    for _ in range(sets):
+        lm = rng.integers(frames // 2, frames + 1, batch)
+        lx = rng.integers(tokens // 2, tokens + 1, batch)
+        mel = rng.standard_normal((batch, frames, mels), dtype=np.float32)
+        yt = {
+            "mel_target": tf.constant(mel),
+            "mel_lengths": tf.constant(lm.astype(np.float32)),
+            "stop_target": tf.constant(
+                (np.arange(frames)[None, :, None] == (lm[:, None, None] - 1)).astype(np.float32)
+            ),
+        }
+        yp = {
+            "mel_output": tf.constant(rng.standard_normal((batch, frames, mels), dtype=np.float32)),
+            "stop_tokens": tf.constant(rng.uniform(0.01, 0.99, (batch, frames, 1)).astype(np.float32)),
+        }
+        if all_heads:
+            logits = rng.standard_normal((batch, heads, frames, tokens), dtype=np.float32)
+            att = np.exp(logits - logits.max(-1, keepdims=True))
+            att /= att.sum(-1, keepdims=True)
+            f = lambda *s: tf.constant(rng.standard_normal(s, dtype=np.float32))  # noqa: E731
+            yt.update(
+                text_lengths=tf.constant(lx.astype(np.float32)),
+                duration_target=tf.constant(rng.uniform(0, 8, (batch, tokens)).astype(np.float32)),
+                pitch_target=f(batch, frames, 1), energy_target=f(batch, frames, 1),
+                prosody_pitch_target=f(batch, tokens, 1), prosody_energy_target=f(batch, tokens, 1),
+                prosody_speaking_rate_target=f(batch, tokens, 1),
+            )
+            yp.update(
+                attention_weights=tf.constant(att),
+                duration_pred=tf.constant(rng.uniform(0, 8, (batch, tokens)).astype(np.float32)),
+                pitch_output=f(batch, frames, 1), energy_output=f(batch, frames, 1),
+                prosody_pitch=f(batch, tokens, 1), prosody_energy=f(batch, tokens, 1),
+                prosody_speaking_rate=f(batch, tokens, 1),
+            )
+        out.append((yt, yp))
+    return out
+
+
+def interleaved_ms(graphs, repeats):
+    """Median wall time (ms) of each graph, calling them in turn ``repeats`` times, so
+    that load changes on a shared machine hit every graph alike; also the median of
+    each graph's per-round ratio to the first one."""
+    for g in graphs.values():
+        g()  # trace + warm up
+    times = {k: [] for k in graphs}
+    for _ in range(repeats):
+        for k, g in graphs.items():
+            t0 = time.perf_counter()
+            g().numpy()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}, times
+
+
+def graph_of(step, inputs):
+    def run():
+        total = tf.zeros([])
+        for k, (yt, yp) in enumerate(inputs):
+            total += step(k, yt, yp)
+        return total
+
+    return tf.function(run)
+
+
+def fwd_bwd(value_fn, yp):
+    """Forward + backward of ``value_fn(preds)`` with respect to every prediction."""
+    preds = dict(yp)
+    with tf.GradientTape() as tape:
+        for v in preds.values():
+            tape.watch(v)
+        value = value_fn(preds)
+    grads = tape.gradient(value, list(preds.values()))
+    probe = value
+    for g in grads:
+        if g is not None:
+            probe = probe + tf.reshape(g, [-1])[0]
+    return probe
+
+
+def measure(args):
+    import myxtts_ops
+    from myxtts_loss import XTTSLoss
+
+    rng = np.random.default_rng(0)
+    results = {}
+    shape = dict(batch=args.batch, frames=args.frames, mels=args.mels)
+    base_inputs = make_inputs(rng, args.sets, args.batch, args.frames, args.mels, args.tokens,
+                              args.heads, all_heads=False)
+
+    def baseline(k, yt, yp):
+        return yt["mel_target"][0, 0, 0] + yp["mel_output"][0, 0, 0]
+
+    def op_fb(k, yt, yp):
+        lens = tf.cast(yt["mel_lengths"], tf.int32)
+        return fwd_bwd(
+            lambda p: myxtts_ops.masked_mel_loss(yt["mel_target"], p["mel_output"], lens).loss,
+            {"mel_output": yp["mel_output"]},
+        )
+
+    mel_stop = XTTSLoss()
+
+    def xtts_mel_stop(k, yt, yp):
+        return fwd_bwd(lambda p: mel_stop(yt, p), yp)
+
+    graphs = {"base": graph_of(baseline, base_inputs), "op": graph_of(op_fb, base_inputs),
+              "loss": graph_of(xtts_mel_stop, base_inputs)}
+    med, raw = interleaved_ms(graphs, args.repeats * args.rounds)
+    base = np.array(raw["base"])
+    op_steps = (np.array(raw["op"]) - base) / args.sets
+    loss_steps = (np.array(raw["loss"]) - base) / args.sets
+    results["mel_stop"] = {
+        "op_forward_backward_ms": (med["op"] - med["base"]) / args.sets,
+        "xtts_mel_stop_ms": (med["loss"] - med["base"]) / args.sets,
+        "ratio": float(np.median(loss_steps / op_steps)),  # median of per-round ratios
+        "ratio_p20": float(np.percentile(loss_steps / op_steps, 20)),
+        "ratio_p80": float(np.percentile(loss_steps / op_steps, 80)),
+        **shape,
+    }
+
+    # Every head at realistic shapes.
+    del base_inputs, graphs
+    inputs = make_inputs(rng, args.sets_all, args.batch, args.frames, args.mels, args.tokens,
+                         args.heads, all_heads=True)
+    full = XTTSLoss()
+    graphs = {"base": graph_of(baseline, inputs),
+              "xtts": graph_of(lambda k, yt, yp: fwd_bwd(lambda p: full(yt, p), yp), inputs)}
+    for name in full.term_functions(*inputs[0]):
+        def step(k, yt, yp, name=name):
+            return fwd_bwd(lambda p: full.term_functions(yt, p)[name](), yp)
+
+        graphs[name] = graph_of(step, inputs)
+    med, _ = interleaved_ms(graphs, args.repeats)
+    full_ms = (med.pop("xtts") - med["base"]) / args.sets_all
+    base = med.pop("base")
+    per_term = {k: (v - base) / args.sets_all for k, v in med.items()}
+    results["all_heads"] = {
+        "xtts_all_heads_ms": full_ms,
+        "per_term_ms": per_term,
+        "share_of_step": {k: v / full_ms for k, v in per_term.items()},
+        "tokens": args.tokens, "heads": args.heads, **shape,
+    }
+    return results
+
+
+def to_markdown(results, args):
+    r = results["mel_stop"]
+    a = results["all_heads"]
+    lines = [
+        f"Machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, TF {tf.__version__}. "
+        f"Command: `python benchmarks/xtts_terms_bench.py --repeats {args.repeats} "
+        f"--rounds {args.rounds}`. Per-step medians inside a step graph (forward + backward); "
+        f"graphs called in turn; load average during the run: {os.getloadavg()[0]:.1f}.",
+        "",
+        f"| [B, T, M] = [{r['batch']}, {r['frames']}, {r['mels']}] float32 | ms per step | ratio |",
+        "|---|---|---|",
+        f"| fused op, forward + backward | {r['op_forward_backward_ms']:.3f} | 1.00 |",
+        f"| XTTSLoss, mel + stop terms | {r['xtts_mel_stop_ms']:.3f} | {r['ratio']:.2f} "
+        f"(p20 {r['ratio_p20']:.2f}, p80 {r['ratio_p80']:.2f}) |",
+        "",
+        f"Every head of the default MyXTTS model (attention weights [{a['batch']}, {a['heads']}, "
+        f"{a['frames']}, {a['tokens']}], {a['tokens']} tokens): XTTSLoss "
+        f"{a['xtts_all_heads_ms']:.3f} ms per step.",
+        "",
+        "| term (alone, forward + backward) | ms per step | share of the XTTSLoss step |",
+        "|---|---|---|",
+    ]
+    for name, ms in a["per_term_ms"].items():
+        lines.append(f"| {name} | {ms:.3f} | {100 * a['share_of_step'][name]:.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--mels", type=int, default=80)
+    p.add_argument("--tokens", type=int, default=150)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--sets", type=int, default=8)
+    p.add_argument("--sets-all", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=3, help="mel+stop rows: repeats x rounds calls")
+    p.add_argument("--out", default=None, help="write <out>.json and <out>.md")
+    args = p.parse_args(argv)
+    results = measure(args)
+    md = to_markdown(results, args)
+    print(md)
+    if args.out:
+        with open(args.out + ".json", "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        with open(args.out + ".md", "w", encoding="utf-8") as f:
+            f.write(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The decisions of XTTSLoss as pure functions: (state, observations, settings) -> new state.
+
+Nothing here reads or writes a variable: every function takes tensors (or
+Python numbers) and returns tensors, so it runs eagerly, in ``tf.function``
+and under ``jit_compile=True``, and is tested directly against NumPy models
+(``tests/test_xtts_rule.py``). :mod:`myxtts_loss.state` holds the variables
+and :mod:`myxtts_loss.loss` wires the two together.
+
+* :func:`adaptive_weight_step` -- SPEC 4.1, the adaptive mel weight.
+* :func:`smoothing_step` -- the reported (never differentiated) smoothed total
+  of the MyXTTS contract, section 4, with its step counter advancing on every
+  call (contract defect 7 fixed).
+"""
+
+import tensorflow as tf
+
+__all__ = [
+    "RULE_STATE",
+    "SMOOTHING_STATE",
+    "SPIKE_MIN_STEPS",
+    "SMOOTHING_WINDOW",
+    "adaptive_weight_step",
+    "smoothing_step",
+]
+
+#: Spike detection starts when step_count > this (SPEC 4.1: "after 10 steps").
+SPIKE_MIN_STEPS = 10
+#: Raw totals kept for the smoothed total (contract section 4: 10 slots).
+SMOOTHING_WINDOW = 10
+_RATIO_EPS = 1e-8
+_RATIO_MIN, _RATIO_MAX = 0.1, 10.0
+
+#: Fields of the adaptive-rule state: name -> (dtype, initial value; "base" = base weight).
+RULE_STATE = {
+    "step_count": (tf.int64, 0),
+    "current_mel_weight": (tf.float32, "base"),
+    "previous_mel_weight": (tf.float32, "base"),
+    "last_weight_change_step": (tf.int64, 0),
+    "consecutive_stable_steps": (tf.int64, 0),
+    "running_total_loss": (tf.float32, 0.0),
+    "running_total_initialized": (tf.bool, False),
+    "nonfinite_steps": (tf.int64, 0),
+    "spike_count": (tf.int64, 0),
+    "weight_changes": (tf.int64, 0),
+    "rejected_changes": (tf.int64, 0),
+}
+
+#: Fields of the smoothing state.
+SMOOTHING_STATE = {
+    "total_history": (tf.float32, [0.0] * SMOOTHING_WINDOW),
+    "smoothing_running_total": (tf.float32, 0.0),
+}
+
+
+def _all_of(conditions):
+    conditions = list(conditions)
+    out = conditions[0]
+    for c in conditions[1:]:
+        out = tf.logical_and(out, c)
+    return out
+
+
+def adaptive_weight_step(state, obs, settings, enabled):
+    """One call of SPEC 4.1.
+
+    Args:
+      state: dict with the fields of :data:`RULE_STATE` (scalar tensors).
+      obs: this call's observations, scalar tensors:
+        ``mel`` (float32, the mel loss of the whole batch; may be non-finite),
+        ``other`` (float32, the weighted sum of the other terms),
+        ``finite`` (bool: no term saw a non-finite value),
+        ``has_valid`` (bool: the mel term had a valid finite element),
+        ``running_mean`` / ``window_variance`` (float32: the op's statistics
+        after this call), ``growing`` (bool: gradients are growing).
+      settings: an :class:`~myxtts_loss.config.XTTSLossConfig`.
+      enabled: bool tensor, the manual on/off switch.
+
+    Returns:
+      ``(new_state, weight, events)``: the new state dict, the float32 weight
+      for this call's total, and a dict of bool events ``clean``, ``spike``,
+      ``accepted``, ``rejected``.
+    """
+    c = settings
+    i64 = tf.int64
+    mel = tf.cast(obs["mel"], tf.float32)
+    other = tf.cast(obs["other"], tf.float32)
+    s = state["step_count"] + 1
+    w = state["current_mel_weight"]
+    rt, rt_init = state["running_total_loss"], state["running_total_initialized"]
+
+    # 1. Clean / spike.
+    total_pre = w * mel + other
+    finite = tf.logical_and(obs["finite"], tf.math.is_finite(total_pre))
+    clean = tf.logical_and(finite, obs["has_valid"])
+    spike_limit = c.max_loss_spike_threshold * rt
+    check_spike = tf.logical_and(s > SPIKE_MIN_STEPS, rt_init)
+    spike = _all_of([clean, check_spike, total_pre > spike_limit])
+
+    # 2. Gate.
+    passed = _all_of(
+        [
+            clean,
+            tf.logical_not(spike),
+            enabled,
+            s >= c.adaptive_weight_min_warmup_steps,
+            s - state["last_weight_change_step"] >= c.adaptive_weight_cooling_period,
+            obs["window_variance"] < c.adaptive_weight_variance_threshold,
+        ]
+    )
+    consec = tf.where(passed, state["consecutive_stable_steps"] + 1, tf.constant(0, i64))
+    decide = tf.logical_and(passed, consec >= c.adaptive_weight_min_stable_steps)
+
+    # 3.-4. Direction, candidate and its validation, only on deciding steps
+    # (a cond: the other steps skip these ops).
+    safe_mel = tf.stop_gradient(tf.where(tf.math.is_finite(mel), mel, tf.zeros_like(mel)))
+    running_mean = tf.cast(obs["running_mean"], tf.float32)
+    growing = obs["growing"]
+
+    def _decide():
+        ratio = tf.clip_by_value(
+            safe_mel / tf.maximum(tf.abs(running_mean), _RATIO_EPS), _RATIO_MIN, _RATIO_MAX
+        )
+        up = tf.logical_and(ratio > c.adaptive_weight_loss_high_ratio, tf.logical_not(growing))
+        down = tf.logical_or(ratio < c.adaptive_weight_loss_low_ratio, growing)
+        direction = tf.where(down, -1.0, tf.where(up, 1.0, 0.0))
+        attempt = tf.not_equal(direction, 0.0)
+        lo, hi = c.adaptive_weight_min_weight, c.adaptive_weight_max_weight
+        factor = 1.0 + tf.constant(c.adaptive_weight_max_change_percent, tf.float32) * direction
+        cand = tf.clip_by_value(w * factor, lo, hi)
+        weighted = cand * safe_mel
+        valid = _all_of(
+            [
+                tf.not_equal(cand, w),
+                tf.math.is_finite(cand),
+                cand >= lo,
+                cand <= hi,
+                tf.math.is_finite(weighted),
+                weighted <= c.adaptive_weight_max_weighted_loss,
+            ]
+        )
+        accepted = tf.logical_and(attempt, valid)
+        return tf.where(accepted, cand, w), accepted, tf.logical_and(attempt, tf.logical_not(valid))
+
+    def _keep():
+        return w, tf.constant(False), tf.constant(False)
+
+    new_w, accepted, rejected = tf.cond(decide, _decide, _keep)
+    new_w = tf.stop_gradient(new_w)
+
+    # 5. Spike reference: EMA of the returned total over clean steps,
+    # a spike's contribution winsorised at the limit.
+    total = new_w * mel + other
+    clipped = tf.where(check_spike, tf.minimum(total, spike_limit), total)
+    a = c.loss_smoothing_factor
+    new_rt = tf.where(clean, tf.where(rt_init, (1.0 - a) * rt + a * clipped, total), rt)
+
+    one = tf.constant(1, i64)
+    zero = tf.constant(0, i64)
+    new_state = {
+        "step_count": s,
+        "current_mel_weight": new_w,
+        "previous_mel_weight": tf.where(accepted, w, state["previous_mel_weight"]),
+        "last_weight_change_step": tf.where(accepted, s, state["last_weight_change_step"]),
+        "consecutive_stable_steps": tf.where(accepted, zero, consec),
+        "running_total_loss": new_rt,
+        "running_total_initialized": tf.logical_or(rt_init, clean),
+        "nonfinite_steps": state["nonfinite_steps"] + tf.where(finite, zero, one),
+        "spike_count": state["spike_count"] + tf.cast(spike, i64),
+        "weight_changes": state["weight_changes"] + tf.cast(accepted, i64),
+        "rejected_changes": state["rejected_changes"] + tf.cast(rejected, i64),
+    }
+    events = {"clean": clean, "spike": spike, "accepted": accepted, "rejected": rejected}
+    return new_state, new_w, events
+
+
+def smoothing_step(state, raw_total, step, settings):
+    """The smoothed total of the MyXTTS contract (section 4, "Smoothing").
+
+    Args:
+      state: dict with ``total_history`` (float32 [10], slot ``(step - 1) mod 10``
+        is written by call ``step``) and ``smoothing_running_total``.
+      raw_total: this call's raw total (non-finite counts as 0).
+      step: int64, this call's step number (1 for the first call).
+      settings: ``loss_smoothing_factor`` (alpha) and ``max_loss_spike_threshold`` (theta).
+
+    Returns ``(new_state, smoothed)``. The history is what the original
+    writes, so the values match its eager trajectory whenever its step counter
+    advances (adaptation on and a mel term present).
+    """
+    alpha = settings.loss_smoothing_factor
+    theta = settings.max_loss_spike_threshold
+    c = tf.cast(raw_total, tf.float32)
+    c = tf.where(tf.math.is_finite(c), c, tf.zeros_like(c))
+    hist = state["total_history"]
+    hist = tf.where(tf.math.is_finite(hist), hist, tf.zeros_like(hist))
+    rt = state["smoothing_running_total"]
+    rt = tf.where(tf.math.is_finite(rt), rt, tf.zeros_like(rt))
+    slot = tf.math.floormod(step - 1, SMOOTHING_WINDOW)
+    hist = tf.where(tf.equal(tf.range(SMOOTHING_WINDOW, dtype=tf.int64), slot), c, hist)
+    n = tf.cast(step, tf.float32)
+    d = tf.minimum(n / 500.0, 0.95)
+    new_rt = d * rt + (1.0 - d) * c
+    new_rt = tf.where(tf.math.is_finite(new_rt), new_rt, c)
+    avg = tf.reduce_mean(hist)
+    rho = c / (avg + 1e-8)
+    rho = tf.where(tf.math.is_finite(rho), rho, tf.ones_like(rho))
+    damped = c * tf.minimum(theta / rho, 1.0)
+    blended = (1.0 - alpha) * c + alpha * new_rt
+    out = tf.where(step > SPIKE_MIN_STEPS, tf.where(rho > theta, damped, blended), c)
+    out = tf.where(tf.math.is_finite(out), out, c)
+    return {"total_history": hist, "smoothing_running_total": new_rt}, out

@@ -1,0 +1,747 @@
+"""The loss terms of the MyXTTS contract as small masked functions, and their registry.
+
+Each term computes **sufficient statistics** ``TermStats(num, den, nonfinite)``
+of its batch: the value is ``num / den`` (then ``clip`` for the terms that
+clip the batch value). ``num`` is differentiable; ``den`` and ``nonfinite``
+are counts. Statistics of several replicas add up, so one code path serves
+one device and ``tf.distribute`` (:mod:`myxtts_loss.loss` reduces them with
+one all-reduce, or not at all on one replica).
+
+Masking rules (every term):
+
+* padding is **selected out** with ``tf.where``, never multiplied by 0, so
+  NaN/Inf in padding changes nothing;
+* a non-finite value in a valid position is excluded from the sums and the
+  counts (the per-sample mean divides by the finite valid positions) and
+  counted in ``nonfinite``; both operands go through ``tf.where`` before the
+  math, so the gradient stays finite and is 0 there;
+* lengths may be integers or integral floats (Keras casts every input to
+  float32); a non-integral or negative length is an error
+  (:func:`as_lengths`).
+
+Per-sample reduction (``per_sample_stats``): ``l_b`` = mean of the element
+losses of sample ``b`` over its valid positions (0 when it has none), the
+value is ``(1/B) sum_b l_b`` (every sample counts in ``B``, as in MyXTTS).
+Without lengths the value is the plain mean over all finite elements.
+
+:data:`TERMS` is the registry (contract section 2, in its order): name, the
+``y_true`` / ``y_pred`` keys it needs, the optional ones, the weight setting
+and the function. Adding a term is adding one entry. The mel term's entry
+names its keys and weight; its statistics come from the fused op
+(:mod:`myxtts_loss.loss`).
+
+The module-level functions (``mel_loss``, ``stop_token_loss``,
+``attention_loss``, ...) have the original's signatures and return the
+term's value; they are built on the same statistics functions.
+"""
+
+import collections
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from myxtts_ops.validation import integral_lengths
+
+__all__ = [
+    "TermStats",
+    "Term",
+    "TERMS",
+    "TERM_NAMES",
+    "KNOWN_TRUE_KEYS",
+    "KNOWN_PRED_KEYS",
+    "PARTICIPATION_PAIRS",
+    "as_lengths",
+    "check_inputs",
+    "term_value",
+    "mel_target_noise",
+    "mel_loss",
+    "stop_token_loss",
+    "attention_loss",
+    "duration_loss",
+    "pitch_loss",
+    "energy_loss",
+    "diffusion_loss",
+    "speaking_rate_loss",
+    "contrastive_speaker_loss",
+    "ContrastiveSpeakerLoss",
+    "create_stop_targets",
+    "compute_mel_statistics",
+]
+
+#: ``value = num / den``; ``nonfinite``: valid positions holding NaN/Inf.
+TermStats = collections.namedtuple("TermStats", ["num", "den", "nonfinite"])
+
+_F32 = tf.float32
+PARTICIPATION_COEFFICIENT = 1e-6
+#: (prediction, target) pairs regularised when the target is missing (contract 3.10).
+PARTICIPATION_PAIRS = (
+    ("duration_pred", "duration_target"),
+    ("pitch_output", "pitch_target"),
+    ("energy_output", "energy_target"),
+    ("prosody_pitch", "prosody_pitch_target"),
+    ("prosody_energy", "prosody_energy_target"),
+    ("prosody_speaking_rate", "prosody_speaking_rate_target"),
+)
+
+
+# --------------------------------------------------------------------- inputs
+def _in_xla():
+    try:
+        from myxtts_ops.ops import in_xla_context
+    except Exception:  # pragma: no cover - op package without ops.py
+        return False
+    return in_xla_context()
+
+
+def as_lengths(lengths, name):
+    """``lengths`` as an int32 ``[B]`` tensor, refusing non-integral or negative values.
+
+    Integral floats (Keras casts lengths to float32) are accepted. The check is
+    a ``ValueError`` naming ``name`` and the values eagerly, an
+    ``InvalidArgumentError`` in graphs, and nothing under XLA (which compiles
+    assertions away): there the values are truncated and clamped at 0.
+    """
+    t = tf.convert_to_tensor(lengths)
+    if t.shape.rank is not None and t.shape.rank != 1:
+        if t.shape.rank == 2 and t.shape[-1] == 1:
+            t = tf.reshape(t, [-1])
+        else:
+            raise ValueError(f"{name} must have shape [batch], got shape {t.shape}")
+    if t.dtype.is_floating and not _in_xla():
+        # Whole-number float lengths: the op side's one rule (its message
+        # names the index and the value passed).
+        try:
+            t = integral_lengths(t, name)
+        except tf.errors.InvalidArgumentError as exc:  # eager: raised at once
+            raise ValueError(exc.message) from None
+    if t.dtype.is_integer:
+        bad_neg = t < 0
+        checked = t
+    elif t.dtype.is_floating:  # under XLA, where assertions compile away
+        bad_neg = tf.zeros_like(t, tf.bool)
+        checked = t
+    else:
+        raise ValueError(f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}")
+    if tf.executing_eagerly() and hasattr(t, "numpy"):
+        bad = bad_neg.numpy()
+        if bad.any():
+            values = t.numpy()
+            raise ValueError(
+                f"{name} must be non-negative integers (integral floats are accepted), "
+                f"got {name}[{int(np.argmax(bad))}]={values[np.argmax(bad)]!r} in {values.tolist()!r}"
+            )
+    elif not _in_xla():
+        with tf.control_dependencies(
+            [
+                tf.debugging.Assert(
+                    tf.logical_not(tf.reduce_any(bad_neg)),
+                    [f"{name} must be non-negative integers (integral floats are accepted), got", t],
+                    summarize=16,
+                )
+            ]
+        ):
+            checked = tf.identity(checked)
+    if checked.dtype.is_floating:
+        checked = tf.where(tf.math.is_finite(checked), checked, tf.zeros_like(checked))
+        checked = tf.clip_by_value(checked, 0.0, 2.0**31 - 1.0)
+    return tf.maximum(tf.cast(checked, tf.int32), 0)
+
+
+def _as_float(x, dtype=_F32):
+    return tf.cast(tf.convert_to_tensor(x), dtype)
+
+
+def _squeeze_last(x, name):
+    """[B, N, 1] -> [B, N] (rank-2 inputs are kept)."""
+    if x.shape.rank == 3:
+        if x.shape[-1] is not None and x.shape[-1] != 1:
+            raise ValueError(f"{name} must have shape [batch, n, 1] or [batch, n], got {x.shape}")
+        return tf.squeeze(x, -1)
+    if x.shape.rank is not None and x.shape.rank != 2:
+        raise ValueError(f"{name} must have shape [batch, n, 1] or [batch, n], got {x.shape}")
+    return x
+
+
+def _sanitise(*xs):
+    """(finite mask of all, each x with non-finite entries replaced by 0)."""
+    finite = tf.math.is_finite(xs[0])
+    for x in xs[1:]:
+        finite = tf.logical_and(finite, tf.math.is_finite(x))
+    return finite, [tf.where(finite, x, tf.zeros_like(x)) for x in xs]
+
+
+def _position_mask(lengths, n):
+    """[B, n] bool: position < length (all True without lengths)."""
+    return tf.range(n)[tf.newaxis, :] < lengths[:, tf.newaxis]
+
+
+def _count(mask):
+    return tf.reduce_sum(tf.cast(mask, _F32))
+
+
+# ------------------------------------------------------------- reductions
+def per_sample_stats(elem, finite, lengths):
+    """Per-sample mean over valid finite positions, then the mean over B.
+
+    ``elem`` [B, N, ...] (computed from sanitised inputs), ``finite`` same
+    shape, ``lengths`` int32 [B] masking axis 1, or None for the plain mean.
+    """
+    zero = tf.zeros_like(elem)
+    if lengths is None:
+        ok = finite
+        return TermStats(
+            tf.reduce_sum(tf.where(ok, elem, zero)),
+            _count(ok),
+            _count(tf.logical_not(finite)),
+        )
+    valid = _position_mask(lengths, tf.shape(elem)[1])
+    for _ in range(elem.shape.rank - 2):
+        valid = valid[..., tf.newaxis]
+    valid = tf.broadcast_to(valid, tf.shape(elem))
+    ok = tf.logical_and(valid, finite)
+    axes = list(range(1, elem.shape.rank))
+    sums = tf.reduce_sum(tf.where(ok, elem, zero), axis=axes)
+    counts = tf.reduce_sum(tf.cast(ok, _F32), axis=axes)
+    per_sample = tf.math.divide_no_nan(sums, counts)
+    return TermStats(
+        tf.reduce_sum(per_sample),
+        tf.cast(tf.shape(elem)[0], _F32),
+        _count(tf.logical_and(valid, tf.logical_not(finite))),
+    )
+
+
+def stats_value(stats, clip=None):
+    """``num / den`` (0 when ``den`` is 0), clipped for terms that clip their batch value."""
+    value = tf.math.divide_no_nan(stats.num, tf.cast(stats.den, stats.num.dtype))
+    if clip is not None:
+        value = tf.clip_by_value(value, clip[0], clip[1])
+    return value
+
+
+# ------------------------------------------------------------------ terms
+def stop_stats(target, pred, lengths, positive_weight=5.0, label_smoothing=0.1, from_logits=False):
+    """Contract 3.2: weighted BCE on probabilities (or logits), per-sample mean over t < L."""
+    target = _squeeze_last(_as_float(target), "stop_target")
+    pred = _squeeze_last(_as_float(pred), "stop_tokens")
+    finite, (y, p) = _sanitise(target, pred)
+    y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:
+        elem = tf.nn.weighted_cross_entropy_with_logits(labels=y, logits=p, pos_weight=positive_weight)
+    else:
+        p = tf.clip_by_value(p, 1e-7, 1.0 - 1e-7)
+        elem = -(positive_weight * y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))
+    return per_sample_stats(elem, finite, lengths)
+
+
+def attention_stats(weights, text_lengths, mel_lengths):
+    """Contract 3.3: KL(prior || mean-over-heads attention) per valid (t, j) pair,
+    per-sample sum / valid pairs clipped to [0, 200], then the mean over B.
+
+    The attention tensor is the largest input of the loss ([B, H, T, U]), so it
+    is read once: the mean over heads comes first, and a non-finite value in any
+    head makes that mean non-finite, which excludes the pair (and zeroes its
+    gradient in every head). The prior has no gradient and is built on [B, T, U].
+    """
+    a = _as_float(weights)
+    if a.shape.rank != 4:
+        raise ValueError(f"attention_weights must have shape [batch, heads, frames, tokens], got {a.shape}")
+    abar = tf.reduce_mean(a, axis=1)  # [B, Tq, Tk]
+    shape = tf.shape(abar)
+    tq, tk = shape[1], shape[2]
+    lx = tf.cast(text_lengths, _F32)
+    lm = tf.cast(mel_lengths, _F32)
+    ratio = tf.maximum(lx - 1.0, 1.0) / tf.maximum(lm - 1.0, 1.0)  # [B]
+    mu = ratio[:, tf.newaxis] * tf.cast(tf.range(tq), _F32)[tf.newaxis, :]  # [B, Tq]
+    j = tf.cast(tf.range(tk), _F32)
+    prior = tf.exp(-tf.square(mu[:, :, tf.newaxis] - j) / 4.0)
+    prior = prior / (tf.reduce_sum(prior, axis=-1, keepdims=True) + 1e-8)
+    prior = tf.clip_by_value(prior, 1e-8, 1.0 - 1e-8)
+    prior_log_prior = prior * tf.math.log(prior)
+    valid = tf.logical_and(
+        _position_mask(mel_lengths, tq)[:, :, tf.newaxis],
+        _position_mask(text_lengths, tk)[:, tf.newaxis, :],
+    )
+    finite = tf.math.is_finite(abar)
+    ok = tf.logical_and(valid, finite)
+    safe = tf.clip_by_value(tf.where(ok, abar, tf.ones_like(abar)), 1e-8, 1.0 - 1e-8)
+    # E log(E / A) = E log E - E log A, with E log E constant.
+    kl = tf.where(ok, prior_log_prior - prior * tf.math.log(safe), tf.zeros_like(safe))
+    sums = tf.reduce_sum(kl, axis=[1, 2])
+    counts = tf.reduce_sum(tf.cast(ok, _F32), axis=[1, 2])
+    per_sample = tf.clip_by_value(sums / tf.maximum(counts, 1.0), 0.0, 200.0)
+    return TermStats(
+        tf.reduce_sum(per_sample),
+        tf.cast(shape[0], _F32),
+        _count(tf.logical_and(valid, tf.logical_not(finite))),
+    )
+
+
+def duration_stats(pred, target, text_lengths):
+    """Contract 3.4: squared clipped log-duration error, per-sample mean (clip of the value: [0, 25])."""
+    pred, target = _as_float(pred), _as_float(target)
+    finite, (p, d) = _sanitise(pred, target)
+    delta = tf.clip_by_value(tf.math.log1p(tf.nn.relu(p)) - tf.math.log1p(tf.nn.relu(d)), -5.0, 5.0)
+    return per_sample_stats(tf.square(delta), finite, text_lengths)
+
+
+def _compressed_stats(pred, target, lengths, compress, clip, names):
+    pred = _squeeze_last(_as_float(pred), names[0])
+    target = _squeeze_last(_as_float(target), names[1])
+    finite, (p, t) = _sanitise(pred, target)
+    elem = tf.clip_by_value(tf.abs(compress(p) - compress(t)), 0.0, clip)
+    return per_sample_stats(elem, finite, lengths)
+
+
+def _signed_log(x):
+    return tf.sign(x) * tf.math.log1p(tf.abs(x))
+
+
+def _relu_log(x):
+    return tf.math.log1p(tf.nn.relu(x))
+
+
+def pitch_stats(pred, target, lengths, names=("pitch_output", "pitch_target")):
+    """Contract 3.5: |c(pred) - c(target)| clipped at 5, c(x) = sign(x) log(1 + |x|)."""
+    return _compressed_stats(pred, target, lengths, _signed_log, 5.0, names)
+
+
+def energy_stats(pred, target, lengths, names=("energy_output", "energy_target")):
+    """Contract 3.6: |g(pred) - g(target)| clipped at 8, g(x) = log(1 + relu(x))."""
+    return _compressed_stats(pred, target, lengths, _relu_log, 8.0, names)
+
+
+def speaking_rate_stats(pred, target, text_lengths):
+    """Contract 3.8 with the per-sample normalisation (the original's B x B broadcast is defect 10)."""
+    pred = _squeeze_last(_as_float(pred), "prosody_speaking_rate")
+    target = _squeeze_last(_as_float(target), "prosody_speaking_rate_target")
+    finite, (p, t) = _sanitise(pred, target)
+    return per_sample_stats(tf.clip_by_value(tf.abs(p - t), 0.0, 10.0), finite, text_lengths)
+
+
+def diffusion_stats(pred, target, lengths):
+    """Contract 3.7: squared error, mean over the last axis, per-sample mean over t < L."""
+    pred, target = _as_float(pred), _as_float(target)
+    finite, (p, t) = _sanitise(pred, target)
+    return per_sample_stats(tf.square(p - t), finite, lengths)
+
+
+def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2):
+    """Contract 3.9 (ContrastiveSpeakerLoss). Not decomposable over replicas:
+    ``den`` = 1, so replicas average their batch values."""
+    e = _as_float(embeddings)
+    labels = tf.cast(tf.round(_as_float(labels)), tf.int32)
+    row_ok = tf.reduce_all(tf.math.is_finite(e), axis=-1)
+    e = tf.where(row_ok[:, tf.newaxis], e, tf.zeros_like(e))
+    z = tf.math.l2_normalize(e, axis=-1, epsilon=1e-12)
+    sim = tf.matmul(z, z, transpose_b=True) / temperature
+    b = tf.shape(labels)[0]
+    pair_ok = tf.logical_and(row_ok[:, tf.newaxis], row_ok[tf.newaxis, :])
+    not_self = tf.logical_not(tf.eye(b, dtype=tf.bool))
+    same = tf.equal(labels[:, tf.newaxis], labels[tf.newaxis, :])
+    pos = tf.cast(tf.logical_and(tf.logical_and(same, not_self), pair_ok), _F32)
+    neg = tf.cast(tf.logical_and(tf.logical_and(tf.logical_not(same), not_self), pair_ok), _F32)
+    value = -tf.reduce_sum(sim * pos) / tf.maximum(tf.reduce_sum(pos), 1.0) + tf.reduce_sum(
+        tf.nn.relu(sim * neg - margin) * neg
+    ) / tf.maximum(tf.reduce_sum(neg), 1.0)
+    return TermStats(value, tf.constant(1.0, _F32), _count(tf.logical_not(row_ok)))
+
+
+def participation_stats(y_true, y_pred):
+    """Contract 3.10: 1e-6 * mean(pred^2) for each prediction whose target is missing."""
+    value = tf.constant(0.0, _F32)
+    for pred_key, target_key in PARTICIPATION_PAIRS:
+        if pred_key in y_pred and target_key not in y_true:
+            p = _as_float(y_pred[pred_key])
+            p = tf.where(tf.math.is_finite(p), p, tf.zeros_like(p))
+            value = value + PARTICIPATION_COEFFICIENT * tf.reduce_mean(tf.square(p))
+    return TermStats(value, tf.constant(1.0, _F32), tf.constant(0.0, _F32))
+
+
+# -------------------------------------------------------------- registry
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One loss term: active when every key of ``true_keys``/``pred_keys`` is present.
+
+    ``stats(y_true, y_pred, lengths, config) -> TermStats``; ``lengths`` maps
+    ``"mel_lengths"``/``"text_lengths"`` to int32 tensors (or None).
+    ``weight``: the config field of its weight (None: coefficient 1).
+    ``clip``: bounds of the batch value (applied after the reduction).
+    """
+
+    name: str
+    true_keys: tuple
+    pred_keys: tuple
+    optional_true_keys: tuple
+    weight: str
+    stats: object
+    clip: tuple = None
+    always: bool = False
+
+    def active(self, y_true, y_pred):
+        return self.always or (
+            all(k in y_true for k in self.true_keys) and all(k in y_pred for k in self.pred_keys)
+        )
+
+
+TERMS = (
+    Term("mel_loss", ("mel_target",), ("mel_output",), ("mel_lengths",), "mel_loss_weight", None),
+    Term(
+        "stop_loss", ("stop_target",), ("stop_tokens",), ("mel_lengths",), "stop_loss_weight",
+        lambda yt, yp, ln, c: stop_stats(
+            yt["stop_target"], yp["stop_tokens"], ln["mel_lengths"], c.stop_positive_weight,
+            c.stop_label_smoothing, c.stop_from_logits,
+        ),
+    ),
+    Term(
+        "attention_loss", ("text_lengths", "mel_lengths"), ("attention_weights",), (),
+        "attention_loss_weight",
+        lambda yt, yp, ln, c: attention_stats(
+            yp["attention_weights"], ln["text_lengths"], ln["mel_lengths"]
+        ),
+    ),
+    Term(
+        "duration_loss", ("duration_target", "text_lengths"), ("duration_pred",), (),
+        "duration_loss_weight",
+        lambda yt, yp, ln, c: duration_stats(
+            yp["duration_pred"], yt["duration_target"], ln["text_lengths"]
+        ),
+        clip=(0.0, 25.0),
+    ),
+    Term(
+        "pitch_loss", ("pitch_target", "mel_lengths"), ("pitch_output",), (), "pitch_loss_weight",
+        lambda yt, yp, ln, c: pitch_stats(yp["pitch_output"], yt["pitch_target"], ln["mel_lengths"]),
+    ),
+    Term(
+        "energy_loss", ("energy_target", "mel_lengths"), ("energy_output",), (),
+        "energy_loss_weight",
+        lambda yt, yp, ln, c: energy_stats(
+            yp["energy_output"], yt["energy_target"], ln["mel_lengths"]
+        ),
+    ),
+    Term(
+        "prosody_pitch_loss", ("prosody_pitch_target", "text_lengths"), ("prosody_pitch",), (),
+        "prosody_pitch_loss_weight",
+        lambda yt, yp, ln, c: pitch_stats(
+            yp["prosody_pitch"], yt["prosody_pitch_target"], ln["text_lengths"],
+            ("prosody_pitch", "prosody_pitch_target"),
+        ),
+    ),
+    Term(
+        "prosody_energy_loss", ("prosody_energy_target", "text_lengths"), ("prosody_energy",), (),
+        "prosody_energy_loss_weight",
+        lambda yt, yp, ln, c: energy_stats(
+            yp["prosody_energy"], yt["prosody_energy_target"], ln["text_lengths"],
+            ("prosody_energy", "prosody_energy_target"),
+        ),
+    ),
+    Term(
+        "speaking_rate_loss", ("prosody_speaking_rate_target", "text_lengths"),
+        ("prosody_speaking_rate",), (), "speaking_rate_loss_weight",
+        lambda yt, yp, ln, c: speaking_rate_stats(
+            yp["prosody_speaking_rate"], yt["prosody_speaking_rate_target"], ln["text_lengths"]
+        ),
+    ),
+    Term(
+        "voice_similarity_loss", ("speaker_labels",), ("speaker_embedding",), (),
+        "voice_similarity_loss_weight",
+        lambda yt, yp, ln, c: contrastive_stats(
+            yt["speaker_labels"], yp["speaker_embedding"], c.contrastive_temperature,
+            c.contrastive_margin,
+        ),
+    ),
+    Term(
+        "diffusion_loss", ("diffusion_noise_target",), ("diffusion_noise_pred",), ("mel_lengths",),
+        "diffusion_loss_weight",
+        lambda yt, yp, ln, c: diffusion_stats(
+            yp["diffusion_noise_pred"], yt["diffusion_noise_target"], ln["mel_lengths"]
+        ),
+    ),
+    Term(
+        "gradient_participation_loss", (), (), (), None,
+        lambda yt, yp, ln, c: participation_stats(yt, yp), always=True,
+    ),
+)
+TERM_NAMES = tuple(t.name for t in TERMS)
+KNOWN_TRUE_KEYS = frozenset(k for t in TERMS for k in t.true_keys + t.optional_true_keys)
+KNOWN_PRED_KEYS = frozenset(k for t in TERMS for k in t.pred_keys) | {
+    p for p, _ in PARTICIPATION_PAIRS
+}
+
+
+def term_value(term, stats):
+    return stats_value(stats, term.clip)
+
+
+# -------------------------------------------------------------- input checks
+# Each key's dimensions as symbols: B batch, T mel frames, M mel bins, U text
+# tokens, H heads, D embedding size; 1 a literal 1; "?" anything. A key may
+# allow several ranks (the trailing 1 is optional where the terms squeeze it).
+_KEY_SHAPES = {
+    "mel_target": [("B", "T", "M")],
+    "mel_output": [("B", "T", "M")],
+    "mel_lengths": [("B",)],
+    "text_lengths": [("B",)],
+    "stop_target": [("B", "T", 1), ("B", "T")],
+    "stop_tokens": [("B", "T", 1), ("B", "T")],
+    "attention_weights": [("B", "H", "?", "?")],
+    "duration_target": [("B", "U")],
+    "duration_pred": [("B", "U")],
+    "pitch_target": [("B", "T", 1), ("B", "T")],
+    "pitch_output": [("B", "T", 1), ("B", "T")],
+    "energy_target": [("B", "T", 1), ("B", "T")],
+    "energy_output": [("B", "T", 1), ("B", "T")],
+    "prosody_pitch_target": [("B", "U", 1), ("B", "U")],
+    "prosody_pitch": [("B", "U", 1), ("B", "U")],
+    "prosody_energy_target": [("B", "U", 1), ("B", "U")],
+    "prosody_energy": [("B", "U", 1), ("B", "U")],
+    "prosody_speaking_rate_target": [("B", "U", 1), ("B", "U")],
+    "prosody_speaking_rate": [("B", "U", 1), ("B", "U")],
+    "speaker_labels": [("B",)],
+    "speaker_embedding": [("B", "D")],
+    "diffusion_noise_target": [("B", "T", "?")],
+    "diffusion_noise_pred": [("B", "T", "?")],
+}
+
+
+def _edit_distance(a, b):
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _close_key(key, known):
+    """A known key within 2 edits of ``key`` (a typo or a plural), else None.
+
+    Only near-identical names count: a model's other outputs (``text_encoded``,
+    ``encoder_output``) must not be mistaken for misspelt inputs.
+    """
+    key = str(key)
+    if len(key) < 5:
+        return None
+    best = min(sorted(known), key=lambda k: _edit_distance(key, k))
+    return best if _edit_distance(key, best) <= 2 else None
+
+
+def check_inputs(y_true, y_pred, extra_keys=()):
+    """Refuse misspelt keys and static shapes that disagree with the mel batch.
+
+    A key that is not known but close to a known one (``mel_length``,
+    ``stop_token``) is a ``ValueError`` naming both: ignoring it would change
+    the loss silently (every frame valid, a term dropped). Keys that look like
+    nothing known are left alone (a model may return more outputs), as are
+    the ``extra_keys`` of registered extra terms. ``None`` values are refused.
+    Static dimensions of every known key are checked against the symbols of
+    :data:`_KEY_SHAPES` (B: the batch of the first key that fixes it, T the
+    mel frames, ...); dynamic dimensions are not checked here.
+    """
+    for where, d, known, other in (
+        ("y_true", y_true, KNOWN_TRUE_KEYS, KNOWN_PRED_KEYS),
+        ("y_pred", y_pred, KNOWN_PRED_KEYS, KNOWN_TRUE_KEYS),
+    ):
+        for key, value in d.items():
+            if value is None:
+                raise ValueError(f"{where}[{key!r}] is None: omit absent inputs instead")
+            if key in known or key in extra_keys:
+                continue
+            if key in other:
+                raise ValueError(
+                    f"{where} has key {key!r}, which belongs in "
+                    f"{'y_pred' if where == 'y_true' else 'y_true'}"
+                )
+            close = _close_key(key, known)
+            if close is not None:
+                raise ValueError(
+                    f"unknown {where} key {key!r}: did you mean {close!r}? "
+                    f"(known {where} keys: {', '.join(sorted(known))})"
+                )
+    bound = {}  # symbol -> (size, key)
+    for where, d in (("y_true", y_true), ("y_pred", y_pred)):
+        for key, value in d.items():
+            if key not in _KEY_SHAPES:
+                continue
+            shape = getattr(value, "shape", None)
+            if shape is None:
+                shape = np.shape(value)
+            shape = tf.TensorShape(shape)
+            if shape.rank is None:
+                continue
+            patterns = [p for p in _KEY_SHAPES[key] if len(p) == shape.rank]
+            if not patterns:
+                allowed = " or ".join("[" + ", ".join(map(str, p)) + "]" for p in _KEY_SHAPES[key])
+                raise ValueError(f"{where}[{key!r}] must have shape {allowed}, got {shape}")
+            pattern = patterns[0]
+            for axis, (sym, size) in enumerate(zip(pattern, shape.as_list())):
+                if size is None or sym == "?":
+                    continue
+                if sym == 1:
+                    if size != 1:
+                        raise ValueError(
+                            f"{where}[{key!r}] must have shape [{', '.join(map(str, pattern))}], "
+                            f"got {shape}"
+                        )
+                    continue
+                if sym in bound and bound[sym][0] != size:
+                    raise ValueError(
+                        f"{where}[{key!r}] has shape {shape}: its axis {axis} ({sym}) is {size}, "
+                        f"but {bound[sym][1]} gives {sym} = {bound[sym][0]}"
+                    )
+                bound.setdefault(sym, (size, f"{where}[{key!r}]"))
+
+
+# ------------------------------------------------------ module-level functions
+def _opt_lengths(lengths, name):
+    return None if lengths is None else as_lengths(lengths, name)
+
+
+def mel_target_noise(y_true, lengths, label_smoothing, seed):
+    """Deterministic target noise of the original's mel loss (contract 3.1, our decision):
+    ``N(0, (s * std)^2)`` with std over the valid finite target elements,
+    drawn by a stateless RNG from ``seed`` (an int64 ``[2]`` tensor or a pair)."""
+    t = tf.convert_to_tensor(y_true)
+    x = tf.cast(t, _F32)
+    finite = tf.math.is_finite(x)
+    if lengths is not None:
+        valid = _position_mask(lengths, tf.shape(x)[1])[:, :, tf.newaxis]
+        finite = tf.logical_and(finite, valid)
+    n = tf.maximum(_count(finite), 1.0)
+    xs = tf.stop_gradient(tf.where(finite, x, tf.zeros_like(x)))
+    mean = tf.reduce_sum(xs) / n
+    var = tf.reduce_sum(tf.where(finite, tf.square(xs - mean), tf.zeros_like(xs))) / n
+    sigma = label_smoothing * tf.sqrt(var)
+    noise = tf.random.stateless_normal(tf.shape(x), seed=seed, dtype=_F32) * sigma
+    return tf.cast(x + noise, t.dtype)
+
+
+def mel_loss(
+    y_true,
+    y_pred,
+    lengths=None,
+    label_smoothing=0.05,
+    use_huber_loss=True,
+    huber_delta=1.0,
+    seed=0,
+):
+    """Contract 3.1 with the fused op: Huber (or L1), per-sample mean over
+    ``t < L`` divided by ``L * M``, then the mean over B (without lengths: the
+    mean over all elements). ``label_smoothing`` > 0 adds the deterministic
+    target noise of :func:`mel_target_noise` (``seed``: int)."""
+    import myxtts_ops
+
+    y_true = tf.convert_to_tensor(y_true)
+    y_pred = tf.convert_to_tensor(y_pred)
+    if y_true.dtype != y_pred.dtype:
+        y_true = tf.cast(y_true, y_pred.dtype)
+    lens = _opt_lengths(lengths, "lengths")
+    if label_smoothing:
+        y_true = mel_target_noise(y_true, lens, label_smoothing, tf.constant([int(seed), 0], tf.int64))
+    out = myxtts_ops.masked_mel_loss(
+        y_true, y_pred, lens,
+        loss_type="huber" if use_huber_loss else "l1",
+        huber_delta=huber_delta,
+        normalization="per_sample" if lens is not None else "global",
+    )
+    if lens is None:
+        return out.loss
+    return tf.reduce_sum(out.per_sample) / tf.cast(tf.size(out.per_sample), out.per_sample.dtype)
+
+
+def stop_token_loss(y_true, y_pred, lengths=None, positive_weight=5.0, label_smoothing=0.1,
+                    from_logits=False):
+    """Contract 3.2 (probabilities; ``from_logits=True`` for logits)."""
+    return stats_value(
+        stop_stats(y_true, y_pred, _opt_lengths(lengths, "lengths"), positive_weight,
+                   label_smoothing, from_logits)
+    )
+
+
+def attention_loss(attention_weights, text_lengths, mel_lengths):
+    """Contract 3.3."""
+    return stats_value(
+        attention_stats(
+            attention_weights, as_lengths(text_lengths, "text_lengths"),
+            as_lengths(mel_lengths, "mel_lengths"),
+        )
+    )
+
+
+def duration_loss(predicted_durations, target_durations, text_lengths):
+    """Contract 3.4."""
+    return stats_value(
+        duration_stats(predicted_durations, target_durations, as_lengths(text_lengths, "text_lengths")),
+        (0.0, 25.0),
+    )
+
+
+def pitch_loss(predicted_pitch, target_pitch, sequence_lengths=None):
+    """Contract 3.5."""
+    return stats_value(
+        pitch_stats(predicted_pitch, target_pitch, _opt_lengths(sequence_lengths, "sequence_lengths"))
+    )
+
+
+def energy_loss(predicted_energy, target_energy, sequence_lengths=None):
+    """Contract 3.6."""
+    return stats_value(
+        energy_stats(predicted_energy, target_energy, _opt_lengths(sequence_lengths, "sequence_lengths"))
+    )
+
+
+def diffusion_loss(predicted_noise, target_noise, sequence_lengths=None):
+    """Contract 3.7."""
+    return stats_value(
+        diffusion_stats(predicted_noise, target_noise, _opt_lengths(sequence_lengths, "sequence_lengths"))
+    )
+
+
+def speaking_rate_loss(predicted_rate, target_rate, text_lengths):
+    """Contract 3.8, per-sample normalisation."""
+    return stats_value(
+        speaking_rate_stats(predicted_rate, target_rate, as_lengths(text_lengths, "text_lengths"))
+    )
+
+
+def contrastive_speaker_loss(labels, embeddings, temperature=0.1, margin=0.2):
+    """Contract 3.9."""
+    return stats_value(contrastive_stats(labels, embeddings, temperature, margin))
+
+
+def _keras_loss_base():
+    import keras
+
+    return keras.losses.Loss
+
+
+class ContrastiveSpeakerLoss(_keras_loss_base()):
+    """``ContrastiveSpeakerLoss(temperature=0.1, margin=0.2)``; ``call(labels, embeddings)``."""
+
+    def __init__(self, temperature=0.1, margin=0.2, name="contrastive_speaker_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = float(temperature)
+        self.margin = float(margin)
+
+    def call(self, y_true, y_pred):
+        return contrastive_speaker_loss(y_true, y_pred, self.temperature, self.margin)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature, "margin": self.margin}
+
+
+def create_stop_targets(mel_lengths, max_length):
+    """float32 ``[B, max_length, 1]``: 1.0 exactly at frame ``L_b - 1`` (none for 0 or > max_length)."""
+    lens = as_lengths(mel_lengths, "mel_lengths")
+    frames = tf.range(tf.cast(max_length, tf.int32))
+    hit = tf.equal(frames[tf.newaxis, :], lens[:, tf.newaxis] - 1)
+    return tf.cast(hit, _F32)[:, :, tf.newaxis]
+
+
+def compute_mel_statistics(mel_spectrograms):
+    """(mean, population std) over (batch, time), keepdims: each ``[1, 1, M]``."""
+    x = tf.convert_to_tensor(mel_spectrograms)
+    mean = tf.reduce_mean(x, axis=[0, 1], keepdims=True)
+    std = tf.sqrt(tf.reduce_mean(tf.square(x - mean), axis=[0, 1], keepdims=True))
+    return mean, std

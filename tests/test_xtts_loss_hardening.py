@@ -1,0 +1,235 @@
+"""Issue 14 (items 1-4, 8, 9) for XTTSLoss: each test fails on the loss before this change.
+
+1. a mel loss that overflows from finite inputs never enters the running statistics;
+2. concurrent eager calls are refused (ConcurrentCallError), never interleaved;
+3. a checkpoint saved under other settings is refused on restore, naming the setting;
+4. get_config/from_config keeps serialisable extra losses, refuses the others;
+8. non-integral lengths, misspelt keys and mismatched shapes are refused, naming them;
+9. every setting is type- and range-checked at construction; reduction/dtype honoured or refused.
+"""
+
+import os
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from myxtts_loss import ConcurrentCallError, XTTSLoss, XTTSLossConfig, terms
+from myxtts_ops import state as layout
+
+
+def _pair(value, b=2, t=4, m=3):
+    return ({"mel_target": tf.zeros([b, t, m]), "mel_lengths": tf.constant([t] + [t - 1] * (b - 1))},
+            {"mel_output": tf.fill([b, t, m], value)})
+
+
+# ------------------------------------------------------------------ item 1
+def test_overflowing_mel_loss_is_a_nonfinite_step_and_leaves_statistics_alone():
+    import test_xtts_loss as spec
+
+    losses = spec.alternating(240)
+    nans = np.zeros(240, bool)
+    nans[150] = True
+    loss_fn = XTTSLoss()
+    step = tf.function(lambda yt, yp: loss_fn(yt, yp))
+    weights = []
+    for i, L in enumerate(losses):
+        if i == 150:  # finite inputs whose difference overflows float32
+            yt = {"mel_target": tf.fill([2, 4, 3], -3e38), "mel_lengths": tf.constant([4, 3])}
+            yp = {"mel_output": tf.fill([2, 4, 3], 3e38)}
+        else:
+            yt, yp = _pair(L)
+        assert np.isfinite(float(step(yt, yp)))
+        weights.append(float(loss_fn.current_mel_weight.numpy()))
+    op_state = loss_fn._state.op_state.numpy()
+    assert np.all(np.isfinite(op_state))
+    assert op_state[layout.STEPS] == 240 and op_state[layout.CLEAN_STEPS] == 239
+    assert int(loss_fn.get_stability_metrics()["nonfinite_steps"]) == 1
+    np.testing.assert_allclose(weights, spec.run_oracle(spec.Oracle(), losses, nans), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ item 2
+def test_concurrent_eager_calls_are_refused_and_counters_agree():
+    loss_fn = XTTSLoss()
+    yt, yp = _pair(0.5, b=8, t=64, m=16)
+    done, refused = [0, 0], [0, 0]
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def worker(i):
+        barrier.wait()
+        for _ in range(150):
+            try:
+                loss_fn(yt, yp)
+                done[i] += 1
+            except ConcurrentCallError as exc:
+                assert "another thread" in str(exc)
+                refused[i] += 1
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    calls = sum(done)
+    assert calls + sum(refused) == 300
+    # Every accepted call is counted once, by every counter.
+    assert int(loss_fn.step_count.numpy()) == calls
+    assert loss_fn._state.op_state.numpy()[layout.STEPS] == calls
+    # A refused call leaves no trace and the lock is released afterwards.
+    loss_fn(yt, yp)
+    assert int(loss_fn.step_count.numpy()) == calls + 1
+
+
+# ------------------------------------------------------------------ item 3
+def _trained(**kwargs):
+    loss_fn = XTTSLoss(**kwargs)
+    for s in range(1, 131):
+        loss_fn(*_pair(0.3 if s % 2 else 1.0))
+    return loss_fn
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(mel_loss_weight=2.0, use_adaptive_weights=False), "use_adaptive_weights"),
+        (dict(mel_loss_weight=2.0), "mel_loss_weight"),
+        (dict(adaptive_weight_max_weight=3.0), "adaptive_weight_max_weight"),
+    ],
+)
+def test_checkpoint_with_other_settings_is_refused(tmp_path, kwargs, name):
+    first = _trained()
+    assert float(first.current_mel_weight.numpy()) != 2.5
+    path = tf.train.Checkpoint(loss=first).write(os.path.join(tmp_path, "ckpt"))
+    other = XTTSLoss(**kwargs)
+    with pytest.raises(ValueError, match=name):
+        tf.train.Checkpoint(loss=other).read(path)
+    same = XTTSLoss()
+    tf.train.Checkpoint(loss=same).read(path).assert_consumed()
+    assert float(same.current_mel_weight.numpy()) == float(first.current_mel_weight.numpy())
+    # Settings that do not change the state's meaning may differ.
+    tf.train.Checkpoint(loss=XTTSLoss(adaptive_weight_cooling_period=20)).read(path).assert_consumed()
+
+
+# ------------------------------------------------------------------ item 4
+@keras.saving.register_keras_serializable(package="myxtts_loss_tests")
+def mean_aux(y_true, y_pred):
+    return tf.reduce_mean(y_pred["aux"])
+
+
+def test_get_config_round_trip_keeps_extra_losses():
+    loss_fn = XTTSLoss(extra_losses={"aux": (mean_aux, 0.5)}, attention_loss_weight=0.02)
+    again = XTTSLoss.from_config(loss_fn.get_config())
+    yt, yp = _pair(0.5)
+    yp["aux"] = tf.constant([1.0, 3.0])
+    assert float(again(yt, yp)) == pytest.approx(float(loss_fn(yt, yp)))
+    assert again.config == loss_fn.config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss_fn))
+    assert float(restored(yt, yp)) == pytest.approx(float(loss_fn(yt, yp)))
+    lambda_loss = XTTSLoss(extra_losses={"aux": lambda yt, yp: tf.reduce_mean(yp["aux"])})
+    with pytest.raises(ValueError, match="extra loss 'aux'.*not a serialisable"):
+        lambda_loss.get_config()
+
+
+# ------------------------------------------------------------------ item 8
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_lengths_must_be_integral(mode):
+    loss_fn = XTTSLoss()
+    call = loss_fn if mode == "eager" else tf.function(lambda a, b: loss_fn(a, b))
+    yt, yp = _pair(0.5)
+    yt["mel_lengths"] = tf.constant([4.0, 3.0])  # integral floats (Keras casts lengths): fine
+    assert float(call(yt, yp)) == pytest.approx(1.25)
+    yt["mel_lengths"] = tf.constant([3.9, 2.7])
+    error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+    with pytest.raises(error, match="mel_lengths"):
+        call(yt, yp)
+    yt["mel_lengths"] = tf.constant([-1, 2])
+    with pytest.raises(error, match="mel_lengths"):
+        call(yt, yp)
+
+
+@pytest.mark.parametrize(
+    "where, key, hint",
+    [("true", "mel_length", "mel_lengths"), ("pred", "stop_token", "stop_tokens"),
+     ("true", "text_length", "text_lengths"), ("pred", "attention_weight", "attention_weights")],
+)
+def test_misspelt_keys_are_named(where, key, hint):
+    yt, yp = _pair(0.5)
+    (yt if where == "true" else yp)[key] = tf.constant([1.0, 2.0])
+    with pytest.raises(ValueError, match=f"'{key}'.*did you mean '{hint}'"):
+        XTTSLoss()(yt, yp)
+
+
+def test_other_model_outputs_are_left_alone():
+    """MyXTTS models return more outputs (text_encoded, ...): not mistaken for typos."""
+    yt, yp = _pair(0.5)
+    yp.update(text_encoded=tf.zeros([2, 3, 8]), encoder_output=tf.zeros([2, 3, 8]),
+              mel_postnet=tf.zeros([2, 4, 3]))
+    assert float(XTTSLoss()(yt, yp)) == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize(
+    "key, shape",
+    [("stop_tokens", [2, 1]), ("stop_tokens", [1, 4]), ("stop_tokens", [2, 4, 2]),
+     ("mel_lengths", [3]), ("pitch_output", [3, 4, 1]), ("duration_pred", [2, 7])],
+)
+def test_shapes_checked_against_the_mel_batch(key, shape):
+    yt, yp = _pair(0.5)
+    yt["stop_target"] = tf.zeros([2, 4, 1])
+    yt.update(text_lengths=tf.constant([2, 3]), duration_target=tf.zeros([2, 5]),
+              pitch_target=tf.zeros([2, 4, 1]))
+    yp.update(stop_tokens=tf.fill([2, 4, 1], 0.5), duration_pred=tf.zeros([2, 5]),
+              pitch_output=tf.zeros([2, 4, 1]))
+    XTTSLoss()(yt, yp)  # consistent shapes: fine
+    (yt if key in terms.KNOWN_TRUE_KEYS else yp)[key] = tf.zeros(shape)
+    with pytest.raises(ValueError, match=key):
+        XTTSLoss()(yt, yp)
+
+
+def test_none_values_are_refused_by_name():
+    yt, yp = _pair(0.5)
+    yt["stop_target"] = None
+    with pytest.raises(ValueError, match="stop_target"):
+        XTTSLoss()(yt, yp)
+
+
+# ------------------------------------------------------------------ item 9
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(adaptive_weight_min_warmup_steps=10.0), "adaptive_weight_min_warmup_steps"),
+        (dict(adaptive_weight_cooling_period=1e20), "adaptive_weight_cooling_period"),
+        (dict(adaptive_weight_cooling_period=2**63), "adaptive_weight_cooling_period"),
+        (dict(adaptive_weight_min_stable_steps=None), "adaptive_weight_min_stable_steps"),
+        (dict(mel_loss_weight=True), "mel_loss_weight"),
+        (dict(attention_loss_weight="0.1"), "attention_loss_weight"),
+        (dict(pitch_loss_weight=-1.0), "pitch_loss_weight"),
+        (dict(contrastive_temperature=0.0), "contrastive_temperature"),
+        (dict(stop_from_logits=1), "stop_from_logits"),
+        (dict(mel_huber_delta=1e-320), "mel_huber_delta"),
+        (dict(mel_normalization=None), "mel_normalization"),
+        (dict(mel_loss_weigth=2.0), "did you mean mel_loss_weight"),
+        (dict(reduction="bogus"), "reduction"),
+        (dict(dtype="float16"), "dtype"),
+        (dict(verbose="yes"), "verbose"),
+    ],
+)
+def test_settings_validated_at_construction(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        XTTSLoss(**kwargs)
+
+
+def test_numbers_are_normalised_and_keras_reductions_accepted():
+    loss_fn = XTTSLoss(mel_loss_weight=3, adaptive_weight_cooling_period=np.int64(20))
+    assert isinstance(loss_fn.config.mel_loss_weight, float)
+    assert loss_fn.current_mel_weight.dtype == tf.float32  # not int32 (contract defect 13)
+    for reduction in ("sum", "mean", "none", "sum_over_batch_size"):
+        value = XTTSLoss(reduction=reduction, dtype="float32")(*_pair(0.5))
+        assert float(value) == pytest.approx(1.25)
+    assert XTTSLossConfig(adaptive_weight_cooling_period=np.int32(5)).adaptive_weight_cooling_period == 5

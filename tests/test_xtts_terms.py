@@ -1,0 +1,347 @@
+"""Every term of the MyXTTS contract (section 3) against an independent float64 NumPy model.
+
+Lengths: all zero, all full, mixed. Non-finite values: none, NaN/Inf in valid
+positions (excluded and counted: the per-sample mean is over the finite valid
+positions), NaN/Inf in padding (no effect). Gradients stay finite everywhere.
+The NumPy models follow the contract's formulas (with the per-sample
+speaking-rate normalisation, our documented difference).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from myxtts_loss import XTTSLoss, terms
+
+B, T, M, U, H, D = 3, 7, 4, 5, 2, 6
+LENGTHS = {
+    "zero": (np.zeros(B, int), np.zeros(B, int)),
+    "full": (np.full(B, T), np.full(B, U)),
+    "mixed": (np.array([T, 3, 0]), np.array([U, 2, 1])),
+}
+NONFINITE = ["none", "valid", "padding"]
+
+
+# ------------------------------------------------------------- NumPy models
+def np_per_sample(elem, lengths):
+    """elem [B, N, ...] float64 with NaN marking excluded values; lengths or None."""
+    elem = np.asarray(elem, np.float64)
+    if lengths is None:
+        ok = np.isfinite(elem)
+        return elem[ok].sum() / max(ok.sum(), 1)
+    per = []
+    for b in range(elem.shape[0]):
+        x = elem[b, : int(lengths[b])]
+        x = x[np.isfinite(x)]
+        per.append(x.mean() if x.size else 0.0)
+    return float(np.mean(per))
+
+
+def np_stop(target, pred, lengths, wpos=5.0, eps=0.1):
+    y = target[..., 0] * (1 - eps) + eps / 2
+    p = np.clip(pred[..., 0], 1e-7, 1 - 1e-7)
+    e = -(wpos * y * np.log(p) + (1 - y) * np.log(1 - p))
+    return np_per_sample(e, lengths)
+
+
+def np_attention(a, lx, lm):
+    abar = np.mean(a, axis=1)  # NaN in any head excludes the pair
+    b, tq, tk = abar.shape
+    out = []
+    for i in range(b):
+        r = max(lx[i] - 1, 1) / max(lm[i] - 1, 1)
+        t = np.arange(tq)[:, None]
+        j = np.arange(tk)[None, :]
+        g = np.exp(-((r * t - j) ** 2) / 4.0)
+        e = g / (g.sum(axis=1, keepdims=True) + 1e-8)
+        e = np.clip(e, 1e-8, 1 - 1e-8)
+        ab = np.clip(abar[i], 1e-8, 1 - 1e-8)
+        k = e * np.log(e / ab)
+        k = k[: int(lm[i]), : int(lx[i])]
+        k = k[np.isfinite(k)]
+        out.append(np.clip(k.sum() / max(k.size, 1), 0, 200))
+    return float(np.mean(out))
+
+
+def np_duration(p, d, lx):
+    u, v = np.log1p(np.maximum(p, 0)), np.log1p(np.maximum(d, 0))
+    return float(np.clip(np_per_sample(np.clip(u - v, -5, 5) ** 2, lx), 0, 25))
+
+
+def np_pitch(p, t, lengths):
+    c = lambda x: np.sign(x) * np.log1p(np.abs(x))  # noqa: E731
+    return np_per_sample(np.clip(np.abs(c(p[..., 0]) - c(t[..., 0])), 0, 5), lengths)
+
+
+def np_energy(p, t, lengths):
+    g = lambda x: np.log1p(np.maximum(x, 0))  # noqa: E731
+    return np_per_sample(np.clip(np.abs(g(p[..., 0]) - g(t[..., 0])), 0, 8), lengths)
+
+
+def np_rate(p, t, lx):
+    return np_per_sample(np.clip(np.abs(p[..., 0] - t[..., 0]), 0, 10), lx)
+
+
+def np_diffusion(p, t, lengths):
+    return np_per_sample((p - t) ** 2, lengths)
+
+
+def np_contrastive(labels, emb, tau=0.1, margin=0.2):
+    z = emb / np.sqrt(np.maximum((emb**2).sum(-1, keepdims=True), 1e-12))
+    s = z @ z.T / tau
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(len(labels), dtype=bool)
+    pos, neg = (same & off).astype(float), (~same & off).astype(float)
+    return -(s * pos).sum() / max(pos.sum(), 1) + (np.maximum(s * neg - margin, 0) * neg).sum() / max(
+        neg.sum(), 1
+    )
+
+
+def np_mel_batch_huber(t, p, lengths, delta=1.0):
+    d = p - t
+    ad = np.abs(d)
+    h = np.where(ad <= delta, 0.5 * d * d, delta * (ad - 0.5 * delta))
+    return np_per_sample(h, lengths)
+
+
+# ------------------------------------------------------------------ inputs
+def _poison(x, lengths, where, rng, value):
+    """NaN/Inf into one valid position (sample 0) or one padded position."""
+    x = x.copy()
+    if where == "valid" and lengths is not None and lengths[0] > 0:
+        idx = (0, int(rng.integers(lengths[0]))) + (0,) * (x.ndim - 2)
+        x[idx] = value
+    elif where == "padding" and lengths is not None:
+        b = int(np.argmin(lengths))
+        if lengths[b] < x.shape[1]:
+            x[(b, x.shape[1] - 1) + (0,) * (x.ndim - 2)] = value
+    return x
+
+
+def _masked_nan(x, lengths, where, poisoned, clean):
+    """The NumPy model's view: poisoned valid elements become NaN (excluded)."""
+    if where != "valid":
+        return clean
+    out = clean.astype(np.float64).copy()
+    out[~np.isfinite(poisoned)] = np.nan
+    return out
+
+
+CASES = ["stop", "duration", "pitch", "energy", "prosody_pitch", "prosody_energy", "speaking_rate",
+         "diffusion"]
+
+
+def _case(name, rng, lm, lx):
+    """(tf function of (pred, target), np model of (pred, target), pred, target, lengths)."""
+    if name == "stop":
+        tgt = (np.arange(T)[None, :, None] == (lm[:, None, None] - 1)).astype(np.float32)
+        pred = rng.uniform(0.01, 0.99, (B, T, 1)).astype(np.float32)
+        return (lambda p, t: terms.stop_token_loss(t, p, lm), lambda p, t: np_stop(t, p, lm),
+                pred, tgt, lm)
+    if name == "duration":
+        pred = rng.normal(1, 2, (B, U)).astype(np.float32)
+        tgt = rng.uniform(0, 5, (B, U)).astype(np.float32)
+        return (lambda p, t: terms.duration_loss(p, t, lx), lambda p, t: np_duration(p, t, lx),
+                pred, tgt, lx)
+    n, ln = (T, lm) if name in ("pitch", "energy") else (U, lx)
+    pred = rng.normal(0, 3, (B, n, 1)).astype(np.float32)
+    tgt = rng.normal(0, 3, (B, n, 1)).astype(np.float32)
+    if name in ("pitch", "prosody_pitch"):
+        return (lambda p, t: terms.pitch_loss(p, t, ln), lambda p, t: np_pitch(p, t, ln),
+                pred, tgt, ln)
+    if name in ("energy", "prosody_energy"):
+        return (lambda p, t: terms.energy_loss(p, t, ln), lambda p, t: np_energy(p, t, ln),
+                pred, tgt, ln)
+    if name == "speaking_rate":
+        pred = rng.normal(2, 8, (B, U, 1)).astype(np.float32)
+        return (lambda p, t: terms.speaking_rate_loss(p, t, lx), lambda p, t: np_rate(p, t, lx),
+                pred, tgt, lx)
+    pred = rng.normal(0, 1, (B, T, M)).astype(np.float32)
+    tgt = rng.normal(0, 1, (B, T, M)).astype(np.float32)
+    return (lambda p, t: terms.diffusion_loss(p, t, lm), lambda p, t: np_diffusion(p, t, lm),
+            pred, tgt, lm)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("nonfinite", NONFINITE)
+def test_term_against_numpy(name, lengths, nonfinite, rng):
+    lm, lx = LENGTHS[lengths]
+    fn, model, pred, tgt, ln = _case(name, rng, lm, lx)
+    value = float(rng.choice([np.nan, np.inf, -np.inf]))
+    bad_pred = _poison(pred, ln, nonfinite, rng, value)
+    expected = model(_masked_nan(pred, ln, nonfinite, bad_pred, pred.astype(np.float64)),
+                     tgt.astype(np.float64))
+    p = tf.constant(bad_pred)
+    with tf.GradientTape() as tape:
+        tape.watch(p)
+        got = fn(p, tf.constant(tgt))
+    grad = tape.gradient(got, p)
+    np.testing.assert_allclose(float(got), expected, rtol=2e-5, atol=1e-6)
+    assert got.dtype == tf.float32 and got.shape == ()
+    if grad is not None:
+        assert np.all(np.isfinite(grad.numpy()))
+        if nonfinite != "none":
+            assert np.all(grad.numpy()[~np.isfinite(bad_pred)] == 0)
+
+
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("nonfinite", NONFINITE)
+def test_attention_against_numpy(lengths, nonfinite, rng):
+    lm, lx = LENGTHS[lengths]
+    logits = rng.normal(0, 1, (B, H, T, U))
+    a = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    bad = a.copy()
+    if nonfinite == "valid" and lm[0] > 0 and lx[0] > 0:
+        bad[0, 1, 0, 0] = np.nan
+    if nonfinite == "padding" and lm[-1] < T:
+        bad[-1, 0, T - 1, U - 1] = np.inf
+    model_in = a.astype(np.float64)
+    model_in[~np.isfinite(bad)] = np.nan
+    expected = np_attention(model_in, lx, lm)
+    at = tf.constant(bad)
+    with tf.GradientTape() as tape:
+        tape.watch(at)
+        got = terms.attention_loss(at, lx.astype(np.float32), lm)
+    np.testing.assert_allclose(float(got), expected, rtol=2e-5, atol=1e-6)
+    assert np.all(np.isfinite(tape.gradient(got, at).numpy()))
+
+
+def test_contrastive_against_numpy(rng):
+    labels = np.array([0, 1, 0, 2, 1])
+    emb = rng.normal(0, 1, (5, D))
+    got = terms.contrastive_speaker_loss(labels.astype(np.float32), emb.astype(np.float32))
+    np.testing.assert_allclose(float(got), np_contrastive(labels, emb), rtol=1e-5)
+    # Identical positives reach -1/tau (a negative value, kept).
+    same = np.repeat(emb[:1], 2, axis=0)
+    np.testing.assert_allclose(float(terms.ContrastiveSpeakerLoss()(np.array([3.0, 3.0]), same)), -10.0,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+def test_mel_loss_function_huber_batch_mean(lengths, rng):
+    lm, _ = LENGTHS[lengths]
+    t = rng.normal(0, 2, (B, T, M)).astype(np.float32)
+    p = rng.normal(0, 2, (B, T, M)).astype(np.float32)
+    got = terms.mel_loss(t, p, lm, label_smoothing=0.0)
+    np.testing.assert_allclose(float(got), np_mel_batch_huber(t.astype(np.float64), p, lm), rtol=1e-5,
+                               atol=1e-7)
+    l1 = terms.mel_loss(t, p, None, label_smoothing=0.0, use_huber_loss=False)
+    np.testing.assert_allclose(float(l1), np.abs(p - t.astype(np.float64)).mean(), rtol=1e-5)
+
+
+def test_mel_noise_is_deterministic_and_over_valid_frames(rng):
+    t = rng.normal(0, 2, (B, T, M)).astype(np.float32)
+    p = rng.normal(0, 2, (B, T, M)).astype(np.float32)
+    lm = np.array([T, 3, 2])
+    a = float(terms.mel_loss(t, p, lm, seed=3))
+    assert a == float(terms.mel_loss(t, p, lm, seed=3))
+    assert a != float(terms.mel_loss(t, p, lm, seed=4))
+    # Garbage (even NaN) in the padding changes neither the noise scale nor the value.
+    t_bad = t.copy()
+    t_bad[1, 5:] = np.nan
+    t_bad[2, 4:] = 1e6
+    assert float(terms.mel_loss(t_bad, p, lm, seed=3)) == pytest.approx(a, rel=1e-6)
+    # The noise scale is 0.05 * std over the valid elements.
+    noisy = terms.mel_target_noise(tf.constant(t), tf.constant(lm, tf.int32), 0.05,
+                                   tf.constant([1, 2], tf.int64)).numpy()
+    valid = np.arange(T)[None, :] < lm[:, None]
+    std = t[valid].std()
+    assert np.std((noisy - t)[valid]) == pytest.approx(0.05 * std, rel=0.3)
+
+
+def test_create_stop_targets_and_statistics():
+    got = terms.create_stop_targets(np.array([3.0, 0.0, 9.0, 5.0]), 5).numpy()
+    assert got.shape == (4, 5, 1) and got.dtype == np.float32
+    expected = np.zeros((4, 5, 1), np.float32)
+    expected[0, 2, 0] = 1.0
+    expected[3, 4, 0] = 1.0
+    np.testing.assert_array_equal(got, expected)
+    assert terms.create_stop_targets(np.array([2]), tf.constant(4)).shape == (1, 4, 1)
+    x = np.random.default_rng(0).normal(size=(2, 3, 4))
+    mean, std = terms.compute_mel_statistics(x)
+    np.testing.assert_allclose(mean.numpy(), x.mean(axis=(0, 1), keepdims=True))
+    np.testing.assert_allclose(std.numpy(), x.std(axis=(0, 1), keepdims=True))
+
+
+def test_gradient_participation_and_all_terms_in_xtts_loss(rng):
+    """XTTSLoss reports each term as the NumPy model says and sums them with their weights."""
+    lm, lx = np.array([T, 4, 2]), np.array([U, 3, 1])
+    mel_t = rng.normal(0, 1, (B, T, M)).astype(np.float32)
+    mel_p = rng.normal(0, 1, (B, T, M)).astype(np.float32)
+    stop_t = (np.arange(T)[None, :, None] == (lm[:, None, None] - 1)).astype(np.float32)
+    stop_p = rng.uniform(0.05, 0.95, (B, T, 1)).astype(np.float32)
+    logits = rng.normal(0, 1, (B, H, T, U))
+    att = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    dur_p, dur_t = rng.normal(1, 2, (B, U)).astype(np.float32), rng.uniform(0, 4, (B, U)).astype(np.float32)
+    f = lambda *s: rng.normal(0, 2, s).astype(np.float32)  # noqa: E731
+    y_true = {
+        "mel_target": mel_t, "stop_target": stop_t, "mel_lengths": lm.astype(np.float32),
+        "text_lengths": lx.astype(np.float32), "duration_target": dur_t,
+        "pitch_target": f(B, T, 1), "energy_target": f(B, T, 1),
+        "prosody_pitch_target": f(B, U, 1), "prosody_energy_target": f(B, U, 1),
+        # prosody_speaking_rate_target missing: its prediction gets the participation term
+    }
+    y_pred = {
+        "mel_output": mel_p, "stop_tokens": stop_p, "attention_weights": att, "duration_pred": dur_p,
+        "pitch_output": f(B, T, 1), "energy_output": f(B, T, 1), "prosody_pitch": f(B, U, 1),
+        "prosody_energy": f(B, U, 1), "prosody_speaking_rate": f(B, U, 1),
+    }
+    loss_fn = XTTSLoss(use_adaptive_weights=False)
+    total = float(loss_fn(y_true, y_pred))
+    d = lambda k: y_true[k].astype(np.float64)  # noqa: E731
+    q = lambda k: y_pred[k].astype(np.float64)  # noqa: E731
+    expected = {
+        "mel_loss": np_per_sample(np.abs(q("mel_output") - d("mel_target")), lm) * B / np.sum(lm > 0),
+        "stop_loss": np_stop(d("stop_target"), q("stop_tokens"), lm),
+        "attention_loss": np_attention(q("attention_weights"), lx, lm),
+        "duration_loss": np_duration(q("duration_pred"), d("duration_target"), lx),
+        "pitch_loss": np_pitch(q("pitch_output"), d("pitch_target"), lm),
+        "energy_loss": np_energy(q("energy_output"), d("energy_target"), lm),
+        "prosody_pitch_loss": np_pitch(q("prosody_pitch"), d("prosody_pitch_target"), lx),
+        "prosody_energy_loss": np_energy(q("prosody_energy"), d("prosody_energy_target"), lx),
+        "gradient_participation_loss": 1e-6 * np.mean(q("prosody_speaking_rate") ** 2),
+    }
+    got = loss_fn.get_losses()
+    assert list(got) == list(expected)
+    for k, v in expected.items():
+        np.testing.assert_allclose(float(got[k]), v, rtol=2e-5, atol=1e-9, err_msg=k)
+    c = loss_fn.config
+    weights = {
+        "mel_loss": c.mel_loss_weight, "stop_loss": c.stop_loss_weight,
+        "attention_loss": c.attention_loss_weight, "duration_loss": c.duration_loss_weight,
+        "pitch_loss": c.pitch_loss_weight, "energy_loss": c.energy_loss_weight,
+        "prosody_pitch_loss": c.prosody_pitch_loss_weight,
+        "prosody_energy_loss": c.prosody_energy_loss_weight, "gradient_participation_loss": 1.0,
+    }
+    np.testing.assert_allclose(total, sum(weights[k] * expected[k] for k in expected), rtol=2e-5)
+    weighted = loss_fn.get_weighted_losses()
+    assert list(weighted)[:2] == ["mel_loss", "mel_weight"]
+    assert list(weighted)[-2:] == ["gradient_participation_loss", "raw_total_loss"]
+    np.testing.assert_allclose(float(weighted["raw_total_loss"]), total, rtol=1e-6)
+
+
+def test_empty_dicts_give_zero():
+    loss_fn = XTTSLoss()
+    assert float(loss_fn({}, {})) == 0.0
+    assert {k: float(v) for k, v in loss_fn.get_losses().items()} == {"gradient_participation_loss": 0.0}
+
+
+def test_original_preset_matches_contract_numbers(rng):
+    """XTTSLoss.myxtts_original: Huber mel with the 0.05*std noise, batch mean, over 3.1."""
+    lm = np.array([T, 4, 0])
+    t = rng.normal(0, 1, (B, T, M)).astype(np.float32)
+    p = rng.normal(0, 1, (B, T, M)).astype(np.float32)
+    loss_fn = XTTSLoss.myxtts_original(use_adaptive_weights=False, mel_noise_seed=5)
+    loss_fn({"mel_target": t, "mel_lengths": lm}, {"mel_output": p})
+    got = float(loss_fn.get_losses()["mel_loss"])
+    exact = np_mel_batch_huber(t.astype(np.float64), p, lm)
+    # Noise adds about sigma^2/2 per element in the quadratic region; sigma = 0.05 * std.
+    assert got == pytest.approx(exact, abs=0.01)
+    # Deterministic noise: same seed and step, same value.
+    again = XTTSLoss.myxtts_original(use_adaptive_weights=False, mel_noise_seed=5)
+    again({"mel_target": t, "mel_lengths": lm}, {"mel_output": p})
+    assert float(again.get_losses()["mel_loss"]) == got
+    no_noise = XTTSLoss.myxtts_original(use_adaptive_weights=False, mel_label_smoothing=0.0)
+    no_noise({"mel_target": t, "mel_lengths": lm}, {"mel_output": p})
+    np.testing.assert_allclose(float(no_noise.get_losses()["mel_loss"]), exact, rtol=1e-5)
