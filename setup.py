@@ -52,7 +52,11 @@ class CMakeBuild(build_ext):
         build_dir = prepare_build_tree(Path(self.build_temp).resolve(), configuration)
         out_dir = build_dir / "out"
         args = [
-            configuration["cmake"] or "cmake", "-S", str(ROOT), "-B", str(build_dir),
+            configuration["cmake"] or "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build_dir),
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DMYXTTS_OPS_CUDA={env.get('MYXTTS_OPS_CUDA', 'auto')}",
             f"-DMYXTTS_OUTPUT_DIR={out_dir}",
@@ -77,8 +81,10 @@ class CMakeBuild(build_ext):
             args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={configuration['ninja']}"]
         subprocess.run(args, check=True)
         jobs = env.get("MYXTTS_OPS_BUILD_JOBS") or str(os.cpu_count() or 2)
-        subprocess.run([configuration["cmake"] or "cmake", "--build", str(build_dir), "--parallel", jobs],
-                       check=True)
+        subprocess.run(
+            [configuration["cmake"] or "cmake", "--build", str(build_dir), "--parallel", jobs],
+            check=True,
+        )
 
         # kernels*.so goes where setuptools expects the extension; the op
         # library and the build record go to myxtts_ops/_lib/.

@@ -12,11 +12,10 @@ with the machine it ran on) and ``<out>.png``; ``--readme-chart`` also writes
 """
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
-
-import importlib.util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Use the installed packages; fall back to the source tree only without them.
@@ -57,9 +56,13 @@ def kernel_only(batch, frames, mels, repeats, rotate_bytes=96 << 20, seed=0):
     tensor_bytes = batch * frames * mels * 4
     n_sets = max(2, min(16, rotate_bytes // (2 * tensor_bytes) + 1))
     lengths = rng.integers(frames // 2, frames + 1, size=batch).astype(np.int32)
-    sets = [(rng.standard_normal((batch, frames, mels), dtype=np.float32),
-             rng.standard_normal((batch, frames, mels), dtype=np.float32))
-            for _ in range(n_sets)]
+    sets = [
+        (
+            rng.standard_normal((batch, frames, mels), dtype=np.float32),
+            rng.standard_normal((batch, frames, mels), dtype=np.float32),
+        )
+        for _ in range(n_sets)
+    ]
     steps = {"forward": lambda t, p: kernels.forward(t, p, lengths)}
     out = {}
     for mode, step in steps.items():
@@ -143,6 +146,7 @@ def in_graph_ms(batch, frames, mels, repeats, steps=8, seed=0):
             for k in range(steps):
                 total += step(k)
             return total
+
         return tf.function(run)
 
     def median_ms(fn):
@@ -155,9 +159,14 @@ def in_graph_ms(batch, frames, mels, repeats, steps=8, seed=0):
         return float(np.median(times)) * 1e3
 
     base = median_ms(graph(baseline))
-    return {mode: (median_ms(graph(step)) - base) / steps
-            for mode, step in (("forward", forward), ("forward_backward", forward_backward),
-                               ("xtts_step", xtts_step))}
+    return {
+        mode: (median_ms(graph(step)) - base) / steps
+        for mode, step in (
+            ("forward", forward),
+            ("forward_backward", forward_backward),
+            ("xtts_step", xtts_step),
+        )
+    }
 
 
 def isolated_table(result, config, repeats):
@@ -165,32 +174,48 @@ def isolated_table(result, config, repeats):
     against the floor of the interleaved run."""
     batch, frames = config.shapes[0] if config.shapes else (config.batch, config.frames)
     mels = config.mels
-    alone = run_profile(ProfileConfig(device="cpu", dtype="float32", repeats=repeats,
-                                      warmup=config.warmup, impls=("fused",),
-                                      modes=("forward", "forward_backward", "xtts_step"),
-                                      shapes=[(batch, frames)], mels=mels))
+    alone = run_profile(
+        ProfileConfig(
+            device="cpu",
+            dtype="float32",
+            repeats=repeats,
+            warmup=config.warmup,
+            impls=("fused",),
+            modes=("forward", "forward_backward", "xtts_step"),
+            shapes=[(batch, frames)],
+            mels=mels,
+        )
+    )
     kern, valid = kernel_only(batch, frames, mels, repeats)
     bw = result.bandwidth["best"] * 1e9
-    floor = {m: floor_bytes(m, batch, frames, mels, "float32", valid) / bw * 1e3
-             for m in ("forward", "forward_backward", "xtts_step")}
-    rows = [("fused op alone (tf.function)", r.mode, (r.median_ms, r.p20_ms, r.p80_ms))
-            for r in alone.records if r.impl == "fused"]
+    floor = {
+        m: floor_bytes(m, batch, frames, mels, "float32", valid) / bw * 1e3
+        for m in ("forward", "forward_backward", "xtts_step")
+    }
+    rows = [
+        ("fused op alone (tf.function)", r.mode, (r.median_ms, r.p20_ms, r.p80_ms))
+        for r in alone.records
+        if r.impl == "fused"
+    ]
     for mode, ms in in_graph_ms(batch, frames, mels, repeats).items():
         rows.append(("fused op in a step graph, per step", mode, (ms, float("nan"), float("nan"))))
     # Forward only: the NumPy backward allocates fresh outputs per call, so it
     # would time page faults, not the kernel.
     rows.append(("kernels, no TF dispatch", "forward", kern["forward"]))
     call = empty_call_ms(batch, frames, mels, repeats)
-    lines = [f"Isolated runs, [{batch}, {frames}, {mels}] float32 (floor from the run above; "
-             f"an empty tf.function call with the same inputs takes {call:.3f} ms):\n",
-             "| what | mode | median ms | p20 ms | p80 ms | x floor | x (floor + empty call) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Isolated runs, [{batch}, {frames}, {mels}] float32 (floor from the run above; "
+        f"an empty tf.function call with the same inputs takes {call:.3f} ms):\n",
+        "| what | mode | median ms | p20 ms | p80 ms | x floor | x (floor + empty call) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for what, mode, (med, p20, p80) in rows:
         with_call = f"{med / (floor[mode] + call):.2f}" if what.startswith("fused") else "-"
         spread = "- | -" if p20 != p20 else f"{p20:.3f} | {p80:.3f}"  # NaN: median only
         with_call = with_call if what.startswith("fused op alone") else "-"
-        lines.append(f"| {what} | {mode} | {med:.3f} | {spread} | "
-                     f"{med / floor[mode]:.2f} | {with_call} |")
+        lines.append(
+            f"| {what} | {mode} | {med:.3f} | {spread} | {med / floor[mode]:.2f} | {with_call} |"
+        )
     for mode, ms in floor.items():
         lines.append(f"| floor | {mode} | {ms:.3f} | - | - | 1.00 | - |")
     return "\n".join(lines) + "\n"
@@ -198,23 +223,34 @@ def isolated_table(result, config, repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu"),
-                    help="output path prefix (default benchmarks/results/cpu)")
+    ap.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "benchmarks", "results", "cpu"),
+        help="output path prefix (default benchmarks/results/cpu)",
+    )
     ap.add_argument("--sweep", action="store_true", help="batch 8,16,32,64 x frames 250..2000")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--readme-chart", action="store_true",
-                    help="also write docs/images/profile_cpu.png")
+    ap.add_argument(
+        "--readme-chart", action="store_true", help="also write docs/images/profile_cpu.png"
+    )
     args = ap.parse_args(argv)
 
     config = ProfileConfig(
-        device="cpu", dtype=args.dtype, repeats=args.repeats, warmup=args.warmup,
-        impls=tuple(args.impls.split(",")), modes=tuple(args.modes.split(",")),
-        shapes=([(b, t) for b in (8, 16, 32, 64) for t in (250, 500, 1000, 2000)]
-                if args.sweep else None),
+        device="cpu",
+        dtype=args.dtype,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        impls=tuple(args.impls.split(",")),
+        modes=tuple(args.modes.split(",")),
+        shapes=(
+            [(b, t) for b in (8, 16, 32, 64) for t in (250, 500, 1000, 2000)]
+            if args.sweep
+            else None
+        ),
     )
     try:
         result = run_profile(config)
@@ -223,9 +259,11 @@ def main(argv=None):
         return 1
     import tensorflow as tf
 
-    header = (f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; TensorFlow {tf.__version__}; "
-              f"streaming bandwidth {result.bandwidth['best']:.1f} GB/s; "
-              f"{config.repeats} interleaved rounds; {result.elapsed_s:.0f} s in all.\n\n")
+    header = (
+        f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; TensorFlow {tf.__version__}; "
+        f"streaming bandwidth {result.bandwidth['best']:.1f} GB/s; "
+        f"{config.repeats} interleaved rounds; {result.elapsed_s:.0f} s in all.\n\n"
+    )
     table = report.format_table(result.records)
     print(table, end="")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -23,10 +23,10 @@ Exits 0 with a message when there is no GPU or the kernels are not built.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -145,16 +145,20 @@ def torch_impl(torch, loss_type="l1", delta=1.0):
         use = valid & finite
         d = torch.where(use, pf - tf, torch.zeros((), device=t.device))
         ad = d.abs()
-        e = ad if loss_type == "l1" else torch.where(ad <= delta, 0.5 * d * d,
-                                                     delta * (ad - 0.5 * delta))
+        e = (
+            ad
+            if loss_type == "l1"
+            else torch.where(ad <= delta, 0.5 * d * d, delta * (ad - 0.5 * delta))
+        )
         S = e.sum(dim=(1, 2))
         n = use.sum(dim=(1, 2))
         active = n > 0
         per_sample = torch.where(active, S / n.clamp_min(1), torch.zeros_like(S))
         loss = per_sample.sum() / active.sum().clamp_min(1)
         nonfinite = (valid & ~finite).sum()
-        new_state = torch_state(torch, state, loss.detach().double(), nonfinite,
-                                valid.sum() * t.shape[2])
+        new_state = torch_state(
+            torch, state, loss.detach().double(), nonfinite, valid.sum() * t.shape[2]
+        )
         return loss, per_sample, nonfinite, new_state
 
     return forward
@@ -170,15 +174,26 @@ def torch_state(torch, s, loss, nonfinite, valid_count):
     filled = torch.where(clean, torch.clamp(s[4] + 1, max=WINDOW), s[4])
     used = (torch.arange(WINDOW, device=s.device) < filled).double()
     mean = (ring * used).sum() / filled.clamp_min(1)
-    var = torch.where(filled >= 2, (((ring - mean) * used) ** 2).sum() / filled.clamp_min(1),
-                      torch.zeros_like(mean))
+    var = torch.where(
+        filled >= 2,
+        (((ring - mean) * used) ** 2).sum() / filled.clamp_min(1),
+        torch.zeros_like(mean),
+    )
     head_s = s[8:9]
-    new = torch.cat([
-        (s[0] + 1)[None], k[None], (s[2] + (nonfinite > 0).double())[None],
-        torch.where(clean, decay * s[3] + (1 - decay) * loss, s[3])[None], filled[None],
-        torch.where(clean, mean, s[5])[None], torch.where(clean, var, s[6])[None],
-        torch.where(clean, loss, s[7])[None],
-        torch.where(clean, torch.remainder(head_s + 1, WINDOW), head_s), ring])
+    new = torch.cat(
+        [
+            (s[0] + 1)[None],
+            k[None],
+            (s[2] + (nonfinite > 0).double())[None],
+            torch.where(clean, decay * s[3] + (1 - decay) * loss, s[3])[None],
+            filled[None],
+            torch.where(clean, mean, s[5])[None],
+            torch.where(clean, var, s[6])[None],
+            torch.where(clean, loss, s[7])[None],
+            torch.where(clean, torch.remainder(head_s + 1, WINDOW), head_s),
+            ring,
+        ]
+    )
     return new
 
 
@@ -193,8 +208,11 @@ def jax_impl(jax, loss_type="l1", delta=1.0):
         use = valid & finite
         d = jnp.where(use, pf - tf, 0.0)
         ad = jnp.abs(d)
-        e = ad if loss_type == "l1" else jnp.where(ad <= delta, 0.5 * d * d,
-                                                   delta * (ad - 0.5 * delta))
+        e = (
+            ad
+            if loss_type == "l1"
+            else jnp.where(ad <= delta, 0.5 * d * d, delta * (ad - 0.5 * delta))
+        )
         S = e.sum(axis=(1, 2))
         n = use.sum(axis=(1, 2))
         active = n > 0
@@ -212,14 +230,28 @@ def jax_impl(jax, loss_type="l1", delta=1.0):
         filled = jnp.where(clean, jnp.minimum(s[4] + 1, WINDOW), s[4])
         used = jnp.arange(WINDOW) < filled
         mean = jnp.where(used, ring, 0).sum() / jnp.maximum(filled, 1)
-        var = jnp.where(filled >= 2, jnp.where(used, (ring - mean) ** 2, 0).sum()
-                        / jnp.maximum(filled, 1), 0.0)
+        var = jnp.where(
+            filled >= 2, jnp.where(used, (ring - mean) ** 2, 0).sum() / jnp.maximum(filled, 1), 0.0
+        )
         head = jnp.where(clean, jnp.mod(s[8] + 1, WINDOW), s[8])
-        new_state = jnp.concatenate([jnp.stack([
-            s[0] + 1, k, s[2] + (nonfinite > 0), jnp.where(clean, decay * s[3] + (1 - decay) * lossd,
-                                                           s[3]),
-            filled, jnp.where(clean, mean, s[5]), jnp.where(clean, var, s[6]),
-            jnp.where(clean, lossd, s[7]), head]).astype(s.dtype), ring])
+        new_state = jnp.concatenate(
+            [
+                jnp.stack(
+                    [
+                        s[0] + 1,
+                        k,
+                        s[2] + (nonfinite > 0),
+                        jnp.where(clean, decay * s[3] + (1 - decay) * lossd, s[3]),
+                        filled,
+                        jnp.where(clean, mean, s[5]),
+                        jnp.where(clean, var, s[6]),
+                        jnp.where(clean, lossd, s[7]),
+                        head,
+                    ]
+                ).astype(s.dtype),
+                ring,
+            ]
+        )
         return loss, (per_sample, nonfinite, new_state)
 
     return forward
@@ -241,8 +273,14 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
         t = rng.standard_normal((B, T, M)).astype(np.float32)
         p = (t + 0.5 * rng.standard_normal((B, T, M))).astype(np.float32)
         if dtype == "bfloat16":
-            conv = lambda x: ((x.view(np.uint32).astype(np.uint64) + 0x7FFF  # noqa: E731
-                               + ((x.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)
+            conv = lambda x: (
+                (
+                    x.view(np.uint32).astype(np.uint64)
+                    + 0x7FFF  # noqa: E731
+                    + ((x.view(np.uint32) >> 16) & 1)
+                )
+                >> 16
+            ).astype(np.uint16)
             t, p = conv(t), conv(p)
         host_sets.append((t, p, lengths))
         sets.append((dev.asarray(t, dtype), dev.asarray(p, dtype), dev.asarray(lengths)))
@@ -250,40 +288,74 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
     total = B * T * M
     od = "float32"
     state = dev.asarray(np.zeros(k.STATE_SIZE))
-    outs = dict(loss=dev.empty((), od), per_sample=dev.empty((B,), od),
-                nonfinite=dev.empty((), "int64"), new_state=dev.empty((k.STATE_SIZE,), "float64"),
-                weights=[dev.empty((2, B), "float64") for _ in range(n_sets)],
-                workspace=dev.empty((k.cuda_workspace_size(B, T, M),), "uint8"),
-                g_true=dev.empty((B, T, M), dtype), g_pred=dev.empty((B, T, M), dtype),
-                g_loss=dev.asarray(np.asarray(1.0, np.float32)),
-                g_ps=dev.asarray(np.zeros(B, np.float32)))
+    outs = dict(
+        loss=dev.empty((), od),
+        per_sample=dev.empty((B,), od),
+        nonfinite=dev.empty((), "int64"),
+        new_state=dev.empty((k.STATE_SIZE,), "float64"),
+        weights=[dev.empty((2, B), "float64") for _ in range(n_sets)],
+        workspace=dev.empty((k.cuda_workspace_size(B, T, M),), "uint8"),
+        g_true=dev.empty((B, T, M), dtype),
+        g_pred=dev.empty((B, T, M), dtype),
+        g_loss=dev.asarray(np.asarray(1.0, np.float32)),
+        g_ps=dev.asarray(np.zeros(B, np.float32)),
+    )
     stream = dev.stream_ptr()
     bf = "bfloat16" if dtype == "bfloat16" else None
 
     def fused_fwd(i):
         t, p, L = sets[i % n_sets]
-        k.cuda_forward(kv(t), kv(p), L, state, outs["loss"], outs["per_sample"],
-                       outs["nonfinite"], outs["new_state"], outs["weights"][i % n_sets],
-                       outs["workspace"], stream=stream, dtype=bf, check_lengths=False)
+        k.cuda_forward(
+            kv(t),
+            kv(p),
+            L,
+            state,
+            outs["loss"],
+            outs["per_sample"],
+            outs["nonfinite"],
+            outs["new_state"],
+            outs["weights"][i % n_sets],
+            outs["workspace"],
+            stream=stream,
+            dtype=bf,
+            check_lengths=False,
+        )
 
     def fused_bwd(i):
         t, p, L = sets[i % n_sets]
-        k.cuda_backward(kv(t), kv(p), L, outs["weights"][i % n_sets],
-                        outs["g_loss"], outs["g_ps"], kv(outs["g_true"]),
-                        kv(outs["g_pred"]), stream=stream, dtype=bf, check_lengths=False)
+        k.cuda_backward(
+            kv(t),
+            kv(p),
+            L,
+            outs["weights"][i % n_sets],
+            outs["g_loss"],
+            outs["g_ps"],
+            kv(outs["g_true"]),
+            kv(outs["g_pred"]),
+            stream=stream,
+            dtype=bf,
+            check_lengths=False,
+        )
 
     for i in range(n_sets):
         fused_fwd(i)  # sample weights of every set for the backward-only timing
     dev.synchronize()
-    impls = {"fused": {"forward": fused_fwd, "backward": fused_bwd,
-                       "forward_backward": lambda i: (fused_fwd(i), fused_bwd(i))}}
+    impls = {
+        "fused": {
+            "forward": fused_fwd,
+            "backward": fused_bwd,
+            "forward_backward": lambda i: (fused_fwd(i), fused_bwd(i)),
+        }
+    }
 
     if dev.name == "torch":
         torch = dev.module
         tfwd = torch_impl(torch)
         tstate = torch.zeros(k.STATE_SIZE, dtype=torch.float64, device="cuda")
-        leaf = [(t.detach().clone().requires_grad_(True), p.detach().clone().requires_grad_(True), L)
-                for t, p, L in sets]
+        leaf = [
+            (t.detach().clone().requires_grad_(True), p.detach().clone().requires_grad_(True), L)
+            for t, p, L in sets
+        ]
 
         def torch_fwd(i):
             t, p, L = sets[i % n_sets]
@@ -305,8 +377,11 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
             t, p, _ = leaf[j]
             return torch.autograd.grad(graphs[j], [t, p], retain_graph=True)
 
-        impls["torch_eager"] = {"forward": torch_fwd, "backward": torch_bwd,
-                                "forward_backward": torch_fb}
+        impls["torch_eager"] = {
+            "forward": torch_fwd,
+            "backward": torch_bwd,
+            "forward_backward": torch_fb,
+        }
 
     jax_impls = {}
     if jax is not None:
@@ -325,8 +400,9 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
         jstate = jax.device_put(np.zeros(k.STATE_SIZE, np.float32))
         jf = jax_impl(jax)
         j_fwd = jax.jit(jf)
-        j_fb = jax.jit(lambda t, p, L, s: jax.grad(lambda a, b: jf(a, b, L, s)[0],
-                                                   argnums=(0, 1))(t, p))
+        j_fb = jax.jit(
+            lambda t, p, L, s: jax.grad(lambda a, b: jf(a, b, L, s)[0], argnums=(0, 1))(t, p)
+        )
         vjps = []
         for jt, jp, L in jsets:
             _, vjp_fn = jax.vjp(lambda a, b, L=L: jf(a, b, L, jstate)[0], jt, jp)
@@ -350,9 +426,19 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
 
         def add(impl, times, method):
             med, p20, p80 = percentiles_ms([t / 1e3 for t in times])
-            records.append(dict(base, impl=impl, median_ms=med, p20_ms=p20,
-                                p80_ms=p80, gbps=fbytes / (med / 1e3) / 1e9,
-                                method=method, reps=len(times), buffers=n_sets))
+            records.append(
+                dict(
+                    base,
+                    impl=impl,
+                    median_ms=med,
+                    p20_ms=p20,
+                    p80_ms=p80,
+                    gbps=fbytes / (med / 1e3) / 1e9,
+                    method=method,
+                    reps=len(times),
+                    buffers=n_sets,
+                )
+            )
 
         for name, fns in impls.items():
             try:
@@ -362,14 +448,27 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
         if jax_impls:
             try:
                 block = lambda out: jax.block_until_ready(out)  # noqa: E731
-                add("jax_jit", time_wall_groups(jax_impls[mode], block, reps, warmup),
-                    "wall_per_call_over_groups")
+                add(
+                    "jax_jit",
+                    time_wall_groups(jax_impls[mode], block, reps, warmup),
+                    "wall_per_call_over_groups",
+                )
             except Exception as e:  # noqa: BLE001
                 notes.append(f"jax_jit {mode} {size} {dtype}: {type(e).__name__}: {e}")
         floor_ms = fbytes / bw * 1e3
-        records.append(dict(base, impl="floor", median_ms=floor_ms, p20_ms=floor_ms,
-                            p80_ms=floor_ms, gbps=bw / 1e9, method="bytes/copy_bandwidth",
-                            reps=0, buffers=n_sets))
+        records.append(
+            dict(
+                base,
+                impl="floor",
+                median_ms=floor_ms,
+                p20_ms=floor_ms,
+                p80_ms=floor_ms,
+                gbps=bw / 1e9,
+                method="bytes/copy_bandwidth",
+                reps=0,
+                buffers=n_sets,
+            )
+        )
         n_launch = 2 if mode == "forward_backward" else 1
         e_ms = [x * n_launch for x in empty_ms]
         add("empty_kernel", e_ms, f"cuda_events x{n_launch}")
@@ -386,8 +485,10 @@ def print_tables(records, out=sys.stdout):
         if not rows:
             continue
         print(f"\n== {mode} ==", file=out)
-        hdr = (f"{'size':>14} {'dtype':>9} {'impl':>13} {'median ms':>10} {'p20 ms':>9} "
-               f"{'p80 ms':>9} {'GB/s':>8} {'vs fused':>9} {'of floor':>9}")
+        hdr = (
+            f"{'size':>14} {'dtype':>9} {'impl':>13} {'median ms':>10} {'p20 ms':>9} "
+            f"{'p80 ms':>9} {'GB/s':>8} {'vs fused':>9} {'of floor':>9}"
+        )
         print(hdr, file=out)
         print("-" * len(hdr), file=out)
         keys = []
@@ -402,11 +503,17 @@ def print_tables(records, out=sys.stdout):
             for r in group:
                 size = "x".join(map(str, key[:3]))
                 rel = f"{r['median_ms'] / fused:8.2f}x" if fused else "-"
-                frac = f"{floor / r['median_ms'] * 100:8.1f}%" if floor and r["impl"] != "floor" \
+                frac = (
+                    f"{floor / r['median_ms'] * 100:8.1f}%"
+                    if floor and r["impl"] != "floor"
                     else "-"
-                print(f"{size:>14} {key[3]:>9} {r['impl']:>13} {r['median_ms']:10.4f} "
-                      f"{r['p20_ms']:9.4f} {r['p80_ms']:9.4f} {r['gbps']:8.1f} {rel:>9} "
-                      f"{frac:>9}", file=out)
+                )
+                print(
+                    f"{size:>14} {key[3]:>9} {r['impl']:>13} {r['median_ms']:10.4f} "
+                    f"{r['p20_ms']:9.4f} {r['p80_ms']:9.4f} {r['gbps']:8.1f} {rel:>9} "
+                    f"{frac:>9}",
+                    file=out,
+                )
 
 
 def main(argv=None):
@@ -439,24 +546,33 @@ def main(argv=None):
     dtypes = ["float32"] if args.quick else DTYPES
     reps = args.reps or (30 if args.quick else 100)
     device_name = dev.device_name()
-    print(f"gpu_bench: device={device_name} arrays={dev.name} jax={'yes' if jax else 'no'} "
-          f"reps={reps} warmup={args.warmup}")
+    print(
+        f"gpu_bench: device={device_name} arrays={dev.name} jax={'yes' if jax else 'no'} "
+        f"reps={reps} warmup={args.warmup}"
+    )
     bw = copy_bandwidth(dev, reps)
     print(f"device-to-device copy bandwidth: {bw / 1e9:.1f} GB/s (read + write)")
     records = []
     for size in sizes:
         for dtype in dtypes:
             print(f"... {size} {dtype}", flush=True)
-            bench_size(k, dev, jax, size, dtype, reps, args.warmup, bw, device_name, records,
-                       notes)
+            bench_size(k, dev, jax, size, dtype, reps, args.warmup, bw, device_name, records, notes)
     print_tables(records)
     for n in notes:
         print(f"note: {n}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"device": device_name, "copy_bandwidth_gbps": bw / 1e9,
-                       "records": records, "notes": notes}, f, indent=1)
+            json.dump(
+                {
+                    "device": device_name,
+                    "copy_bandwidth_gbps": bw / 1e9,
+                    "records": records,
+                    "notes": notes,
+                },
+                f,
+                indent=1,
+            )
         print(f"wrote {args.json}")
     return 0
 

@@ -83,7 +83,9 @@ def build(args):
         noise = tf.random.stateless_normal([B, T, M], seed=s + 2) * level
         noise = tf.where(spike, noise * 50.0, noise)
         y_pred = y_true + noise
-        lengths = tf.random.stateless_uniform([B], seed=s + 3, minval=1, maxval=T + 1, dtype=tf.int32)
+        lengths = tf.random.stateless_uniform(
+            [B], seed=s + 3, minval=1, maxval=T + 1, dtype=tf.int32
+        )
         lengths = tf.where(empty, tf.zeros_like(lengths), lengths)
         # NaN in frame 0 of sample 0 (always valid unless the batch is empty).
         poison = tf.where(nan, tf.constant(np.nan, tf.float32), y_pred[0, 0, 0])
@@ -91,9 +93,11 @@ def build(args):
         # Overflow: finite values 3e38 apart in the same (valid) element.
         big = tf.constant(3e38, tf.float32)
         y_true = tf.tensor_scatter_nd_update(
-            y_true, [[0, 0, 1]], tf.reshape(tf.where(overflow, -big, y_true[0, 0, 1]), [1]))
+            y_true, [[0, 0, 1]], tf.reshape(tf.where(overflow, -big, y_true[0, 0, 1]), [1])
+        )
         y_pred = tf.tensor_scatter_nd_update(
-            y_pred, [[0, 0, 1]], tf.reshape(tf.where(overflow, big, y_pred[0, 0, 1]), [1]))
+            y_pred, [[0, 0, 1]], tf.reshape(tf.where(overflow, big, y_pred[0, 0, 1]), [1])
+        )
         total = loss_fn(
             {"mel_target": y_true, "mel_lengths": lengths},
             {"mel_output": y_pred},
@@ -107,7 +111,13 @@ def build(args):
         w = loss_fn.current_mel_weight
         return total, w, nan_counted, empty, spike, surge, overflow_counted
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([], tf.int64),
+        ]
+    )
     def chunk(start, n, seed):
         bad_total = tf.constant(0, tf.int64)
         out_of_bounds = tf.constant(0, tf.int64)
@@ -134,8 +144,15 @@ def build(args):
             w_min = tf.minimum(w_min, w)
             w_max = tf.maximum(w_max, w)
         return dict(
-            bad_total=bad_total, out_of_bounds=out_of_bounds, nans=nans, empties=empties,
-            spikes=spikes, surges=surges, overflows=overflows, w_min=w_min, w_max=w_max,
+            bad_total=bad_total,
+            out_of_bounds=out_of_bounds,
+            nans=nans,
+            empties=empties,
+            spikes=spikes,
+            surges=surges,
+            overflows=overflows,
+            w_min=w_min,
+            w_max=w_max,
         )
 
     return loss_fn, chunk, (lo, hi)
@@ -151,8 +168,10 @@ def concurrent_burst(loss_fn, args, seed):
 
     rng = np.random.default_rng(seed)
     B, T, M = args.batch, args.frames, args.mels
-    y_true = {"mel_target": tf.constant(rng.standard_normal((B, T, M)).astype(np.float32)),
-              "mel_lengths": tf.constant(rng.integers(1, T + 1, B).astype(np.int32))}
+    y_true = {
+        "mel_target": tf.constant(rng.standard_normal((B, T, M)).astype(np.float32)),
+        "mel_lengths": tf.constant(rng.integers(1, T + 1, B).astype(np.int32)),
+    }
     y_pred = {"mel_output": y_true["mel_target"] + 1.0}
     ran, refused, errors = [0, 0], [0, 0], []
     barrier = threading.Barrier(2)
@@ -192,7 +211,8 @@ def check_state(loss_fn, expected, errors, where):
         "step_count == steps run": (steps, expected["steps"]),
         "op steps == step_count": (int(st["steps"]), steps),
         "op steps == clean + nonfinite + empty": (
-            int(st["steps"]), int(st["clean_steps"] + st["nonfinite_steps"]) + expected["empties"]
+            int(st["steps"]),
+            int(st["clean_steps"] + st["nonfinite_steps"]) + expected["empties"],
         ),
         "op nonfinite_steps == NaN batches": (int(st["nonfinite_steps"]), expected["nans"]),
         "loss nonfinite_steps == NaN batches": (int(m["nonfinite_steps"]), expected["nans"]),
@@ -203,7 +223,8 @@ def check_state(loss_fn, expected, errors, where):
         ),
         "op running statistics finite": (bool(np.isfinite(st["running_mean"])), True),
         "non-finite gradient norms <= fed": (
-            int(loss_fn._state.nonfinite_gradient_norms.numpy()) <= expected["steps"], True
+            int(loss_fn._state.nonfinite_gradient_norms.numpy()) <= expected["steps"],
+            True,
         ),
         "window_count <= 10": (st["window_count"] <= 10, True),
     }
@@ -230,8 +251,12 @@ def main(argv=None):
     p.add_argument("--surge-prob", type=float, default=0.005)
     p.add_argument("--nan-norm-prob", type=float, default=0.005)
     p.add_argument("--overflow-prob", type=float, default=0.002)
-    p.add_argument("--concurrent-calls", type=int, default=20,
-                   help="eager calls per thread in the two-thread burst after each chunk (0: none)")
+    p.add_argument(
+        "--concurrent-calls",
+        type=int,
+        default=20,
+        help="eager calls per thread in the two-thread burst after each chunk (0: none)",
+    )
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--implementation", default="fused", choices=("fused", "reference"))
     p.add_argument("--max-rss-growth-mb", type=float, default=64.0)
@@ -245,8 +270,17 @@ def main(argv=None):
     rss_import = rss_mb()
     loss_fn, chunk, _ = build(args)
     errors = []
-    expected = dict(steps=0, nans=0, empties=0, spikes=0, surges=0, overflows=0, norms=0,
-                    concurrent_ran=0, concurrent_refused=0)
+    expected = dict(
+        steps=0,
+        nans=0,
+        empties=0,
+        spikes=0,
+        surges=0,
+        overflows=0,
+        norms=0,
+        concurrent_ran=0,
+        concurrent_refused=0,
+    )
     w_min, w_max = np.inf, -np.inf
     rss_start = None
     rss_peak = 0.0
@@ -255,7 +289,9 @@ def main(argv=None):
     done = 0
     while done < args.steps:
         n = min(args.chunk, args.steps - done)
-        out = chunk(tf.constant(done, tf.int64), tf.constant(n, tf.int64), tf.constant(args.seed, tf.int64))
+        out = chunk(
+            tf.constant(done, tf.int64), tf.constant(n, tf.int64), tf.constant(args.seed, tf.int64)
+        )
         out = {k: v.numpy() for k, v in out.items()}
         done += n
         expected["steps"] += n
@@ -269,12 +305,16 @@ def main(argv=None):
             expected["concurrent_ran"] += ran
             expected["concurrent_refused"] += refused
             if ran + refused != 2 * args.concurrent_calls:
-                errors.append(f"after step {done}: {ran} + {refused} concurrent calls != "
-                              f"{2 * args.concurrent_calls} made")
+                errors.append(
+                    f"after step {done}: {ran} + {refused} concurrent calls != "
+                    f"{2 * args.concurrent_calls} made"
+                )
         if out["bad_total"]:
             errors.append(f"steps <= {done}: {int(out['bad_total'])} non-finite returned totals")
         if out["out_of_bounds"]:
-            errors.append(f"steps <= {done}: weight out of bounds {int(out['out_of_bounds'])} times")
+            errors.append(
+                f"steps <= {done}: weight out of bounds {int(out['out_of_bounds'])} times"
+            )
         w_min, w_max = min(w_min, float(out["w_min"])), max(w_max, float(out["w_max"]))
         st, m, a = check_state(loss_fn, expected, errors, f"after step {done}")
         rss = rss_mb()
@@ -286,7 +326,8 @@ def main(argv=None):
             print(
                 f"step {done}: weight {float(a['current_mel_weight']):.4f} changes {int(a['weight_changes'])} "
                 f"nonfinite {int(m['nonfinite_steps'])} spikes {int(m['spike_count'])} rss {rss:.1f} MB",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
         if errors:
             break

@@ -31,7 +31,6 @@ for name, path in (("myxtts_ops", ROOT), ("myxtts", os.path.join(ROOT, "python")
         sys.path.insert(0, path)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
 from myxtts_ops import profiler  # noqa: E402
 
@@ -63,8 +62,10 @@ def run(batch, frames, mels, repeats, warmup):
     import tensorflow as tf
 
     n_sets = profiler.input_sets_for(batch, frames, mels, "float32", 96 << 20)
-    arg_sets = [profiler.make_batch(batch, frames, mels, "float32", seed=0, data_seed=k)
-                for k in range(n_sets)]
+    arg_sets = [
+        profiler.make_batch(batch, frames, mels, "float32", seed=0, data_seed=k)
+        for k in range(n_sets)
+    ]
     items = []
     for mode in MODES:
         for impl in IMPLS:
@@ -96,8 +97,11 @@ def table(stats):
         for impl in IMPLS:
             med, p20, p80 = stats[(impl, mode)]
             lines.append(f"| {mode} | {impl} | {med:.3f} | {p20:.3f} | {p80:.3f} |")
-    lines += ["", "| mode | reference under XLA / fused under XLA | "
-              "fused under XLA / fused outside XLA |", "|---|---|---|"]
+    lines += [
+        "",
+        "| mode | reference under XLA / fused under XLA | fused under XLA / fused outside XLA |",
+        "|---|---|---|",
+    ]
     for mode in MODES:
         fx, x, f = (stats[(i, mode)][0] for i in IMPLS)
         lines.append(f"| {mode} | {x / fx:.2f}x | {fx / f:.3f} |")
@@ -116,11 +120,13 @@ def main(argv=None):
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
     stats, n_sets, tf_version = run(args.batch, args.frames, args.mels, args.repeats, args.warmup)
-    header = (f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; TensorFlow {tf_version}; "
-              f"[{args.batch}, {args.frames}, {args.mels}] float32, lengths in "
-              f"[{args.frames // 2}, {args.frames}]; {args.repeats} interleaved rounds over "
-              f"{n_sets} input copies; {time.perf_counter() - t0:.0f} s in all; 1-minute load "
-              f"average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n")
+    header = (
+        f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; TensorFlow {tf_version}; "
+        f"[{args.batch}, {args.frames}, {args.mels}] float32, lengths in "
+        f"[{args.frames // 2}, {args.frames}]; {args.repeats} interleaved rounds over "
+        f"{n_sets} input copies; {time.perf_counter() - t0:.0f} s in all; 1-minute load "
+        f"average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n"
+    )
     text = header + table(stats)
     print(text, end="")
     if args.out:

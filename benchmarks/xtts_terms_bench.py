@@ -23,13 +23,12 @@ Rows:
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import sys
 import time
-
-import importlib.util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for name, path in (("myxtts_ops", ROOT), ("myxtts_loss", os.path.join(ROOT, "python"))):
@@ -68,7 +67,9 @@ def make_inputs(rng, sets, batch, frames, mels, tokens, heads, all_heads):
         }
         yp = {
             "mel_output": tf.constant(rng.standard_normal((batch, frames, mels), dtype=np.float32)),
-            "stop_tokens": tf.constant(rng.uniform(0.01, 0.99, (batch, frames, 1)).astype(np.float32)),
+            "stop_tokens": tf.constant(
+                rng.uniform(0.01, 0.99, (batch, frames, 1)).astype(np.float32)
+            ),
         }
         if all_heads:
             logits = rng.standard_normal((batch, heads, frames, tokens), dtype=np.float32)
@@ -78,15 +79,19 @@ def make_inputs(rng, sets, batch, frames, mels, tokens, heads, all_heads):
             yt.update(
                 text_lengths=tf.constant(lx.astype(np.float32)),
                 duration_target=tf.constant(rng.uniform(0, 8, (batch, tokens)).astype(np.float32)),
-                pitch_target=f(batch, frames, 1), energy_target=f(batch, frames, 1),
-                prosody_pitch_target=f(batch, tokens, 1), prosody_energy_target=f(batch, tokens, 1),
+                pitch_target=f(batch, frames, 1),
+                energy_target=f(batch, frames, 1),
+                prosody_pitch_target=f(batch, tokens, 1),
+                prosody_energy_target=f(batch, tokens, 1),
                 prosody_speaking_rate_target=f(batch, tokens, 1),
             )
             yp.update(
                 attention_weights=tf.constant(att),
                 duration_pred=tf.constant(rng.uniform(0, 8, (batch, tokens)).astype(np.float32)),
-                pitch_output=f(batch, frames, 1), energy_output=f(batch, frames, 1),
-                prosody_pitch=f(batch, tokens, 1), prosody_energy=f(batch, tokens, 1),
+                pitch_output=f(batch, frames, 1),
+                energy_output=f(batch, frames, 1),
+                prosody_pitch=f(batch, tokens, 1),
+                prosody_energy=f(batch, tokens, 1),
                 prosody_speaking_rate=f(batch, tokens, 1),
             )
         out.append((yt, yp))
@@ -140,8 +145,9 @@ def measure(args):
     rng = np.random.default_rng(0)
     results = {}
     shape = dict(batch=args.batch, frames=args.frames, mels=args.mels)
-    base_inputs = make_inputs(rng, args.sets, args.batch, args.frames, args.mels, args.tokens,
-                              args.heads, all_heads=False)
+    base_inputs = make_inputs(
+        rng, args.sets, args.batch, args.frames, args.mels, args.tokens, args.heads, all_heads=False
+    )
 
     def baseline(k, yt, yp):
         return yt["mel_target"][0, 0, 0] + yp["mel_output"][0, 0, 0]
@@ -158,8 +164,11 @@ def measure(args):
     def xtts_mel_stop(k, yt, yp):
         return fwd_bwd(lambda p: mel_stop(yt, p), yp)
 
-    graphs = {"base": graph_of(baseline, base_inputs), "op": graph_of(op_fb, base_inputs),
-              "loss": graph_of(xtts_mel_stop, base_inputs)}
+    graphs = {
+        "base": graph_of(baseline, base_inputs),
+        "op": graph_of(op_fb, base_inputs),
+        "loss": graph_of(xtts_mel_stop, base_inputs),
+    }
     med, raw = interleaved_ms(graphs, args.repeats * args.rounds)
     base = np.array(raw["base"])
     op_steps = (np.array(raw["op"]) - base) / args.sets
@@ -175,12 +184,23 @@ def measure(args):
 
     # Every head at realistic shapes.
     del base_inputs, graphs
-    inputs = make_inputs(rng, args.sets_all, args.batch, args.frames, args.mels, args.tokens,
-                         args.heads, all_heads=True)
+    inputs = make_inputs(
+        rng,
+        args.sets_all,
+        args.batch,
+        args.frames,
+        args.mels,
+        args.tokens,
+        args.heads,
+        all_heads=True,
+    )
     full = XTTSLoss()
-    graphs = {"base": graph_of(baseline, inputs),
-              "xtts": graph_of(lambda k, yt, yp: fwd_bwd(lambda p: full(yt, p), yp), inputs)}
+    graphs = {
+        "base": graph_of(baseline, inputs),
+        "xtts": graph_of(lambda k, yt, yp: fwd_bwd(lambda p: full(yt, p), yp), inputs),
+    }
     for name in full.term_functions(*inputs[0]):
+
         def step(k, yt, yp, name=name):
             return fwd_bwd(lambda p: full.term_functions(yt, p)[name](), yp)
 
@@ -193,7 +213,9 @@ def measure(args):
         "xtts_all_heads_ms": full_ms,
         "per_term_ms": per_term,
         "share_of_step": {k: v / full_ms for k, v in per_term.items()},
-        "tokens": args.tokens, "heads": args.heads, **shape,
+        "tokens": args.tokens,
+        "heads": args.heads,
+        **shape,
     }
     return results
 
@@ -226,7 +248,9 @@ def to_markdown(results, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--mels", type=int, default=80)

@@ -104,8 +104,10 @@ def forget_configuration(tree):
     files = tree / "CMakeFiles"
     if files.is_dir():
         for entry in files.iterdir():
-            if entry.is_dir() and (entry.name[:1].isdigit() or entry.name in (
-                    "CheckCUDA", "CMakeScratch", "pkgRedirects")):
+            if entry.is_dir() and (
+                entry.name[:1].isdigit()
+                or entry.name in ("CheckCUDA", "CMakeScratch", "pkgRedirects")
+            ):
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.name == "cmake.check_cache":
                 entry.unlink(missing_ok=True)
@@ -124,9 +126,13 @@ def prune_build_trees(parent, keep, keep_configuration):
             shutil.rmtree(tree, ignore_errors=True)
         elif tree.name.startswith("cmake-"):
             configuration = _recorded(tree)
-            if configuration is None or configuration.keys() != keep_configuration.keys() or any(
-                configuration.get(k) and not os.path.exists(configuration[k])
-                for k in ("python", "cuda_compiler")
+            if (
+                configuration is None
+                or configuration.keys() != keep_configuration.keys()
+                or any(
+                    configuration.get(k) and not os.path.exists(configuration[k])
+                    for k in ("python", "cuda_compiler")
+                )
             ):
                 shutil.rmtree(tree, ignore_errors=True)
 

@@ -10,10 +10,9 @@ are not consulted and the build uses the installed TensorFlow directly.
 
 import sys
 
+import tf_requirement
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403  (every other hook as is)
-
-import tf_requirement
 
 
 def _tensorflow_requirement():

@@ -18,8 +18,13 @@ NEWEST_SUPPORTED = (2, 21)
 # What an isolated build uses when the target environment has no TensorFlow.
 FALLBACK_DISTRIBUTION = "tensorflow-cpu"
 # Distributions that install the `tensorflow` package.
-TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly",
-                            "tf-nightly-cpu")
+TENSORFLOW_DISTRIBUTIONS = (
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-intel",
+    "tf-nightly",
+    "tf-nightly-cpu",
+)
 
 
 class UnsupportedTensorFlowError(RuntimeError):
@@ -70,8 +75,10 @@ def check_supported(name, version):
             "and install myxtts-ops again."
         )
     if minor > NEWEST_SUPPORTED:
-        return (f"myxtts-ops is tested with TensorFlow {span}; building against {name} "
-                f"{version} anyway.")
+        return (
+            f"myxtts-ops is tested with TensorFlow {span}; building against {name} "
+            f"{version} anyway."
+        )
     return None
 
 

@@ -12,8 +12,10 @@ import threading
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LIBRARY_FILE = os.path.join(_PACKAGE_DIR, "_lib", "_mel_loss_op.so")
-_REBUILD = ("`pip install --force-reinstall --no-deps --no-binary myxtts-ops myxtts-ops`, or "
-            "`pip install --force-reinstall --no-deps .` in a source checkout")
+_REBUILD = (
+    "`pip install --force-reinstall --no-deps --no-binary myxtts-ops myxtts-ops`, or "
+    "`pip install --force-reinstall --no-deps .` in a source checkout"
+)
 _lock = threading.Lock()
 _library = None
 _xla_reason = None  # "" once the XLA path is known to work

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,14 +38,14 @@ class ArrayBackend:
     name = "?"
     module: Any = None
 
-    def unavailable_reason(self) -> Optional[str]:
+    def unavailable_reason(self) -> str | None:
         """Why this library cannot run kernels here (no device), or None."""
         raise NotImplementedError
 
     def owns(self, x) -> bool:
         raise NotImplementedError
 
-    def kernel_view(self, x) -> Tuple[Any, Optional[str]]:
+    def kernel_view(self, x) -> tuple[Any, str | None]:
         """(object to hand to the kernels, dtype override for them or None)."""
         return x, None
 
@@ -90,14 +91,14 @@ class CuPyBackend(ArrayBackend):
         with self._device(like):
             return self.cp.full(shape, value, dtype=self.storage(dtype))
 
-    def asarray(self, host, dtype: Optional[str] = None, like=None):
+    def asarray(self, host, dtype: str | None = None, like=None):
         host = np.asarray(host)
         if dtype is not None and dtype != "bfloat16":
             host = host.astype(dtype, copy=False)
         with self._device(like):
             return self.cp.asarray(host)
 
-    def to_host(self, x, dtype: Optional[str] = None) -> np.ndarray:
+    def to_host(self, x, dtype: str | None = None) -> np.ndarray:
         return _host_as(self.cp.asnumpy(x), dtype)
 
     def contiguous(self, x):
@@ -226,7 +227,7 @@ class TorchBackend(ArrayBackend):
             host = host.view(np.int16)
         return self.torch.from_numpy(host)
 
-    def asarray(self, host, dtype: Optional[str] = None, like=None):
+    def asarray(self, host, dtype: str | None = None, like=None):
         host = np.asarray(host)
         if dtype is not None and dtype != "bfloat16":
             host = host.astype(dtype, copy=False)
@@ -235,7 +236,7 @@ class TorchBackend(ArrayBackend):
             out = out.view(self.torch.bfloat16)
         return out
 
-    def to_host(self, x, dtype: Optional[str] = None) -> np.ndarray:
+    def to_host(self, x, dtype: str | None = None) -> np.ndarray:
         x = x.detach()
         if x.dtype == self.torch.bfloat16:
             return x.view(self.torch.int16).cpu().numpy().view(np.uint16)
@@ -313,7 +314,7 @@ class TorchBackend(ArrayBackend):
         return x, None
 
 
-def _host_as(array: np.ndarray, dtype: Optional[str]) -> np.ndarray:
+def _host_as(array: np.ndarray, dtype: str | None) -> np.ndarray:
     """``array`` in ``dtype``: bit patterns reinterpreted between 16-bit integer
     types, other dtypes converted."""
     if dtype is None or array.dtype == np.dtype(dtype):
@@ -324,7 +325,7 @@ def _host_as(array: np.ndarray, dtype: Optional[str]) -> np.ndarray:
 
 
 _CLASSES = {"cupy": CuPyBackend, "torch": TorchBackend}
-_CACHE: Dict[str, ArrayBackend] = {}
+_CACHE: dict[str, ArrayBackend] = {}
 
 
 def _check_names(names: Sequence[str]) -> None:
@@ -333,7 +334,7 @@ def _check_names(names: Sequence[str]) -> None:
             raise ValueError(f"unknown array backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
-def load_backend(name: Optional[str] = None, prefer: Sequence[str] = BACKENDS) -> ArrayBackend:
+def load_backend(name: str | None = None, prefer: Sequence[str] = BACKENDS) -> ArrayBackend:
     """The first usable backend: ``name`` alone when given, else the first of
     ``prefer`` that imports and sees a CUDA device.
 

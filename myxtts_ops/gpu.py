@@ -30,7 +30,7 @@ Nothing synchronises: results are ready when the stream reaches them.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from myxtts_ops.array_backend import ArrayBackend, backend_for
 
@@ -46,11 +46,11 @@ _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 class ForwardResult(NamedTuple):
-    loss: Any             # [] float32 (float64 for float64 inputs)
-    per_sample: Any       # [B], loss dtype
+    loss: Any  # [] float32 (float64 for float64 inputs)
+    per_sample: Any  # [B], loss dtype
     nonfinite_count: Any  # [] int64
-    state: Any            # [STATE_SIZE] float64
-    sample_weights: Any   # [2, B] float64: row 0 = c_b, row 1 = 1/n_b
+    state: Any  # [STATE_SIZE] float64
+    sample_weights: Any  # [2, B] float64: row 0 = c_b, row 1 = 1/n_b
 
 
 def _kernels():
@@ -65,7 +65,7 @@ def _kernels():
     return kernels
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """Why the CUDA kernels cannot run here, or None when they can."""
     try:
         k = _kernels()
@@ -88,7 +88,7 @@ def workspace_size(batch: int, frames: int, mels: int) -> int:
     return int(_kernels().cuda_workspace_size(int(batch), int(frames), int(mels)))
 
 
-def _resolve_dtype(be: ArrayBackend, y_true, y_pred, dtype: Optional[str]) -> str:
+def _resolve_dtype(be: ArrayBackend, y_true, y_pred, dtype: str | None) -> str:
     t_name, p_name = be.dtype_name(y_true), be.dtype_name(y_pred)
     if t_name != p_name:
         raise ValueError(f"y_true and y_pred must have the same dtype, got {t_name} and {p_name}")
@@ -126,10 +126,20 @@ def _prepare(be: ArrayBackend, y_true, y_pred, lengths, dtype):
     return y_true, y_pred, lengths, dtype
 
 
-def forward(y_true, y_pred, lengths=None, state=None, *, loss_type: str = "l1",
-            huber_delta: float = 1.0, normalization: str = "per_sample", stream=None,
-            dtype: Optional[str] = None, workspace=None,
-            check_lengths: bool = True) -> ForwardResult:
+def forward(
+    y_true,
+    y_pred,
+    lengths=None,
+    state=None,
+    *,
+    loss_type: str = "l1",
+    huber_delta: float = 1.0,
+    normalization: str = "per_sample",
+    stream=None,
+    dtype: str | None = None,
+    workspace=None,
+    check_lengths: bool = True,
+) -> ForwardResult:
     """Fused masked mel loss forward on the GPU (one kernel launch).
 
     ``lengths``: None (every frame valid), or int32/int64 [B] (device array, or
@@ -162,7 +172,8 @@ def forward(y_true, y_pred, lengths=None, state=None, *, loss_type: str = "l1",
             workspace = be.empty((max(ws_bytes, 1),), "uint8", y_true)
         elif be.nbytes(workspace) < ws_bytes:
             raise ValueError(
-                f"workspace too small: need {ws_bytes} bytes, got {be.nbytes(workspace)}")
+                f"workspace too small: need {ws_bytes} bytes, got {be.nbytes(workspace)}"
+            )
         loss = be.empty((), out_dtype, y_true)
         per_sample = be.empty((batch,), out_dtype, y_true)
         nonfinite = be.empty((), "int64", y_true)
@@ -171,17 +182,40 @@ def forward(y_true, y_pred, lengths=None, state=None, *, loss_type: str = "l1",
         t_k, bf = be.kernel_view(y_true)
         p_k, _ = be.kernel_view(y_pred)
         k.cuda_forward(
-            t_k, p_k, lengths, state, loss, per_sample, nonfinite, new_state, weights,
-            workspace, loss_type=loss_type, huber_delta=float(huber_delta),
-            normalization=normalization, stream=be.stream_ptr(stream, y_true),
-            dtype=bf or (dtype if dtype == "bfloat16" else None), check_lengths=check_lengths,
+            t_k,
+            p_k,
+            lengths,
+            state,
+            loss,
+            per_sample,
+            nonfinite,
+            new_state,
+            weights,
+            workspace,
+            loss_type=loss_type,
+            huber_delta=float(huber_delta),
+            normalization=normalization,
+            stream=be.stream_ptr(stream, y_true),
+            dtype=bf or (dtype if dtype == "bfloat16" else None),
+            check_lengths=check_lengths,
         )
     return ForwardResult(loss, per_sample, nonfinite, new_state, weights)
 
 
-def backward(y_true, y_pred, lengths, sample_weights, grad_loss=None, grad_per_sample=None, *,
-             loss_type: str = "l1", huber_delta: float = 1.0, stream=None,
-             dtype: Optional[str] = None, check_lengths: bool = True):
+def backward(
+    y_true,
+    y_pred,
+    lengths,
+    sample_weights,
+    grad_loss=None,
+    grad_per_sample=None,
+    *,
+    loss_type: str = "l1",
+    huber_delta: float = 1.0,
+    stream=None,
+    dtype: str | None = None,
+    check_lengths: bool = True,
+):
     """Fused backward (one launch): returns ``(grad_y_true, grad_y_pred)``.
 
     ``sample_weights`` is ``forward(...).sample_weights``. ``grad_loss``
@@ -206,12 +240,17 @@ def backward(y_true, y_pred, lengths, sample_weights, grad_loss=None, grad_per_s
             import numpy as np
 
             grad_per_sample = be.asarray(
-                np.asarray(grad_per_sample, dtype=out_dtype).reshape((batch,)), like=y_true)
-        for name, arr, shape in (("grad_loss", grad_loss, ()),
-                                 ("grad_per_sample", grad_per_sample, (batch,))):
+                np.asarray(grad_per_sample, dtype=out_dtype).reshape((batch,)), like=y_true
+            )
+        for name, arr, shape in (
+            ("grad_loss", grad_loss, ()),
+            ("grad_per_sample", grad_per_sample, (batch,)),
+        ):
             if be.dtype_name(arr) != out_dtype or tuple(arr.shape) != shape:
-                raise ValueError(f"{name} must be {out_dtype} {list(shape)}, got "
-                                 f"{be.dtype_name(arr)} {list(arr.shape)}")
+                raise ValueError(
+                    f"{name} must be {out_dtype} {list(shape)}, got "
+                    f"{be.dtype_name(arr)} {list(arr.shape)}"
+                )
         if not be.owns(sample_weights):
             sample_weights = be.asarray(sample_weights, like=y_true)
         if be.dtype_name(sample_weights) != "float64" or tuple(sample_weights.shape) != (2, batch):
@@ -226,9 +265,18 @@ def backward(y_true, y_pred, lengths, sample_weights, grad_loss=None, grad_per_s
         gt_k, _ = be.kernel_view(g_true)
         gp_k, _ = be.kernel_view(g_pred)
         k.cuda_backward(
-            t_k, p_k, lengths, sample_weights, grad_loss, grad_per_sample, gt_k, gp_k,
-            loss_type=loss_type, huber_delta=float(huber_delta),
+            t_k,
+            p_k,
+            lengths,
+            sample_weights,
+            grad_loss,
+            grad_per_sample,
+            gt_k,
+            gp_k,
+            loss_type=loss_type,
+            huber_delta=float(huber_delta),
             stream=be.stream_ptr(stream, y_true),
-            dtype=bf or (dtype if dtype == "bfloat16" else None), check_lengths=check_lengths,
+            dtype=bf or (dtype if dtype == "bfloat16" else None),
+            check_lengths=check_lengths,
         )
     return g_true, g_pred

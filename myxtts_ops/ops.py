@@ -95,8 +95,16 @@ def masked_mel_loss(
         reason = _loader.xla_unavailable_reason()
         if reason is not None:
             return _xla_fallback(
-                y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name,
-                on_xla, reason,
+                y_true,
+                y_pred,
+                lengths,
+                state,
+                loss_type,
+                huber_delta,
+                normalization,
+                name,
+                on_xla,
+                reason,
             )
 
     library = _loader.load_ops()

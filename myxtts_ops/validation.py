@@ -27,13 +27,10 @@ def validate_args(loss_type, huber_delta, normalization):
     module, so Python refuses exactly what the op would.
     """
     if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
-        raise ValueError(
-            f"loss_type must be one of {LOSS_TYPES}, got loss_type={loss_type!r}"
-        )
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got loss_type={loss_type!r}")
     if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
         raise ValueError(
-            f"normalization must be one of {NORMALIZATIONS}, "
-            f"got normalization={normalization!r}"
+            f"normalization must be one of {NORMALIZATIONS}, got normalization={normalization!r}"
         )
     delta = kernels.check_huber_delta(huber_delta)
     return loss_type, delta, normalization
@@ -119,8 +116,7 @@ def check_static_shapes(y_true, y_pred, lengths=None, state=None):
         if state.dtype != tf.float64:
             raise ValueError(f"state must be float64, got state dtype={state.dtype.name}")
         if state.shape.rank is not None and (
-            state.shape.rank != 1
-            or (state.shape[0] is not None and state.shape[0] != STATE_SIZE)
+            state.shape.rank != 1 or (state.shape[0] is not None and state.shape[0] != STATE_SIZE)
         ):
             raise ValueError(
                 f"state must have shape [{STATE_SIZE}], got state shape={_dims(state.shape)}"

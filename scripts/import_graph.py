@@ -25,7 +25,6 @@ import ast
 import importlib.util
 import os
 import sys
-from typing import Dict, List, Optional, Set, Tuple
 
 PACKAGES = ("myxtts_ops", "myxtts_loss", "myxtts")
 LOSS_PACKAGES = ("myxtts_loss", "myxtts")
@@ -34,7 +33,7 @@ TOOLS_MODULES = ("myxtts_ops.__main__",)
 
 
 def layer_of(module: str) -> str:
-    """"tools", "loss" or "op" for a module of one of :data:`PACKAGES`."""
+    """ "tools", "loss" or "op" for a module of one of :data:`PACKAGES`."""
     top = module.split(".")[0]
     if module == TOOLS_PREFIX or module.startswith(TOOLS_PREFIX + ".") or module in TOOLS_MODULES:
         return "tools"
@@ -43,7 +42,7 @@ def layer_of(module: str) -> str:
     return "op"
 
 
-def package_files(package: str) -> Dict[str, str]:
+def package_files(package: str) -> dict[str, str]:
     """{module name: source path} of an importable package (empty if it is absent)."""
     try:
         spec = importlib.util.find_spec(package)
@@ -66,7 +65,7 @@ def package_files(package: str) -> Dict[str, str]:
     return out
 
 
-def _resolve(module: str, is_package: bool, level: int, target: Optional[str]) -> str:
+def _resolve(module: str, is_package: bool, level: int, target: str | None) -> str:
     """Absolute name of a (possibly relative) ``from`` import's module."""
     if level == 0:
         return target or ""
@@ -77,12 +76,12 @@ def _resolve(module: str, is_package: bool, level: int, target: Optional[str]) -
     return ".".join(base + ([target] if target else []))
 
 
-def imports_of(module: str, path: str, known: Set[str]) -> Set[str]:
+def imports_of(module: str, path: str, known: set[str]) -> set[str]:
     """Modules of :data:`PACKAGES` that ``module`` imports anywhere in its source."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), filename=path)
     is_package = os.path.basename(path) == "__init__.py"
-    found: Set[str] = set()
+    found: set[str] = set()
 
     def add(name: str) -> None:
         if name.split(".")[0] not in PACKAGES:
@@ -115,21 +114,21 @@ def imports_of(module: str, path: str, known: Set[str]) -> Set[str]:
     return found
 
 
-def build_graph() -> Dict[str, Set[str]]:
+def build_graph() -> dict[str, set[str]]:
     """{module: modules it imports} over every module of the installed :data:`PACKAGES`."""
-    files: Dict[str, str] = {}
+    files: dict[str, str] = {}
     for package in PACKAGES:
         files.update(package_files(package))
     known = set(files)
     return {module: imports_of(module, path, known) for module, path in sorted(files.items())}
 
 
-def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle as a list of modules (first == last), or None."""
-    state: Dict[str, int] = {}
-    stack: List[str] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
 
-    def visit(node: str) -> Optional[List[str]]:
+    def visit(node: str) -> list[str] | None:
         state[node] = 1
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
@@ -155,7 +154,7 @@ def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
 ALLOWED = {"op": {"op"}, "loss": {"op", "loss"}, "tools": {"op", "loss", "tools"}}
 
 
-def violations(graph: Dict[str, Set[str]]) -> List[str]:
+def violations(graph: dict[str, set[str]]) -> list[str]:
     problems = []
     cycle = find_cycle(graph)
     if cycle:
@@ -168,9 +167,12 @@ def violations(graph: Dict[str, Set[str]]) -> List[str]:
     return problems
 
 
-def layer_edges(graph: Dict[str, Set[str]]) -> Set[Tuple[str, str]]:
+def layer_edges(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
     return {
-        (layer_of(m), layer_of(t)) for m, ts in graph.items() for t in ts if layer_of(m) != layer_of(t)
+        (layer_of(m), layer_of(t))
+        for m, ts in graph.items()
+        for t in ts
+        if layer_of(m) != layer_of(t)
     }
 
 

@@ -21,8 +21,8 @@ Needs no TensorFlow; exits 0 with a message when no GPU / CuPy / PyTorch.
 from __future__ import annotations
 
 import argparse
-import os
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -101,7 +101,7 @@ CASES = [
     # (shape, lengths kind, offsets of y_true/y_pred/grads)
     ((1, 1, 1), "none", 0),
     ((3, 7, 5), "mixed32", 1),
-    ((2, 211, 83), "mixed64", 0),   # several chunks per sample, partial last chunk
+    ((2, 211, 83), "mixed64", 0),  # several chunks per sample, partial last chunk
     ((4, 33, 80), "zero", 3),
     ((5, 9, 81), "full", 2),
     ((1, 103, 80), "none", 1),
@@ -139,8 +139,22 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
     workspace = lib.empty((max(k.cuda_workspace_size(B, T, M), 1),), "uint8")
     cfg = dict(loss_type=loss_type, huber_delta=0.75)
     lib.synchronize()  # uploads ran on the default stream; the launch may be on another
-    k.cuda_forward(yt, yp, Ld, state, loss, per_sample, nonfinite, new_state, weights, workspace,
-                   normalization=norm, stream=stream_ptr, dtype=bf, **cfg)
+    k.cuda_forward(
+        yt,
+        yp,
+        Ld,
+        state,
+        loss,
+        per_sample,
+        nonfinite,
+        new_state,
+        weights,
+        workspace,
+        normalization=norm,
+        stream=stream_ptr,
+        dtype=bf,
+        **cfg,
+    )
     g_loss = upload(lib, np.asarray(1.25, dtype=od))
     g_ps = upload(lib, np.linspace(-1.0, 1.0, B).astype(od))
     sd = t_h.dtype
@@ -151,15 +165,28 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
     lib.synchronize()
     if not compare:
         return
-    want = k.forward(cpu_view(t_h, dtype), cpu_view(p_h, dtype), L, np.zeros(k.STATE_SIZE),
-                     normalization=norm, **cfg)
+    want = k.forward(
+        cpu_view(t_h, dtype),
+        cpu_view(p_h, dtype),
+        L,
+        np.zeros(k.STATE_SIZE),
+        normalization=norm,
+        **cfg,
+    )
     got_loss = float(lib.to_host(loss))
     tol = 1e-12 if dtype == "float64" else 2e-5
     ok = np.isclose(got_loss, float(want["loss"]), rtol=tol, atol=1e-7)
     ok &= int(lib.to_host(nonfinite)) == int(want["nonfinite_count"])
     ok &= np.array_equal(lib.to_host(weights), want["sample_weights"])
-    w_t, w_p = k.backward(cpu_view(t_h, dtype), cpu_view(p_h, dtype), L, want["sample_weights"],
-                          np.asarray(1.25, od), np.linspace(-1.0, 1.0, B).astype(od), **cfg)
+    w_t, w_p = k.backward(
+        cpu_view(t_h, dtype),
+        cpu_view(p_h, dtype),
+        L,
+        want["sample_weights"],
+        np.asarray(1.25, od),
+        np.linspace(-1.0, 1.0, B).astype(od),
+        **cfg,
+    )
     g = lib.to_host(gp)
     g = g.view(np.uint16) if dtype == "bfloat16" else g
     w = np.asarray(w_p).view(np.uint16) if dtype == "bfloat16" else np.asarray(w_p)
@@ -167,11 +194,12 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
         g = (g.astype(np.uint32) << 16).view(np.float32)
         w = (w.astype(np.uint32) << 16).view(np.float32)
     gtol = {"float16": 1e-3, "bfloat16": 1e-2, "float32": 1e-6, "float64": 1e-13}[dtype]
-    ok &= bool(np.allclose(g.astype(np.float64), np.asarray(w, np.float64), rtol=gtol,
-                           atol=1e-7))
+    ok &= bool(np.allclose(g.astype(np.float64), np.asarray(w, np.float64), rtol=gtol, atol=1e-7))
     if not ok:
-        print(f"MISMATCH {dtype} {shape} {kind} {loss_type} {norm}: loss {got_loss} vs "
-              f"{float(want['loss'])}")
+        print(
+            f"MISMATCH {dtype} {shape} {kind} {loss_type} {norm}: loss {got_loss} vs "
+            f"{float(want['loss'])}"
+        )
         raise SystemExit(1)
 
 
@@ -206,13 +234,19 @@ def count_launches(k, lib):
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 fn()
                 lib.synchronize()
-            kernels = [e for e in prof.events()
-                       if getattr(e, "device_type", None) is not None
-                       and str(e.device_type).endswith("CUDA")
-                       and "memset" not in e.name.lower() and "memcpy" not in e.name.lower()]
+            kernels = [
+                e
+                for e in prof.events()
+                if getattr(e, "device_type", None) is not None
+                and str(e.device_type).endswith("CUDA")
+                and "memset" not in e.name.lower()
+                and "memcpy" not in e.name.lower()
+            ]
             results[name] = sorted({e.name for e in kernels}), len(kernels)
-            print(f"torch.profiler {name}: {len(kernels)} kernel launch(es): "
-                  f"{[e.name[:60] for e in kernels]}")
+            print(
+                f"torch.profiler {name}: {len(kernels)} kernel launch(es): "
+                f"{[e.name[:60] for e in kernels]}"
+            )
     sys.path.insert(0, str(ROOT / "tests"))
     from gpu.conftest import capture_node_counts
 
@@ -220,9 +254,13 @@ def count_launches(k, lib):
         counts = capture_node_counts(fn, ptr)
         print(f"graph capture {name}: {counts}")
         results[name + "_graph"] = counts
-    ok = (results["forward_graph"]["kernel"] == 1 and results["backward_graph"]["kernel"] == 1
-          and results["backward_graph"]["memset"] == 0
-          and results["forward_graph"]["memcpy"] == 0 and results["backward_graph"]["memcpy"] == 0)
+    ok = (
+        results["forward_graph"]["kernel"] == 1
+        and results["backward_graph"]["kernel"] == 1
+        and results["backward_graph"]["memset"] == 0
+        and results["forward_graph"]["memcpy"] == 0
+        and results["backward_graph"]["memcpy"] == 0
+    )
     for name in ("forward", "backward"):
         if name in results:
             ok &= results[name][1] == 1
@@ -246,8 +284,7 @@ def main(argv=None) -> int:
         for i, (shape, kind, off) in enumerate(CASES):
             loss_type = "huber" if i % 2 else "l1"
             norm = "global" if i % 3 == 1 else "per_sample"
-            run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm,
-                     ptr if i % 2 else 0)
+            run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, ptr if i % 2 else 0)
             n += 1
     print(f"sanitize_driver: {n} forward+backward cases OK")
     return 0

@@ -63,8 +63,12 @@ def main(argv=None) -> int:
     if not checked:
         print("SASS check: no forward/backward kernel found in the listing")
         return 1
-    print("SASS check:", "OK (128-bit loads, no local memory)" if not bad
-          else f"{bad} kernel(s) without LDG.E.128 or with LDL/STL")
+    print(
+        "SASS check:",
+        "OK (128-bit loads, no local memory)"
+        if not bad
+        else f"{bad} kernel(s) without LDG.E.128 or with LDL/STL",
+    )
     return 1 if bad else 0
 
 

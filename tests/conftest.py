@@ -174,6 +174,9 @@ def assert_grad_close(actual, expected, dtype, what=""):
     expected = np.asarray(expected).astype(np.float64)
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
     np.testing.assert_allclose(
-        actual, expected, rtol=t["grad_rtol"], atol=max(t["grad_atol"], t["grad_rtol"] * scale * 0.1),
+        actual,
+        expected,
+        rtol=t["grad_rtol"],
+        atol=max(t["grad_atol"], t["grad_rtol"] * scale * 0.1),
         err_msg=what,
     )

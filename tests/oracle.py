@@ -134,15 +134,20 @@ def sanitized(state):
     if not math.isfinite(s[_LAST]):
         s[_LAST] = 0.0
     count, head = s[_COUNT], s[_HEAD]
-    ok = (_is_count(count) and count <= _WINDOW and _is_count(head) and head < _WINDOW
-          and (count == _WINDOW or head == count))
-    if not all(math.isfinite(v) for v in s[_RING0:_RING0 + _WINDOW]):
+    ok = (
+        _is_count(count)
+        and count <= _WINDOW
+        and _is_count(head)
+        and head < _WINDOW
+        and (count == _WINDOW or head == count)
+    )
+    if not all(math.isfinite(v) for v in s[_RING0 : _RING0 + _WINDOW]):
         ok = False
     if not math.isfinite(s[_WMEAN]) or math.isnan(s[_WVAR]):
         ok = False
     if not ok:
         s[_HEAD] = s[_COUNT] = s[_WMEAN] = s[_WVAR] = 0.0
-        s[_RING0:_RING0 + _WINDOW] = 0.0
+        s[_RING0 : _RING0 + _WINDOW] = 0.0
     return s
 
 
@@ -167,15 +172,23 @@ def next_state(state, loss, nonfinite_count, valid_count):
     s[_RING0 + head] = loss
     s[_HEAD] = float((head + 1) % _WINDOW)
     s[_COUNT] = float(min(int(s[_COUNT]) + 1, _WINDOW))
-    window = s[_RING0:_RING0 + int(s[_COUNT])]
+    window = s[_RING0 : _RING0 + int(s[_COUNT])]
     s[_WMEAN] = math.fsum(window) / len(window)
-    s[_WVAR] = (math.fsum((x - s[_WMEAN]) ** 2 for x in window) / len(window)
-                if len(window) >= 2 else 0.0)
+    s[_WVAR] = (
+        math.fsum((x - s[_WMEAN]) ** 2 for x in window) / len(window) if len(window) >= 2 else 0.0
+    )
     return s
 
 
-def forward(y_true, y_pred, lengths=None, state=None, loss_type="l1", huber_delta=1.0,
-            normalization="per_sample"):
+def forward(
+    y_true,
+    y_pred,
+    lengths=None,
+    state=None,
+    loss_type="l1",
+    huber_delta=1.0,
+    normalization="per_sample",
+):
     """Forward pass. Returns dict(loss, per_sample, nonfinite_count, state, sample_weights)."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -199,8 +212,16 @@ def forward(y_true, y_pred, lengths=None, state=None, loss_type="l1", huber_delt
     )
 
 
-def backward(y_true, y_pred, lengths=None, loss_type="l1", huber_delta=1.0,
-             normalization="per_sample", grad_loss=1.0, grad_per_sample=None):
+def backward(
+    y_true,
+    y_pred,
+    lengths=None,
+    loss_type="l1",
+    huber_delta=1.0,
+    normalization="per_sample",
+    grad_loss=1.0,
+    grad_per_sample=None,
+):
     """SPEC 3.3 analytic gradients (float64): returns (grad_y_true, grad_y_pred)."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)

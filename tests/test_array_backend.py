@@ -55,8 +55,9 @@ def test_host_conversions_reinterpret_bit_patterns_and_convert_values():
     bits = np.array([0x3F80, 0xBF80], np.uint16)  # bfloat16 1.0, -1.0
     as_int16 = bits.view(np.int16)
     np.testing.assert_array_equal(array_backend._host_as(as_int16, "uint16"), bits)
-    np.testing.assert_array_equal(array_backend._host_as(np.array([1, 2], np.int32), "float64"),
-                                  np.array([1.0, 2.0]))
+    np.testing.assert_array_equal(
+        array_backend._host_as(np.array([1, 2], np.int32), "float64"), np.array([1.0, 2.0])
+    )
     same = np.zeros(2, np.float32)
     assert array_backend._host_as(same, "float32") is same
     assert array_backend._host_as(same, None) is same
@@ -71,18 +72,22 @@ def test_gpu_module_leaves_validation_to_the_kernels_module():
     a = np.zeros((1, 2, 3), np.float32)
     for delta in (float("inf"), float("nan"), 0.0):
         with pytest.raises(ValueError, match="huber_delta"):
-            kernels.forward(a, a, None, np.zeros(kernels.STATE_SIZE), loss_type="huber",
-                            huber_delta=delta)
+            kernels.forward(
+                a, a, None, np.zeros(kernels.STATE_SIZE), loss_type="huber", huber_delta=delta
+            )
 
 
 def _run(argv, timeout=180):
-    return subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=ROOT,
-                          timeout=timeout)
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=timeout
+    )
 
 
 def test_gpu_suite_collects_and_skips_cleanly():
     # -P: the installed package, not the source tree in the working directory.
-    proc = _run([sys.executable, "-P", "-m", "pytest", "tests/gpu", "-q", "-rs", "-p", "no:cacheprovider"])
+    proc = _run(
+        [sys.executable, "-P", "-m", "pytest", "tests/gpu", "-q", "-rs", "-p", "no:cacheprovider"]
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert " error" not in out.lower()

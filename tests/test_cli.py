@@ -66,7 +66,11 @@ def test_bad_arguments_in_a_subprocess_exit_2_without_traceback():
     env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "myxtts_ops", "profile", "--batch", "-3"],
-        capture_output=True, text=True, env=env, timeout=120, cwd=TESTS_DIR,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=TESTS_DIR,
     )
     assert proc.returncode == 2, proc.stderr
     assert "usage: myxtts-ops profile" in proc.stderr
@@ -78,9 +82,22 @@ def test_help_exits_0(capsys):
         cli.main(["profile", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--batch", "--frames", "--mels", "--dtype", "--device", "--repeats",
-                 "--warmup", "--sweep", "--modes", "--impls", "--json", "--plot",
-                 "--trace", "--quick"):
+    for flag in (
+        "--batch",
+        "--frames",
+        "--mels",
+        "--dtype",
+        "--device",
+        "--repeats",
+        "--warmup",
+        "--sweep",
+        "--modes",
+        "--impls",
+        "--json",
+        "--plot",
+        "--trace",
+        "--quick",
+    ):
         assert flag in out
 
 
@@ -88,8 +105,10 @@ def test_op_library_failure_is_a_message_not_a_traceback(monkeypatch, capsys):
     import myxtts_ops
 
     def broken_loader():
-        raise ImportError("libmyxtts_ops.so: undefined symbol: _ZN10tensorflow8OpKernelD2Ev "
-                          "(built against a different TensorFlow)")
+        raise ImportError(
+            "libmyxtts_ops.so: undefined symbol: _ZN10tensorflow8OpKernelD2Ev "
+            "(built against a different TensorFlow)"
+        )
 
     monkeypatch.setattr(myxtts_ops, "load_ops", broken_loader, raising=False)
     rc = cli.main(["profile", "--quick", "--impls", "fused,reference"])
@@ -104,10 +123,26 @@ def test_profile_quick_writes_json_plot_and_trace(tmp_path, capsys):
     json_path = tmp_path / "out" / "quick.json"
     png_path = tmp_path / "quick.png"
     trace_dir = tmp_path / "trace"
-    rc = cli.main(["profile", "--quick", "--repeats", "3", "--warmup", "1",
-                   "--bandwidth-mib", "32", "--impls", _impls(),
-                   "--json", str(json_path), "--plot", str(png_path),
-                   "--trace", str(trace_dir)])
+    rc = cli.main(
+        [
+            "profile",
+            "--quick",
+            "--repeats",
+            "3",
+            "--warmup",
+            "1",
+            "--bandwidth-mib",
+            "32",
+            "--impls",
+            _impls(),
+            "--json",
+            str(json_path),
+            "--plot",
+            str(png_path),
+            "--trace",
+            str(trace_dir),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     records = json.loads(json_path.read_text())
@@ -141,8 +176,23 @@ def test_demo_shortened_end_to_end(tmp_path, capsys):
     png = tmp_path / "demo.png"
     js = tmp_path / "demo.json"
     impl = "fused" if _fused_available() else "reference"
-    rc = cli.main(["demo", "--steps", "40", "--batch", "4", "--frames", "40",
-                   "--implementation", impl, "--plot", str(png), "--json", str(js)])
+    rc = cli.main(
+        [
+            "demo",
+            "--steps",
+            "40",
+            "--batch",
+            "4",
+            "--frames",
+            "40",
+            "--implementation",
+            impl,
+            "--plot",
+            str(png),
+            "--json",
+            str(js),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "demo: 40 steps" in out
@@ -166,11 +216,13 @@ def _count(text, needle):
 def test_dedupe_startup_lines_ignores_log_prefixes():
     from myxtts_ops.tools.tf_import import dedupe_startup_lines
 
-    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-            "I0000 00:00:1795638541.509425   10199 port.cc:153] oneDNN custom operations are on.\n"
-            "I0000 00:00:1795638541.575206   10199 cpu_feature_guard.cc:227] optimized\n"
-            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-            "I0000 00:00:1795638544.475231   10199 port.cc:153] oneDNN custom operations are on.\n")
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795638541.509425   10199 port.cc:153] oneDNN custom operations are on.\n"
+        "I0000 00:00:1795638541.575206   10199 cpu_feature_guard.cc:227] optimized\n"
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795638544.475231   10199 port.cc:153] oneDNN custom operations are on.\n"
+    )
     out = dedupe_startup_lines(text)
     assert _count(out, "absl::InitializeLog") == 1
     assert _count(out, "oneDNN custom operations") == 1
@@ -182,13 +234,44 @@ def test_tensorflow_startup_notices_print_once():
     own absl), so a plain import prints them twice; the CLI's import prints each once."""
     env = child_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    plain = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
-                           text=True, env=env, timeout=120, cwd=TESTS_DIR)
+    plain = subprocess.run(
+        [sys.executable, "-c", "import tensorflow"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=TESTS_DIR,
+    )
     cli_run = subprocess.run(
-        [sys.executable, "-m", "myxtts_ops", "profile", "--batch", "2", "--frames", "8",
-         "--mels", "4", "--repeats", "1", "--warmup", "0", "--impls", "reference",
-         "--modes", "forward", "--bandwidth-mib", "8", "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=300, cwd=TESTS_DIR)
+        [
+            sys.executable,
+            "-m",
+            "myxtts_ops",
+            "profile",
+            "--batch",
+            "2",
+            "--frames",
+            "8",
+            "--mels",
+            "4",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--impls",
+            "reference",
+            "--modes",
+            "forward",
+            "--bandwidth-mib",
+            "8",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=TESTS_DIR,
+    )
     assert cli_run.returncode == 0, cli_run.stderr
     for needle in ("absl::InitializeLog", "oneDNN custom operations"):
         assert _count(cli_run.stderr, needle) <= 1, cli_run.stderr

@@ -37,8 +37,14 @@ def run_child(code, tmp_path, env=None, timeout=240):
     script = tmp_path / f"child_{abs(hash(code)) % 10**8}.py"
     script.write_text(textwrap.dedent(code))
     full_env = child_env(**(env or {}))
-    proc = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path), env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=str(tmp_path),
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc
 
 
@@ -49,13 +55,20 @@ def _expect(case):
 
 def _assert_matches(got, want, dtype, what):
     t = TOLERANCES[dtype]
-    np.testing.assert_allclose(np.float64(got[0]), want["loss"], rtol=t["rtol"], atol=t["atol"],
-                               err_msg=f"{what}: loss")
-    np.testing.assert_allclose(np.asarray(got[1], np.float64), want["per_sample"],
-                               rtol=t["rtol"], atol=t["atol"], err_msg=f"{what}: per_sample")
+    np.testing.assert_allclose(
+        np.float64(got[0]), want["loss"], rtol=t["rtol"], atol=t["atol"], err_msg=f"{what}: loss"
+    )
+    np.testing.assert_allclose(
+        np.asarray(got[1], np.float64),
+        want["per_sample"],
+        rtol=t["rtol"],
+        atol=t["atol"],
+        err_msg=f"{what}: per_sample",
+    )
     assert int(got[2]) == want["nonfinite_count"], f"{what}: nonfinite_count"
-    np.testing.assert_allclose(np.asarray(got[3]), want["state"], rtol=t["rtol"],
-                               atol=t["atol"], err_msg=f"{what}: state")
+    np.testing.assert_allclose(
+        np.asarray(got[3]), want["state"], rtol=t["rtol"], atol=t["atol"], err_msg=f"{what}: state"
+    )
 
 
 def _thread_cases(rng):
@@ -64,11 +77,24 @@ def _thread_cases(rng):
     for i in range(N_THREADS):
         dtype = dtypes[i % 4]
         shape = (1 + i % 3, 37 + 23 * i, 80 + (i % 2))  # all different
-        y_true, y_pred, lengths = make_inputs(rng, shape, dtype, nonfinite_valid=i % 3,
-                                              nonfinite_padding=2,
-                                              lengths_dtype=np.int64 if i % 2 else np.int32)
-        cases.append((y_true, y_pred, lengths, dtype, ("l1", "huber")[i % 2],
-                      ("per_sample", "global")[(i // 2) % 2]))
+        y_true, y_pred, lengths = make_inputs(
+            rng,
+            shape,
+            dtype,
+            nonfinite_valid=i % 3,
+            nonfinite_padding=2,
+            lengths_dtype=np.int64 if i % 2 else np.int32,
+        )
+        cases.append(
+            (
+                y_true,
+                y_pred,
+                lengths,
+                dtype,
+                ("l1", "huber")[i % 2],
+                ("per_sample", "global")[(i // 2) % 2],
+            )
+        )
     return cases
 
 
@@ -98,16 +124,22 @@ def _run_threads(fn, n_calls):
 # ---------------------------------------------------------------------------
 # (a) threads
 
+
 def test_eager_op_from_8_threads(rng):
     cases = _thread_cases(rng)
     want = [_expect(c) for c in cases]
 
     def call(i):
         y_true, y_pred, lengths, _, loss_type, norm = cases[i]
-        out = myxtts_ops.masked_mel_loss(y_true, y_pred, lengths, None, loss_type=loss_type,
-                                         huber_delta=0.7, normalization=norm)
-        return (out.loss.numpy(), out.per_sample.numpy(), out.nonfinite_count.numpy(),
-                out.state.numpy())
+        out = myxtts_ops.masked_mel_loss(
+            y_true, y_pred, lengths, None, loss_type=loss_type, huber_delta=0.7, normalization=norm
+        )
+        return (
+            out.loss.numpy(),
+            out.per_sample.numpy(),
+            out.nonfinite_count.numpy(),
+            out.state.numpy(),
+        )
 
     for i, per_thread in enumerate(_run_threads(call, 10)):
         for got in per_thread:
@@ -121,16 +153,27 @@ def test_shared_tf_function_from_8_threads(rng):
     """One traced function (one graph per input signature) used concurrently."""
     cases = [c for c in _thread_cases(rng)]
     # Same dtype/loss settings for all: one concrete function shared by all threads.
-    cases = [(c[0].astype(np.float32), c[1].astype(np.float32),
-              None if c[2] is None else c[2].astype(np.int32), "float32", "huber", "global")
-             for c in cases]
+    cases = [
+        (
+            c[0].astype(np.float32),
+            c[1].astype(np.float32),
+            None if c[2] is None else c[2].astype(np.int32),
+            "float32",
+            "huber",
+            "global",
+        )
+        for c in cases
+    ]
     want = [_expect(c) for c in cases]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32)] * 2
-                 + [tf.TensorSpec([None], tf.int32)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None], tf.float32)] * 2
+        + [tf.TensorSpec([None], tf.int32)]
+    )
     def fn(y_true, y_pred, lengths):
-        out = myxtts_ops.masked_mel_loss(y_true, y_pred, lengths, loss_type="huber",
-                                         huber_delta=0.7, normalization="global")
+        out = myxtts_ops.masked_mel_loss(
+            y_true, y_pred, lengths, loss_type="huber", huber_delta=0.7, normalization="global"
+        )
         grad = tf.gradients(out.loss, y_pred)[0]
         return out.loss, out.per_sample, out.nonfinite_count, out.state, grad
 
@@ -158,8 +201,16 @@ def test_kernels_module_from_8_threads(rng):
 
     def call(i):
         y_true, y_pred, lengths, _, loss_type, norm = cases[i]
-        out = kernels.forward(y_true, y_pred, lengths, None, loss_type=loss_type,
-                              huber_delta=0.7, normalization=norm, num_threads=1 + i % 3)
+        out = kernels.forward(
+            y_true,
+            y_pred,
+            lengths,
+            None,
+            loss_type=loss_type,
+            huber_delta=0.7,
+            normalization=norm,
+            num_threads=1 + i % 3,
+        )
         return out["loss"], out["per_sample"], out["nonfinite_count"], out["state"]
 
     for i, per_thread in enumerate(_run_threads(call, 10)):
@@ -199,21 +250,38 @@ def test_first_calls_race_in_fresh_process(tmp_path):
 # ---------------------------------------------------------------------------
 # (b) SavedModel
 
+
 class _LossModule(tf.Module):
     def __init__(self):
         super().__init__()
         self.state = tf.Variable(tf.zeros([myxtts_ops.STATE_SIZE], tf.float64), trainable=False)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32),
-                                  tf.TensorSpec([None, None, None], tf.float32),
-                                  tf.TensorSpec([None], tf.int32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.float32),
+            tf.TensorSpec([None, None, None], tf.float32),
+            tf.TensorSpec([None], tf.int32),
+        ]
+    )
     def __call__(self, y_true, y_pred, lengths):
-        out = myxtts_ops.masked_mel_loss(y_true, y_pred, lengths, self.state, loss_type="huber",
-                                         huber_delta=0.37, normalization="per_sample")
+        out = myxtts_ops.masked_mel_loss(
+            y_true,
+            y_pred,
+            lengths,
+            self.state,
+            loss_type="huber",
+            huber_delta=0.37,
+            normalization="per_sample",
+        )
         self.state.assign(out.state)
         grad = tf.gradients(out.loss, y_pred)[0]
-        return {"loss": out.loss, "per_sample": out.per_sample,
-                "nonfinite_count": out.nonfinite_count, "state": out.state, "grad": grad}
+        return {
+            "loss": out.loss,
+            "per_sample": out.per_sample,
+            "nonfinite_count": out.nonfinite_count,
+            "state": out.state,
+            "grad": grad,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -256,15 +324,15 @@ print("SAME-NUMBERS")
 
 
 def test_savedmodel_loads_in_fresh_process_after_load_ops(saved):
-    code = _LOAD_AND_COMPARE.format(prelude="myxtts_ops.load_ops()",
-                                    loader="tf.saved_model.load")
+    code = _LOAD_AND_COMPARE.format(prelude="myxtts_ops.load_ops()", loader="tf.saved_model.load")
     proc = run_child(code, saved)
     assert proc.returncode == 0 and "SAME-NUMBERS" in proc.stdout, proc.stderr[-4000:]
 
 
 def test_savedmodel_loads_with_helper(saved):
-    code = _LOAD_AND_COMPARE.format(prelude="import myxtts_ops.saved_model",
-                                    loader="myxtts_ops.saved_model.load")
+    code = _LOAD_AND_COMPARE.format(
+        prelude="import myxtts_ops.saved_model", loader="myxtts_ops.saved_model.load"
+    )
     proc = run_child(code, saved)
     assert proc.returncode == 0 and "SAME-NUMBERS" in proc.stdout, proc.stderr[-4000:]
 
@@ -336,6 +404,7 @@ def test_helper_passes_other_load_errors_through(tmp_path):
 # ---------------------------------------------------------------------------
 # (c) CUDA-built library on CPU
 
+
 def test_build_info_reports_cuda():
     from myxtts_ops import _loader
 
@@ -391,7 +460,8 @@ def test_cuda_build_runs_cpu_kernels_with_gpus_hidden(tmp_path):
             np.testing.assert_allclose(g.numpy().astype(np.float64), wg, rtol=1e-2, atol=1e-6)
         print(json.dumps({"cuda_enabled": info.CUDA_ENABLED,
                           "tf_built_with_cuda": tf.test.is_built_with_cuda()}))
-        """ % _TESTS,
+        """
+        % _TESTS,
         tmp_path,
         env={"CUDA_VISIBLE_DEVICES": ""},
     )

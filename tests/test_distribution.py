@@ -44,7 +44,9 @@ def _run_child(tmp_path, mode, *args, timeout=120, env=None):
         timeout=timeout,
     )
     if proc.returncode != 0:
-        pytest.fail(f"{mode} child failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"{mode} child failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     with open(out) as f:
         return json.load(f)
 
@@ -64,11 +66,15 @@ def _check_against_single(single, dist_records, replica_index):
     changes = _changes(ws)
     assert len(changes) >= 3, f"the run must change the weight several times, got {changes}"
     assert _changes(wd) == changes
-    np.testing.assert_array_equal(wd, ws, err_msg="weight trajectory differs from the single-device run")
+    np.testing.assert_array_equal(
+        wd, ws, err_msg="weight trajectory differs from the single-device run"
+    )
     s_state = np.array([r["op_state"] for r in single])
     d_state = np.array([r["op_states"][replica_index] for r in dist_records])
     np.testing.assert_array_equal(d_state[:, :3], s_state[:, :3], err_msg="op step counters")
-    np.testing.assert_allclose(d_state, s_state, rtol=STATE_RTOL, atol=1e-12, err_msg="op running statistics")
+    np.testing.assert_allclose(
+        d_state, s_state, rtol=STATE_RTOL, atol=1e-12, err_msg="op running statistics"
+    )
     ts = np.array([r["total"] for r in single])
     td = np.array([r["totals"][replica_index] for r in dist_records])  # replica value x replicas
     np.testing.assert_allclose(td, ts, rtol=STATE_RTOL, err_msg="returned total x num_replicas")
@@ -204,6 +210,8 @@ def test_multi_worker_mirrored_strategy(tmp_path):
         _check_against_single(single["single"], w["dist"], 0)
         _check_final_state(single["single_state"], w["replica_states"], 1)
         _check_grads(w["grads"])
-    assert workers[0]["replica_states"] == workers[1]["replica_states"], "workers hold different state"
+    assert workers[0]["replica_states"] == workers[1]["replica_states"], (
+        "workers hold different state"
+    )
     for a, b in zip(workers[0]["dist"], workers[1]["dist"]):
         assert a["weights"] == b["weights"] and a["op_states"] == b["op_states"]

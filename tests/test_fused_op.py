@@ -20,7 +20,6 @@ import tensorflow as tf
 import oracle
 from child_env import TESTS_DIR, child_env
 from conftest import DTYPES, NP_DTYPES, assert_close, assert_grad_close, make_inputs, tol
-
 from test_reference import LOSS_TYPES, NORMS, _call, _grads, _out_dtype
 
 
@@ -51,8 +50,16 @@ def test_public_api():
 
     assert myxtts_ops.STATE_SIZE == 19
     s = myxtts_ops.read_state(tf.zeros([myxtts_ops.STATE_SIZE], tf.float64))
-    assert list(s) == ["steps", "clean_steps", "nonfinite_steps", "running_mean",
-                       "window_count", "window_mean", "window_variance", "last_loss"]
+    assert list(s) == [
+        "steps",
+        "clean_steps",
+        "nonfinite_steps",
+        "running_mean",
+        "window_count",
+        "window_mean",
+        "window_variance",
+        "last_loss",
+    ]
     out = myxtts_ops.masked_mel_loss(tf.ones([1, 2, 3]), tf.zeros([1, 2, 3]))
     assert isinstance(out, myxtts_ops.MaskedMelLossOutput)
     assert out._fields == ("loss", "per_sample", "nonfinite_count", "state")
@@ -77,7 +84,8 @@ def test_graph_contains_fused_op(impl, inputs):
         return out.loss, tape.gradient(out.loss, b)
 
     graph = f.get_concrete_function(
-        tf.constant(y_true), tf.constant(y_pred), tf.constant(lens)).graph
+        tf.constant(y_true), tf.constant(y_pred), tf.constant(lens)
+    ).graph
     types = set()
     for op in graph.get_operations():
         types.add(op.type)
@@ -96,12 +104,12 @@ def test_graph_contains_fused_op(impl, inputs):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("normalization", NORMS)
-def test_fused_matches_reference_and_oracle(impl, reference, rng, inputs, dtype, loss_type,
-                                            normalization):
+def test_fused_matches_reference_and_oracle(
+    impl, reference, rng, inputs, dtype, loss_type, normalization
+):
     # 300 x 80 = 24000 elements per full sample: more than one CPU work chunk.
     shape = (3, 300, 80)
-    y_true, y_pred, lens = inputs(shape, dtype, lengths=[300, 211, 0], nonfinite_padding=5,
-                                  ties=10)
+    y_true, y_pred, lens = inputs(shape, dtype, lengths=[300, 211, 0], nonfinite_padding=5, ties=10)
     kw = dict(loss_type=loss_type, huber_delta=1.5, normalization=normalization)
     g_b = rng.uniform(-1, 1, size=3).astype(_out_dtype(dtype))
     fused = _call(impl, y_true, y_pred, lens, **kw)
@@ -115,7 +123,9 @@ def test_fused_matches_reference_and_oracle(impl, reference, rng, inputs, dtype,
     assert_close(fused.loss, ref.loss, t["rtol"], t["atol"])
     np.testing.assert_allclose(
         fused.state.numpy(),
-        oracle.next_state(None, float(fused.loss), 0, (300 + 211) * 80), rtol=1e-13)
+        oracle.next_state(None, float(fused.loss), 0, (300 + 211) * 80),
+        rtol=1e-13,
+    )
     fg = _grads(impl, y_true, y_pred, lens, 1.3, g_b, **kw)
     rg = _grads(reference, y_true, y_pred, lens, 1.3, g_b, **kw)
     egt, egp = oracle.backward(y_true, y_pred, lens, grad_loss=1.3, grad_per_sample=g_b, **kw)
@@ -202,9 +212,14 @@ def test_bitwise_determinism_across_thread_counts(rng):
     for threads in (1, 0, 4):
         # cwd: `python -c` puts it first on sys.path; the repo root would
         # shadow the installed package with the unbuilt source tree.
-        proc = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT, str(threads), seed],
-                              capture_output=True, text=True, env=env, timeout=300,
-                              cwd=TESTS_DIR)
+        proc = subprocess.run(
+            [sys.executable, "-c", _THREAD_SCRIPT, str(threads), seed],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            cwd=TESTS_DIR,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("DIGEST")]
         assert line, proc.stdout + proc.stderr[-2000:]
@@ -216,9 +231,15 @@ def test_bitwise_determinism_across_thread_counts(rng):
 # Runtime shape checks with unknown static shapes.
 def test_dynamic_shape_errors(impl):
     spec = tf.TensorSpec([None, None, None], tf.float32)
-    fn = tf.function(lambda a, b, c, s: impl(a, b, c, s),
-                     input_signature=[spec, spec, tf.TensorSpec([None], tf.int32),
-                                      tf.TensorSpec([None], tf.float64)])
+    fn = tf.function(
+        lambda a, b, c, s: impl(a, b, c, s),
+        input_signature=[
+            spec,
+            spec,
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.float64),
+        ],
+    )
     y = np.zeros((2, 3, 4), np.float32)
     ok_state = np.zeros(19)
     fn(y, y, np.array([1, 2], np.int32), ok_state)
@@ -232,21 +253,34 @@ def test_dynamic_shape_errors(impl):
 
 # ---------------------------------------------------------------------------
 # The pybind11 NumPy module.
-KERNEL_SHAPES = [((1, 1, 1), [1]), ((3, 7, 5), "random"), ((2, 260, 80), [260, 77]),
-                 ((2, 4, 3), None)]
+KERNEL_SHAPES = [
+    ((1, 1, 1), [1]),
+    ((3, 7, 5), "random"),
+    ((2, 260, 80), [260, 77]),
+    ((2, 4, 3), None),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("loss_type,normalization",
-                         [("l1", "per_sample"), ("huber", "global"), ("huber", "per_sample")])
+@pytest.mark.parametrize(
+    "loss_type,normalization", [("l1", "per_sample"), ("huber", "global"), ("huber", "per_sample")]
+)
 @pytest.mark.parametrize("shape,lengths", KERNEL_SHAPES, ids=lambda v: str(v).replace(" ", ""))
 @pytest.mark.parametrize("lengths_dtype", [np.int32, np.int64])
-def test_kernels_forward_backward_vs_oracle(rng, dtype, loss_type, normalization, shape, lengths,
-                                            lengths_dtype):
+def test_kernels_forward_backward_vs_oracle(
+    rng, dtype, loss_type, normalization, shape, lengths, lengths_dtype
+):
     k = _kernels()
-    y_true, y_pred, lens = make_inputs(rng, shape, dtype, lengths=lengths,
-                                       lengths_dtype=lengths_dtype, nonfinite_valid=2,
-                                       nonfinite_padding=2 if lengths is not None else 0, ties=2)
+    y_true, y_pred, lens = make_inputs(
+        rng,
+        shape,
+        dtype,
+        lengths=lengths,
+        lengths_dtype=lengths_dtype,
+        nonfinite_valid=2,
+        nonfinite_padding=2 if lengths is not None else 0,
+        ties=2,
+    )
     state = np.zeros(19)
     state[1], state[4], state[8], state[9] = 1.0, 1.0, 1.0, 0.25
     kw = dict(loss_type=loss_type, huber_delta=0.75, normalization=normalization)
@@ -263,14 +297,27 @@ def test_kernels_forward_backward_vs_oracle(rng, dtype, loss_type, normalization
     assert np.asarray(out["state"]).dtype == np.float64
     np.testing.assert_allclose(
         out["state"],
-        oracle.next_state(state, float(out["loss"]), exp["nonfinite_count"],
-                          (shape[0] * shape[1] if lens is None else int(np.sum(lens))) * shape[2]),
-        rtol=1e-13)
+        oracle.next_state(
+            state,
+            float(out["loss"]),
+            exp["nonfinite_count"],
+            (shape[0] * shape[1] if lens is None else int(np.sum(lens))) * shape[2],
+        ),
+        rtol=1e-13,
+    )
     assert np.all(state[:2] == [0.0, 1.0])  # input state not mutated
     g_loss = np.asarray(1.7, _out_dtype(dtype))
     g_b = rng.uniform(-1, 1, size=shape[0]).astype(_out_dtype(dtype))
-    gt, gp = k.backward(y_true, y_pred, lens, out["sample_weights"], g_loss, g_b,
-                        loss_type=loss_type, huber_delta=0.75)
+    gt, gp = k.backward(
+        y_true,
+        y_pred,
+        lens,
+        out["sample_weights"],
+        g_loss,
+        g_b,
+        loss_type=loss_type,
+        huber_delta=0.75,
+    )
     assert gt.dtype == NP_DTYPES[dtype] and gp.dtype == NP_DTYPES[dtype]
     assert gt.shape == shape and gp.shape == shape
     egt, egp = oracle.backward(y_true, y_pred, lens, grad_loss=1.7, grad_per_sample=g_b, **kw)
@@ -286,14 +333,40 @@ def test_kernels_thread_counts_bitwise(rng, dtype):
     y_true, y_pred, lens = make_inputs(rng, (5, 500, 80), dtype, nonfinite_valid=3)
     results = []
     for threads in (1, 2, 4):
-        out = k.forward(y_true, y_pred, lens, None, loss_type="huber", huber_delta=1.0,
-                        normalization="per_sample", num_threads=threads)
-        gt, gp = k.backward(y_true, y_pred, lens, out["sample_weights"],
-                            np.asarray(1.0, _out_dtype(dtype)),
-                            np.ones(5, _out_dtype(dtype)), loss_type="huber", huber_delta=1.0,
-                            num_threads=threads)
-        results.append(_digest([out["loss"], out["per_sample"], out["nonfinite_count"],
-                                out["state"], out["sample_weights"], gt, gp]))
+        out = k.forward(
+            y_true,
+            y_pred,
+            lens,
+            None,
+            loss_type="huber",
+            huber_delta=1.0,
+            normalization="per_sample",
+            num_threads=threads,
+        )
+        gt, gp = k.backward(
+            y_true,
+            y_pred,
+            lens,
+            out["sample_weights"],
+            np.asarray(1.0, _out_dtype(dtype)),
+            np.ones(5, _out_dtype(dtype)),
+            loss_type="huber",
+            huber_delta=1.0,
+            num_threads=threads,
+        )
+        results.append(
+            _digest(
+                [
+                    out["loss"],
+                    out["per_sample"],
+                    out["nonfinite_count"],
+                    out["state"],
+                    out["sample_weights"],
+                    gt,
+                    gp,
+                ]
+            )
+        )
     assert len(set(results)) == 1
 
 
@@ -302,8 +375,9 @@ def test_kernels_equal_tf_op_bitwise(impl, rng, dtype):
     y_true, y_pred, lens = make_inputs(rng, (3, 120, 80), dtype, nonfinite_valid=2)
     k = _kernels()
     state = np.zeros(19)
-    ko = k.forward(y_true, y_pred, lens, state, loss_type="l1", huber_delta=1.0,
-                   normalization="global")
+    ko = k.forward(
+        y_true, y_pred, lens, state, loss_type="l1", huber_delta=1.0, normalization="global"
+    )
     to = _call(impl, y_true, y_pred, lens, state, normalization="global")
     np.testing.assert_array_equal(np.asarray(ko["loss"]), to.loss.numpy())
     np.testing.assert_array_equal(np.asarray(ko["per_sample"]), to.per_sample.numpy())
@@ -325,42 +399,80 @@ def test_kernels_equal_tf_op_bitwise(impl, rng, dtype):
         (lambda a: dict(a, loss_type="l3"), r"loss_type.*l3"),
         (lambda a: dict(a, normalization="x"), r"normalization.*x"),
         (lambda a: dict(a, huber_delta=-1.0), r"huber_delta"),
-        (lambda a: dict(a, y_true=a["y_true"].astype(np.int32),
-                        y_pred=a["y_pred"].astype(np.int32)), r"dtype|y_true|int32"),
+        (
+            lambda a: dict(
+                a, y_true=a["y_true"].astype(np.int32), y_pred=a["y_pred"].astype(np.int32)
+            ),
+            r"dtype|y_true|int32",
+        ),
     ],
-    ids=["shape", "dtype", "rank", "len_gt_T", "len_neg", "len_B", "len_float", "state",
-         "loss_type", "norm", "delta", "int"],
+    ids=[
+        "shape",
+        "dtype",
+        "rank",
+        "len_gt_T",
+        "len_neg",
+        "len_B",
+        "len_float",
+        "state",
+        "loss_type",
+        "norm",
+        "delta",
+        "int",
+    ],
 )
 def test_kernels_bad_input(mutate, pattern):
     k = _kernels()
-    args = dict(y_true=np.zeros((2, 4, 3), np.float32), y_pred=np.zeros((2, 4, 3), np.float32),
-                lengths=np.array([1, 2], np.int32), state=None, loss_type="l1",
-                huber_delta=1.0, normalization="per_sample")
+    args = dict(
+        y_true=np.zeros((2, 4, 3), np.float32),
+        y_pred=np.zeros((2, 4, 3), np.float32),
+        lengths=np.array([1, 2], np.int32),
+        state=None,
+        loss_type="l1",
+        huber_delta=1.0,
+        normalization="per_sample",
+    )
     args = mutate(args)
     with pytest.raises((ValueError, TypeError, RuntimeError), match=pattern):
-        k.forward(args.pop("y_true"), args.pop("y_pred"), args.pop("lengths"),
-                  args.pop("state"), **args)
+        k.forward(
+            args.pop("y_true"), args.pop("y_pred"), args.pop("lengths"), args.pop("state"), **args
+        )
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 2), (2, 0, 3), (2, 3, 0)])
 def test_kernels_empty(shape):
     k = _kernels()
     y = np.zeros(shape, np.float32)
-    out = k.forward(y, y, None, None, loss_type="l1", huber_delta=1.0,
-                    normalization="per_sample")
+    out = k.forward(y, y, None, None, loss_type="l1", huber_delta=1.0, normalization="per_sample")
     assert float(out["loss"]) == 0.0
     assert np.asarray(out["per_sample"]).shape == (shape[0],)
     assert float(out["state"][0]) == 1.0 and float(out["state"][1]) == 0.0
-    gt, gp = k.backward(y, y, None, out["sample_weights"], np.float32(1.0),
-                        np.zeros(shape[0], np.float32), loss_type="l1", huber_delta=1.0)
+    gt, gp = k.backward(
+        y,
+        y,
+        None,
+        out["sample_weights"],
+        np.float32(1.0),
+        np.zeros(shape[0], np.float32),
+        loss_type="l1",
+        huber_delta=1.0,
+    )
     assert gt.shape == shape and gp.shape == shape
 
 
 def test_kernels_bfloat16_is_ml_dtypes():
     k = _kernels()
     y = np.ones((1, 2, 2), ml_dtypes.bfloat16)
-    gt, gp = k.backward(y, y * 2, None, np.array([[0.25], [0.25]]), np.float32(1.0),
-                        np.zeros(1, np.float32), loss_type="l1", huber_delta=1.0)
+    gt, gp = k.backward(
+        y,
+        y * 2,
+        None,
+        np.array([[0.25], [0.25]]),
+        np.float32(1.0),
+        np.zeros(1, np.float32),
+        loss_type="l1",
+        huber_delta=1.0,
+    )
     assert gp.dtype == np.dtype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(gp.astype(np.float32), np.full((1, 2, 2), 0.25, np.float32))
 

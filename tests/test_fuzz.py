@@ -134,8 +134,22 @@ DTYPE_MAX = {
 }
 
 SPECIAL_KINDS = (
-    "nan", "inf", "-inf", "subnormal", "-subnormal", "1e30", "-1e30", "1e300", "-1e300",
-    "zero", "-zero", "max", "tie", "huge", "-huge", "overflow",
+    "nan",
+    "inf",
+    "-inf",
+    "subnormal",
+    "-subnormal",
+    "1e30",
+    "-1e30",
+    "1e300",
+    "-1e300",
+    "zero",
+    "-zero",
+    "max",
+    "tie",
+    "huge",
+    "-huge",
+    "overflow",
 )
 
 
@@ -152,7 +166,11 @@ def _cast(x64, dtype):
 def mel_shapes(draw):
     if draw(st.integers(0, 9)) == 0:
         # One sample row longer than a CPU work unit (16384 elements).
-        return (draw(st.integers(1, 2)), draw(st.integers(200, 230)), draw(st.sampled_from([80, 83])))
+        return (
+            draw(st.integers(1, 2)),
+            draw(st.integers(200, 230)),
+            draw(st.sampled_from([80, 83])),
+        )
     return (draw(st.integers(0, 4)), draw(st.integers(0, 9)), draw(st.integers(0, 7)))
 
 
@@ -161,8 +179,20 @@ def lengths_specs(draw, batch, frames, allow_bad=True, kernels=False):
     """Returns (lengths object, bad: bool, bad value or None)."""
     kinds = ["none", "int32", "int64", "list", "big_endian"]
     if allow_bad:
-        kinds += ["too_long", "negative", "huge", "shape_plus1", "scalar", "rank2",
-                  "float32", "float64", "int16", "uint8", "float_nan", "float_1e10"]
+        kinds += [
+            "too_long",
+            "negative",
+            "huge",
+            "shape_plus1",
+            "scalar",
+            "rank2",
+            "float32",
+            "float64",
+            "int16",
+            "uint8",
+            "float_nan",
+            "float_1e10",
+        ]
     kind = draw(st.sampled_from(kinds))
     valid = np.array([draw(st.integers(0, frames)) for _ in range(batch)], np.int64)
     if batch >= 2 and draw(st.booleans()):
@@ -204,8 +234,21 @@ def lengths_specs(draw, batch, frames, allow_bad=True, kernels=False):
 @st.composite
 def state_specs(draw, allow_tensor=True):
     """Returns (state object, bad, state as float64 for the oracle)."""
-    kinds = ["none", "fresh", "mid", "corrupt", "big_endian", "f32", "int32", "bool", "complex",
-             "size18", "size20", "size0", "rank2"]
+    kinds = [
+        "none",
+        "fresh",
+        "mid",
+        "corrupt",
+        "big_endian",
+        "f32",
+        "int32",
+        "bool",
+        "complex",
+        "size18",
+        "size20",
+        "size0",
+        "rank2",
+    ]
     if allow_tensor:
         kinds.append("tf_f32")
     kind = draw(st.sampled_from(kinds))
@@ -223,20 +266,26 @@ def state_specs(draw, allow_tensor=True):
         s[5], s[6], s[7] = 1.5, 0.25, s[9]
     if kind == "corrupt":
         for _ in range(draw(st.integers(1, 4))):
-            s[draw(st.integers(0, STATE_SIZE - 1))] = draw(st.sampled_from(
-                [np.nan, np.inf, -np.inf, -1.0, 0.5, 2.5, 1e300, 2.0**60, 11.0]))
+            s[draw(st.integers(0, STATE_SIZE - 1))] = draw(
+                st.sampled_from([np.nan, np.inf, -np.inf, -1.0, 0.5, 2.5, 1e300, 2.0**60, 11.0])
+            )
     if kind in ("fresh", "mid", "corrupt"):
         return s, False, s
     if kind == "big_endian":
         return _big_endian(s), False, s
     if kind in ("f32", "int32", "bool", "complex"):
-        dtype = {"f32": np.float32, "int32": np.int32, "bool": np.bool_,
-                 "complex": np.complex128}[kind]
+        dtype = {"f32": np.float32, "int32": np.int32, "bool": np.bool_, "complex": np.complex128}[
+            kind
+        ]
         return s.astype(dtype), True, None
     if kind == "tf_f32":
         return tf.constant(s, tf.float32), True, None
-    bad = {"size18": np.zeros(18), "size20": np.zeros(20), "size0": np.zeros(0),
-           "rank2": s.reshape(1, STATE_SIZE)}[kind]
+    bad = {
+        "size18": np.zeros(18),
+        "size20": np.zeros(20),
+        "size0": np.zeros(0),
+        "rank2": s.reshape(1, STATE_SIZE),
+    }[kind]
     return bad, True, None
 
 
@@ -255,9 +304,22 @@ def config_specs(draw, allow_bad=True, kernels=False):
             normalization = draw(st.sampled_from(["mean", "", "Global", "per-sample", None]))
             bad.add("normalization")
         else:
-            delta = draw(st.sampled_from(
-                [0.0, -0.0, -1.0, -1e-30, float("nan"), float("-inf"), float("inf"), True,
-                 1e-320, 5e-324]))
+            delta = draw(
+                st.sampled_from(
+                    [
+                        0.0,
+                        -0.0,
+                        -1.0,
+                        -1e-30,
+                        float("nan"),
+                        float("-inf"),
+                        float("inf"),
+                        True,
+                        1e-320,
+                        5e-324,
+                    ]
+                )
+            )
             bad.add("huber_delta")
     return dict(loss_type=loss_type, huber_delta=delta, normalization=normalization), bad
 
@@ -275,10 +337,17 @@ def mel_cases(draw, allow_bad=True, kernels=False):
     yp = yt + rng.standard_normal(shape) * scale
     eff = np.full([b], t) if (lengths is None or lengths_bad) else np.asarray(lengths)
     valid = np.broadcast_to((np.arange(t)[None, :] < eff[:, None])[:, :, None], shape)
-    specials = draw(st.lists(
-        st.tuples(st.sampled_from(["y_true", "y_pred"]), st.sampled_from(SPECIAL_KINDS),
-                  st.sampled_from(["valid", "pad", "any"]), st.integers(0, 2**31)),
-        max_size=8))
+    specials = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["y_true", "y_pred"]),
+                st.sampled_from(SPECIAL_KINDS),
+                st.sampled_from(["valid", "pad", "any"]),
+                st.integers(0, 2**31),
+            ),
+            max_size=8,
+        )
+    )
     for target, kind, region, pick in specials:
         mask = {"valid": valid, "pad": ~valid, "any": np.ones(shape, bool)}[region]
         idx = np.flatnonzero(mask)
@@ -308,25 +377,39 @@ def mel_cases(draw, allow_bad=True, kernels=False):
         elif corruption == "rank4":
             y_true, y_pred = y_true[..., None], y_pred[..., None]
         elif corruption == "shape":
-            y_pred = np.concatenate([y_pred, y_pred[:, :1]], axis=1) if t else \
-                np.zeros((b, 1, m), y_pred.dtype)
+            y_pred = (
+                np.concatenate([y_pred, y_pred[:, :1]], axis=1)
+                if t
+                else np.zeros((b, 1, m), y_pred.dtype)
+            )
         elif corruption == "dtype":
             other = draw(st.sampled_from([d for d in DTYPES if d != dtype]))
             y_pred = y_pred.astype(NP_DTYPES[other])
         else:
             y_true, y_pred = y_true.astype(np.int32), y_pred.astype(np.int32)
-    state, state_bad, state64 = draw(state_specs(allow_tensor=not kernels)) if allow_bad else \
-        (None, False, None)
+    state, state_bad, state64 = (
+        draw(state_specs(allow_tensor=not kernels)) if allow_bad else (None, False, None)
+    )
     if state_bad:
         bad.add("state")
     config, config_bad = draw(config_specs(allow_bad, kernels))
     bad |= config_bad
-    return dict(dtype=dtype, y_true=y_true, y_pred=y_pred, lengths=lengths, state=state,
-                state64=state64, config=config, bad=bad, lengths_bad_value=lengths_bad_value)
+    return dict(
+        dtype=dtype,
+        y_true=y_true,
+        y_pred=y_pred,
+        lengths=lengths,
+        state=state,
+        state64=state64,
+        config=config,
+        bad=bad,
+        lengths_bad_value=lengths_bad_value,
+    )
 
 
 # ---------------------------------------------------------------------------
 # Checks.
+
 
 def _message(err):
     return err.message if isinstance(err, tf.errors.OpError) else str(err)
@@ -336,10 +419,12 @@ def check_documented_error(err, case):
     bad = case["bad"]
     assert bad, f"valid arguments raised {type(err).__name__}: {_message(err)}"
     assert isinstance(err, (tf.errors.InvalidArgumentError, ValueError, TypeError)), (
-        f"undocumented error type {type(err).__name__} for bad {sorted(bad)}: {_message(err)}")
+        f"undocumented error type {type(err).__name__} for bad {sorted(bad)}: {_message(err)}"
+    )
     msg = _message(err)
     assert any(name in msg for name in bad), (
-        f"error message names none of the bad inputs {sorted(bad)}: {msg!r}")
+        f"error message names none of the bad inputs {sorted(bad)}: {msg!r}"
+    )
     if bad == {"lengths"} and case["lengths_bad_value"] is not None:
         assert str(case["lengths_bad_value"]) in msg, f"bad length value not in {msg!r}"
 
@@ -361,31 +446,51 @@ def assert_state_close(got, want, rtol, atol):
     finite = want[np.isfinite(want)]
     scale = float(np.max(np.abs(finite))) if finite.size else 0.0
     idx = [i for i in range(STATE_SIZE) if i != 6]
-    np.testing.assert_allclose(got[idx], want[idx], rtol=rtol, atol=atol + rtol * scale,
-                               err_msg="state")
+    np.testing.assert_allclose(
+        got[idx], want[idx], rtol=rtol, atol=atol + rtol * scale, err_msg="state"
+    )
     # window_variance: of values each within rtol of the oracle's.
-    np.testing.assert_allclose(got[6], want[6], rtol=rtol,
-                               atol=atol + 4 * rtol * min(scale * scale, 1e300),
-                               err_msg="window_variance")
+    np.testing.assert_allclose(
+        got[6],
+        want[6],
+        rtol=rtol,
+        atol=atol + 4 * rtol * min(scale * scale, 1e300),
+        err_msg="window_variance",
+    )
 
 
 def compare_forward(got, case, op):
     dtype = case["dtype"]
     t = TOLERANCES[dtype]
-    want = oracle.forward(case["y_true"], case["y_pred"], oracle_lengths(case["lengths"]),
-                          case["state64"], case["config"]["loss_type"],
-                          oracle_delta(case, op), case["config"]["normalization"])
+    want = oracle.forward(
+        case["y_true"],
+        case["y_pred"],
+        oracle_lengths(case["lengths"]),
+        case["state64"],
+        case["config"]["loss_type"],
+        oracle_delta(case, op),
+        case["config"]["normalization"],
+    )
     out_dtype = np.float64 if dtype == "float64" else np.float32
     with np.errstate(over="ignore"):
         want_loss = np.asarray(want["loss"]).astype(out_dtype)
         want_ps = want["per_sample"].astype(out_dtype)
     assert np.asarray(got["loss"]).dtype == out_dtype
     assert np.asarray(got["per_sample"]).dtype == out_dtype
-    np.testing.assert_allclose(np.asarray(got["loss"], np.float64), want_loss.astype(np.float64),
-                               rtol=t["rtol"], atol=t["atol"], err_msg="loss")
-    np.testing.assert_allclose(np.asarray(got["per_sample"], np.float64),
-                               want_ps.astype(np.float64), rtol=t["rtol"], atol=t["atol"],
-                               err_msg="per_sample")
+    np.testing.assert_allclose(
+        np.asarray(got["loss"], np.float64),
+        want_loss.astype(np.float64),
+        rtol=t["rtol"],
+        atol=t["atol"],
+        err_msg="loss",
+    )
+    np.testing.assert_allclose(
+        np.asarray(got["per_sample"], np.float64),
+        want_ps.astype(np.float64),
+        rtol=t["rtol"],
+        atol=t["atol"],
+        err_msg="per_sample",
+    )
     assert int(got["nonfinite_count"]) == want["nonfinite_count"], "nonfinite_count"
     assert_state_close(got["state"], want["state"], t["rtol"], t["atol"])
     return want
@@ -406,9 +511,11 @@ def flushable(y_true, y_pred, dtype):
 # ---------------------------------------------------------------------------
 # The TF op, eagerly.
 
+
 def _call_op(case):
-    return myxtts_ops.masked_mel_loss(case["y_true"], case["y_pred"], case["lengths"],
-                                      case["state"], **case["config"])
+    return myxtts_ops.masked_mel_loss(
+        case["y_true"], case["y_pred"], case["lengths"], case["state"], **case["config"]
+    )
 
 
 @_settings(200)
@@ -420,8 +527,12 @@ def test_op_matches_oracle_or_raises(case):
         check_documented_error(err, case)
         return
     assert not case["bad"], f"bad {sorted(case['bad'])} silently accepted"
-    got = dict(loss=out.loss.numpy(), per_sample=out.per_sample.numpy(),
-               nonfinite_count=out.nonfinite_count.numpy(), state=out.state.numpy())
+    got = dict(
+        loss=out.loss.numpy(),
+        per_sample=out.per_sample.numpy(),
+        nonfinite_count=out.nonfinite_count.numpy(),
+        state=out.state.numpy(),
+    )
     assert out.nonfinite_count.dtype == tf.int64 and out.state.dtype == tf.float64
     compare_forward(got, case, op=True)
 
@@ -439,18 +550,27 @@ def test_op_gradients_match_oracle(case, seed):
     y_pred = tf.constant(case["y_pred"])
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([y_true, y_pred])
-        out = myxtts_ops.masked_mel_loss(y_true, y_pred, case["lengths"], case["state"],
-                                         **case["config"])
+        out = myxtts_ops.masked_mel_loss(
+            y_true, y_pred, case["lengths"], case["state"], **case["config"]
+        )
         objective = g_loss * out.loss + tf.reduce_sum(g_ps * out.per_sample)
     grad_true, grad_pred = tape.gradient(objective, [y_true, y_pred])
     want_true, want_pred = oracle.backward(
-        case["y_true"], case["y_pred"], oracle_lengths(case["lengths"]),
-        case["config"]["loss_type"], oracle_delta(case, True), case["config"]["normalization"],
-        grad_loss=float(g_loss), grad_per_sample=g_ps.astype(np.float64))
+        case["y_true"],
+        case["y_pred"],
+        oracle_lengths(case["lengths"]),
+        case["config"]["loss_type"],
+        oracle_delta(case, True),
+        case["config"]["normalization"],
+        grad_loss=float(g_loss),
+        grad_per_sample=g_ps.astype(np.float64),
+    )
     assert grad_true.dtype == y_true.dtype and grad_pred.dtype == y_pred.dtype
     keep = ~flushable(case["y_true"], case["y_pred"], dtype)
-    for got, want, what in ((grad_pred, want_pred, "grad y_pred"),
-                            (grad_true, want_true, "grad y_true")):
+    for got, want, what in (
+        (grad_pred, want_pred, "grad y_pred"),
+        (grad_true, want_true, "grad y_true"),
+    ):
         got = got.numpy().astype(np.float64)
         assert np.all(np.isfinite(got)), what
         assert_grad_close(np.where(keep, got, 0.0), np.where(keep, want, 0.0), dtype, what)
@@ -467,22 +587,29 @@ def _graph_fn(dtype, lengths_dtype, loss_type, normalization):
     key = (dtype, lengths_dtype, loss_type, normalization)
     if key not in _GRAPH_FNS:
         tf_dtype = tf.as_dtype(NP_DTYPES[dtype]) if dtype != "bfloat16" else tf.bfloat16
-        signature = [tf.TensorSpec(None, tf_dtype), tf.TensorSpec(None, tf_dtype),
-                     tf.TensorSpec([None], tf.float64)]
+        signature = [
+            tf.TensorSpec(None, tf_dtype),
+            tf.TensorSpec(None, tf_dtype),
+            tf.TensorSpec([None], tf.float64),
+        ]
         if lengths_dtype is not None:
             signature.insert(2, tf.TensorSpec(None, lengths_dtype))
 
             @tf.function(input_signature=signature)
             def fn(y_true, y_pred, lengths, state):
-                o = myxtts_ops.masked_mel_loss(y_true, y_pred, lengths, state,
-                                               loss_type=loss_type, normalization=normalization)
+                o = myxtts_ops.masked_mel_loss(
+                    y_true, y_pred, lengths, state, loss_type=loss_type, normalization=normalization
+                )
                 return o.loss, o.per_sample, o.nonfinite_count, o.state
         else:
+
             @tf.function(input_signature=signature)
             def fn(y_true, y_pred, state):
-                o = myxtts_ops.masked_mel_loss(y_true, y_pred, None, state,
-                                               loss_type=loss_type, normalization=normalization)
+                o = myxtts_ops.masked_mel_loss(
+                    y_true, y_pred, None, state, loss_type=loss_type, normalization=normalization
+                )
                 return o.loss, o.per_sample, o.nonfinite_count, o.state
+
         _GRAPH_FNS[key] = fn
     return _GRAPH_FNS[key]
 
@@ -524,23 +651,30 @@ def graph_cases(draw):
 def test_op_in_tf_function_with_unknown_shapes(case):
     lengths = case["lengths"]
     lengths_dtype = None if lengths is None else tf.as_dtype(np.asarray(lengths).dtype.name)
-    fn = _graph_fn(case["dtype"], lengths_dtype, case["config"]["loss_type"],
-                   case["config"]["normalization"])
-    args = [case["y_true"], case["y_pred"]] + ([] if lengths is None else [lengths]) + \
-        [case["state"]]
+    fn = _graph_fn(
+        case["dtype"], lengths_dtype, case["config"]["loss_type"], case["config"]["normalization"]
+    )
+    args = (
+        [case["y_true"], case["y_pred"]] + ([] if lengths is None else [lengths]) + [case["state"]]
+    )
     try:
         loss, per_sample, nonfinite, state = fn(*args)
     except (tf.errors.OpError, ValueError, TypeError) as err:
         check_documented_error(err, case)
         return
     assert not case["bad"], f"bad {sorted(case['bad'])} silently accepted"
-    got = dict(loss=loss.numpy(), per_sample=per_sample.numpy(),
-               nonfinite_count=nonfinite.numpy(), state=state.numpy())
+    got = dict(
+        loss=loss.numpy(),
+        per_sample=per_sample.numpy(),
+        nonfinite_count=nonfinite.numpy(),
+        state=state.numpy(),
+    )
     compare_forward(got, case, op=True)
 
 
 # ---------------------------------------------------------------------------
 # The pybind11 module on NumPy arrays.
+
 
 @_settings(200)
 @given(case=mel_cases(kernels=True), threads=st.integers(0, 3))
@@ -548,20 +682,26 @@ def test_kernels_forward_matches_oracle_or_raises(case, threads):
     from myxtts_ops import kernels
 
     try:
-        got = kernels.forward(case["y_true"], case["y_pred"], case["lengths"], case["state"],
-                              num_threads=threads, **case["config"])
+        got = kernels.forward(
+            case["y_true"],
+            case["y_pred"],
+            case["lengths"],
+            case["state"],
+            num_threads=threads,
+            **case["config"],
+        )
     except (ValueError, TypeError) as err:
         check_documented_error(err, case)
         return
     assert not case["bad"], f"bad {sorted(case['bad'])} silently accepted"
     want = compare_forward(got, case, op=False)
-    np.testing.assert_allclose(got["sample_weights"], want["sample_weights"], rtol=1e-12,
-                               atol=0, err_msg="sample_weights")
+    np.testing.assert_allclose(
+        got["sample_weights"], want["sample_weights"], rtol=1e-12, atol=0, err_msg="sample_weights"
+    )
 
 
 @_settings(80)
-@given(case=mel_cases(allow_bad=False), seed=st.integers(0, 2**32 - 1),
-       threads=st.integers(0, 3))
+@given(case=mel_cases(allow_bad=False), seed=st.integers(0, 2**32 - 1), threads=st.integers(0, 3))
 def test_kernels_backward_matches_oracle(case, seed, threads):
     from myxtts_ops import kernels
 
@@ -572,19 +712,36 @@ def test_kernels_backward_matches_oracle(case, seed, threads):
     g_loss = np.asarray(rng.uniform(-2, 2), out_dtype)
     g_ps = rng.uniform(-2, 2, size=b).astype(out_dtype)
     cfg = case["config"]
-    fwd = kernels.forward(case["y_true"], case["y_pred"], case["lengths"], None,
-                          num_threads=threads, **cfg)
+    fwd = kernels.forward(
+        case["y_true"], case["y_pred"], case["lengths"], None, num_threads=threads, **cfg
+    )
     grad_true, grad_pred = kernels.backward(
-        case["y_true"], case["y_pred"], case["lengths"], fwd["sample_weights"], g_loss, g_ps,
-        loss_type=cfg["loss_type"], huber_delta=cfg["huber_delta"], num_threads=threads)
+        case["y_true"],
+        case["y_pred"],
+        case["lengths"],
+        fwd["sample_weights"],
+        g_loss,
+        g_ps,
+        loss_type=cfg["loss_type"],
+        huber_delta=cfg["huber_delta"],
+        num_threads=threads,
+    )
     want_true, want_pred = oracle.backward(
-        case["y_true"], case["y_pred"], oracle_lengths(case["lengths"]), cfg["loss_type"],
-        cfg["huber_delta"], cfg["normalization"], grad_loss=float(g_loss),
-        grad_per_sample=g_ps.astype(np.float64))
+        case["y_true"],
+        case["y_pred"],
+        oracle_lengths(case["lengths"]),
+        cfg["loss_type"],
+        cfg["huber_delta"],
+        cfg["normalization"],
+        grad_loss=float(g_loss),
+        grad_per_sample=g_ps.astype(np.float64),
+    )
     assert grad_pred.dtype.name == case["y_true"].dtype.name and grad_pred.dtype.isnative
     keep = ~flushable(case["y_true"], case["y_pred"], dtype)
-    for got, want, what in ((grad_pred, want_pred, "grad y_pred"),
-                            (grad_true, want_true, "grad y_true")):
+    for got, want, what in (
+        (grad_pred, want_pred, "grad y_pred"),
+        (grad_true, want_true, "grad y_true"),
+    ):
         got = np.asarray(got).astype(np.float64)
         assert_grad_close(np.where(keep, got, 0.0), np.where(keep, want, 0.0), dtype, what)
 

@@ -18,17 +18,27 @@ SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 def _dry_run(**env):
     settings = dict(PYTHON=sys.executable, OUT="/nonexistent/never")
     settings.update(env)
-    return subprocess.run(["bash", SCRIPT, "--dry-run"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, env=child_env(**settings))
+    return subprocess.run(
+        ["bash", SCRIPT, "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=child_env(**settings),
+    )
 
 
 def test_dry_run_passes():
     proc = _dry_run()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dry run: 0 failure(s)" in proc.stdout
-    for what in ("CMake option MYXTTS_BUILD_PYBIND", "pytest collects tests/gpu",
-                 "the PyTorch subset selects tests", "kernel forward_kernel",
-                 "kernel backward_kernel"):
+    for what in (
+        "CMake option MYXTTS_BUILD_PYBIND",
+        "pytest collects tests/gpu",
+        "the PyTorch subset selects tests",
+        "kernel forward_kernel",
+        "kernel backward_kernel",
+    ):
         assert f"ok    {what}" in proc.stdout, proc.stdout
     assert not os.path.exists("/nonexistent/never")  # a dry run writes nothing
 
@@ -42,6 +52,7 @@ def test_dry_run_fails_on_a_broken_setup():
 def test_unknown_steps_and_arguments_are_errors():
     proc = _dry_run(GPU_CHECK_STEPS="build tset")
     assert proc.returncode == 2 and "unknown step 'tset'" in proc.stderr
-    proc = subprocess.run(["bash", SCRIPT, "--dryrun"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        ["bash", SCRIPT, "--dryrun"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert proc.returncode == 2 and "unknown argument '--dryrun'" in proc.stderr

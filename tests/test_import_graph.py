@@ -70,7 +70,13 @@ def test_checker_finds_function_level_imports_and_violations(graph_tool, tmp_pat
 
 
 def test_script_exits_0_on_the_installed_tree():
-    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True,
-                          env=child_env(), cwd=TESTS_DIR, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=TESTS_DIR,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "import graph: OK" in proc.stdout

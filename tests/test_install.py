@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.join(_ROOT, "build_backend"))
 import cmake_tree  # noqa: E402
 import tf_requirement  # noqa: E402
 
-
 # ---------------------------------------------------------------------------
 # Build requirements and wheel metadata
 
@@ -42,7 +41,9 @@ def test_find_tensorflow_reads_the_given_site(tmp_path):
 
 def test_build_requirement_is_the_installed_tensorflow_exactly():
     assert tf_requirement.build_requirement(("tensorflow", "2.19.1")) == "tensorflow==2.19.1"
-    assert tf_requirement.build_requirement(("tensorflow-cpu", "2.16.2")) == "tensorflow-cpu==2.16.2"
+    assert (
+        tf_requirement.build_requirement(("tensorflow-cpu", "2.16.2")) == "tensorflow-cpu==2.16.2"
+    )
     newest = "%d.%d" % tf_requirement.NEWEST_SUPPORTED
     assert tf_requirement.build_requirement(None) == f"tensorflow-cpu=={newest}.*"
 
@@ -56,7 +57,8 @@ def test_too_old_tensorflow_is_refused_by_name():
 
 def test_wheel_pins_the_built_minor_under_the_users_distribution():
     requires, extras = tf_requirement.wheel_requirements(
-        ("tensorflow", "2.19.1"), ("tensorflow", "2.19.1"))
+        ("tensorflow", "2.19.1"), ("tensorflow", "2.19.1")
+    )
     assert requires == ["tensorflow==2.19.*"]
     # [cpu] keeps the user's (GPU) tensorflow instead of adding tensorflow-cpu over it.
     assert extras["cpu"] == ["tensorflow==2.19.*"]
@@ -90,8 +92,17 @@ def test_build_tree_key_follows_what_is_compiled_not_where_the_tools_are():
     for field in cmake_tree.LOCATIONS:  # pip's temporary environments move these
         moved = dict(base, **{field: f"/tmp/pip-build-env-x/overlay/{field}"})
         assert cmake_tree.configuration_key(moved) == key, field
-    for field in ("python", "cmake_version", "generator", "tensorflow_version", "cuda",
-                  "cuda_compiler", "cuda_archs", "sanitize", "tf_op"):
+    for field in (
+        "python",
+        "cmake_version",
+        "generator",
+        "tensorflow_version",
+        "cuda",
+        "cuda_compiler",
+        "cuda_archs",
+        "sanitize",
+        "tf_op",
+    ):
         changed = dict(base, **{field: f"not the current {field}"})
         assert cmake_tree.configuration_key(changed) != key, field
 
@@ -164,8 +175,9 @@ def test_unbuilt_source_tree_in_the_current_directory_explains_itself(tmp_path):
     built = os.path.dirname(os.path.abspath(myxtts_ops.__file__))
     if not os.path.exists(_loader._LIBRARY_FILE):
         pytest.skip("the imported myxtts_ops has no op library")
-    shutil.copytree(built, tmp_path / "myxtts_ops",
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(
+        built, tmp_path / "myxtts_ops", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
     code = textwrap.dedent("""
         import myxtts_ops
         from myxtts_ops import _loader
@@ -176,8 +188,14 @@ def test_unbuilt_source_tree_in_the_current_directory_explains_itself(tmp_path):
         else:
             print("LOADED", _loader._LIBRARY_FILE)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=child_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "shadows the built copy at " + built in proc.stdout, proc.stdout
 
@@ -202,8 +220,12 @@ def test_driver_version_is_none_or_major_minor():
 
 
 def test_load_refuses_a_driver_older_than_the_build(monkeypatch):
-    fake = types.SimpleNamespace(TF_VERSION=_loader.build_info().TF_VERSION, CXX11_ABI=1,
-                                 CUDA_ENABLED=True, CUDA_VERSION="13.0.88")
+    fake = types.SimpleNamespace(
+        TF_VERSION=_loader.build_info().TF_VERSION,
+        CXX11_ABI=1,
+        CUDA_ENABLED=True,
+        CUDA_VERSION="13.0.88",
+    )
     monkeypatch.setattr(_loader, "build_info", lambda: fake)
     monkeypatch.setattr(_loader, "driver_cuda_version", lambda: (12, 8))
     with pytest.raises(_loader.OpLibraryError, match=r"CUDA 13\.0\.88.*CUDA 12\.8"):
@@ -227,8 +249,14 @@ def test_first_call_in_a_tf_function_prints_no_autograph_warning(tmp_path):
 
         print(float(step(tf.ones([2, 3, 4]), tf.zeros([2, 3, 4]))))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=child_env(),
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "1.0"
     assert "AutoGraph" not in proc.stderr, proc.stderr[-3000:]

@@ -41,8 +41,16 @@ TRAINER_KWARGS = dict(
     gradient_norm_threshold=5.0,
 )
 DEFAULT_MODEL_TERMS = [
-    "mel_loss", "stop_loss", "attention_loss", "duration_loss", "pitch_loss", "energy_loss",
-    "prosody_pitch_loss", "prosody_energy_loss", "speaking_rate_loss", "gradient_participation_loss",
+    "mel_loss",
+    "stop_loss",
+    "attention_loss",
+    "duration_loss",
+    "pitch_loss",
+    "energy_loss",
+    "prosody_pitch_loss",
+    "prosody_energy_loss",
+    "speaking_rate_loss",
+    "gradient_participation_loss",
 ]
 
 
@@ -146,12 +154,22 @@ def test_trainer_step_300_steps_under_xla(rng):
             raw = loss_fn.get_raw_total_loss()  # what MyXTTS differentiates
         grads = tape.gradient(raw, model.trainable_variables)
         present = [g is not None for g in grads]
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, model.trainable_variables)]
+        grads = [
+            tf.zeros_like(v) if g is None else g for g, v in zip(grads, model.trainable_variables)
+        ]
         norm = tf.linalg.global_norm(grads)
         clipped, _ = tf.clip_by_global_norm(grads, 0.5)
         opt.apply_gradients(zip(clipped, model.trainable_variables))
         nonzero = [tf.reduce_any(tf.not_equal(g, 0.0)) for g in grads]
-        return returned, raw, norm, present, nonzero, loss_fn.get_losses(), loss_fn.get_weighted_losses()
+        return (
+            returned,
+            raw,
+            norm,
+            present,
+            nonzero,
+            loss_fn.get_losses(),
+            loss_fn.get_weighted_losses(),
+        )
 
     seen_nonzero = np.zeros(len(model.trainable_variables), bool)
     mels, totals, weights, others, stops = [], [], [], [], []
@@ -169,7 +187,9 @@ def test_trainer_step_300_steps_under_xla(rng):
         totals.append(float(returned))
         others.append(float(returned) - np.float32(w) * np.float32(mel))
     assert train_step.experimental_get_tracing_count() == 1
-    assert seen_nonzero.all(), [v.path for v, s in zip(model.trainable_variables, seen_nonzero) if not s]
+    assert seen_nonzero.all(), [
+        v.path for v, s in zip(model.trainable_variables, seen_nonzero) if not s
+    ]
     # Training works on every head that matters here (same batch: steps 0 and 298).
     assert stops[298] < stops[0], (stops[0], stops[298])
     assert mels[298] < mels[0] and totals[298] < totals[0]
@@ -178,10 +198,17 @@ def test_trainer_step_300_steps_under_xla(rng):
     losses = loss_fn.get_losses()
     assert list(losses) == DEFAULT_MODEL_TERMS
     weighted = loss_fn.get_weighted_losses()
-    assert list(weighted) == ["mel_loss", "mel_weight"] + DEFAULT_MODEL_TERMS[1:] + ["raw_total_loss"]
+    assert list(weighted) == ["mel_loss", "mel_weight"] + DEFAULT_MODEL_TERMS[1:] + [
+        "raw_total_loss"
+    ]
     losses["gradient_norm"] = 1.0  # the trainer mutates the dict it gets: a copy
     assert "gradient_norm" not in loss_fn.get_losses()
-    for d in (losses, weighted, loss_fn.get_stability_metrics(), loss_fn.get_adaptive_weight_metrics()):
+    for d in (
+        losses,
+        weighted,
+        loss_fn.get_stability_metrics(),
+        loss_fn.get_adaptive_weight_metrics(),
+    ):
         for k, v in d.items():
             assert isinstance(f"{v:.4f}", str) and np.isfinite(float(v)), k
     assert float(loss_fn.get_raw_total_loss()) == pytest.approx(totals[-1], rel=1e-6)
@@ -225,8 +252,10 @@ def test_validation_switch_and_eager_trainer_calls(rng):
 
 # ------------------------------------------- the original's own test behaviours
 def _mel_pair(value, b=2, t=8, m=4):
-    return ({"mel_target": tf.zeros([b, t, m]), "mel_lengths": tf.constant([t, t - 2])},
-            {"mel_output": tf.fill([b, t, m], value)})
+    return (
+        {"mel_target": tf.zeros([b, t, m]), "mel_lengths": tf.constant([t, t - 2])},
+        {"mel_output": tf.fill([b, t, m], value)},
+    )
 
 
 def test_spike_detection_and_smoothing():
@@ -247,7 +276,9 @@ def test_nan_prevention_200_steps(rng):
     for i in range(200):
         yt, yp = _mel_pair(float(rng.uniform(0.2, 2.0)))
         if i % 17 == 0:
-            yp = {"mel_output": tf.tensor_scatter_nd_update(yp["mel_output"], [[0, 1, 1]], [np.nan])}
+            yp = {
+                "mel_output": tf.tensor_scatter_nd_update(yp["mel_output"], [[0, 1, 1]], [np.nan])
+            }
         assert np.isfinite(float(step(yt, yp)))
     for v in list(loss_fn.get_stability_metrics().values()) + list(
         loss_fn.get_adaptive_weight_metrics().values()
@@ -304,32 +335,63 @@ def test_metrics_formatting_disable_enable_reset_cooling_and_gradient_history():
 def test_all_18_constructor_arguments_and_module_functions():
     import myxtts_loss
 
-    loss_fn = XTTSLoss(2.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 3.0, 0.5, True, 0.1, 2.0, 5.0,
-                       0.2, 0.3, "custom")
+    loss_fn = XTTSLoss(
+        2.0,
+        1.0,
+        0.1,
+        0.1,
+        0.1,
+        0.1,
+        0.05,
+        0.05,
+        0.05,
+        3.0,
+        0.5,
+        True,
+        0.1,
+        2.0,
+        5.0,
+        0.2,
+        0.3,
+        "custom",
+    )
     assert loss_fn.name == "custom" and loss_fn.voice_similarity_loss_weight == 3.0
     assert loss_fn.contrastive_loss.temperature == pytest.approx(0.2)
     assert isinstance(loss_fn.mel_loss_weight, float)
-    for name in ("create_stop_targets", "mel_loss", "stop_token_loss", "attention_loss",
-                 "duration_loss", "pitch_loss", "energy_loss", "diffusion_loss",
-                 "speaking_rate_loss", "compute_mel_statistics", "ContrastiveSpeakerLoss"):
+    for name in (
+        "create_stop_targets",
+        "mel_loss",
+        "stop_token_loss",
+        "attention_loss",
+        "duration_loss",
+        "pitch_loss",
+        "energy_loss",
+        "diffusion_loss",
+        "speaking_rate_loss",
+        "compute_mel_statistics",
+        "ContrastiveSpeakerLoss",
+    ):
         assert callable(getattr(myxtts_loss, name))
-    from myxtts.training.losses import XTTSLoss as Seed, create_stop_targets as cst  # noqa: F401
+    from myxtts.training.losses import XTTSLoss as Seed  # noqa: F401
 
     assert Seed is XTTSLoss
 
 
 def test_stop_tokens_are_probabilities_by_default(rng):
     lm = np.array([5, 3])
-    yt = {"mel_target": np.zeros((2, 5, 2), np.float32), "mel_lengths": lm,
-          "stop_target": create_stop_targets(lm, 5)}
+    yt = {
+        "mel_target": np.zeros((2, 5, 2), np.float32),
+        "mel_lengths": lm,
+        "stop_target": create_stop_targets(lm, 5),
+    }
     p = rng.uniform(0.05, 0.95, (2, 5, 1)).astype(np.float32)
     probs = XTTSLoss()
     probs(yt, {"mel_output": np.zeros((2, 5, 2), np.float32), "stop_tokens": p})
     logits = XTTSLoss(stop_from_logits=True)
-    logits(yt, {"mel_output": np.zeros((2, 5, 2), np.float32),
-                "stop_tokens": np.log(p / (1 - p))})
-    np.testing.assert_allclose(float(probs.get_losses()["stop_loss"]),
-                               float(logits.get_losses()["stop_loss"]), rtol=1e-4)
+    logits(yt, {"mel_output": np.zeros((2, 5, 2), np.float32), "stop_tokens": np.log(p / (1 - p))})
+    np.testing.assert_allclose(
+        float(probs.get_losses()["stop_loss"]), float(logits.get_losses()["stop_loss"]), rtol=1e-4
+    )
 
 
 # ----------------------------------------------------------- shadow-proof import
@@ -358,6 +420,12 @@ def test_import_with_a_different_myxtts_first_on_path(tmp_path):
         """
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "checkout")],
-                          capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "checkout")],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]

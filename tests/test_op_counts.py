@@ -51,8 +51,10 @@ def _added_ops(impl):
 
     base = tf.function(op_only).get_concrete_function(spec, spec, lens)
     full = tf.function(with_loss).get_concrete_function(spec, spec, lens)
-    return (count_ops(full, nested=False) - count_ops(base, nested=False),
-            count_ops(full) - count_ops(base))
+    return (
+        count_ops(full, nested=False) - count_ops(base, nested=False),
+        count_ops(full) - count_ops(base),
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -35,10 +35,20 @@ def test_percentiles():
 
 
 def test_record_fields_are_the_spec_fields_in_order():
-    assert RECORD_FIELDS == ("impl", "mode", "batch", "frames", "mels", "dtype", "device",
-                             "median_ms", "p20_ms", "p80_ms", "gbps")
-    rec = Record("fused", "forward", 1, 2, 3, "float32", "cpu", 1.0, 0.5, 2.0, 9.0,
-                 ops_per_step=4)
+    assert RECORD_FIELDS == (
+        "impl",
+        "mode",
+        "batch",
+        "frames",
+        "mels",
+        "dtype",
+        "device",
+        "median_ms",
+        "p20_ms",
+        "p80_ms",
+        "gbps",
+    )
+    rec = Record("fused", "forward", 1, 2, 3, "float32", "cpu", 1.0, 0.5, 2.0, 9.0, ops_per_step=4)
     assert list(rec.to_dict())[: len(RECORD_FIELDS)] == list(RECORD_FIELDS)
     assert Record.from_dict(rec.to_dict()) == rec
 
@@ -61,9 +71,19 @@ ENTRY %main (a: f32[4]) -> (f32[], f32[4]) {
     assert measure.hlo_stats(hlo) == (3, 1)  # add, reduce, custom-call
 
 
-@pytest.mark.parametrize("kw", [dict(batch=0), dict(repeats=0), dict(warmup=-1),
-                                dict(dtype="int8"), dict(device="tpu"),
-                                dict(impls=("nope",)), dict(modes=("nope",)), dict(impls=())])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch=0),
+        dict(repeats=0),
+        dict(warmup=-1),
+        dict(dtype="int8"),
+        dict(device="tpu"),
+        dict(impls=("nope",)),
+        dict(modes=("nope",)),
+        dict(impls=()),
+    ],
+)
 def test_config_validation(kw):
     with pytest.raises(ProfilerError):
         ProfileConfig(**kw).validate()
@@ -97,9 +117,15 @@ def test_bandwidth_positive():
 
 
 def test_sweep_has_a_floor_record_for_every_shape_and_mode(tmp_path):
-    config = ProfileConfig(mels=8, repeats=2, warmup=0, impls=("reference", "xla"),
-                           modes=("forward", "forward_backward"),
-                           shapes=[(2, 16), (4, 32)], bandwidth_mib=8)
+    config = ProfileConfig(
+        mels=8,
+        repeats=2,
+        warmup=0,
+        impls=("reference", "xla"),
+        modes=("forward", "forward_backward"),
+        shapes=[(2, 16), (4, 32)],
+        bandwidth_mib=8,
+    )
     result = profiler.run_profile(config, progress=True, log=lambda m: None)
     assert not result.failures
     recs = result.records
@@ -137,9 +163,17 @@ def test_sweep_has_a_floor_record_for_every_shape_and_mode(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 def test_other_dtypes(dtype):
-    config = ProfileConfig(batch=2, frames=8, mels=4, dtype=dtype, repeats=1, warmup=0,
-                           impls=("reference",), modes=("forward", "forward_backward"),
-                           bandwidth_mib=8)
+    config = ProfileConfig(
+        batch=2,
+        frames=8,
+        mels=4,
+        dtype=dtype,
+        repeats=1,
+        warmup=0,
+        impls=("reference",),
+        modes=("forward", "forward_backward"),
+        bandwidth_mib=8,
+    )
     result = profiler.run_profile(config, progress=False, log=lambda m: None)
     assert not result.failures
     assert {r.dtype for r in result.records} == {dtype}
@@ -162,8 +196,16 @@ def test_input_rotation_covers_the_cache():
 
 
 def test_rounds_rotate_over_input_copies():
-    config = ProfileConfig(batch=2, frames=8, mels=4, repeats=3, warmup=0,
-                           impls=("reference",), modes=("forward",), bandwidth_mib=8,
-                           rotate_mib=1)
+    config = ProfileConfig(
+        batch=2,
+        frames=8,
+        mels=4,
+        repeats=3,
+        warmup=0,
+        impls=("reference",),
+        modes=("forward",),
+        bandwidth_mib=8,
+        rotate_mib=1,
+    )
     result = profiler.run_profile(config, progress=False, log=lambda m: None)
     assert {r.input_sets for r in result.records} == {16}

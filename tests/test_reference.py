@@ -11,10 +11,10 @@ import tensorflow as tf
 
 import oracle
 from conftest import DTYPES, NP_DTYPES, assert_close, assert_grad_close, tol
-
 from myxtts_ops import state as st
 from myxtts_ops.state import STATE_SIZE, read_state
-from myxtts_ops.types import LOSS_TYPES, NORMALIZATIONS as NORMS
+from myxtts_ops.types import LOSS_TYPES
+from myxtts_ops.types import NORMALIZATIONS as NORMS
 
 
 def _implementation(name):
@@ -28,6 +28,8 @@ def _implementation(name):
 def impl(request):
     """Each test of the battery runs once per implementation."""
     return _implementation(request.param)
+
+
 TF_DTYPES = {
     "float16": tf.float16,
     "bfloat16": tf.bfloat16,
@@ -114,8 +116,9 @@ def test_forward_matches_oracle(impl, inputs, dtype, loss_type, normalization, s
 def test_nonfinite_valid_and_padding(impl, inputs, dtype, loss_type, normalization):
     shape = (4, 11, 6)
     lens = [11, 5, 0, 8]
-    y_true, y_pred, lens = inputs(shape, dtype, lengths=lens, nonfinite_valid=7,
-                                  nonfinite_padding=9)
+    y_true, y_pred, lens = inputs(
+        shape, dtype, lengths=lens, nonfinite_valid=7, nonfinite_padding=9
+    )
     kw = dict(loss_type=loss_type, normalization=normalization)
     out = _call(impl, y_true, y_pred, lens, **kw)
     ref = oracle.forward(y_true, y_pred, lens, None, **kw)
@@ -195,8 +198,9 @@ def test_state_evolution(impl, rng, inputs, dtype):
         nonfinite = 1 if step in (3, 9) else 0
         lengths = [0, 0, 0] if step == 5 else "random"
         scale = float(rng.uniform(0.2, 3.0))
-        y_true, y_pred, lens = inputs(shape, dtype, lengths=lengths, nonfinite_valid=nonfinite,
-                                      scale=scale)
+        y_true, y_pred, lens = inputs(
+            shape, dtype, lengths=lengths, nonfinite_valid=nonfinite, scale=scale
+        )
         out = _call(impl, y_true, y_pred, lens, state_np)
         ref = oracle.forward(y_true, y_pred, lens, state_np)
         _check_forward(out, ref, dtype, state_np, _valid_count(y_true, lens), f"step {step}")
@@ -207,7 +211,7 @@ def test_state_evolution(impl, rng, inputs, dtype):
     assert s["nonfinite_steps"] == 2
     assert s["clean_steps"] == 11
     assert s["window_count"] == 10
-    ring = state_np[st.RING_START:st.RING_START + st.WINDOW_SIZE]
+    ring = state_np[st.RING_START : st.RING_START + st.WINDOW_SIZE]
     assert s["window_mean"] == pytest.approx(np.mean(ring), rel=1e-12)
     assert s["window_variance"] == pytest.approx(np.var(ring), rel=1e-9, abs=1e-15)
     assert state_np[st.RING_HEAD] == 1.0  # 11 clean losses: slot 0 rewritten, next is 1
@@ -263,8 +267,9 @@ def _grads(fn, y_true, y_pred, lens, g, g_b, **kw):
 def test_gradients_match_oracle(impl, rng, inputs, dtype, loss_type, normalization):
     shape = (4, 9, 5)
     lens = [9, 0, 4, 7]
-    y_true, y_pred, lens = inputs(shape, dtype, lengths=lens, nonfinite_valid=5,
-                                  nonfinite_padding=5, ties=4)
+    y_true, y_pred, lens = inputs(
+        shape, dtype, lengths=lens, nonfinite_valid=5, nonfinite_padding=5, ties=4
+    )
     g = float(rng.uniform(0.5, 2.0))
     g_b = rng.uniform(-1, 1, size=4).astype(_out_dtype(dtype))
     kw = dict(loss_type=loss_type, huber_delta=0.625, normalization=normalization)
@@ -315,7 +320,9 @@ def test_compute_gradient_float64(impl, rng, loss_type, normalization):
 
     def f(yp):
         out = impl(tf.constant(y_true), yp, lens, **kw)
-        return out.loss + 0.5 * tf.reduce_sum(out.per_sample * tf.constant([1.0, -2.0, 3.0], tf.float64))
+        return out.loss + 0.5 * tf.reduce_sum(
+            out.per_sample * tf.constant([1.0, -2.0, 3.0], tf.float64)
+        )
 
     theo, num = tf.test.compute_gradient(f, [tf.constant(y_pred)], delta=1e-4)
     np.testing.assert_allclose(theo[0], num[0], rtol=1e-6, atol=1e-8)
@@ -328,14 +335,15 @@ def test_compute_gradient_float64(impl, rng, loss_type, normalization):
 @pytest.mark.parametrize("loss_type,normalization", [("l1", "per_sample"), ("huber", "global")])
 def test_jit_compile_same_numbers(impl, inputs, dtype, loss_type, normalization):
     shape = (3, 12, 8)
-    y_true, y_pred, lens = inputs(shape, dtype, lengths=[12, 3, 0], nonfinite_valid=2,
-                                  nonfinite_padding=4)
+    y_true, y_pred, lens = inputs(
+        shape, dtype, lengths=[12, 3, 0], nonfinite_valid=2, nonfinite_padding=4
+    )
     kw = dict(loss_type=loss_type, normalization=normalization)
     state = np.zeros(STATE_SIZE)
     state[st.CLEAN_STEPS] = 3.0
     state[st.WINDOW_COUNT] = 3.0
     state[st.RING_HEAD] = 3.0
-    state[st.RING_START:st.RING_START + 3] = [0.5, 0.7, 0.6]
+    state[st.RING_START : st.RING_START + 3] = [0.5, 0.7, 0.6]
 
     def run(yt, yp, ln, s):
         with tf.GradientTape() as tape:
@@ -349,14 +357,17 @@ def test_jit_compile_same_numbers(impl, inputs, dtype, loss_type, normalization)
     xla_out, xla_g = tf.function(run, jit_compile=True)(*args)
     for other in (fn_out, xla_out):
         np.testing.assert_allclose(other.loss.numpy(), eager_out.loss.numpy(), rtol=2e-6)
-        np.testing.assert_allclose(other.per_sample.numpy(), eager_out.per_sample.numpy(),
-                                   rtol=2e-6)
+        np.testing.assert_allclose(
+            other.per_sample.numpy(), eager_out.per_sample.numpy(), rtol=2e-6
+        )
         assert int(other.nonfinite_count) == int(eager_out.nonfinite_count)
         np.testing.assert_allclose(other.state.numpy(), eager_out.state.numpy(), rtol=2e-6)
     for g in (fn_g, xla_g):
-        np.testing.assert_allclose(g.numpy().astype(np.float64),
-                                   eager_g.numpy().astype(np.float64), rtol=1e-2 if dtype in (
-                                       "float16", "bfloat16") else 2e-6)
+        np.testing.assert_allclose(
+            g.numpy().astype(np.float64),
+            eager_g.numpy().astype(np.float64),
+            rtol=1e-2 if dtype in ("float16", "bfloat16") else 2e-6,
+        )
 
 
 def test_clean_state_update_under_jit(impl, inputs):
@@ -384,8 +395,11 @@ def test_tf_function_dynamic_shapes(impl, inputs):
         assert_close(out.loss, ref["loss"], 1e-5, 1e-6)
         assert_close(out.per_sample, ref["per_sample"], 1e-5, 1e-6)
     with pytest.raises(tf.errors.InvalidArgumentError, match="lengths"):
-        fn(np.zeros((2, 3, 1), np.float32), np.zeros((2, 3, 1), np.float32),
-           np.array([1, 4], np.int32))
+        fn(
+            np.zeros((2, 3, 1), np.float32),
+            np.zeros((2, 3, 1), np.float32),
+            np.array([1, 4], np.int32),
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -447,8 +461,18 @@ def test_bad_arguments(impl, kwargs, pattern):
         ((_y(), _y(), None, tf.zeros([5], tf.float64)), r"state.*\[5\]"),
         ((_y(), _y(), None, tf.zeros([STATE_SIZE], tf.float32)), r"state.*float32"),
     ],
-    ids=["rank2", "rank4", "shape", "dtype", "int_dtype", "lengths_dtype", "lengths_len",
-         "lengths_rank", "state_shape", "state_dtype"],
+    ids=[
+        "rank2",
+        "rank4",
+        "shape",
+        "dtype",
+        "int_dtype",
+        "lengths_dtype",
+        "lengths_len",
+        "lengths_rank",
+        "state_shape",
+        "state_dtype",
+    ],
 )
 def test_bad_tensors(impl, args, pattern):
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=pattern):
@@ -480,8 +504,9 @@ def test_xla_bad_lengths(impl):
     fn = tf.function(impl, jit_compile=True)
     args = (tf.constant(y_true), tf.constant(y_pred), tf.constant([7, -2], tf.int32))
     if impl is _implementation("fused"):
-        with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=r"lengths\[0\] = 7 is outside \[0, 3\]"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=r"lengths\[0\] = 7 is outside \[0, 3\]"
+        ):
             fn(*args)
         return
     out = fn(*args)
@@ -495,22 +520,34 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as hst  # noqa: E402
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    b=hst.integers(0, 4), t=hst.integers(0, 6), m=hst.integers(0, 5),
-    dtype=hst.sampled_from(DTYPES), loss_type=hst.sampled_from(LOSS_TYPES),
-    normalization=hst.sampled_from(NORMS), use_lengths=hst.booleans(),
-    n_bad=hst.integers(0, 3), seed=hst.integers(0, 2**31 - 1),
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-def test_property_matches_oracle(impl, b, t, m, dtype, loss_type, normalization, use_lengths,
-                                 n_bad, seed):
+@given(
+    b=hst.integers(0, 4),
+    t=hst.integers(0, 6),
+    m=hst.integers(0, 5),
+    dtype=hst.sampled_from(DTYPES),
+    loss_type=hst.sampled_from(LOSS_TYPES),
+    normalization=hst.sampled_from(NORMS),
+    use_lengths=hst.booleans(),
+    n_bad=hst.integers(0, 3),
+    seed=hst.integers(0, 2**31 - 1),
+)
+def test_property_matches_oracle(
+    impl, b, t, m, dtype, loss_type, normalization, use_lengths, n_bad, seed
+):
     from conftest import make_inputs
 
     rng = np.random.default_rng(seed)
-    y_true, y_pred, lens = make_inputs(rng, (b, t, m), dtype,
-                                       lengths="random" if use_lengths else None,
-                                       nonfinite_valid=n_bad, nonfinite_padding=n_bad)
+    y_true, y_pred, lens = make_inputs(
+        rng,
+        (b, t, m),
+        dtype,
+        lengths="random" if use_lengths else None,
+        nonfinite_valid=n_bad,
+        nonfinite_padding=n_bad,
+    )
     kw = dict(loss_type=loss_type, huber_delta=0.5, normalization=normalization)
     out = _call(impl, y_true, y_pred, lens, **kw)
     ref = oracle.forward(y_true, y_pred, lens, None, **kw)

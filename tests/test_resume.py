@@ -58,7 +58,9 @@ def test_checkpoint_resume_in_new_process(tmp_path):
     ckpt = tmp_path / "ckpt"
     full_proc = _start(tmp_path, "full", "resume", "--start", "1", "--stop", "300")
     first = _run(tmp_path, "first", "resume", "--start", "1", "--stop", "150", "--save", str(ckpt))
-    second = _run(tmp_path, "second", "resume", "--start", "151", "--stop", "300", "--restore", str(ckpt))
+    second = _run(
+        tmp_path, "second", "resume", "--start", "151", "--stop", "300", "--restore", str(ckpt)
+    )
     full = _finish(*full_proc)
 
     assert len(full["single"]) == 300 and len(second["single"]) == 150
@@ -81,7 +83,9 @@ def test_keras_backup_and_restore_resumes_loss_state(tmp_path):
     backup = tmp_path / "backup"
     args = ("--steps", "5", "--epochs", "4")
     full_proc = _start(tmp_path, "full", "keras_resume", *args)
-    first = _run(tmp_path, "first", "keras_resume", *args, "--interrupt-at", "2", "--backup", str(backup))
+    first = _run(
+        tmp_path, "first", "keras_resume", *args, "--interrupt-at", "2", "--backup", str(backup)
+    )
     assert first["interrupted"]
     assert first["state"]["step_count:0"] == 10
     assert "xtts_loss" in first["backup_files"]
@@ -94,8 +98,19 @@ def test_keras_backup_and_restore_resumes_loss_state(tmp_path):
 
     # Control: BackupAndRestore alone restores the model but not the loss.
     backup2 = tmp_path / "backup2"
-    _run(tmp_path, "first2", "keras_resume", *args, "--interrupt-at", "2", "--backup", str(backup2),
-         "--no-loss-backup")
-    alone = _run(tmp_path, "resumed2", "keras_resume", *args, "--backup", str(backup2), "--no-loss-backup")
+    _run(
+        tmp_path,
+        "first2",
+        "keras_resume",
+        *args,
+        "--interrupt-at",
+        "2",
+        "--backup",
+        str(backup2),
+        "--no-loss-backup",
+    )
+    alone = _run(
+        tmp_path, "resumed2", "keras_resume", *args, "--backup", str(backup2), "--no-loss-backup"
+    )
     assert alone["state"]["step_count:0"] == 10  # the loss restarted from scratch
     assert alone["state"] != full["state"]

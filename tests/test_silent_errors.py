@@ -103,7 +103,7 @@ def test_loss_overflowing_its_sum_never_enters_the_statistics(impl):
     assert not np.isfinite(float(out["loss"]))
     s, before = out["state"], clean["state"]
     assert s[st.STEPS] == 2 and s[st.NONFINITE_STEPS] == 1 and s[st.CLEAN_STEPS] == 1
-    np.testing.assert_array_equal(s[st.RUNNING_MEAN:], before[st.RUNNING_MEAN:])
+    np.testing.assert_array_equal(s[st.RUNNING_MEAN :], before[st.RUNNING_MEAN :])
     assert np.all(np.isfinite(s))
 
 
@@ -111,15 +111,24 @@ def test_loss_overflowing_its_sum_never_enters_the_statistics(impl):
 def test_overflow_then_clean_steps_match_a_run_without_it(impl):
     fn = IMPLS[impl]
     rng = np.random.default_rng(3)
-    batches = [(rng.standard_normal((2, 4, 3)).astype(np.float32),
-                rng.standard_normal((2, 4, 3)).astype(np.float32)) for _ in range(4)]
+    batches = [
+        (
+            rng.standard_normal((2, 4, 3)).astype(np.float32),
+            rng.standard_normal((2, 4, 3)).astype(np.float32),
+        )
+        for _ in range(4)
+    ]
     y_true, y_pred = _overflow_case("float32")
     with_overflow, without = np.zeros(st.STATE_SIZE), np.zeros(st.STATE_SIZE)
     for i, (a, b) in enumerate(batches):
         if i == 2:
             with_overflow = fn(y_true, y_pred, None, with_overflow)["state"]
-            with_overflow = fn(np.zeros((1, 64, 1), np.float32),
-                               np.full((1, 64, 1), 3e38, np.float32), None, with_overflow)["state"]
+            with_overflow = fn(
+                np.zeros((1, 64, 1), np.float32),
+                np.full((1, 64, 1), 3e38, np.float32),
+                None,
+                with_overflow,
+            )["state"]
         with_overflow = fn(a, b, None, with_overflow)["state"]
         without = fn(a, b, None, without)["state"]
     assert with_overflow[st.STEPS] == without[st.STEPS] + 2
@@ -148,8 +157,9 @@ def test_overflowing_elements_get_zero_gradient(impl, loss_type):
 def test_overflowing_elements_get_zero_gradient_kernels():
     y_true, y_pred = _overflow_case("float32")
     fwd = kernels.forward(y_true, y_pred)
-    g_true, g_pred = kernels.backward(y_true, y_pred, None, fwd["sample_weights"],
-                                      np.float32(1.0), np.zeros(2, np.float32))
+    g_true, g_pred = kernels.backward(
+        y_true, y_pred, None, fwd["sample_weights"], np.float32(1.0), np.zeros(2, np.float32)
+    )
     assert np.all(g_pred[0, 0] == 0) and np.all(g_true[0, 0] == 0)
     np.testing.assert_allclose(g_pred, oracle.backward(y_true, y_pred)[1], rtol=1e-6)
 
@@ -167,15 +177,25 @@ def test_kernels_big_endian_inputs(dtype):
     state[st.WINDOW_COUNT] = state[st.RING_HEAD] = 3.0
     native = kernels.forward(y_true, y_pred, lengths, state, loss_type="huber")
     big = lambda a: a.astype(a.dtype.newbyteorder(">"))  # noqa: E731
-    swapped = kernels.forward(big(y_true), big(y_pred), big(lengths), big(state),
-                              loss_type="huber")
+    swapped = kernels.forward(big(y_true), big(y_pred), big(lengths), big(state), loss_type="huber")
     for key in native:
         np.testing.assert_array_equal(np.asarray(swapped[key]), np.asarray(native[key]), key)
-    g_native = kernels.backward(y_true, y_pred, lengths, native["sample_weights"],
-                                np.asarray(native["loss"]), np.ones(3, native["loss"].dtype))
-    g_swapped = kernels.backward(big(y_true), big(y_pred), big(lengths.astype(np.int32)),
-                                 native["sample_weights"], np.asarray(native["loss"]),
-                                 np.ones(3, native["loss"].dtype))
+    g_native = kernels.backward(
+        y_true,
+        y_pred,
+        lengths,
+        native["sample_weights"],
+        np.asarray(native["loss"]),
+        np.ones(3, native["loss"].dtype),
+    )
+    g_swapped = kernels.backward(
+        big(y_true),
+        big(y_pred),
+        big(lengths.astype(np.int32)),
+        native["sample_weights"],
+        np.asarray(native["loss"]),
+        np.ones(3, native["loss"].dtype),
+    )
     for a, b in zip(g_native, g_swapped):
         np.testing.assert_array_equal(a, b)
 
@@ -200,7 +220,7 @@ def corrupted_states(draw):
     count = draw(hst.integers(0, st.WINDOW_SIZE))
     s[st.WINDOW_COUNT] = count
     s[st.RING_HEAD] = count % st.WINDOW_SIZE
-    s[st.RING_START:] = [draw(hst.floats(0, 5)) for _ in range(st.WINDOW_SIZE)]
+    s[st.RING_START :] = [draw(hst.floats(0, 5)) for _ in range(st.WINDOW_SIZE)]
     for _ in range(draw(hst.integers(0, 4))):
         s[draw(hst.integers(0, st.STATE_SIZE - 1))] = draw(hst.sampled_from(_CORRUPT))
     return s
@@ -269,8 +289,7 @@ def test_state_big_endian_float64_is_accepted(impl):
 
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))
-@pytest.mark.parametrize("delta", [True, False, np.bool_(True), "1.0", None, [1.0]],
-                         ids=repr)
+@pytest.mark.parametrize("delta", [True, False, np.bool_(True), "1.0", None, [1.0]], ids=repr)
 def test_huber_delta_must_be_a_real_number(impl, delta):
     y = np.ones((1, 2, 3), np.float32)
     with pytest.raises(ValueError, match="huber_delta"):
@@ -285,8 +304,9 @@ def test_num_threads_bounded(threads):
     with pytest.raises(ValueError, match=rf"num_threads.*{threads}"):
         kernels.forward(y, y, num_threads=threads)
     with pytest.raises(ValueError, match="num_threads"):
-        kernels.backward(y, y, None, np.zeros((2, 1)), np.float32(1), np.ones(1, np.float32),
-                         num_threads=threads)
+        kernels.backward(
+            y, y, None, np.zeros((2, 1)), np.float32(1), np.ones(1, np.float32), num_threads=threads
+        )
 
 
 _THREAD_LIMIT_SCRIPT = textwrap.dedent(
@@ -312,11 +332,19 @@ _THREAD_LIMIT_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
-                    reason="AddressSanitizer reserves terabytes of address space")
+@pytest.mark.skipif(
+    "asan" in os.environ.get("LD_PRELOAD", ""),
+    reason="AddressSanitizer reserves terabytes of address space",
+)
 def test_thread_that_cannot_start_raises_instead_of_aborting():
-    proc = subprocess.run([sys.executable, "-c", _THREAD_LIMIT_SCRIPT], capture_output=True,
-                          text=True, env=child_env(), timeout=120, cwd=TESTS_DIR)
+    proc = subprocess.run(
+        [sys.executable, "-c", _THREAD_LIMIT_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+        cwd=TESTS_DIR,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     if "NO ERROR" in out:
@@ -341,16 +369,22 @@ def test_huber_delta_raw_op_names_the_value():
     y = tf.ones((1, 2, 3))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"huber_delta.*got 1e-320"):
         lib.myxtts_ops_masked_mel_loss(
-            y_true=y, y_pred=y, lengths=tf.zeros([0], tf.int32),
+            y_true=y,
+            y_pred=y,
+            lengths=tf.zeros([0], tf.int32),
             state=tf.zeros([st.STATE_SIZE], tf.float64),
-            huber_delta=tf.constant(1e-320, tf.float64), Tout=tf.float32, loss_type="huber",
-            use_lengths=False)
+            huber_delta=tf.constant(1e-320, tf.float64),
+            Tout=tf.float32,
+            loss_type="huber",
+            use_lengths=False,
+        )
 
 
 def test_normal_huber_delta_accepted():
     y = np.zeros((1, 1, 2), np.float32)
-    out = myxtts_ops.masked_mel_loss(y, np.ones_like(y), loss_type="huber",
-                                     huber_delta=2.2250738585072014e-308)
+    out = myxtts_ops.masked_mel_loss(
+        y, np.ones_like(y), loss_type="huber", huber_delta=2.2250738585072014e-308
+    )
     assert float(out.loss) >= 0.0
 
 
@@ -376,8 +410,10 @@ def test_forward_mode_gradient_raises_clear_error():
         acc.jvp(loss)
 
 
-@pytest.mark.parametrize("shape", [(2**62, 2**62, 80), (2**40, 2**20, 80), (-1, 3, 80),
-                                   (4, -3, 80), (4, 3, -80), (1, 2**31, 1)])
+@pytest.mark.parametrize(
+    "shape",
+    [(2**62, 2**62, 80), (2**40, 2**20, 80), (-1, 3, 80), (4, -3, 80), (4, 3, -80), (1, 2**31, 1)],
+)
 def test_cuda_workspace_size_checks_shape(shape):
     with pytest.raises(ValueError, match=r"sizes|too large|exceeds"):
         kernels.cuda_workspace_size(*shape)
@@ -408,10 +444,15 @@ def test_float_lengths_refused_by_dtype(lengths):
 
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
-@pytest.mark.parametrize("values,index,shown", [([np.nan, 2.0], 0, "nan"),
-                                                ([3.0, 1e10], 1, "1e+10"),
-                                                ([5.9, 2.0], 0, "5.9"),
-                                                ([1.0, -2.0], 1, "-2")])
+@pytest.mark.parametrize(
+    "values,index,shown",
+    [
+        ([np.nan, 2.0], 0, "nan"),
+        ([3.0, 1e10], 1, "1e+10"),
+        ([5.9, 2.0], 0, "5.9"),
+        ([1.0, -2.0], 1, "-2"),
+    ],
+)
 def test_float_lengths_name_the_value_passed(mode, values, index, shown):
     """The op-side conversion the loss side uses for Keras' float lengths."""
     from myxtts_ops.validation import integral_lengths
@@ -421,8 +462,12 @@ def test_float_lengths_name_the_value_passed(mode, values, index, shown):
         fn(tf.constant(values, tf.float32)).numpy()
     msg = str(info.value)
     # Eager: "...index'\n1\nb'value'\n1e+10"; graph: "...index] [1] [value] [1e+10]".
-    assert re.search(rf"lengths must be whole numbers.*index\W+{index}\W+b?'?value\W+"
-                     rf"{re.escape(shown)}\b", msg, re.S), msg
+    assert re.search(
+        rf"lengths must be whole numbers.*index\W+{index}\W+b?'?value\W+"
+        rf"{re.escape(shown)}\b",
+        msg,
+        re.S,
+    ), msg
     assert "-2147483648" not in msg
 
 

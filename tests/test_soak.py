@@ -11,14 +11,27 @@ import sys
 
 from child_env import child_env
 
-SOAK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "soak.py")
+SOAK = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "soak.py"
+)
 
 
 def test_soak_short(tmp_path):
     out = tmp_path / "soak.json"
     proc = subprocess.run(
-        [sys.executable, SOAK, "--steps", "3000", "--chunk", "500", "--quiet",
-         "--max-rss-growth-mb", "32", "--json", str(out)],
+        [
+            sys.executable,
+            SOAK,
+            "--steps",
+            "3000",
+            "--chunk",
+            "500",
+            "--quiet",
+            "--max-rss-growth-mb",
+            "32",
+            "--json",
+            str(out),
+        ],
         env=child_env(),
         cwd=str(tmp_path),
         capture_output=True,

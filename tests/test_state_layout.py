@@ -52,8 +52,9 @@ def test_kernels_write_where_the_layout_says():
     bad[0, 0, 0] = np.nan
     s2 = kernels.forward(bad, y, None, s)["state"]
     assert s2[st.STEPS] == 2 and s2[st.NONFINITE_STEPS] == 1
-    np.testing.assert_array_equal(np.delete(s2, [st.STEPS, st.NONFINITE_STEPS]),
-                                  np.delete(s, [st.STEPS, st.NONFINITE_STEPS]))
+    np.testing.assert_array_equal(
+        np.delete(s2, [st.STEPS, st.NONFINITE_STEPS]), np.delete(s, [st.STEPS, st.NONFINITE_STEPS])
+    )
     named = myxtts_ops.read_state(s)
     assert float(named["last_loss"]) == 2.0 and float(named["window_count"]) == 1
 

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import myxtts_ops
 from child_env import child_env
 from conftest import DTYPES
-
-import myxtts_ops
 from myxtts_ops import state as st
 from myxtts_ops.state import STATE_SIZE
 
@@ -54,7 +53,7 @@ def _state():
     s[st.RUNNING_MEAN] = 0.8
     s[st.WINDOW_COUNT] = 3.0
     s[st.RING_HEAD] = 3.0
-    s[st.RING_START:st.RING_START + 3] = [0.5, 0.9, 0.7]
+    s[st.RING_START : st.RING_START + 3] = [0.5, 0.9, 0.7]
     return s
 
 
@@ -73,8 +72,15 @@ def _step(grads, **kw):
 
 
 def _args(rng, inputs, shape, dtype, lengths, lengths_dtype=np.int32):
-    y_true, y_pred, lens = inputs(shape, dtype, lengths=lengths, lengths_dtype=lengths_dtype,
-                                  nonfinite_valid=3, nonfinite_padding=4, ties=3)
+    y_true, y_pred, lens = inputs(
+        shape,
+        dtype,
+        lengths=lengths,
+        lengths_dtype=lengths_dtype,
+        nonfinite_valid=3,
+        nonfinite_padding=4,
+        ties=3,
+    )
     out_dtype = OUT_DTYPE.get(dtype, np.float32)
     g = tf.constant(rng.uniform(0.5, 2.0), out_dtype)
     g_b = tf.constant(rng.uniform(-1, 1, shape[0]).astype(out_dtype))
@@ -125,8 +131,14 @@ def test_bitwise_other_modes_and_multichunk(rng, inputs, loss_type, normalizatio
 
 def test_empty_inputs(rng):
     for shape in [(0, 4, 3), (2, 0, 3), (2, 4, 0)]:
-        args = (tf.zeros(shape), tf.ones(shape), tf.zeros([shape[0]], tf.int32),
-                tf.constant(_state()), tf.constant(1.0), tf.ones([shape[0]]))
+        args = (
+            tf.zeros(shape),
+            tf.ones(shape),
+            tf.zeros([shape[0]], tf.int32),
+            tf.constant(_state()),
+            tf.constant(1.0),
+            tf.ones([shape[0]]),
+        )
         step = _step("both")
         _assert_bitwise(tf.function(step, jit_compile=True)(*args), tf.function(step)(*args))
 
@@ -184,8 +196,13 @@ def test_huber_delta_attribute_exact(inputs):
     """huber_delta reaches the float64 kernel bit-exactly (17 significant digits)."""
     y_true, y_pred, lens = inputs((2, 7, 3), "float64", lengths=[7, 3])
     delta = 0.1 + 0.2  # 0.30000000000000004
-    fn = lambda a, b, c: myxtts_ops.masked_mel_loss(a, b, c, loss_type="huber",  # noqa: E731
-                                                    huber_delta=delta)
+    fn = lambda a, b, c: myxtts_ops.masked_mel_loss(
+        a,
+        b,
+        c,
+        loss_type="huber",  # noqa: E731
+        huber_delta=delta,
+    )
     args = (tf.constant(y_true), tf.constant(y_pred), tf.constant(lens))
     x, p = tf.function(fn, jit_compile=True)(*args), tf.function(fn)(*args)
     assert _bits(x.loss) == _bits(p.loss) and _bits(x.per_sample) == _bits(p.per_sample)
@@ -216,28 +233,45 @@ def test_bad_lengths_error(lengths, bad, lengths_dtype):
     assert _op_message(op_msg) in xla_msg
 
 
-_DYNAMIC = [tf.TensorSpec(None, tf.float32), tf.TensorSpec(None, tf.float32),
-            tf.TensorSpec(None, tf.int32), tf.TensorSpec(None, tf.float64)]
+_DYNAMIC = [
+    tf.TensorSpec(None, tf.float32),
+    tf.TensorSpec(None, tf.float32),
+    tf.TensorSpec(None, tf.int32),
+    tf.TensorSpec(None, tf.float64),
+]
 
 
 @pytest.mark.parametrize(
     "shapes,expected",
     [
-        (([2, 3, 4], [1, 3, 4], [2], [STATE_SIZE]),
-         "y_pred shape [1,3,4] does not match y_true shape [2,3,4]"),
-        (([2, 3, 4], [2, 3, 4], [1], [STATE_SIZE]),
-         "lengths must have shape [2] (one length per sample), got shape [1]"),
-        (([2, 3, 4], [2, 3, 4], [2], [STATE_SIZE, 1]),
-         f"state must have shape [{STATE_SIZE}] (myxtts_ops.STATE_SIZE), got shape [{STATE_SIZE},1]"),
-        (([2, 12], [2, 12], [2], [STATE_SIZE]),
-         "y_true must have rank 3 [batch, frames, mels], got shape [2,12]"),
+        (
+            ([2, 3, 4], [1, 3, 4], [2], [STATE_SIZE]),
+            "y_pred shape [1,3,4] does not match y_true shape [2,3,4]",
+        ),
+        (
+            ([2, 3, 4], [2, 3, 4], [1], [STATE_SIZE]),
+            "lengths must have shape [2] (one length per sample), got shape [1]",
+        ),
+        (
+            ([2, 3, 4], [2, 3, 4], [2], [STATE_SIZE, 1]),
+            f"state must have shape [{STATE_SIZE}] (myxtts_ops.STATE_SIZE), got shape [{STATE_SIZE},1]",
+        ),
+        (
+            ([2, 12], [2, 12], [2], [STATE_SIZE]),
+            "y_true must have rank 3 [batch, frames, mels], got shape [2,12]",
+        ),
     ],
 )
 def test_compile_time_shape_errors(shapes, expected):
     """Shapes only known when XLA compiles (no static shape at trace time) are
     refused by the XLA kernel with the OpKernel's message, not broadcast."""
     fn = lambda a, b, c, s: myxtts_ops.masked_mel_loss(a, b, c, s)  # noqa: E731
-    args = (tf.ones(shapes[0]), tf.zeros(shapes[1]), tf.fill(shapes[2], 3), tf.zeros(shapes[3], tf.float64))
+    args = (
+        tf.ones(shapes[0]),
+        tf.zeros(shapes[1]),
+        tf.fill(shapes[2], 3),
+        tf.zeros(shapes[3], tf.float64),
+    )
     xla_msg = _error_message(tf.function(fn, input_signature=_DYNAMIC, jit_compile=True), *args)
     op_msg = _error_message(tf.function(fn, input_signature=_DYNAMIC), *args)
     assert expected in xla_msg
@@ -284,8 +318,12 @@ _LOAD_ORDER_CHILD = textwrap.dedent(
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_load_order(order, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-c", _LOAD_ORDER_CHILD, order], cwd=tmp_path, env=child_env(),
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", _LOAD_ORDER_CHILD, order],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"ok {order}" in proc.stdout
@@ -350,8 +388,11 @@ def _xtts_trajectory(jit, n=240):
 def test_xtts_loss_trajectory_under_xla():
     w_xla, t_xla, hlo = _xtts_trajectory(jit=True)
     w_plain, t_plain, _ = _xtts_trajectory(jit=False)
-    changes = [(i + 1, int(np.sign(w_xla[i] - w_xla[i - 1])))
-               for i in range(1, len(w_xla)) if w_xla[i] != w_xla[i - 1]]
+    changes = [
+        (i + 1, int(np.sign(w_xla[i] - w_xla[i - 1])))
+        for i in range(1, len(w_xla))
+        if w_xla[i] != w_xla[i - 1]
+    ]
     assert changes == [(109, -1), (168, 1), (227, -1)]
     np.testing.assert_array_equal(w_xla, w_plain)
     np.testing.assert_array_equal(t_xla, t_plain)
@@ -418,8 +459,12 @@ _MIRRORED_CHILD = textwrap.dedent(
 
 def test_mirrored_strategy_replicas(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_CHILD], cwd=tmp_path, env=child_env(),
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", _MIRRORED_CHILD],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok mirrored" in proc.stdout

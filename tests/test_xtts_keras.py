@@ -85,7 +85,12 @@ def test_fit_dict_outputs(kind, data):
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss_fn, jit_compile=False)
     monitor = XTTSLossMonitor(loss_fn)
     history = model.fit(
-        _dataset(x, y), epochs=EPOCHS, verbose=0, shuffle=False, validation_data=_dataset(x, y), callbacks=[monitor]
+        _dataset(x, y),
+        epochs=EPOCHS,
+        verbose=0,
+        shuffle=False,
+        validation_data=_dataset(x, y),
+        callbacks=[monitor],
     )
     # Validation batches (training=False) do not move the state.
     _check_trained(loss_fn, history, EPOCHS * STEPS)
@@ -107,7 +112,9 @@ def test_fit_plain_outputs(data):
     loss_fn = XTTSLoss(implementation=IMPL)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss_fn, jit_compile=False)
     feed_gradient_norm(model.optimizer, loss_fn)
-    history = model.fit(x, y["mel_target"], batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=False)
+    history = model.fit(
+        x, y["mel_target"], batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=False
+    )
     _check_trained(loss_fn, history, EPOCHS * STEPS)
 
 
@@ -118,7 +125,9 @@ def test_fit_plain_outputs_with_xtts_model(data):
     model = XTTSModel(inp, out)
     loss_fn = XTTSLoss(implementation=IMPL)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss_fn, jit_compile=False)
-    history = model.fit(x, y["mel_target"], batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=False)
+    history = model.fit(
+        x, y["mel_target"], batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=False
+    )
     _check_trained(loss_fn, history, EPOCHS * STEPS)
 
 

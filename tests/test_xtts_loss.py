@@ -98,8 +98,23 @@ class Oracle:
                 d = 0
             if d:
                 lo, hi = c.adaptive_weight_min_weight, c.adaptive_weight_max_weight
-                cand = float(np.float32(min(max(np.float32(w) * np.float32(1 + c.adaptive_weight_max_change_percent * d), lo), hi)))
-                if cand != w and lo <= cand <= hi and cand * L <= c.adaptive_weight_max_weighted_loss:
+                cand = float(
+                    np.float32(
+                        min(
+                            max(
+                                np.float32(w)
+                                * np.float32(1 + c.adaptive_weight_max_change_percent * d),
+                                lo,
+                            ),
+                            hi,
+                        )
+                    )
+                )
+                if (
+                    cand != w
+                    and lo <= cand <= hi
+                    and cand * L <= c.adaptive_weight_max_weighted_loss
+                ):
                     self.prev, self.w, self.last, self.consec = w, cand, s, 0
                     self.changes.append((s, d))
                 else:
@@ -124,7 +139,9 @@ def _step_body(loss_fn):
         yp = tf.fill([B, T, M], L)
         bad = tf.where(nan, tf.constant(np.nan, tf.float32), L)
         yp = tf.tensor_scatter_nd_update(yp, [[0, 1, 2]], tf.reshape(bad, [1]))
-        return loss_fn({"mel_target": yt, "mel_lengths": tf.constant([T, T - 1])}, {"mel_output": yp})
+        return loss_fn(
+            {"mel_target": yt, "mel_lengths": tf.constant([T, T - 1])}, {"mel_output": yp}
+        )
 
     return step
 
@@ -144,7 +161,9 @@ def run(loss_fn, losses, nans=None, norms=None, mode="function", step=None, obse
     """Drive ``loss_fn``; returns (weights after each step, returned totals)."""
     step = step or make_step(loss_fn, mode)
     if norms is not None and observe is None:
-        observe = tf.function(loss_fn.observe_gradient_norm, input_signature=[tf.TensorSpec([], tf.float32)])
+        observe = tf.function(
+            loss_fn.observe_gradient_norm, input_signature=[tf.TensorSpec([], tf.float32)]
+        )
     weights, totals = [], []
     for i, L in enumerate(losses):
         nan = bool(nans[i]) if nans is not None else False
@@ -395,7 +414,10 @@ def test_disabled_from_the_start():
         (dict(adaptive_weight_cooling_period=-1), "adaptive_weight_cooling_period"),
         (dict(adaptive_weight_variance_threshold=0.0), "adaptive_weight_variance_threshold"),
         (dict(adaptive_weight_max_change_percent=1.5), "adaptive_weight_max_change_percent"),
-        (dict(adaptive_weight_min_weight=3.0, adaptive_weight_max_weight=2.0), "adaptive_weight_min_weight"),
+        (
+            dict(adaptive_weight_min_weight=3.0, adaptive_weight_max_weight=2.0),
+            "adaptive_weight_min_weight",
+        ),
         (dict(loss_smoothing_factor=0.0), "loss_smoothing_factor"),
         (dict(max_loss_spike_threshold=float("nan")), "max_loss_spike_threshold"),
         (dict(mel_loss_type="l2"), "mel_loss_type"),
@@ -420,8 +442,13 @@ def test_config_object_and_overrides():
     again = XTTSLoss.from_config(loss_fn.get_config())
     assert again.config == loss_fn.config
     # The seed's calls.
-    XTTSLoss(mel_loss_weight=2.5, use_adaptive_weights=True, loss_smoothing_factor=0.1,
-             max_loss_spike_threshold=2.0, gradient_norm_threshold=5.0)
+    XTTSLoss(
+        mel_loss_weight=2.5,
+        use_adaptive_weights=True,
+        loss_smoothing_factor=0.1,
+        max_loss_spike_threshold=2.0,
+        gradient_norm_threshold=5.0,
+    )
     with pytest.raises(ValueError, match="mel_loss_weight"):
         XTTSLossConfig(mel_loss_weight=9.0)
 
@@ -434,7 +461,10 @@ def _dict_inputs(rng, dtype="float32", lengths=(6, 4)):
     lens = np.array(lengths, np.int32)
     st = (np.arange(t)[None] == (lens[:, None] - 1)).astype(np.float32)
     sp = rng.standard_normal((b, t, 1)).astype(np.float32)
-    return {"mel_target": yt, "mel_lengths": lens, "stop_target": st}, {"mel_output": yp, "stop_tokens": sp}
+    return {"mel_target": yt, "mel_lengths": lens, "stop_target": st}, {
+        "mel_output": yp,
+        "stop_tokens": sp,
+    }
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -517,13 +547,26 @@ def test_soak_2000_steps_nan_and_spikes(rng):
 
 # ----------------------------------------------------------------- metrics
 STABILITY_KEYS = {
-    "running_mel_loss", "running_total_loss", "loss_variance", "loss_stability_score",
-    "step_count", "nonfinite_steps", "spike_count", "smoothed_total_loss", "all_nonfinite_mel_steps",
+    "running_mel_loss",
+    "running_total_loss",
+    "loss_variance",
+    "loss_stability_score",
+    "step_count",
+    "nonfinite_steps",
+    "spike_count",
+    "smoothed_total_loss",
+    "all_nonfinite_mel_steps",
 }
 ADAPTIVE_KEYS = {
-    "current_mel_weight", "previous_mel_weight", "base_mel_weight", "steps_since_weight_change",
-    "consecutive_stable_steps", "weight_adjustment_enabled", "avg_gradient_norm",
-    "weight_changes", "rejected_changes",
+    "current_mel_weight",
+    "previous_mel_weight",
+    "base_mel_weight",
+    "steps_since_weight_change",
+    "consecutive_stable_steps",
+    "weight_adjustment_enabled",
+    "avg_gradient_norm",
+    "weight_changes",
+    "rejected_changes",
 }
 
 
@@ -537,7 +580,9 @@ def test_metrics_snapshots_and_formatting():
         assert isinstance(v, tf.Tensor) and not isinstance(v, tf.Variable)
         assert v.shape == ()
         assert isinstance(f"{v:.4f}", str)
-    np.testing.assert_allclose(float(st["loss_stability_score"]), np.exp(-float(st["loss_variance"])), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(st["loss_stability_score"]), np.exp(-float(st["loss_variance"])), rtol=1e-6
+    )
     np.testing.assert_allclose(float(st["loss_variance"]), 0.35**2, rtol=1e-5)
     assert int(st["step_count"]) == 109 and int(ad["steps_since_weight_change"]) == 0
     assert f"{ad['current_mel_weight']:.4f}" == "2.3750"
@@ -553,16 +598,26 @@ def test_metrics_snapshots_and_formatting():
 
 
 def test_losses_terms_and_weighted(rng):
-    loss_fn = XTTSLoss(implementation=DEFAULT_IMPL, stop_loss_weight=0.7, stop_from_logits=True,
-                       stop_label_smoothing=0.0)
-    loss_fn.add_loss_term("duration", lambda yt, yp: tf.reduce_mean(tf.abs(yp["dur"] - yt["dur"])), 0.3)
+    loss_fn = XTTSLoss(
+        implementation=DEFAULT_IMPL,
+        stop_loss_weight=0.7,
+        stop_from_logits=True,
+        stop_label_smoothing=0.0,
+    )
+    loss_fn.add_loss_term(
+        "duration", lambda yt, yp: tf.reduce_mean(tf.abs(yp["dur"] - yt["dur"])), 0.3
+    )
     yt, yp = _dict_inputs(rng)
     yt["dur"], yp["dur"] = np.ones(2, np.float32), np.full(2, 3.0, np.float32)
     total = float(loss_fn(yt, yp))
     losses, weighted = loss_fn.get_losses(), loss_fn.get_weighted_losses()
     assert list(losses) == ["mel_loss", "stop_loss", "gradient_participation_loss", "duration"]
     assert list(weighted) == [
-        "mel_loss", "mel_weight", "stop_loss", "duration", "gradient_participation_loss",
+        "mel_loss",
+        "mel_weight",
+        "stop_loss",
+        "duration",
+        "gradient_participation_loss",
         "raw_total_loss",
     ]
     # Reference numbers in NumPy.
@@ -620,7 +675,9 @@ def test_one_trace_for_300_steps(capfd):
         return body(L, nan)
 
     fn = tf.function(counted, input_signature=SIG)
-    weights, _ = run(loss_fn, alternating(300), step=lambda L, nan: fn(tf.constant(L), tf.constant(nan)))
+    weights, _ = run(
+        loss_fn, alternating(300), step=lambda L, nan: fn(tf.constant(L), tf.constant(nan))
+    )
     assert len(traces) == 1
     changes = changes_of(weights)
     assert changes[:3] == [(109, -1), (168, 1), (227, -1)]
@@ -629,7 +686,9 @@ def test_one_trace_for_300_steps(capfd):
     # verbose: printing only inside a cond branch, taken only when the weight changes.
     assert not [op for op in ops if op.type == "PrintV2"]
     assert [op for op in ops if op.type in ("If", "StatelessIf")]
-    printed = [line for line in capfd.readouterr().err.splitlines() if line.startswith("XTTSLoss: step")]
+    printed = [
+        line for line in capfd.readouterr().err.splitlines() if line.startswith("XTTSLoss: step")
+    ]
     assert len(printed) == len(changes)
     assert printed[0].startswith("XTTSLoss: step 109 mel weight 2.5 -> 2.375")
 
@@ -722,7 +781,9 @@ def test_gradient_tape_loop_with_gradient_norms(rng):
     y = {
         "mel_target": tf.constant(rng.standard_normal((b, t, m)).astype(np.float32)),
         "mel_lengths": tf.constant([8, 6, 3, 8], tf.int32),
-        "stop_target": tf.constant((np.arange(t)[None] == np.array([7, 5, 2, 7])[:, None]).astype(np.float32)),
+        "stop_target": tf.constant(
+            (np.arange(t)[None] == np.array([7, 5, 2, 7])[:, None]).astype(np.float32)
+        ),
     }
     mel_layer, stop_layer = keras.layers.Dense(m), keras.layers.Dense(1)
     loss_fn = XTTSLoss(implementation=DEFAULT_IMPL, adaptive_weight_min_warmup_steps=20)

@@ -21,8 +21,10 @@ from myxtts_ops import state as layout
 
 
 def _pair(value, b=2, t=4, m=3):
-    return ({"mel_target": tf.zeros([b, t, m]), "mel_lengths": tf.constant([t] + [t - 1] * (b - 1))},
-            {"mel_output": tf.fill([b, t, m], value)})
+    return (
+        {"mel_target": tf.zeros([b, t, m]), "mel_lengths": tf.constant([t] + [t - 1] * (b - 1))},
+        {"mel_output": tf.fill([b, t, m], value)},
+    )
 
 
 # ------------------------------------------------------------------ item 1
@@ -114,7 +116,9 @@ def test_checkpoint_with_other_settings_is_refused(tmp_path, kwargs, name):
     tf.train.Checkpoint(loss=same).read(path).assert_consumed()
     assert float(same.current_mel_weight.numpy()) == float(first.current_mel_weight.numpy())
     # Settings that do not change the state's meaning may differ.
-    tf.train.Checkpoint(loss=XTTSLoss(adaptive_weight_cooling_period=20)).read(path).assert_consumed()
+    tf.train.Checkpoint(loss=XTTSLoss(adaptive_weight_cooling_period=20)).read(
+        path
+    ).assert_consumed()
 
 
 # ------------------------------------------------------------------ item 4
@@ -156,8 +160,12 @@ def test_lengths_must_be_integral(mode):
 
 @pytest.mark.parametrize(
     "where, key, hint",
-    [("true", "mel_length", "mel_lengths"), ("pred", "stop_token", "stop_tokens"),
-     ("true", "text_length", "text_lengths"), ("pred", "attention_weight", "attention_weights")],
+    [
+        ("true", "mel_length", "mel_lengths"),
+        ("pred", "stop_token", "stop_tokens"),
+        ("true", "text_length", "text_lengths"),
+        ("pred", "attention_weight", "attention_weights"),
+    ],
 )
 def test_misspelt_keys_are_named(where, key, hint):
     yt, yp = _pair(0.5)
@@ -169,23 +177,38 @@ def test_misspelt_keys_are_named(where, key, hint):
 def test_other_model_outputs_are_left_alone():
     """MyXTTS models return more outputs (text_encoded, ...): not mistaken for typos."""
     yt, yp = _pair(0.5)
-    yp.update(text_encoded=tf.zeros([2, 3, 8]), encoder_output=tf.zeros([2, 3, 8]),
-              mel_postnet=tf.zeros([2, 4, 3]))
+    yp.update(
+        text_encoded=tf.zeros([2, 3, 8]),
+        encoder_output=tf.zeros([2, 3, 8]),
+        mel_postnet=tf.zeros([2, 4, 3]),
+    )
     assert float(XTTSLoss()(yt, yp)) == pytest.approx(1.25)
 
 
 @pytest.mark.parametrize(
     "key, shape",
-    [("stop_tokens", [2, 1]), ("stop_tokens", [1, 4]), ("stop_tokens", [2, 4, 2]),
-     ("mel_lengths", [3]), ("pitch_output", [3, 4, 1]), ("duration_pred", [2, 7])],
+    [
+        ("stop_tokens", [2, 1]),
+        ("stop_tokens", [1, 4]),
+        ("stop_tokens", [2, 4, 2]),
+        ("mel_lengths", [3]),
+        ("pitch_output", [3, 4, 1]),
+        ("duration_pred", [2, 7]),
+    ],
 )
 def test_shapes_checked_against_the_mel_batch(key, shape):
     yt, yp = _pair(0.5)
     yt["stop_target"] = tf.zeros([2, 4, 1])
-    yt.update(text_lengths=tf.constant([2, 3]), duration_target=tf.zeros([2, 5]),
-              pitch_target=tf.zeros([2, 4, 1]))
-    yp.update(stop_tokens=tf.fill([2, 4, 1], 0.5), duration_pred=tf.zeros([2, 5]),
-              pitch_output=tf.zeros([2, 4, 1]))
+    yt.update(
+        text_lengths=tf.constant([2, 3]),
+        duration_target=tf.zeros([2, 5]),
+        pitch_target=tf.zeros([2, 4, 1]),
+    )
+    yp.update(
+        stop_tokens=tf.fill([2, 4, 1], 0.5),
+        duration_pred=tf.zeros([2, 5]),
+        pitch_output=tf.zeros([2, 4, 1]),
+    )
     XTTSLoss()(yt, yp)  # consistent shapes: fine
     (yt if key in terms.KNOWN_TRUE_KEYS else yp)[key] = tf.zeros(shape)
     with pytest.raises(ValueError, match=key):
@@ -232,4 +255,7 @@ def test_numbers_are_normalised_and_keras_reductions_accepted():
     for reduction in ("sum", "mean", "none", "sum_over_batch_size"):
         value = XTTSLoss(reduction=reduction, dtype="float32")(*_pair(0.5))
         assert float(value) == pytest.approx(1.25)
-    assert XTTSLossConfig(adaptive_weight_cooling_period=np.int32(5)).adaptive_weight_cooling_period == 5
+    assert (
+        XTTSLossConfig(adaptive_weight_cooling_period=np.int32(5)).adaptive_weight_cooling_period
+        == 5
+    )

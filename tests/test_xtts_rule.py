@@ -33,7 +33,10 @@ def np_adaptive(state, obs, c, enabled):
     limit = f(c.max_loss_spike_threshold * rt)
     spike = clean and check and total_pre > limit
     passed = (
-        clean and not spike and enabled and s >= c.adaptive_weight_min_warmup_steps
+        clean
+        and not spike
+        and enabled
+        and s >= c.adaptive_weight_min_warmup_steps
         and s - state["last_weight_change_step"] >= c.adaptive_weight_cooling_period
         and obs["window_variance"] < c.adaptive_weight_variance_threshold
     )
@@ -44,13 +47,27 @@ def np_adaptive(state, obs, c, enabled):
         m = mel if math.isfinite(mel) else f(0)
         ratio = min(max(m / max(abs(f(obs["running_mean"])), 1e-8), 0.1), 10.0)
         g = obs["growing"]
-        d = -1 if (ratio < c.adaptive_weight_loss_low_ratio or g) else (
-            1 if ratio > c.adaptive_weight_loss_high_ratio else 0)
+        d = (
+            -1
+            if (ratio < c.adaptive_weight_loss_low_ratio or g)
+            else (1 if ratio > c.adaptive_weight_loss_high_ratio else 0)
+        )
         if d:
-            cand = f(min(max(w * f(1 + f(c.adaptive_weight_max_change_percent) * d),
-                             c.adaptive_weight_min_weight), c.adaptive_weight_max_weight))
-            ok = (cand != w and c.adaptive_weight_min_weight <= cand <= c.adaptive_weight_max_weight
-                  and math.isfinite(cand * m) and cand * m <= c.adaptive_weight_max_weighted_loss)
+            cand = f(
+                min(
+                    max(
+                        w * f(1 + f(c.adaptive_weight_max_change_percent) * d),
+                        c.adaptive_weight_min_weight,
+                    ),
+                    c.adaptive_weight_max_weight,
+                )
+            )
+            ok = (
+                cand != w
+                and c.adaptive_weight_min_weight <= cand <= c.adaptive_weight_max_weight
+                and math.isfinite(cand * m)
+                and cand * m <= c.adaptive_weight_max_weighted_loss
+            )
             accepted, rejected = ok, not ok
             if ok:
                 new_w = cand
@@ -111,13 +128,23 @@ def _tf_state(state):
 
 
 def _tf_obs(obs):
-    return {k: tf.constant(v, tf.bool if isinstance(v, bool) else tf.float32) for k, v in obs.items()}
+    return {
+        k: tf.constant(v, tf.bool if isinstance(v, bool) else tf.float32) for k, v in obs.items()
+    }
 
 
-@pytest.mark.parametrize("settings", [{}, dict(adaptive_weight_min_warmup_steps=5,
-                                             adaptive_weight_cooling_period=3,
-                                             adaptive_weight_min_stable_steps=2,
-                                             adaptive_weight_max_weighted_loss=10.0)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        dict(
+            adaptive_weight_min_warmup_steps=5,
+            adaptive_weight_cooling_period=3,
+            adaptive_weight_min_stable_steps=2,
+            adaptive_weight_max_weighted_loss=10.0,
+        ),
+    ],
+)
 def test_adaptive_step_matches_numpy_model(settings, rng):
     c = CFG.replace(**settings)
     step = tf.function(lambda st, ob, en: rule.adaptive_weight_step(st, ob, c, en))

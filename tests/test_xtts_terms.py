@@ -92,9 +92,9 @@ def np_contrastive(labels, emb, tau=0.1, margin=0.2):
     same = labels[:, None] == labels[None, :]
     off = ~np.eye(len(labels), dtype=bool)
     pos, neg = (same & off).astype(float), (~same & off).astype(float)
-    return -(s * pos).sum() / max(pos.sum(), 1) + (np.maximum(s * neg - margin, 0) * neg).sum() / max(
-        neg.sum(), 1
-    )
+    return -(s * pos).sum() / max(pos.sum(), 1) + (
+        np.maximum(s * neg - margin, 0) * neg
+    ).sum() / max(neg.sum(), 1)
 
 
 def np_mel_batch_huber(t, p, lengths, delta=1.0):
@@ -127,8 +127,16 @@ def _masked_nan(x, lengths, where, poisoned, clean):
     return out
 
 
-CASES = ["stop", "duration", "pitch", "energy", "prosody_pitch", "prosody_energy", "speaking_rate",
-         "diffusion"]
+CASES = [
+    "stop",
+    "duration",
+    "pitch",
+    "energy",
+    "prosody_pitch",
+    "prosody_energy",
+    "speaking_rate",
+    "diffusion",
+]
 
 
 def _case(name, rng, lm, lx):
@@ -136,30 +144,60 @@ def _case(name, rng, lm, lx):
     if name == "stop":
         tgt = (np.arange(T)[None, :, None] == (lm[:, None, None] - 1)).astype(np.float32)
         pred = rng.uniform(0.01, 0.99, (B, T, 1)).astype(np.float32)
-        return (lambda p, t: terms.stop_token_loss(t, p, lm), lambda p, t: np_stop(t, p, lm),
-                pred, tgt, lm)
+        return (
+            lambda p, t: terms.stop_token_loss(t, p, lm),
+            lambda p, t: np_stop(t, p, lm),
+            pred,
+            tgt,
+            lm,
+        )
     if name == "duration":
         pred = rng.normal(1, 2, (B, U)).astype(np.float32)
         tgt = rng.uniform(0, 5, (B, U)).astype(np.float32)
-        return (lambda p, t: terms.duration_loss(p, t, lx), lambda p, t: np_duration(p, t, lx),
-                pred, tgt, lx)
+        return (
+            lambda p, t: terms.duration_loss(p, t, lx),
+            lambda p, t: np_duration(p, t, lx),
+            pred,
+            tgt,
+            lx,
+        )
     n, ln = (T, lm) if name in ("pitch", "energy") else (U, lx)
     pred = rng.normal(0, 3, (B, n, 1)).astype(np.float32)
     tgt = rng.normal(0, 3, (B, n, 1)).astype(np.float32)
     if name in ("pitch", "prosody_pitch"):
-        return (lambda p, t: terms.pitch_loss(p, t, ln), lambda p, t: np_pitch(p, t, ln),
-                pred, tgt, ln)
+        return (
+            lambda p, t: terms.pitch_loss(p, t, ln),
+            lambda p, t: np_pitch(p, t, ln),
+            pred,
+            tgt,
+            ln,
+        )
     if name in ("energy", "prosody_energy"):
-        return (lambda p, t: terms.energy_loss(p, t, ln), lambda p, t: np_energy(p, t, ln),
-                pred, tgt, ln)
+        return (
+            lambda p, t: terms.energy_loss(p, t, ln),
+            lambda p, t: np_energy(p, t, ln),
+            pred,
+            tgt,
+            ln,
+        )
     if name == "speaking_rate":
         pred = rng.normal(2, 8, (B, U, 1)).astype(np.float32)
-        return (lambda p, t: terms.speaking_rate_loss(p, t, lx), lambda p, t: np_rate(p, t, lx),
-                pred, tgt, lx)
+        return (
+            lambda p, t: terms.speaking_rate_loss(p, t, lx),
+            lambda p, t: np_rate(p, t, lx),
+            pred,
+            tgt,
+            lx,
+        )
     pred = rng.normal(0, 1, (B, T, M)).astype(np.float32)
     tgt = rng.normal(0, 1, (B, T, M)).astype(np.float32)
-    return (lambda p, t: terms.diffusion_loss(p, t, lm), lambda p, t: np_diffusion(p, t, lm),
-            pred, tgt, lm)
+    return (
+        lambda p, t: terms.diffusion_loss(p, t, lm),
+        lambda p, t: np_diffusion(p, t, lm),
+        pred,
+        tgt,
+        lm,
+    )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -170,8 +208,9 @@ def test_term_against_numpy(name, lengths, nonfinite, rng):
     fn, model, pred, tgt, ln = _case(name, rng, lm, lx)
     value = float(rng.choice([np.nan, np.inf, -np.inf]))
     bad_pred = _poison(pred, ln, nonfinite, rng, value)
-    expected = model(_masked_nan(pred, ln, nonfinite, bad_pred, pred.astype(np.float64)),
-                     tgt.astype(np.float64))
+    expected = model(
+        _masked_nan(pred, ln, nonfinite, bad_pred, pred.astype(np.float64)), tgt.astype(np.float64)
+    )
     p = tf.constant(bad_pred)
     with tf.GradientTape() as tape:
         tape.watch(p)
@@ -214,8 +253,9 @@ def test_contrastive_against_numpy(rng):
     np.testing.assert_allclose(float(got), np_contrastive(labels, emb), rtol=1e-5)
     # Identical positives reach -1/tau (a negative value, kept).
     same = np.repeat(emb[:1], 2, axis=0)
-    np.testing.assert_allclose(float(terms.ContrastiveSpeakerLoss()(np.array([3.0, 3.0]), same)), -10.0,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(terms.ContrastiveSpeakerLoss()(np.array([3.0, 3.0]), same)), -10.0, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("lengths", list(LENGTHS))
@@ -224,8 +264,9 @@ def test_mel_loss_function_huber_batch_mean(lengths, rng):
     t = rng.normal(0, 2, (B, T, M)).astype(np.float32)
     p = rng.normal(0, 2, (B, T, M)).astype(np.float32)
     got = terms.mel_loss(t, p, lm, label_smoothing=0.0)
-    np.testing.assert_allclose(float(got), np_mel_batch_huber(t.astype(np.float64), p, lm), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        float(got), np_mel_batch_huber(t.astype(np.float64), p, lm), rtol=1e-5, atol=1e-7
+    )
     l1 = terms.mel_loss(t, p, None, label_smoothing=0.0, use_huber_loss=False)
     np.testing.assert_allclose(float(l1), np.abs(p - t.astype(np.float64)).mean(), rtol=1e-5)
 
@@ -243,8 +284,9 @@ def test_mel_noise_is_deterministic_and_over_valid_frames(rng):
     t_bad[2, 4:] = 1e6
     assert float(terms.mel_loss(t_bad, p, lm, seed=3)) == pytest.approx(a, rel=1e-6)
     # The noise scale is 0.05 * std over the valid elements.
-    noisy = terms.mel_target_noise(tf.constant(t), tf.constant(lm, tf.int32), 0.05,
-                                   tf.constant([1, 2], tf.int64)).numpy()
+    noisy = terms.mel_target_noise(
+        tf.constant(t), tf.constant(lm, tf.int32), 0.05, tf.constant([1, 2], tf.int64)
+    ).numpy()
     valid = np.arange(T)[None, :] < lm[:, None]
     std = t[valid].std()
     assert np.std((noisy - t)[valid]) == pytest.approx(0.05 * std, rel=0.3)
@@ -273,26 +315,42 @@ def test_gradient_participation_and_all_terms_in_xtts_loss(rng):
     stop_p = rng.uniform(0.05, 0.95, (B, T, 1)).astype(np.float32)
     logits = rng.normal(0, 1, (B, H, T, U))
     att = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
-    dur_p, dur_t = rng.normal(1, 2, (B, U)).astype(np.float32), rng.uniform(0, 4, (B, U)).astype(np.float32)
+    dur_p, dur_t = (
+        rng.normal(1, 2, (B, U)).astype(np.float32),
+        rng.uniform(0, 4, (B, U)).astype(np.float32),
+    )
     f = lambda *s: rng.normal(0, 2, s).astype(np.float32)  # noqa: E731
     y_true = {
-        "mel_target": mel_t, "stop_target": stop_t, "mel_lengths": lm.astype(np.float32),
-        "text_lengths": lx.astype(np.float32), "duration_target": dur_t,
-        "pitch_target": f(B, T, 1), "energy_target": f(B, T, 1),
-        "prosody_pitch_target": f(B, U, 1), "prosody_energy_target": f(B, U, 1),
+        "mel_target": mel_t,
+        "stop_target": stop_t,
+        "mel_lengths": lm.astype(np.float32),
+        "text_lengths": lx.astype(np.float32),
+        "duration_target": dur_t,
+        "pitch_target": f(B, T, 1),
+        "energy_target": f(B, T, 1),
+        "prosody_pitch_target": f(B, U, 1),
+        "prosody_energy_target": f(B, U, 1),
         # prosody_speaking_rate_target missing: its prediction gets the participation term
     }
     y_pred = {
-        "mel_output": mel_p, "stop_tokens": stop_p, "attention_weights": att, "duration_pred": dur_p,
-        "pitch_output": f(B, T, 1), "energy_output": f(B, T, 1), "prosody_pitch": f(B, U, 1),
-        "prosody_energy": f(B, U, 1), "prosody_speaking_rate": f(B, U, 1),
+        "mel_output": mel_p,
+        "stop_tokens": stop_p,
+        "attention_weights": att,
+        "duration_pred": dur_p,
+        "pitch_output": f(B, T, 1),
+        "energy_output": f(B, T, 1),
+        "prosody_pitch": f(B, U, 1),
+        "prosody_energy": f(B, U, 1),
+        "prosody_speaking_rate": f(B, U, 1),
     }
     loss_fn = XTTSLoss(use_adaptive_weights=False)
     total = float(loss_fn(y_true, y_pred))
     d = lambda k: y_true[k].astype(np.float64)  # noqa: E731
     q = lambda k: y_pred[k].astype(np.float64)  # noqa: E731
     expected = {
-        "mel_loss": np_per_sample(np.abs(q("mel_output") - d("mel_target")), lm) * B / np.sum(lm > 0),
+        "mel_loss": np_per_sample(np.abs(q("mel_output") - d("mel_target")), lm)
+        * B
+        / np.sum(lm > 0),
         "stop_loss": np_stop(d("stop_target"), q("stop_tokens"), lm),
         "attention_loss": np_attention(q("attention_weights"), lx, lm),
         "duration_loss": np_duration(q("duration_pred"), d("duration_target"), lx),
@@ -308,11 +366,15 @@ def test_gradient_participation_and_all_terms_in_xtts_loss(rng):
         np.testing.assert_allclose(float(got[k]), v, rtol=2e-5, atol=1e-9, err_msg=k)
     c = loss_fn.config
     weights = {
-        "mel_loss": c.mel_loss_weight, "stop_loss": c.stop_loss_weight,
-        "attention_loss": c.attention_loss_weight, "duration_loss": c.duration_loss_weight,
-        "pitch_loss": c.pitch_loss_weight, "energy_loss": c.energy_loss_weight,
+        "mel_loss": c.mel_loss_weight,
+        "stop_loss": c.stop_loss_weight,
+        "attention_loss": c.attention_loss_weight,
+        "duration_loss": c.duration_loss_weight,
+        "pitch_loss": c.pitch_loss_weight,
+        "energy_loss": c.energy_loss_weight,
         "prosody_pitch_loss": c.prosody_pitch_loss_weight,
-        "prosody_energy_loss": c.prosody_energy_loss_weight, "gradient_participation_loss": 1.0,
+        "prosody_energy_loss": c.prosody_energy_loss_weight,
+        "gradient_participation_loss": 1.0,
     }
     np.testing.assert_allclose(total, sum(weights[k] * expected[k] for k in expected), rtol=2e-5)
     weighted = loss_fn.get_weighted_losses()
@@ -324,7 +386,9 @@ def test_gradient_participation_and_all_terms_in_xtts_loss(rng):
 def test_empty_dicts_give_zero():
     loss_fn = XTTSLoss()
     assert float(loss_fn({}, {})) == 0.0
-    assert {k: float(v) for k, v in loss_fn.get_losses().items()} == {"gradient_participation_loss": 0.0}
+    assert {k: float(v) for k, v in loss_fn.get_losses().items()} == {
+        "gradient_participation_loss": 0.0
+    }
 
 
 def test_original_preset_matches_contract_numbers(rng):

@@ -53,7 +53,9 @@ def global_batch(step):
         yp[3, 0, 1] = np.nan
     yt = np.zeros_like(yp)
     stop_t = (np.arange(T)[None, :] >= (LENGTHS[:, None] - 1)).astype(np.float32)
-    stop_p = (np.linspace(-2, 2, T)[None, :] * (1 + 0.1 * np.arange(GLOBAL_B)[:, None])).astype(np.float32)
+    stop_p = (np.linspace(-2, 2, T)[None, :] * (1 + 0.1 * np.arange(GLOBAL_B)[:, None])).astype(
+        np.float32
+    )
     stop_p = stop_p + 0.01 * (step % 7)
     return (
         {"mel_target": yt, "mel_lengths": LENGTHS.copy(), "stop_target": stop_t},
@@ -121,7 +123,7 @@ def shard(batch, rid, n):
     import tensorflow as tf
 
     per = GLOBAL_B // n
-    return tf.nest.map_structure(lambda x: x[rid * per:(rid + 1) * per], batch)
+    return tf.nest.map_structure(lambda x: x[rid * per : (rid + 1) * per], batch)
 
 
 def run_strategy(strategy, loss_fn, steps, worker_index=0, num_workers=1):
@@ -136,7 +138,7 @@ def run_strategy(strategy, loss_fn, steps, worker_index=0, num_workers=1):
             ctx = tf.distribute.get_replica_context()
             rid = ctx.replica_id_in_sync_group
             per = GLOBAL_B // n
-            sl = lambda x: x[rid * per:(rid + 1) * per]  # noqa: E731
+            sl = lambda x: x[rid * per : (rid + 1) * per]  # noqa: E731
             return loss_fn(tf.nest.map_structure(sl, yt), tf.nest.map_structure(sl, yp))
 
         return strategy.run(replica_fn, args=(yt, yp))
@@ -149,8 +151,14 @@ def run_strategy(strategy, loss_fn, steps, worker_index=0, num_workers=1):
             dict(
                 step=s,
                 totals=[float(v) * n for v in values],
-                weights=[float(v) for v in strategy.experimental_local_results(loss_fn.current_mel_weight)],
-                op_states=[np.asarray(v).tolist() for v in strategy.experimental_local_results(loss_fn._state.op_state)],
+                weights=[
+                    float(v)
+                    for v in strategy.experimental_local_results(loss_fn.current_mel_weight)
+                ],
+                op_states=[
+                    np.asarray(v).tolist()
+                    for v in strategy.experimental_local_results(loss_fn._state.op_state)
+                ],
             )
         )
     replicas = {}
@@ -171,7 +179,10 @@ def tiny_model_grads(strategy, normalization):
     s0 = rng.standard_normal((2, 1)).astype(np.float32)
 
     def forward(wm, ws, xb):
-        return {"mel_output": tf.einsum("btk,km->btm", xb, wm), "stop_tokens": tf.einsum("btk,km->btm", xb, ws)}
+        return {
+            "mel_output": tf.einsum("btk,km->btm", xb, wm),
+            "stop_tokens": tf.einsum("btk,km->btm", xb, ws),
+        }
 
     # Single device.
     loss1 = make_loss(normalization)
@@ -191,7 +202,7 @@ def tiny_model_grads(strategy, normalization):
         def replica_fn():
             rid = tf.distribute.get_replica_context().replica_id_in_sync_group
             per = GLOBAL_B // n
-            sl = lambda a: tf.convert_to_tensor(a)[rid * per:(rid + 1) * per]  # noqa: E731
+            sl = lambda a: tf.convert_to_tensor(a)[rid * per : (rid + 1) * per]  # noqa: E731
             with tf.GradientTape() as tape:
                 total = loss2(tf.nest.map_structure(sl, yt), forward(wm2, ws2, sl(x)))
             grads = tape.gradient(total, [wm2, ws2])
@@ -214,7 +225,8 @@ def tiny_model_grads(strategy, normalization):
         norm_single=norm1,
         norms_dist=[float(v) for v in norms2],
         grad_history_replicas=[
-            np.asarray(v).tolist() for v in strategy.experimental_local_results(loss2._state.gradient_norms)
+            np.asarray(v).tolist()
+            for v in strategy.experimental_local_results(loss2._state.gradient_norms)
         ],
     )
 
@@ -281,9 +293,13 @@ def keras_fit(strategy, steps, epochs):
     scope = strategy.scope() if strategy is not None else _null()
     with scope:
         model = keras_model()
-        loss_fn = XTTSLoss(adaptive_weight_min_warmup_steps=2, adaptive_weight_cooling_period=2,
-                           adaptive_weight_min_stable_steps=1, adaptive_weight_loss_high_ratio=1.001,
-                           adaptive_weight_loss_low_ratio=0.999)
+        loss_fn = XTTSLoss(
+            adaptive_weight_min_warmup_steps=2,
+            adaptive_weight_cooling_period=2,
+            adaptive_weight_min_stable_steps=1,
+            adaptive_weight_loss_high_ratio=1.001,
+            adaptive_weight_loss_low_ratio=0.999,
+        )
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss_fn, jit_compile=False)
     if strategy is not None:
         options = tf.data.Options()
@@ -291,8 +307,11 @@ def keras_fit(strategy, steps, epochs):
         ds = ds.with_options(options)
     hist = model.fit(ds, epochs=epochs, verbose=0, shuffle=False)
     eval_loss = model.evaluate(ds, verbose=0)
-    after_eval = [np.asarray(v).tolist() for v in strategy.experimental_local_results(loss_fn.step_count)] \
-        if strategy is not None else [int(loss_fn.step_count.numpy())]
+    after_eval = (
+        [np.asarray(v).tolist() for v in strategy.experimental_local_results(loss_fn.step_count)]
+        if strategy is not None
+        else [int(loss_fn.step_count.numpy())]
+    )
     if strategy is not None:
         loss_state = {
             v.name: [np.asarray(a).tolist() for a in strategy.experimental_local_results(v)]
@@ -385,9 +404,13 @@ def mode_keras_resume(args):
     x, y = keras_data(args.steps)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_B)
     model = keras_model()
-    loss_fn = XTTSLoss(adaptive_weight_min_warmup_steps=2, adaptive_weight_cooling_period=2,
-                       adaptive_weight_min_stable_steps=1, adaptive_weight_loss_high_ratio=1.001,
-                       adaptive_weight_loss_low_ratio=0.999)
+    loss_fn = XTTSLoss(
+        adaptive_weight_min_warmup_steps=2,
+        adaptive_weight_cooling_period=2,
+        adaptive_weight_min_stable_steps=1,
+        adaptive_weight_loss_high_ratio=1.001,
+        adaptive_weight_loss_low_ratio=0.999,
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss_fn, jit_compile=False)
     model(x[:1])  # BackupAndRestore needs a built model
 
@@ -411,7 +434,9 @@ def mode_keras_resume(args):
         interrupted=interrupted,
         weights=[w.numpy().tolist() for w in model.weights],
         state=state_dict(loss_fn),
-        backup_files=sorted(os.listdir(args.backup)) if args.backup and os.path.isdir(args.backup) else [],
+        backup_files=sorted(os.listdir(args.backup))
+        if args.backup and os.path.isdir(args.backup)
+        else [],
     )
 
 

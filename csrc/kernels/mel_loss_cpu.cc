@@ -76,24 +76,23 @@ void forward_impl(const ForwardArgs& args, const ParallelFor& parallel_for) {
   for (int64_t b = 0; b < s.batch; ++b) valid[b] = length_of(args.lengths, b, s.frames) * s.mels;
 
   std::vector<Partial> partials(s.batch * chunks);
-  parallel_for(s.batch * chunks, kCpuChunk * 2 * int64_t(sizeof(T)),
-               [&](int64_t begin, int64_t end) {
-                 for (int64_t u = begin; u < end; ++u) {
-                   const int64_t b = u / chunks;
-                   const int64_t lo = (u % chunks) * kCpuChunk;
-                   const int64_t hi = std::min(lo + kCpuChunk, valid[b]);
-                   if (hi <= lo) {
-                     partials[u] = Partial{0.0, 0, 0};
-                     continue;
-                   }
-                   const int64_t off = b * row + lo;
-                   partials[u] = args.config.loss_type == LossType::kL1
-                                     ? reduce_range<T, LossType::kL1>(y_true + off, y_pred + off,
-                                                                      hi - lo, delta)
-                                     : reduce_range<T, LossType::kHuber>(
-                                           y_true + off, y_pred + off, hi - lo, delta);
-                 }
-               });
+  parallel_for(
+      s.batch * chunks, kCpuChunk * 2 * int64_t(sizeof(T)), [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t b = u / chunks;
+          const int64_t lo = (u % chunks) * kCpuChunk;
+          const int64_t hi = std::min(lo + kCpuChunk, valid[b]);
+          if (hi <= lo) {
+            partials[u] = Partial{0.0, 0, 0};
+            continue;
+          }
+          const int64_t off = b * row + lo;
+          partials[u] =
+              args.config.loss_type == LossType::kL1
+                  ? reduce_range<T, LossType::kL1>(y_true + off, y_pred + off, hi - lo, delta)
+                  : reduce_range<T, LossType::kHuber>(y_true + off, y_pred + off, hi - lo, delta);
+        }
+      });
 
   // Fixed-order combination.
   std::vector<int64_t> counts(s.batch);
@@ -120,8 +119,8 @@ void forward_impl(const ForwardArgs& args, const ParallelFor& parallel_for) {
     total_count += count;
     valid_total += valid[b];
   }
-  const A loss = A(batch_loss(args.config.normalization, sum_means, active, total_sum,
-                              total_count));
+  const A loss =
+      A(batch_loss(args.config.normalization, sum_means, active, total_sum, total_count));
   *static_cast<A*>(args.loss) = loss;
   *args.nonfinite_count = nonfinite;
   update_state(args.state_in, args.state_out, double(loss), nonfinite, valid_total);
@@ -134,8 +133,8 @@ void forward_impl(const ForwardArgs& args, const ParallelFor& parallel_for) {
 // Writes d/dy_pred (and, when kWriteTrue, d/dy_true = -d/dy_pred) for one
 // chunk: elements [0, n_valid) are valid frames, [n_valid, n) padding.
 template <typename T, LossType kType, bool kWriteTrue>
-void backward_range(const T* __restrict y_true, const T* __restrict y_pred,
-                    T* __restrict g_true, T* __restrict g_pred, int64_t n_valid, int64_t n,
+void backward_range(const T* __restrict y_true, const T* __restrict y_pred, T* __restrict g_true,
+                    T* __restrict g_pred, int64_t n_valid, int64_t n,
                     typename AccType<T>::type coef, typename AccType<T>::type delta) {
   using A = typename AccType<T>::type;
   int64_t i = 0;
@@ -176,36 +175,39 @@ void backward_impl(const BackwardArgs& args, const ParallelFor& parallel_for) {
   T* g_true = static_cast<T*>(args.grad_y_true);
   T* g_pred = static_cast<T*>(args.grad_y_pred);
 
-  parallel_for(s.batch * chunks, kCpuChunk * 4 * int64_t(sizeof(T)),
-               [&](int64_t begin, int64_t end) {
-                 for (int64_t u = begin; u < end; ++u) {
-                   const int64_t b = u / chunks;
-                   const int64_t lo = (u % chunks) * kCpuChunk;
-                   const int64_t hi = std::min(lo + kCpuChunk, row);
-                   const int64_t valid = length_of(args.lengths, b, s.frames) * s.mels;
-                   const int64_t n_valid = std::max<int64_t>(0, std::min(hi, valid) - lo);
-                   const A coef = A(g_loss * args.sample_weights[b] +
-                                    double(g_sample[b]) * args.sample_weights[s.batch + b]);
-                   const int64_t off = b * row + lo;
-                   T* gt = g_true == nullptr ? nullptr : g_true + off;
-                   if (args.config.loss_type == LossType::kL1)
-                     backward_chunk<T, LossType::kL1>(y_true + off, y_pred + off, gt,
-                                                      g_pred + off, n_valid, hi - lo, coef, delta);
-                   else
-                     backward_chunk<T, LossType::kHuber>(y_true + off, y_pred + off, gt,
-                                                         g_pred + off, n_valid, hi - lo, coef,
-                                                         delta);
-                 }
-               });
+  parallel_for(
+      s.batch * chunks, kCpuChunk * 4 * int64_t(sizeof(T)), [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t b = u / chunks;
+          const int64_t lo = (u % chunks) * kCpuChunk;
+          const int64_t hi = std::min(lo + kCpuChunk, row);
+          const int64_t valid = length_of(args.lengths, b, s.frames) * s.mels;
+          const int64_t n_valid = std::max<int64_t>(0, std::min(hi, valid) - lo);
+          const A coef = A(g_loss * args.sample_weights[b] +
+                           double(g_sample[b]) * args.sample_weights[s.batch + b]);
+          const int64_t off = b * row + lo;
+          T* gt = g_true == nullptr ? nullptr : g_true + off;
+          if (args.config.loss_type == LossType::kL1)
+            backward_chunk<T, LossType::kL1>(y_true + off, y_pred + off, gt, g_pred + off, n_valid,
+                                             hi - lo, coef, delta);
+          else
+            backward_chunk<T, LossType::kHuber>(y_true + off, y_pred + off, gt, g_pred + off,
+                                                n_valid, hi - lo, coef, delta);
+        }
+      });
 }
 
 template <template <typename> class Fn, typename Args>
 void dispatch(const Args& args, const ParallelFor& parallel_for) {
   switch (args.dtype) {
-    case DType::kHalf: return Fn<half_t>::run(args, parallel_for);
-    case DType::kBFloat16: return Fn<bfloat16_t>::run(args, parallel_for);
-    case DType::kFloat: return Fn<float>::run(args, parallel_for);
-    case DType::kDouble: return Fn<double>::run(args, parallel_for);
+    case DType::kHalf:
+      return Fn<half_t>::run(args, parallel_for);
+    case DType::kBFloat16:
+      return Fn<bfloat16_t>::run(args, parallel_for);
+    case DType::kFloat:
+      return Fn<float>::run(args, parallel_for);
+    case DType::kDouble:
+      return Fn<double>::run(args, parallel_for);
   }
 }
 

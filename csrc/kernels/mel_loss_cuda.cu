@@ -29,18 +29,20 @@ struct Vec {
 };
 
 struct WorkspaceLayout {
-  size_t counter = 0;     // unsigned int ticket counter
-  size_t lengths = 0;     // int32 [batch] staged from the host (header)
-  size_t sums = 0;        // double [units]
-  size_t counts = 0;      // int32 [units]
-  size_t nonfinite = 0;   // int32 [units]
+  size_t counter = 0;        // unsigned int ticket counter
+  size_t lengths = 0;        // int32 [batch] staged from the host (header)
+  size_t sums = 0;           // double [units]
+  size_t counts = 0;         // int32 [units]
+  size_t nonfinite = 0;      // int32 [units]
   size_t sample_counts = 0;  // int64 [batch]
   size_t total = 0;
 };
 
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
-__host__ __device__ inline int64_t chunks_per_sample(const MelShape& s) { return (s.frames * s.mels + kChunk - 1) / kChunk; }
+__host__ __device__ inline int64_t chunks_per_sample(const MelShape& s) {
+  return (s.frames * s.mels + kChunk - 1) / kChunk;
+}
 
 WorkspaceLayout workspace_layout(const MelShape& s) {
   const size_t units = size_t(s.batch * chunks_per_sample(s));
@@ -124,8 +126,9 @@ __global__ void __launch_bounds__(kThreads)
   if (unit < units) {
     const int64_t b = unit / chunks;
     const int64_t lo = (unit % chunks) * kChunk;
-    const int64_t valid = clamp_length(device_length(lengths, lengths_kind, b, shape.frames),
-                                       shape.frames) * shape.mels;
+    const int64_t valid =
+        clamp_length(device_length(lengths, lengths_kind, b, shape.frames), shape.frames) *
+        shape.mels;
     const int64_t n = valid - lo < kChunk ? valid - lo : kChunk;
     if (n > 0) {  // chunks past the valid frames are never read back
       const T* t = y_true + b * row + lo;
@@ -179,8 +182,7 @@ __global__ void __launch_bounds__(kThreads)
   // Per-sample totals, one thread per sample (strided), chunks in order.
   int64_t* sample_counts = reinterpret_cast<int64_t*>(workspace + layout.sample_counts);
   double local_means = 0.0, local_sum = 0.0;
-  long long local_active = 0, local_count = 0, local_nonfinite = 0, local_valid = 0,
-            local_bad = 0;
+  long long local_active = 0, local_count = 0, local_nonfinite = 0, local_valid = 0, local_bad = 0;
   for (int64_t b = threadIdx.x; b < shape.batch; b += kThreads) {
     const int64_t raw = device_length(lengths, lengths_kind, b, shape.frames);
     local_bad += (raw < 0 || raw > shape.frames) ? 1 : 0;
@@ -260,8 +262,8 @@ __global__ void __launch_bounds__(kThreads)
                     const void* __restrict__ lengths, int lengths_kind, MelShape shape,
                     const double* __restrict__ weights,
                     const typename AccType<T>::type* __restrict__ grad_loss,
-                    const typename AccType<T>::type* __restrict__ grad_per_sample,
-                    LossConfig cfg, T* __restrict__ g_true, T* __restrict__ g_pred) {
+                    const typename AccType<T>::type* __restrict__ grad_per_sample, LossConfig cfg,
+                    T* __restrict__ g_true, T* __restrict__ g_pred) {
   using A = typename AccType<T>::type;
   using VecT = typename Vec<T>::Type;
   constexpr int W = Vec<T>::kWidth;
@@ -272,9 +274,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = row - lo < kChunk ? row - lo : kChunk;
   const int64_t valid =
       clamp_length(device_length(lengths, lengths_kind, b, shape.frames), shape.frames) *
-          shape.mels - lo;
-  const A coef = A(double(*grad_loss) * weights[b] +
-                   double(grad_per_sample[b]) * weights[shape.batch + b]);
+          shape.mels -
+      lo;
+  const A coef =
+      A(double(*grad_loss) * weights[b] + double(grad_per_sample[b]) * weights[shape.batch + b]);
   const A delta = A(cfg.huber_delta);
   const int64_t off = b * row + lo;
   const T* t = y_true + off;
@@ -348,7 +351,7 @@ std::string launch_forward(const ForwardArgs& a, void* workspace, const void* he
   const int64_t units = a.shape.batch * chunks_per_sample(a.shape);
   const unsigned int grid = units > 0 ? unsigned(units) : 1u;
   auto kernel = a.config.loss_type == LossType::kL1 ? forward_kernel<T, LossType::kL1>
-                                                     : forward_kernel<T, LossType::kHuber>;
+                                                    : forward_kernel<T, LossType::kHuber>;
   kernel<<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(a.y_true), static_cast<const T*>(a.y_pred), lengths, kind, a.shape,
       a.state_in, a.config, ws, layout, static_cast<A*>(a.loss), static_cast<A*>(a.per_sample),
@@ -362,12 +365,12 @@ std::string launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   const int64_t units = a.shape.batch * chunks_per_sample(a.shape);
   if (units == 0) return std::string();
   auto kernel = a.config.loss_type == LossType::kL1 ? backward_kernel<T, LossType::kL1>
-                                                     : backward_kernel<T, LossType::kHuber>;
+                                                    : backward_kernel<T, LossType::kHuber>;
   kernel<<<unsigned(units), kThreads, 0, stream>>>(
       static_cast<const T*>(a.y_true), static_cast<const T*>(a.y_pred), a.lengths.data,
-      lengths_kind(a.lengths), a.shape, a.sample_weights,
-      static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.grad_per_sample), a.config,
-      static_cast<T*>(a.grad_y_true), static_cast<T*>(a.grad_y_pred));
+      lengths_kind(a.lengths), a.shape, a.sample_weights, static_cast<const A*>(a.grad_loss),
+      static_cast<const A*>(a.grad_per_sample), a.config, static_cast<T*>(a.grad_y_true),
+      static_cast<T*>(a.grad_y_pred));
   return cuda_error("launching the masked mel loss backward kernel");
 }
 
@@ -394,15 +397,18 @@ void cuda_forward_fill_header(void* header, const LengthsView& host_lengths, int
   stage_lengths_int32(host_lengths, batch, reinterpret_cast<int32_t*>(h + w.lengths));
 }
 
-std::string mel_loss_forward_cuda(const ForwardArgs& args, void* workspace,
-                                  const void* header_host, size_t header_bytes, void* stream) {
+std::string mel_loss_forward_cuda(const ForwardArgs& args, void* workspace, const void* header_host,
+                                  size_t header_bytes, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (args.dtype) {
-    case DType::kHalf: return launch_forward<half_t>(args, workspace, header_host, header_bytes, s);
+    case DType::kHalf:
+      return launch_forward<half_t>(args, workspace, header_host, header_bytes, s);
     case DType::kBFloat16:
       return launch_forward<bfloat16_t>(args, workspace, header_host, header_bytes, s);
-    case DType::kFloat: return launch_forward<float>(args, workspace, header_host, header_bytes, s);
-    case DType::kDouble: return launch_forward<double>(args, workspace, header_host, header_bytes, s);
+    case DType::kFloat:
+      return launch_forward<float>(args, workspace, header_host, header_bytes, s);
+    case DType::kDouble:
+      return launch_forward<double>(args, workspace, header_host, header_bytes, s);
   }
   return "unsupported dtype";
 }
@@ -410,10 +416,14 @@ std::string mel_loss_forward_cuda(const ForwardArgs& args, void* workspace,
 std::string mel_loss_backward_cuda(const BackwardArgs& args, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (args.dtype) {
-    case DType::kHalf: return launch_backward<half_t>(args, s);
-    case DType::kBFloat16: return launch_backward<bfloat16_t>(args, s);
-    case DType::kFloat: return launch_backward<float>(args, s);
-    case DType::kDouble: return launch_backward<double>(args, s);
+    case DType::kHalf:
+      return launch_backward<half_t>(args, s);
+    case DType::kBFloat16:
+      return launch_backward<bfloat16_t>(args, s);
+    case DType::kFloat:
+      return launch_backward<float>(args, s);
+    case DType::kDouble:
+      return launch_backward<double>(args, s);
   }
   return "unsupported dtype";
 }
@@ -421,14 +431,16 @@ std::string mel_loss_backward_cuda(const BackwardArgs& args, void* stream) {
 std::string cuda_copy_to_device_async(void* dst, const void* src, size_t bytes, void* stream) {
   const cudaError_t e =
       cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream));
-  return e == cudaSuccess ? std::string() : std::string("host-to-device copy: ") + cudaGetErrorString(e);
+  return e == cudaSuccess ? std::string()
+                          : std::string("host-to-device copy: ") + cudaGetErrorString(e);
 }
 
 std::string cuda_copy_to_host(void* dst, const void* src, size_t bytes, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s);
   if (e == cudaSuccess) e = cudaStreamSynchronize(s);
-  return e == cudaSuccess ? std::string() : std::string("device-to-host copy: ") + cudaGetErrorString(e);
+  return e == cudaSuccess ? std::string()
+                          : std::string("device-to-host copy: ") + cudaGetErrorString(e);
 }
 
 int cuda_device_count() {

@@ -36,11 +36,11 @@ struct ForwardArgs {
   const double* state_in = nullptr;  // [state::kSize]
   LossConfig config;
   // Outputs.
-  void* loss = nullptr;               // scalar, float or double
-  void* per_sample = nullptr;         // [batch], float or double
+  void* loss = nullptr;                // scalar, float or double
+  void* per_sample = nullptr;          // [batch], float or double
   int64_t* nonfinite_count = nullptr;  // scalar
-  double* state_out = nullptr;        // [state::kSize]
-  double* sample_weights = nullptr;   // [2, batch]
+  double* state_out = nullptr;         // [state::kSize]
+  double* sample_weights = nullptr;    // [2, batch]
 };
 
 struct BackwardArgs {
@@ -61,8 +61,8 @@ struct BackwardArgs {
 // CPU. `parallel_for(n, cost_per_unit, fn)` must call fn(begin, end) over a
 // partition of [0, n); any partition gives bitwise identical results because
 // the work units and their combination order are fixed.
-using ParallelFor = std::function<void(
-    int64_t n, int64_t cost_per_unit, const std::function<void(int64_t, int64_t)>& fn)>;
+using ParallelFor = std::function<void(int64_t n, int64_t cost_per_unit,
+                                       const std::function<void(int64_t, int64_t)>& fn)>;
 
 // Lengths must already be validated (0 <= length <= frames; see
 // mel_loss_checks.h for the shared argument rules).
@@ -87,9 +87,8 @@ void cuda_forward_fill_header(void* header, const LengthsView& host_lengths, int
 // counter is cleared with cudaMemsetAsync and args.lengths is a device pointer.
 // Out-of-range device lengths are clamped for memory safety and make the loss
 // NaN. Returns an empty string on success, else the CUDA error text.
-std::string mel_loss_forward_cuda(const ForwardArgs& args, void* workspace,
-                                  const void* header_host, size_t header_bytes,
-                                  void* stream);
+std::string mel_loss_forward_cuda(const ForwardArgs& args, void* workspace, const void* header_host,
+                                  size_t header_bytes, void* stream);
 // args.lengths is a device pointer (or null).
 std::string mel_loss_backward_cuda(const BackwardArgs& args, void* stream);
 // Async copy from pageable host memory (staged before return, so `src` may be

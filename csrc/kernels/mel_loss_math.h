@@ -63,7 +63,7 @@ constexpr double kMaxDecay = 0.99;
 constexpr double kMaxCount = 9007199254740992.0;
 // Fields 0 .. N-1 are public (myxtts_ops.read_state), under these names.
 constexpr const char* kPublicFieldNames[] = {
-    "steps", "clean_steps", "nonfinite_steps", "running_mean",
+    "steps",        "clean_steps", "nonfinite_steps", "running_mean",
     "window_count", "window_mean", "window_variance", "last_loss",
 };
 static_assert(sizeof(kPublicFieldNames) / sizeof(kPublicFieldNames[0]) == kLastLoss + 1,
@@ -249,28 +249,25 @@ MXO_HD double sample_mean(double sum, int64_t count) {
 // Per-element weights of sample b for the backward pass:
 //   weight_loss[b]   = d loss / d elem  (c_b of the spec)
 //   weight_sample[b] = d per_sample[b] / d elem  (1 / n_b)
-MXO_HD void sample_weights(int64_t count, int64_t active, int64_t total_count,
-                           Normalization norm, double* weight_loss,
-                           double* weight_sample) {
+MXO_HD void sample_weights(int64_t count, int64_t active, int64_t total_count, Normalization norm,
+                           double* weight_loss, double* weight_sample) {
   if (count <= 0) {
     *weight_loss = 0.0;
     *weight_sample = 0.0;
     return;
   }
   *weight_sample = 1.0 / double(count);
-  *weight_loss = norm == Normalization::kPerSample
-                     ? 1.0 / (double(active) * double(count))
-                     : 1.0 / double(total_count);
+  *weight_loss = norm == Normalization::kPerSample ? 1.0 / (double(active) * double(count))
+                                                   : 1.0 / double(total_count);
 }
 
 // Final loss from the batch totals.
 //   per_sample: mean over active samples of per_sample[b] (sum_means is the
 //               sum of those means, in a fixed order).
 //   global:     sum S_b / sum n_b.
-MXO_HD double batch_loss(Normalization norm, double sum_means, int64_t active,
-                         double total_sum, int64_t total_count) {
-  if (norm == Normalization::kPerSample)
-    return active > 0 ? sum_means / double(active) : 0.0;
+MXO_HD double batch_loss(Normalization norm, double sum_means, int64_t active, double total_sum,
+                         int64_t total_count) {
+  if (norm == Normalization::kPerSample) return active > 0 ? sum_means / double(active) : 0.0;
   return total_count > 0 ? total_sum / double(total_count) : 0.0;
 }
 
@@ -291,8 +288,8 @@ MXO_HD double batch_loss(Normalization norm, double sum_means, int64_t active,
 //     [0, kWindowSize], ring_head an integer in [0, kWindowSize), ring_head ==
 //     window_count while the window is not full, every slot and window_mean
 //     are finite and window_variance is not NaN (+Inf is what a finite
-//     window of values near 1e300 gives); otherwise it restarts: ring_head, window_count, window_mean,
-//     window_variance and every slot -> 0.
+//     window of values near 1e300 gives); otherwise it restarts: ring_head, window_count,
+//     window_mean, window_variance and every slot -> 0.
 MXO_HD bool is_state_count(double x) { return x >= 0.0 && x <= state::kMaxCount && x == floor(x); }
 
 MXO_HD void sanitize_state(double* s) {
@@ -307,9 +304,8 @@ MXO_HD void sanitize_state(double* s) {
   if (!is_finite(s[kLastLoss])) s[kLastLoss] = 0.0;
   const double count = s[kWindowCount];
   const double head = s[kRingHead];
-  bool window_ok = is_state_count(count) && count <= double(kWindowSize) &&
-                   is_state_count(head) && head < double(kWindowSize) &&
-                   (count == double(kWindowSize) || head == count) &&
+  bool window_ok = is_state_count(count) && count <= double(kWindowSize) && is_state_count(head) &&
+                   head < double(kWindowSize) && (count == double(kWindowSize) || head == count) &&
                    is_finite(s[kWindowMean]) && s[kWindowVariance] == s[kWindowVariance];
   for (int i = 0; i < kWindowSize; ++i) window_ok = window_ok && is_finite(s[kRingStart + i]);
   if (!window_ok) {
@@ -328,8 +324,8 @@ MXO_HD void sanitize_state(double* s) {
 // finite element losses overflowed their sum) is a non-finite step: only
 // steps and nonfinite_steps move, so an overflow never enters the
 // statistics. `in` and `out` may alias.
-MXO_HD void update_state(const double* in, double* out, double loss,
-                         int64_t nonfinite_count, int64_t valid_count) {
+MXO_HD void update_state(const double* in, double* out, double loss, int64_t nonfinite_count,
+                         int64_t valid_count) {
   // Works on `out` directly (no local array: keeps GPU code free of local
   // memory); copying first makes in == out safe.
   if (out != in)

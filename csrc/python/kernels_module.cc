@@ -66,8 +66,8 @@ LossConfig parse_config(const std::string& loss_type, py::handle huber_delta,
   } else if (normalization == "global") {
     c.normalization = Normalization::kGlobal;
   } else {
-    throw py::value_error("normalization must be 'per_sample' or 'global', got '" +
-                          normalization + "'");
+    throw py::value_error("normalization must be 'per_sample' or 'global', got '" + normalization +
+                          "'");
   }
   c.huber_delta = huber_delta_value(huber_delta);
   return c;
@@ -120,8 +120,8 @@ DType numpy_mel_dtype(const py::array& a, const char* name) {
   if (n == "bfloat16") return DType::kBFloat16;
   if (n == "float32") return DType::kFloat;
   if (n == "float64") return DType::kDouble;
-  throw py::value_error(std::string(name) +
-                        " must be float16, bfloat16, float32 or float64, got " + n);
+  throw py::value_error(std::string(name) + " must be float16, bfloat16, float32 or float64, got " +
+                        n);
 }
 
 // C-contiguous view or copy in native byte order that keeps the number of
@@ -159,9 +159,9 @@ constexpr int kMaxThreads = 256;
 
 int checked_num_threads(int64_t num_threads) {
   if (num_threads < 0 || num_threads > kMaxThreads)
-    throw py::value_error("num_threads must be in [0, " + std::to_string(kMaxThreads) +
-                          "] (0: one per hardware thread), got num_threads=" +
-                          std::to_string(num_threads));
+    throw py::value_error(
+        "num_threads must be in [0, " + std::to_string(kMaxThreads) +
+        "] (0: one per hardware thread), got num_threads=" + std::to_string(num_threads));
   const int threads = num_threads > 0 ? num_threads : int(std::thread::hardware_concurrency());
   return std::min(std::max(threads, 1), kMaxThreads);
 }
@@ -203,17 +203,15 @@ NumpyMels numpy_mels(py::object y_true_obj, py::object y_pred_obj) {
   m.shape = check_mel_shapes(shape_of(m.y_true), shape_of(m.y_pred));
   m.dtype = numpy_mel_dtype(m.y_true, "y_true");
   if (numpy_mel_dtype(m.y_pred, "y_pred") != m.dtype)
-    throw py::value_error("y_pred dtype " +
-                          std::string(py::str(m.y_pred.dtype().attr("name"))) +
+    throw py::value_error("y_pred dtype " + std::string(py::str(m.y_pred.dtype().attr("name"))) +
                           " does not match y_true dtype " +
                           std::string(py::str(m.y_true.dtype().attr("name"))));
   return m;
 }
 
 py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
-                       py::object state_obj, const std::string& loss_type,
-                       py::object huber_delta, const std::string& normalization,
-                       int64_t num_threads) {
+                       py::object state_obj, const std::string& loss_type, py::object huber_delta,
+                       const std::string& normalization, int64_t num_threads) {
   const int threads = checked_num_threads(num_threads);
   const NumpyMels m = numpy_mels(y_true_obj, y_pred_obj);
   const MelShape& s = m.shape;
@@ -363,8 +361,7 @@ void expect_type(const DeviceArray& a, const std::string& typestr, const char* n
                           a.typestr);
 }
 
-DType device_mel_dtype(const DeviceArray& a, const std::string& override_dtype,
-                       const char* name) {
+DType device_mel_dtype(const DeviceArray& a, const std::string& override_dtype, const char* name) {
   const std::string t = a.typestr.substr(1);
   if (!override_dtype.empty()) {
     if (override_dtype != "bfloat16")
@@ -383,8 +380,7 @@ DType device_mel_dtype(const DeviceArray& a, const std::string& override_dtype,
 }
 
 void require_cuda() {
-  if (!built_with_cuda())
-    throw std::runtime_error("myxtts_ops.kernels was built without CUDA");
+  if (!built_with_cuda()) throw std::runtime_error("myxtts_ops.kernels was built without CUDA");
 }
 
 void check(const std::string& err) {
@@ -425,8 +421,8 @@ struct DeviceMels {
 
 DeviceMels device_mels(py::object y_true_obj, py::object y_pred_obj, py::object dtype_obj) {
   const std::string dtype_override = dtype_obj.is_none() ? "" : dtype_obj.cast<std::string>();
-  DeviceMels m{device_array(y_true_obj, "y_true"), device_array(y_pred_obj, "y_pred"), {},
-               DType::kFloat};
+  DeviceMels m{
+      device_array(y_true_obj, "y_true"), device_array(y_pred_obj, "y_pred"), {}, DType::kFloat};
   m.shape = check_mel_shapes(m.y_true.shape, m.y_pred.shape);
   m.dtype = device_mel_dtype(m.y_true, dtype_override, "y_true");
   if (m.y_pred.typestr != m.y_true.typestr)
@@ -439,8 +435,8 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
                   py::object state_obj, py::object loss_obj, py::object per_sample_obj,
                   py::object nonfinite_obj, py::object new_state_obj, py::object weights_obj,
                   py::object workspace_obj, const std::string& loss_type, py::object huber_delta,
-                  const std::string& normalization, uintptr_t stream,
-                  py::object dtype_obj, bool check_lengths) {
+                  const std::string& normalization, uintptr_t stream, py::object dtype_obj,
+                  bool check_lengths) {
   require_cuda();
   const DeviceMels m = device_mels(y_true_obj, y_pred_obj, dtype_obj);
   const MelShape& s = m.shape;
@@ -490,10 +486,10 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
 }
 
 void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object lengths_obj,
-                   py::object weights_obj, py::object grad_loss_obj,
-                   py::object grad_per_sample_obj, py::object grad_true_obj,
-                   py::object grad_pred_obj, const std::string& loss_type, py::object huber_delta,
-                   uintptr_t stream, py::object dtype_obj, bool check_lengths) {
+                   py::object weights_obj, py::object grad_loss_obj, py::object grad_per_sample_obj,
+                   py::object grad_true_obj, py::object grad_pred_obj, const std::string& loss_type,
+                   py::object huber_delta, uintptr_t stream, py::object dtype_obj,
+                   bool check_lengths) {
   require_cuda();
   const DeviceMels m = device_mels(y_true_obj, y_pred_obj, dtype_obj);
   const DeviceArray& y_true = m.y_true;
@@ -562,9 +558,8 @@ PYBIND11_MODULE(kernels, m) {
         "CPU forward on NumPy arrays. Returns a dict: loss, per_sample, nonfinite_count, "
         "state, sample_weights.");
   m.def("backward", &numpy_backward, py::arg("y_true"), py::arg("y_pred"), py::arg("lengths"),
-        py::arg("sample_weights"), py::arg("grad_loss"), py::arg("grad_per_sample"),
-        py::kw_only(), py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
-        py::arg("num_threads") = 0,
+        py::arg("sample_weights"), py::arg("grad_loss"), py::arg("grad_per_sample"), py::kw_only(),
+        py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0, py::arg("num_threads") = 0,
         "CPU backward on NumPy arrays. Returns (grad_y_true, grad_y_pred).");
   m.def("cuda_workspace_size", &workspace_size, py::arg("batch"), py::arg("frames"),
         py::arg("mels"),
@@ -579,11 +574,11 @@ PYBIND11_MODULE(kernels, m) {
         py::arg("normalization") = "per_sample", py::arg("stream") = 0,
         py::arg("dtype") = py::none(), py::arg("check_lengths") = true,
         "CUDA forward on device arrays, one kernel launch on `stream` (a cudaStream_t as int).");
-  m.def("cuda_backward", &cuda_backward, py::arg("y_true"), py::arg("y_pred"),
-        py::arg("lengths"), py::arg("sample_weights"), py::arg("grad_loss"),
-        py::arg("grad_per_sample"), py::arg("grad_y_true"), py::arg("grad_y_pred"),
-        py::kw_only(), py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
-        py::arg("stream") = 0, py::arg("dtype") = py::none(), py::arg("check_lengths") = true,
+  m.def("cuda_backward", &cuda_backward, py::arg("y_true"), py::arg("y_pred"), py::arg("lengths"),
+        py::arg("sample_weights"), py::arg("grad_loss"), py::arg("grad_per_sample"),
+        py::arg("grad_y_true"), py::arg("grad_y_pred"), py::kw_only(), py::arg("loss_type") = "l1",
+        py::arg("huber_delta") = 1.0, py::arg("stream") = 0, py::arg("dtype") = py::none(),
+        py::arg("check_lengths") = true,
         "CUDA backward on device arrays, one kernel launch on `stream`.");
 #if MYXTTS_OPS_WITH_FFI
   m.def(

@@ -38,8 +38,8 @@ struct OpAttrs {
     DataType t, tout;
     TF_RETURN_IF_ERROR(ctx->GetAttr("T", &t));
     TF_RETURN_IF_ERROR(ctx->GetAttr("Tout", &tout));
-    const DataType expected = t == ::tensorflow::DT_DOUBLE ? ::tensorflow::DT_DOUBLE
-                                                           : ::tensorflow::DT_FLOAT;
+    const DataType expected =
+        t == ::tensorflow::DT_DOUBLE ? ::tensorflow::DT_DOUBLE : ::tensorflow::DT_FLOAT;
     if (tout != expected)
       return ::tensorflow::errors::InvalidArgument(
           "Tout must be ", ::tensorflow::DataTypeString(expected), " for inputs of type ",

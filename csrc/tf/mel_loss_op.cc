@@ -127,10 +127,14 @@ namespace {
 
 DType ToKernelDType(DataType t) {
   switch (t) {
-    case ::tensorflow::DT_HALF: return DType::kHalf;
-    case ::tensorflow::DT_BFLOAT16: return DType::kBFloat16;
-    case ::tensorflow::DT_DOUBLE: return DType::kDouble;
-    default: return DType::kFloat;
+    case ::tensorflow::DT_HALF:
+      return DType::kHalf;
+    case ::tensorflow::DT_BFLOAT16:
+      return DType::kBFloat16;
+    case ::tensorflow::DT_DOUBLE:
+      return DType::kDouble;
+    default:
+      return DType::kFloat;
   }
 }
 
@@ -236,17 +240,17 @@ class MaskedMelLossOp : public OpKernel {
     }
 #if MYXTTS_OPS_WITH_CUDA
     Tensor workspace;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(
-                            ::tensorflow::DT_UINT8,
-                            TensorShape({int64_t(cuda_forward_workspace_size(shape))}),
-                            &workspace));
+    OP_REQUIRES_OK(
+        ctx,
+        ctx->allocate_temp(::tensorflow::DT_UINT8,
+                           TensorShape({int64_t(cuda_forward_workspace_size(shape))}), &workspace));
     std::vector<char> header(cuda_forward_header_size(shape.batch, attrs_.use_lengths));
     cuda_forward_fill_header(header.data(), host_lengths, shape.batch);
     // args.lengths stays the host view: with a header the launcher reads the
     // staged int32 copy in the workspace and uses the view only as a flag.
-    const std::string err = mel_loss_forward_cuda(
-        args, const_cast<char*>(workspace.tensor_data().data()), header.data(), header.size(),
-        GpuStream(ctx));
+    const std::string err =
+        mel_loss_forward_cuda(args, const_cast<char*>(workspace.tensor_data().data()),
+                              header.data(), header.size(), GpuStream(ctx));
     OP_REQUIRES(ctx, err.empty(), errors::Internal(err));
 #endif
   }
@@ -258,8 +262,7 @@ class MaskedMelLossOp : public OpKernel {
 
 class MaskedMelLossGradOp : public OpKernel {
  public:
-  MaskedMelLossGradOp(OpKernelConstruction* ctx, Device device)
-      : OpKernel(ctx), device_(device) {
+  MaskedMelLossGradOp(OpKernelConstruction* ctx, Device device) : OpKernel(ctx), device_(device) {
     OP_REQUIRES_OK(ctx, attrs_.Read(ctx, /*with_normalization=*/false));
   }
 
@@ -272,10 +275,9 @@ class MaskedMelLossGradOp : public OpKernel {
     const Tensor& grad_per_sample = ctx->input(5);
     MelShape shape;
     OP_REQUIRES_OK(ctx, CheckMelInputs(y_true, y_pred, lengths, attrs_.use_lengths, &shape));
-    OP_REQUIRES_OK(ctx, CheckResult(check_grad_shapes(DimsOf(weights.shape()),
-                                                      DimsOf(grad_loss.shape()),
-                                                      DimsOf(grad_per_sample.shape()),
-                                                      shape.batch)));
+    OP_REQUIRES_OK(ctx,
+                   CheckResult(check_grad_shapes(DimsOf(weights.shape()), DimsOf(grad_loss.shape()),
+                                                 DimsOf(grad_per_sample.shape()), shape.batch)));
     const LengthsView host_lengths = ViewLengths(lengths, attrs_.use_lengths);
     OP_REQUIRES_OK(ctx, CheckLengths(host_lengths, shape));
     LossConfig config = attrs_.config;

@@ -155,21 +155,20 @@ class MaskedMelLossXla : public XlaOpKernel {
       operand_shapes.push_back(*shape);
     }
     MelShape shape;
-    OP_REQUIRES_OK(ctx, CheckResult(check_mel_shapes(DimsOf(operand_shapes[0]),
-                                                     DimsOf(operand_shapes[1]),
-                                                     DimsOf(operand_shapes[2]),
-                                                     attrs_.use_lengths, &shape)));
+    OP_REQUIRES_OK(
+        ctx, CheckResult(check_mel_shapes(DimsOf(operand_shapes[0]), DimsOf(operand_shapes[1]),
+                                          DimsOf(operand_shapes[2]), attrs_.use_lengths, &shape)));
     OP_REQUIRES_OK(ctx, CheckResult(check_state_shape(DimsOf(operand_shapes[3]))));
     double huber_delta = 0.0;
     OP_REQUIRES_OK(ctx, ReadConstantHuberDelta(ctx, 4, &huber_delta));
 
     const xla::PrimitiveType out = OutputType(operand_shapes[0].element_type());
     const xla::Shape result = xla::ShapeUtil::MakeTupleShape({
-        RowMajor(out, {}),                             // loss
-        RowMajor(out, {shape.batch}),                  // per_sample
-        RowMajor(xla::S64, {}),                        // nonfinite_count
-        RowMajor(xla::F64, {state::kSize}),            // new_state
-        RowMajor(xla::F64, {2, shape.batch}),          // sample_weights
+        RowMajor(out, {}),                     // loss
+        RowMajor(out, {shape.batch}),          // per_sample
+        RowMajor(xla::S64, {}),                // nonfinite_count
+        RowMajor(xla::F64, {state::kSize}),    // new_state
+        RowMajor(xla::F64, {2, shape.batch}),  // sample_weights
     });
     std::vector<xla::XlaOp> operands;
     for (int i = 0; i < 4; ++i) operands.push_back(ctx->Input(i));
@@ -203,13 +202,12 @@ class MaskedMelLossGradXla : public XlaOpKernel {
       operand_shapes.push_back(*shape);
     }
     MelShape shape;
-    OP_REQUIRES_OK(ctx, CheckResult(check_mel_shapes(DimsOf(operand_shapes[0]),
-                                                     DimsOf(operand_shapes[1]),
-                                                     DimsOf(operand_shapes[2]),
-                                                     attrs_.use_lengths, &shape)));
-    OP_REQUIRES_OK(ctx, CheckResult(check_grad_shapes(DimsOf(operand_shapes[3]),
-                                                      DimsOf(operand_shapes[4]),
-                                                      DimsOf(operand_shapes[5]), shape.batch)));
+    OP_REQUIRES_OK(
+        ctx, CheckResult(check_mel_shapes(DimsOf(operand_shapes[0]), DimsOf(operand_shapes[1]),
+                                          DimsOf(operand_shapes[2]), attrs_.use_lengths, &shape)));
+    OP_REQUIRES_OK(
+        ctx, CheckResult(check_grad_shapes(DimsOf(operand_shapes[3]), DimsOf(operand_shapes[4]),
+                                           DimsOf(operand_shapes[5]), shape.batch)));
     double huber_delta = 0.0;
     OP_REQUIRES_OK(ctx, ReadConstantHuberDelta(ctx, 6, &huber_delta));
 
@@ -222,21 +220,23 @@ class MaskedMelLossGradXla : public XlaOpKernel {
     const Dims mel = DimsOf(operand_shapes[0]);
     const xla::Shape result = xla::ShapeUtil::MakeTupleShape({
         RowMajor(type, want_grad_y_true ? mel : Dims{0}),  // grad_y_true
-        RowMajor(type, mel),                              // grad_y_pred
+        RowMajor(type, mel),                               // grad_y_pred
     });
     std::vector<xla::XlaOp> operands;
     for (int i = 0; i < 6; ++i) operands.push_back(ctx->Input(i));
     xla::XlaOp call = xla::CustomCallWithLayout(
         ctx->builder(), kFfiBackwardTarget, operands, result, operand_shapes,
-        FfiAttributes(attrs_, huber_delta, /*with_normalization=*/false,
-                      want_grad_y_true ? ", want_grad_y_true = true"
-                                       : ", want_grad_y_true = false"),
+        FfiAttributes(
+            attrs_, huber_delta, /*with_normalization=*/false,
+            want_grad_y_true ? ", want_grad_y_true = true" : ", want_grad_y_true = false"),
         /*has_side_effect=*/false, /*output_operand_aliasing=*/{}, /*literal=*/nullptr,
         xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
     const xla::XlaOp grad_y_pred = xla::GetTupleElement(call, 1);
-    ctx->SetOutput(0, want_grad_y_true ? xla::GetTupleElement(call, 0)
-                                       : xla::Broadcast(xla::ConvertElementType(xla::ConstantR0<float>(ctx->builder(), 0.0f), type),
-                                                      mel));
+    ctx->SetOutput(0, want_grad_y_true
+                          ? xla::GetTupleElement(call, 0)
+                          : xla::Broadcast(xla::ConvertElementType(
+                                               xla::ConstantR0<float>(ctx->builder(), 0.0f), type),
+                                           mel));
     ctx->SetOutput(1, grad_y_pred);
   }
 

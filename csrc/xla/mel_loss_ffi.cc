@@ -41,11 +41,16 @@ namespace ffi = ::xla::ffi;
 
 std::optional<DType> KernelDType(ffi::DataType t) {
   switch (t) {
-    case ffi::DataType::F16: return DType::kHalf;
-    case ffi::DataType::BF16: return DType::kBFloat16;
-    case ffi::DataType::F32: return DType::kFloat;
-    case ffi::DataType::F64: return DType::kDouble;
-    default: return std::nullopt;
+    case ffi::DataType::F16:
+      return DType::kHalf;
+    case ffi::DataType::BF16:
+      return DType::kBFloat16;
+    case ffi::DataType::F32:
+      return DType::kFloat;
+    case ffi::DataType::F64:
+      return DType::kDouble;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -82,14 +87,14 @@ std::optional<ffi::Error> ReadAttrs(std::string_view loss_type, std::string_view
 // checked at compile time, checked again for callers that build the custom
 // call themselves (e.g. JAX).
 std::optional<ffi::Error> CheckMel(const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
-                                   const ffi::AnyBuffer& lengths, bool use_lengths,
-                                   MelShape* shape, DType* dtype, LengthsView* view) {
+                                   const ffi::AnyBuffer& lengths, bool use_lengths, MelShape* shape,
+                                   DType* dtype, LengthsView* view) {
   const std::optional<DType> t = KernelDType(y_true.element_type());
   if (!t) return Invalid("y_true must be float16, bfloat16, float32 or float64");
   if (y_pred.element_type() != y_true.element_type())
     return Invalid("y_pred must have the dtype of y_true");
-  if (std::string m = check_mel_shapes(DimsOf(y_true), DimsOf(y_pred), DimsOf(lengths),
-                                       use_lengths, shape);
+  if (std::string m =
+          check_mel_shapes(DimsOf(y_true), DimsOf(y_pred), DimsOf(lengths), use_lengths, shape);
       !m.empty())
     return Invalid(m);
   *dtype = *t;
@@ -108,50 +113,44 @@ ffi::DataType OutputType(DType dtype) {
   return output_is_double(dtype) ? ffi::DataType::F64 : ffi::DataType::F32;
 }
 
-std::optional<ffi::Error> CheckForwardResults(DType dtype, const MelShape& shape,
-                                              const ffi::AnyBuffer& state,
-                                              const ffi::AnyBuffer& loss,
-                                              const ffi::AnyBuffer& per_sample,
-                                              const ffi::AnyBuffer& nonfinite,
-                                              const ffi::AnyBuffer& new_state,
-                                              const ffi::AnyBuffer& weights) {
+std::optional<ffi::Error> CheckForwardResults(
+    DType dtype, const MelShape& shape, const ffi::AnyBuffer& state, const ffi::AnyBuffer& loss,
+    const ffi::AnyBuffer& per_sample, const ffi::AnyBuffer& nonfinite,
+    const ffi::AnyBuffer& new_state, const ffi::AnyBuffer& weights) {
   if (state.element_type() != ffi::DataType::F64) return Invalid("state must be float64");
   if (std::string m = check_state_shape(DimsOf(state)); !m.empty()) return Invalid(m);
   const ffi::DataType out = OutputType(dtype);
-  const bool ok = loss.element_type() == out && loss.element_count() == 1 &&
-                  per_sample.element_type() == out &&
-                  per_sample.element_count() == size_t(shape.batch) &&
-                  nonfinite.element_type() == ffi::DataType::S64 &&
-                  nonfinite.element_count() == 1 &&
-                  new_state.element_type() == ffi::DataType::F64 &&
-                  new_state.element_count() == size_t(state::kSize) &&
-                  weights.element_type() == ffi::DataType::F64 &&
-                  weights.element_count() == size_t(2 * shape.batch);
+  const bool ok =
+      loss.element_type() == out && loss.element_count() == 1 && per_sample.element_type() == out &&
+      per_sample.element_count() == size_t(shape.batch) &&
+      nonfinite.element_type() == ffi::DataType::S64 && nonfinite.element_count() == 1 &&
+      new_state.element_type() == ffi::DataType::F64 &&
+      new_state.element_count() == size_t(state::kSize) &&
+      weights.element_type() == ffi::DataType::F64 &&
+      weights.element_count() == size_t(2 * shape.batch);
   if (!ok) return Invalid("masked mel loss custom call: result buffers do not match its inputs");
   return std::nullopt;
 }
 
-std::optional<ffi::Error> CheckBackwardBuffers(DType dtype, const MelShape& shape,
-                                               const ffi::AnyBuffer& weights,
-                                               const ffi::AnyBuffer& grad_loss,
-                                               const ffi::AnyBuffer& grad_per_sample,
-                                               const ffi::AnyBuffer& grad_true,
-                                               const ffi::AnyBuffer& grad_pred,
-                                               bool want_grad_y_true) {
-  if (std::string m = check_grad_shapes(DimsOf(weights), DimsOf(grad_loss),
-                                        DimsOf(grad_per_sample), shape.batch);
+std::optional<ffi::Error> CheckBackwardBuffers(
+    DType dtype, const MelShape& shape, const ffi::AnyBuffer& weights,
+    const ffi::AnyBuffer& grad_loss, const ffi::AnyBuffer& grad_per_sample,
+    const ffi::AnyBuffer& grad_true, const ffi::AnyBuffer& grad_pred, bool want_grad_y_true) {
+  if (std::string m = check_grad_shapes(DimsOf(weights), DimsOf(grad_loss), DimsOf(grad_per_sample),
+                                        shape.batch);
       !m.empty())
     return Invalid(m);
   const ffi::DataType out = OutputType(dtype);
   if (weights.element_type() != ffi::DataType::F64 || grad_loss.element_type() != out ||
       grad_per_sample.element_type() != out)
-    return Invalid("masked mel loss gradient: sample_weights must be float64 and the upstream "
-                   "gradients of the loss's output dtype");
+    return Invalid(
+        "masked mel loss gradient: sample_weights must be float64 and the upstream "
+        "gradients of the loss's output dtype");
   const size_t n = size_t(shape.batch * shape.frames * shape.mels);
-  const bool ok = KernelDType(grad_pred.element_type()) == dtype &&
-                  grad_pred.element_count() == n &&
-                  (!want_grad_y_true || (KernelDType(grad_true.element_type()) == dtype &&
-                                         grad_true.element_count() == n));
+  const bool ok =
+      KernelDType(grad_pred.element_type()) == dtype && grad_pred.element_count() == n &&
+      (!want_grad_y_true ||
+       (KernelDType(grad_true.element_type()) == dtype && grad_true.element_count() == n));
   if (!ok) return Invalid("masked mel loss gradient: result buffers do not match its inputs");
   return std::nullopt;
 }
@@ -179,7 +178,7 @@ ParallelFor PoolParallelFor(ffi::ThreadPool* pool) {
       for (;;) {
         const int64_t i = shared->next.fetch_add(1);
         if (i >= blocks) return;
-        (*work)(i * block, std::min(n, (i + 1) * block));
+        (*work)(i* block, std::min(n, (i + 1) * block));
         std::lock_guard<std::mutex> lock(shared->mu);
         if (++shared->done == blocks) shared->cv.notify_all();
       }
@@ -197,20 +196,20 @@ ParallelFor PoolParallelFor(ffi::ThreadPool* pool) {
 ffi::Error ForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred,
                        ffi::AnyBuffer lengths, ffi::AnyBuffer state,
                        ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> per_sample,
-                       ffi::Result<ffi::AnyBuffer> nonfinite,
-                       ffi::Result<ffi::AnyBuffer> new_state,
+                       ffi::Result<ffi::AnyBuffer> nonfinite, ffi::Result<ffi::AnyBuffer> new_state,
                        ffi::Result<ffi::AnyBuffer> weights, std::string_view loss_type,
                        std::string_view normalization, bool use_lengths, double huber_delta) {
   Attrs attrs;
   if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
   ForwardArgs args;
-  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype,
-                        &args.lengths))
+  if (auto e =
+          CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
     return *e;
   if (auto e = CheckForwardResults(args.dtype, args.shape, state, *loss, *per_sample, *nonfinite,
                                    *new_state, *weights))
     return *e;
-  if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty()) return Invalid(m);
+  if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty())
+    return Invalid(m);
   args.y_true = y_true.untyped_data();
   args.y_pred = y_pred.untyped_data();
   args.state_in = static_cast<const double*>(state.untyped_data());
@@ -232,13 +231,14 @@ ffi::Error BackwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuf
   Attrs attrs;
   if (auto e = ReadAttrs(loss_type, "per_sample", use_lengths, huber_delta, &attrs)) return *e;
   BackwardArgs args;
-  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype,
-                        &args.lengths))
+  if (auto e =
+          CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
     return *e;
   if (auto e = CheckBackwardBuffers(args.dtype, args.shape, weights, grad_loss, grad_per_sample,
                                     *grad_true, *grad_pred, want_grad_y_true))
     return *e;
-  if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty()) return Invalid(m);
+  if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty())
+    return Invalid(m);
   args.y_true = y_true.untyped_data();
   args.y_pred = y_pred.untyped_data();
   args.sample_weights = static_cast<const double*>(weights.untyped_data());
@@ -261,15 +261,14 @@ ffi::Error BackwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuf
 ffi::Error ForwardCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
                        ffi::AnyBuffer y_pred, ffi::AnyBuffer lengths, ffi::AnyBuffer state,
                        ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> per_sample,
-                       ffi::Result<ffi::AnyBuffer> nonfinite,
-                       ffi::Result<ffi::AnyBuffer> new_state,
+                       ffi::Result<ffi::AnyBuffer> nonfinite, ffi::Result<ffi::AnyBuffer> new_state,
                        ffi::Result<ffi::AnyBuffer> weights, std::string_view loss_type,
                        std::string_view normalization, bool use_lengths, double huber_delta) {
   Attrs attrs;
   if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
   ForwardArgs args;
-  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype,
-                        &args.lengths))
+  if (auto e =
+          CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
     return *e;
   if (auto e = CheckForwardResults(args.dtype, args.shape, state, *loss, *per_sample, *nonfinite,
                                    *new_state, *weights))
@@ -302,8 +301,8 @@ ffi::Error BackwardCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuff
   Attrs attrs;
   if (auto e = ReadAttrs(loss_type, "per_sample", use_lengths, huber_delta, &attrs)) return *e;
   BackwardArgs args;
-  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype,
-                        &args.lengths))
+  if (auto e =
+          CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
     return *e;
   if (auto e = CheckBackwardBuffers(args.dtype, args.shape, weights, grad_loss, grad_per_sample,
                                     *grad_true, *grad_pred, want_grad_y_true))

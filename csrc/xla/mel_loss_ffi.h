@@ -19,7 +19,7 @@ struct FfiHandlers {
   XLA_FFI_Handler* forward = nullptr;
   XLA_FFI_Handler* backward = nullptr;
 };
-FfiHandlers host_ffi_handlers();   // platform "Host" (XLA:CPU)
-FfiHandlers cuda_ffi_handlers();   // platform "CUDA" (XLA:GPU)
+FfiHandlers host_ffi_handlers();  // platform "Host" (XLA:CPU)
+FfiHandlers cuda_ffi_handlers();  // platform "CUDA" (XLA:GPU)
 
 }  // namespace myxtts_ops

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 from .profiler import DEFAULT_SWEEP_BATCHES, DEFAULT_SWEEP_FRAMES
 from .tf_import import import_tensorflow
@@ -47,24 +47,28 @@ def _nonnegative_int(text: str) -> int:
 
 
 def _choice_list(choices: Sequence[str]):
-    def parse(text: str) -> List[str]:
+    def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
         if not items:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list from {', '.join(choices)}")
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list from {', '.join(choices)}"
+            )
         bad = [t for t in items if t not in choices]
         if bad:
             raise argparse.ArgumentTypeError(
-                f"unknown value(s) {', '.join(map(repr, bad))}; choose from {', '.join(choices)}")
-        out: List[str] = []
+                f"unknown value(s) {', '.join(map(repr, bad))}; choose from {', '.join(choices)}"
+            )
+        out: list[str] = []
         for t in items:  # keep the user's order, drop repeats
             if t not in out:
                 out.append(t)
         return out
+
     parse.__name__ = "list"
     return parse
 
 
-def _int_list(text: str) -> List[int]:
+def _int_list(text: str) -> list[int]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list of positive integers")
@@ -87,47 +91,98 @@ def build_parser() -> argparse.ArgumentParser:
             "for the fused op, the plain-TF reference in tf.function, the reference "
             "under XLA and the fused op under XLA, on synthetic batches with per-sample lengths in [T/2, T]. "
             "Reports median/p20/p80 ms, effective GB/s and the fraction of the memory-"
-            "bandwidth floor measured in the same run."),
+            "bandwidth floor measured in the same run."
+        ),
     )
     shape = p.add_argument_group("shape")
     shape.add_argument("--batch", type=_positive_int, default=None, help="batch size (default 32)")
-    shape.add_argument("--frames", type=_positive_int, default=None,
-                       help="frames T; lengths are drawn from [T/2, T] (default 1000)")
+    shape.add_argument(
+        "--frames",
+        type=_positive_int,
+        default=None,
+        help="frames T; lengths are drawn from [T/2, T] (default 1000)",
+    )
     shape.add_argument("--mels", type=_positive_int, default=None, help="mel bins (default 80)")
     shape.add_argument("--dtype", choices=DTYPES, default=None, help="dtype (default float32)")
     run = p.add_argument_group("measurement")
-    run.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                     help="auto: the GPU when TensorFlow sees one, else the CPU")
-    run.add_argument("--repeats", type=_positive_int, default=None,
-                     help=f"timed rounds (default {DEFAULT_REPEATS}; {QUICK_REPEATS} with --quick)")
-    run.add_argument("--warmup", type=_nonnegative_int, default=None,
-                     help=f"untimed calls after tracing (default {DEFAULT_WARMUP}; "
-                          f"{QUICK_WARMUP} with --quick)")
-    run.add_argument("--impls", type=_choice_list(IMPLS), default=list(IMPLS),
-                     help=f"comma-separated implementations (default {','.join(IMPLS)})")
-    run.add_argument("--modes", type=_choice_list(MODES), default=list(MODES),
-                     help=f"comma-separated modes (default {','.join(MODES)})")
-    run.add_argument("--quick", action="store_true",
-                     help="one shape: batch 32, 1000 frames, 80 mels, float32, few repeats")
-    run.add_argument("--sweep", action="store_true",
-                     help="measure every combination of --sweep-batches and --sweep-frames")
-    run.add_argument("--sweep-batches", type=_int_list, default=list(DEFAULT_SWEEP_BATCHES),
-                     metavar="LIST",
-                     help=f"batch sizes for --sweep (default {','.join(map(str, DEFAULT_SWEEP_BATCHES))})")
-    run.add_argument("--sweep-frames", type=_int_list, default=list(DEFAULT_SWEEP_FRAMES),
-                     metavar="LIST",
-                     help=f"frame counts for --sweep (default {','.join(map(str, DEFAULT_SWEEP_FRAMES))})")
+    run.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="auto: the GPU when TensorFlow sees one, else the CPU",
+    )
+    run.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help=f"timed rounds (default {DEFAULT_REPEATS}; {QUICK_REPEATS} with --quick)",
+    )
+    run.add_argument(
+        "--warmup",
+        type=_nonnegative_int,
+        default=None,
+        help=f"untimed calls after tracing (default {DEFAULT_WARMUP}; {QUICK_WARMUP} with --quick)",
+    )
+    run.add_argument(
+        "--impls",
+        type=_choice_list(IMPLS),
+        default=list(IMPLS),
+        help=f"comma-separated implementations (default {','.join(IMPLS)})",
+    )
+    run.add_argument(
+        "--modes",
+        type=_choice_list(MODES),
+        default=list(MODES),
+        help=f"comma-separated modes (default {','.join(MODES)})",
+    )
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="one shape: batch 32, 1000 frames, 80 mels, float32, few repeats",
+    )
+    run.add_argument(
+        "--sweep",
+        action="store_true",
+        help="measure every combination of --sweep-batches and --sweep-frames",
+    )
+    run.add_argument(
+        "--sweep-batches",
+        type=_int_list,
+        default=list(DEFAULT_SWEEP_BATCHES),
+        metavar="LIST",
+        help=f"batch sizes for --sweep (default {','.join(map(str, DEFAULT_SWEEP_BATCHES))})",
+    )
+    run.add_argument(
+        "--sweep-frames",
+        type=_int_list,
+        default=list(DEFAULT_SWEEP_FRAMES),
+        metavar="LIST",
+        help=f"frame counts for --sweep (default {','.join(map(str, DEFAULT_SWEEP_FRAMES))})",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
-    run.add_argument("--bandwidth-mib", type=_positive_int, default=None, metavar="MIB",
-                     help="buffer size for the bandwidth measurement (default 256 CPU, 1024 GPU)")
-    run.add_argument("--rotate-mib", type=_positive_int, default=None, metavar="MIB",
-                     help="rotate over input copies totalling at least MIB, so small shapes are "
-                          "not timed from the cache (default 96 CPU, 256 GPU)")
+    run.add_argument(
+        "--bandwidth-mib",
+        type=_positive_int,
+        default=None,
+        metavar="MIB",
+        help="buffer size for the bandwidth measurement (default 256 CPU, 1024 GPU)",
+    )
+    run.add_argument(
+        "--rotate-mib",
+        type=_positive_int,
+        default=None,
+        metavar="MIB",
+        help="rotate over input copies totalling at least MIB, so small shapes are "
+        "not timed from the cache (default 96 CPU, 256 GPU)",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
     out.add_argument("--plot", metavar="PATH", help="write a PNG chart")
-    out.add_argument("--trace", metavar="DIR",
-                     help="write a TensorBoard profiler trace of a few steps of each implementation")
+    out.add_argument(
+        "--trace",
+        metavar="DIR",
+        help="write a TensorBoard profiler trace of a few steps of each implementation",
+    )
     out.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(handler=_cmd_profile, subparser=p)
 
@@ -137,13 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a small Keras mel decoder on synthetic data with XTTSLoss (adaptive "
             "weights on), inject a batch with NaN targets and a 50x loss spike, and plot "
-            "mel loss, running mean, window variance and mel weight over the steps."),
+            "mel loss, running mean, window variance and mel weight over the steps."
+        ),
     )
     d.add_argument("--steps", type=_positive_int, default=400, help="training steps (default 400)")
     d.add_argument("--plot", metavar="PATH", default="demo.png", help="PNG path (default demo.png)")
     d.add_argument("--json", metavar="PATH", help="also write the per-step history as JSON")
-    d.add_argument("--implementation", choices=("fused", "reference"), default="fused",
-                   help="XTTSLoss implementation (default fused)")
+    d.add_argument(
+        "--implementation",
+        choices=("fused", "reference"),
+        default="fused",
+        help="XTTSLoss implementation (default fused)",
+    )
     d.add_argument("--batch", type=_positive_int, default=16, help="batch size (default 16)")
     d.add_argument("--frames", type=_positive_int, default=200, help="frames (default 200)")
     d.add_argument("--seed", type=int, default=0)
@@ -164,8 +224,9 @@ def _cmd_profile(args, parser) -> int:
     if args.quick:
         given = [f"--{k}" for k in QUICK_SHAPE if getattr(args, k) is not None]
         if given:
-            parser.error(f"--quick measures batch 32, 1000 frames, 80 mels, float32; "
-                         f"drop {', '.join(given)}")
+            parser.error(
+                f"--quick measures batch 32, 1000 frames, 80 mels, float32; drop {', '.join(given)}"
+            )
     if args.sweep and (args.batch is not None or args.frames is not None):
         parser.error("with --sweep use --sweep-batches/--sweep-frames instead of --batch/--frames")
 
@@ -176,12 +237,14 @@ def _cmd_profile(args, parser) -> int:
         dtype=args.dtype or QUICK_SHAPE["dtype"],
         device=args.device,
         repeats=args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS),
-        warmup=args.warmup if args.warmup is not None else (
-            QUICK_WARMUP if args.quick else DEFAULT_WARMUP),
+        warmup=args.warmup
+        if args.warmup is not None
+        else (QUICK_WARMUP if args.quick else DEFAULT_WARMUP),
         impls=tuple(args.impls),
         modes=tuple(args.modes),
-        shapes=([(b, t) for b in args.sweep_batches for t in args.sweep_frames]
-                if args.sweep else None),
+        shapes=(
+            [(b, t) for b in args.sweep_batches for t in args.sweep_frames] if args.sweep else None
+        ),
         trace_dir=args.trace,
         seed=args.seed,
         bandwidth_mib=args.bandwidth_mib,
@@ -219,9 +282,15 @@ def _cmd_demo(args, parser) -> int:
 
     try:
         import_tensorflow()
-        run_demo(steps=args.steps, plot_path=args.plot, json_path=args.json,
-                 implementation=args.implementation, batch=args.batch,
-                 frames=args.frames, seed=args.seed)
+        run_demo(
+            steps=args.steps,
+            plot_path=args.plot,
+            json_path=args.json,
+            implementation=args.implementation,
+            batch=args.batch,
+            frames=args.frames,
+            seed=args.seed,
+        )
     except DemoError as exc:
         return _error("demo", str(exc))
     except OSError as exc:
@@ -229,7 +298,7 @@ def _cmd_demo(args, parser) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

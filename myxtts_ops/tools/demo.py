@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def _scalar(v) -> float:
     return float(np.asarray(v))
 
 
-def _metrics(loss_fn) -> Dict[str, float]:
+def _metrics(loss_fn) -> dict[str, float]:
     out = {}
     for getter in ("get_stability_metrics", "get_adaptive_weight_metrics"):
         for k, v in getattr(loss_fn, getter)().items():
@@ -48,7 +47,7 @@ def _metrics(loss_fn) -> Dict[str, float]:
     return out
 
 
-def _event_steps(history: List[dict], key: str) -> List[int]:
+def _event_steps(history: list[dict], key: str) -> list[int]:
     """Steps at which the cumulative counter ``key`` went up."""
     steps, prev = [], 0.0
     for h in history:
@@ -59,11 +58,19 @@ def _event_steps(history: List[dict], key: str) -> List[int]:
     return steps
 
 
-def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
-             json_path: Optional[str] = None, implementation: str = "fused",
-             batch: int = 16, frames: int = 200, seed: int = 0,
-             nan_step: Optional[int] = None, spike_step: Optional[int] = None,
-             spike_factor: float = 50.0, quiet: bool = False) -> dict:
+def run_demo(
+    steps: int = 400,
+    plot_path: str | None = "demo.png",
+    json_path: str | None = None,
+    implementation: str = "fused",
+    batch: int = 16,
+    frames: int = 200,
+    seed: int = 0,
+    nan_step: int | None = None,
+    spike_step: int | None = None,
+    spike_factor: float = 50.0,
+    quiet: bool = False,
+) -> dict:
     """Run the demo; returns a summary dict (also printed unless ``quiet``)."""
     if steps < 1:
         raise DemoError(f"steps must be >= 1, got {steps}")
@@ -77,8 +84,9 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
         try:
             check_fused_available()
         except ProfilerError as exc:
-            raise DemoError(str(exc).replace("--impls reference,xla",
-                                             "--implementation reference")) from None
+            raise DemoError(
+                str(exc).replace("--impls reference,xla", "--implementation reference")
+            ) from None
 
     nan_step = nan_step if nan_step is not None else max(1, int(steps * 0.45))
     spike_step = spike_step if spike_step is not None else max(1, int(steps * 0.7))
@@ -103,25 +111,28 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
             mel[b, n:] = 1e4
         return x, mel.astype(np.float32), lengths
 
-    model = keras.Sequential([
-        keras.Input((None, EMBED_DIM)),
-        keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dense(MELS),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((None, EMBED_DIM)),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(MELS),
+        ]
+    )
     optimizer = keras.optimizers.Adam(learning_rate=2e-3)
-    loss_fn = XTTSLoss(mel_loss_weight=2.5, use_adaptive_weights=True,
-                       implementation=implementation)
+    loss_fn = XTTSLoss(
+        mel_loss_weight=2.5, use_adaptive_weights=True, implementation=implementation
+    )
 
     @tf.function(reduce_retracing=True)
     def train_step(x, mel, lengths):
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
-            loss = loss_fn({"mel_target": mel, "mel_lengths": lengths},
-                           {"mel_output": pred})
+            loss = loss_fn({"mel_target": mel, "mel_lengths": lengths}, {"mel_output": pred})
         grads = tape.gradient(loss, model.trainable_variables)
-        grads = [tf.zeros_like(v) if g is None else g
-                 for g, v in zip(grads, model.trainable_variables)]
+        grads = [
+            tf.zeros_like(v) if g is None else g for g, v in zip(grads, model.trainable_variables)
+        ]
         clipped, norm = tf.clip_by_global_norm(grads, GRAD_CLIP)
         finite = tf.math.is_finite(norm)
         clipped = [tf.where(finite, g, tf.zeros_like(g)) for g in clipped]
@@ -129,7 +140,7 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
         loss_fn.observe_gradient_norm(norm)
         return loss, norm
 
-    history: List[dict] = []
+    history: list[dict] = []
     prev_mel = None
     for step in range(1, steps + 1):
         noisy = bool(rng.random() < 0.5)
@@ -153,8 +164,17 @@ def run_demo(steps: int = 400, plot_path: Optional[str] = "demo.png",
         mel_loss = _scalar(loss_fn.get_losses()["mel_loss"])  # unweighted mel term of this call
         if event != "spike" and np.isfinite(mel_loss):
             prev_mel = mel_loss
-        history.append(dict(step=step, total_loss=total, mel_loss=mel_loss,
-                            grad_norm=_scalar(gnorm), noisy_batch=noisy, event=event, **m))
+        history.append(
+            dict(
+                step=step,
+                total_loss=total,
+                mel_loss=mel_loss,
+                grad_norm=_scalar(gnorm),
+                noisy_batch=noisy,
+                event=event,
+                **m,
+            )
+        )
 
     elapsed = time.perf_counter() - t_start
     summary = _summarize(history, elapsed, implementation, nan_step, spike_step, spike_factor)
@@ -183,14 +203,15 @@ def _summarize(history, elapsed, implementation, nan_step, spike_step, spike_fac
     for s in changes:
         before = weights.get(s - 1, history[0].get("base_mel_weight", float("nan")))
         after = weights[s]
-        change_list.append(dict(step=s, before=before, after=after,
-                                direction="up" if after > before else "down"))
+        change_list.append(
+            dict(step=s, before=before, after=after, direction="up" if after > before else "down")
+        )
 
     def weight_moved_at(step):
         return step in changes
 
     first = history[: min(10, len(history))]
-    last = history[-min(10, len(history)):]
+    last = history[-min(10, len(history)) :]
     return dict(
         steps=len(history),
         seconds=elapsed,
@@ -213,32 +234,42 @@ def _summarize(history, elapsed, implementation, nan_step, spike_step, spike_fac
 
 
 def _format_summary(s: dict) -> str:
-    lines = [f"demo: {s['steps']} steps in {s['seconds']:.1f} s "
-             f"(XTTSLoss, implementation={s['implementation']}, adaptive weights on)",
-             f"  mel loss: {s['first_mel_loss']:.4f} (first 10 steps) -> "
-             f"{s['last_mel_loss']:.4f} (last 10 steps)"]
+    lines = [
+        f"demo: {s['steps']} steps in {s['seconds']:.1f} s "
+        f"(XTTSLoss, implementation={s['implementation']}, adaptive weights on)",
+        f"  mel loss: {s['first_mel_loss']:.4f} (first 10 steps) -> "
+        f"{s['last_mel_loss']:.4f} (last 10 steps)",
+    ]
     ch = s["weight_changes"]
     desc = ", ".join(f"{c['step']} ({c['direction']} to {c['after']:.4f})" for c in ch) or "none"
-    lines.append(f"  mel weight: {s['base_weight']:.4f} (base) -> {s['final_weight']:.4f}; "
-                 f"{len(ch)} change(s) at step {desc}")
-    lines.append(f"  rejected weight changes: {s['rejected_changes']}"
-                 + (f" (steps {', '.join(map(str, s['rejected_steps']))})" if s["rejected_steps"] else ""))
+    lines.append(
+        f"  mel weight: {s['base_weight']:.4f} (base) -> {s['final_weight']:.4f}; "
+        f"{len(ch)} change(s) at step {desc}"
+    )
+    lines.append(
+        f"  rejected weight changes: {s['rejected_changes']}"
+        + (f" (steps {', '.join(map(str, s['rejected_steps']))})" if s["rejected_steps"] else "")
+    )
     if s["nan_injected_step"] is not None:
-        lines.append(f"  NaN targets injected at step {s['nan_injected_step']}: "
-                     f"non-finite steps counted at {s['nonfinite_steps'] or 'none'}; weight "
-                     + ("CHANGED" if s["weight_moved_on_nan"] else "unchanged"))
+        lines.append(
+            f"  NaN targets injected at step {s['nan_injected_step']}: "
+            f"non-finite steps counted at {s['nonfinite_steps'] or 'none'}; weight "
+            + ("CHANGED" if s["weight_moved_on_nan"] else "unchanged")
+        )
     else:
         lines.append(f"  non-finite steps: {s['nonfinite_steps'] or 'none'}")
     if s["spike_injected_step"] is not None:
-        lines.append(f"  {s['spike_factor']:.0f}x loss spike injected at step {s['spike_injected_step']}: "
-                     f"spikes counted at {s['spike_steps'] or 'none'}; weight "
-                     + ("CHANGED" if s["weight_moved_on_spike"] else "unchanged"))
+        lines.append(
+            f"  {s['spike_factor']:.0f}x loss spike injected at step {s['spike_injected_step']}: "
+            f"spikes counted at {s['spike_steps'] or 'none'}; weight "
+            + ("CHANGED" if s["weight_moved_on_spike"] else "unchanged")
+        )
     else:
         lines.append(f"  loss spikes: {s['spike_steps'] or 'none'}")
     return "\n".join(lines)
 
 
-def plot_demo(history: List[dict], summary: dict, path: str) -> None:
+def plot_demo(history: list[dict], summary: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -249,13 +280,21 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     def col(key):
         return np.array([h.get(key, np.nan) for h in history], dtype=np.float64)
 
-    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True,
-                             gridspec_kw=dict(height_ratios=[2.2, 1, 1.2]))
+    fig, axes = plt.subplots(
+        3, 1, figsize=(10, 8), sharex=True, gridspec_kw=dict(height_ratios=[2.2, 1, 1.2])
+    )
     ax = axes[0]
-    ax.plot(steps, col("running_mel_loss"), lw=1.4, color="#d62728", zorder=2,
-            label="running mean (op state)")
-    ax.plot(steps, col("mel_loss"), ".", ms=2.5, color="#1f77b4", zorder=3,
-            label="mel loss (per step)")
+    ax.plot(
+        steps,
+        col("running_mel_loss"),
+        lw=1.4,
+        color="#d62728",
+        zorder=2,
+        label="running mean (op state)",
+    )
+    ax.plot(
+        steps, col("mel_loss"), ".", ms=2.5, color="#1f77b4", zorder=3, label="mel loss (per step)"
+    )
     ax.set_yscale("log")
     ax.set_ylabel("mel loss (L1)")
     ax.legend(loc="upper right", fontsize=8)
@@ -276,8 +315,14 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     if summary["nan_injected_step"] is not None:
         events.append((summary["nan_injected_step"], "NaN targets", "red", "-"))
     if summary["spike_injected_step"] is not None:
-        events.append((summary["spike_injected_step"],
-                       f"{summary['spike_factor']:.0f}x loss spike", "darkorange", "-"))
+        events.append(
+            (
+                summary["spike_injected_step"],
+                f"{summary['spike_factor']:.0f}x loss spike",
+                "darkorange",
+                "-",
+            )
+        )
     for c in summary["weight_changes"]:
         events.append((c["step"], f"weight {c['direction']}", "green", "--"))
     for s in summary["rejected_steps"]:
@@ -289,10 +334,21 @@ def plot_demo(history: List[dict], summary: dict, path: str) -> None:
     # Injected faults are labelled on the loss panel, weight decisions on the weight panel.
     for s, label, color, _ in events:
         ax = axes[0] if color in ("red", "darkorange") else axes[2]
-        ax.annotate(label, (s, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -3),
-                    textcoords="offset points", rotation=90, va="top", fontsize=7, color=color)
-    fig.suptitle(f"XTTSLoss adaptive mel weight on a small mel decoder "
-                 f"({summary['steps']} steps, {summary['implementation']})")
+        ax.annotate(
+            label,
+            (s, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -3),
+            textcoords="offset points",
+            rotation=90,
+            va="top",
+            fontsize=7,
+            color=color,
+        )
+    fig.suptitle(
+        f"XTTSLoss adaptive mel weight on a small mel decoder "
+        f"({summary['steps']} steps, {summary['implementation']})"
+    )
     fig.tight_layout()
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)

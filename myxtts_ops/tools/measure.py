@@ -11,7 +11,7 @@ Imports only NumPy: usable on the GPU machine, which has no TensorFlow.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def percentiles_ms(times_s: Sequence[float]) -> Tuple[float, float, float]:
+def percentiles_ms(times_s: Sequence[float]) -> tuple[float, float, float]:
     """(median, p20, p80) in milliseconds of a list of durations in seconds."""
     arr = np.asarray(times_s, dtype=np.float64) * 1e3
     p20, p50, p80 = np.percentile(arr, [20.0, 50.0, 80.0])
@@ -110,7 +110,7 @@ def hlo_opcodes(hlo_text: str) -> Iterable[str]:
             yield match.group(1)
 
 
-def hlo_stats(hlo_text: str) -> Tuple[int, int]:
+def hlo_stats(hlo_text: str) -> tuple[int, int]:
     """(work instructions, custom calls) of an HLO module's text."""
     ops = [op for op in hlo_opcodes(hlo_text) if op not in HLO_NON_WORK]
     return len(ops), sum(1 for op in ops if op == "custom-call")

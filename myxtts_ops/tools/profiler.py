@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 import numpy as np
 
@@ -55,22 +55,22 @@ class ProfileConfig:
     device: str = "auto"
     repeats: int = 50
     warmup: int = 5
-    impls: Tuple[str, ...] = IMPLS
-    modes: Tuple[str, ...] = MODES
+    impls: tuple[str, ...] = IMPLS
+    modes: tuple[str, ...] = MODES
     #: (batch, frames) pairs to measure; ``None`` means ``[(batch, frames)]``.
-    shapes: Optional[List[Tuple[int, int]]] = None
-    trace_dir: Optional[str] = None
+    shapes: list[tuple[int, int]] | None = None
+    trace_dir: str | None = None
     trace_steps: int = 3
     seed: int = 0
     #: Size of the buffer used to measure streaming bandwidth (MiB);
     #: ``None`` picks 256 MiB on the CPU and 1 GiB on a GPU.
-    bandwidth_mib: Optional[int] = None
+    bandwidth_mib: int | None = None
     #: Inputs are rotated over enough copies that their total (y_true + y_pred)
     #: reaches this many MiB, so small shapes are not timed out of the cache
     #: while the floor comes from DRAM. ``None``: 96 MiB CPU, 256 MiB GPU.
-    rotate_mib: Optional[int] = None
+    rotate_mib: int | None = None
 
-    def shape_list(self) -> List[Tuple[int, int]]:
+    def shape_list(self) -> list[tuple[int, int]]:
         return list(self.shapes) if self.shapes else [(self.batch, self.frames)]
 
     def validate(self) -> None:
@@ -126,7 +126,7 @@ class Progress:
         self.stream.flush()
 
 
-def resolve_device(device: str) -> Tuple[str, str]:
+def resolve_device(device: str) -> tuple[str, str]:
     """("cpu"|"gpu", TF device string) for ``auto``/``cpu``/``gpu``."""
     tf = import_tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
@@ -166,8 +166,8 @@ def check_xtts_available() -> None:
 @dataclasses.dataclass
 class _Built(TimedStep):
     ops: int = 0
-    hlo_ops: Optional[int] = None
-    custom_calls: Optional[int] = None
+    hlo_ops: int | None = None
+    custom_calls: int | None = None
 
 
 def _build(impl: str, mode: str, args, device_kind: str) -> _Built:
@@ -191,12 +191,12 @@ def profile_shape(
     tf_device: str,
     bandwidth_gbps: float,
     trace: bool = False,
-    log: Optional[Callable[[str], None]] = None,
-) -> Tuple[List[Record], List[str]]:
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[Record], list[str]]:
     """Measure every (impl, mode) of one shape. Returns (records, failures)."""
     tf = import_tensorflow()
     mels, dtype = config.mels, config.dtype
-    failures: List[str] = []
+    failures: list[str] = []
     with tf.device(tf_device):
         rotate = (
             config.rotate_mib
@@ -211,7 +211,7 @@ def profile_shape(
         args = arg_sets[0]
         valid_fraction = float(np.sum(args[2].numpy())) / (batch * frames)
 
-        steps: List[_Built] = []
+        steps: list[_Built] = []
         for mode in config.modes:
             for impl in config.impls:
                 try:
@@ -229,7 +229,7 @@ def profile_shape(
         if trace and config.trace_dir and steps:
             trace_steps(steps, args, device_kind, tf_device, config.trace_dir, config.trace_steps)
 
-    records: List[Record] = []
+    records: list[Record] = []
     for mode in config.modes:
         nbytes = floor_bytes(mode, batch, frames, mels, dtype, valid_fraction)
         floor_ms = nbytes / (bandwidth_gbps * 1e9) * 1e3
@@ -283,15 +283,15 @@ def profile_shape(
 
 @dataclasses.dataclass
 class ProfileResult:
-    records: List[Record]
-    failures: List[str]
+    records: list[Record]
+    failures: list[str]
     device: str
-    bandwidth: Dict[str, float]
+    bandwidth: dict[str, float]
     elapsed_s: float
 
 
 def run_profile(
-    config: ProfileConfig, progress: bool = True, log: Optional[Callable[[str], None]] = None
+    config: ProfileConfig, progress: bool = True, log: Callable[[str], None] | None = None
 ) -> ProfileResult:
     """Run the whole measurement described by ``config``."""
     t_start = time.perf_counter()
@@ -318,8 +318,8 @@ def run_profile(
 
     shapes = config.shape_list()
     bar = Progress(len(shapes), label="profile ") if (progress and len(shapes) > 1) else None
-    records: List[Record] = []
-    failures: List[str] = []
+    records: list[Record] = []
+    failures: list[str] = []
     for i, (batch, frames) in enumerate(shapes):
         recs, fails = profile_shape(
             config,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any
 
 
 @dataclasses.dataclass
@@ -29,24 +29,24 @@ class Record:
     #: Bytes the mode must move at least (see :func:`measure.floor_bytes`).
     floor_bytes: int = 0
     #: floor time / median time (1.0 for the floor record).
-    floor_fraction: Optional[float] = None
+    floor_fraction: float | None = None
     #: Work ops of the traced step, nested function bodies included.
-    ops_per_step: Optional[int] = None
-    speedup_vs_reference: Optional[float] = None
-    valid_fraction: Optional[float] = None
+    ops_per_step: int | None = None
+    speedup_vs_reference: float | None = None
+    valid_fraction: float | None = None
     repeats: int = 0
     input_sets: int = 1
-    bandwidth_gbps: Optional[float] = None
+    bandwidth_gbps: float | None = None
     #: XLA-compiled implementations: work instructions of the step's HLO module
     #: and how many of them are custom calls (the fused kernels inside XLA).
-    xla_hlo_ops: Optional[int] = None
-    xla_custom_calls: Optional[int] = None
+    xla_hlo_ops: int | None = None
+    xla_custom_calls: int | None = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Record":
+    def from_dict(cls, data: dict[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

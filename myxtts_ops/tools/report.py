@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, List, Optional
+from collections.abc import Iterable
 
 from .measure import DTYPE_SIZES
 from .records import Record
@@ -25,7 +25,7 @@ def _shape_key(rec: Record):
     return (rec.batch, rec.frames, rec.mels, rec.dtype, rec.device)
 
 
-def _sorted(records: Iterable[Record]) -> List[Record]:
+def _sorted(records: Iterable[Record]) -> list[Record]:
     return sorted(
         records,
         key=lambda r: (_shape_key(r), _MODE_ORDER.get(r.mode, 99), _IMPL_ORDER.get(r.impl, 99)),
@@ -52,11 +52,20 @@ def _fmt_ms(v: float) -> str:
 def format_table(records: Iterable[Record], markdown: bool = False) -> str:
     """A readable table of the records, grouped by shape and mode."""
     records = _sorted(records)
-    headers = ["mode", "impl", "median ms", "p20 ms", "p80 ms", "GB/s", "% of floor",
-               "vs reference", "ops/step"]
-    lines: List[str] = []
+    headers = [
+        "mode",
+        "impl",
+        "median ms",
+        "p20 ms",
+        "p80 ms",
+        "GB/s",
+        "% of floor",
+        "vs reference",
+        "ops/step",
+    ]
+    lines: list[str] = []
     current = None
-    rows: List[List[str]] = []
+    rows: list[list[str]] = []
 
     def flush():
         if not rows:
@@ -68,11 +77,13 @@ def format_table(records: Iterable[Record], markdown: bool = False) -> str:
                 lines.append("| " + " | ".join(row) + " |")
         else:
             widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
             def fmt(cells):
                 out = []
                 for i, c in enumerate(cells):
                     out.append(c.ljust(widths[i]) if i in (0, 1, 8) else c.rjust(widths[i]))
                 return "  ".join(out).rstrip()
+
             lines.append(fmt(headers))
             lines.append("  ".join("-" * w for w in widths))
             lines.extend(fmt(r) for r in rows)
@@ -89,26 +100,30 @@ def format_table(records: Iterable[Record], markdown: bool = False) -> str:
             b, t, m, dt, dev = key
             valid = rec.valid_fraction
             bw = rec.bandwidth_gbps
-            title = (f"shape [{b}, {t}, {m}] {dt} on {dev}"
-                     + (f", {valid:.0%} of frames valid" if valid is not None else "")
-                     + (f", streaming bandwidth {bw:.1f} GB/s" if bw else ""))
+            title = (
+                f"shape [{b}, {t}, {m}] {dt} on {dev}"
+                + (f", {valid:.0%} of frames valid" if valid is not None else "")
+                + (f", streaming bandwidth {bw:.1f} GB/s" if bw else "")
+            )
             lines.append(f"### {title}" if markdown else title)
             if markdown:
                 lines.append("")
         speed = rec.speedup_vs_reference
         frac = rec.floor_fraction
         is_floor = rec.impl == "floor"
-        rows.append([
-            rec.mode if (rec.mode != last_mode or markdown) else "",
-            rec.impl,
-            _fmt_ms(rec.median_ms),
-            "-" if is_floor else _fmt_ms(rec.p20_ms),
-            "-" if is_floor else _fmt_ms(rec.p80_ms),
-            f"{rec.gbps:.1f}",
-            f"{100 * frac:.0f}%" if frac is not None else "-",
-            f"{speed:.2f}x" if speed is not None else "-",
-            _ops_text(rec),
-        ])
+        rows.append(
+            [
+                rec.mode if (rec.mode != last_mode or markdown) else "",
+                rec.impl,
+                _fmt_ms(rec.median_ms),
+                "-" if is_floor else _fmt_ms(rec.p20_ms),
+                "-" if is_floor else _fmt_ms(rec.p80_ms),
+                f"{rec.gbps:.1f}",
+                f"{100 * frac:.0f}%" if frac is not None else "-",
+                f"{speed:.2f}x" if speed is not None else "-",
+                _ops_text(rec),
+            ]
+        )
         last_mode = rec.mode
     flush()
     return "\n".join(lines).rstrip() + "\n"
@@ -128,7 +143,7 @@ def _ensure_parent(path: str) -> None:
     os.makedirs(parent, exist_ok=True)
 
 
-def plot(records: Iterable[Record], path: str, title: Optional[str] = None) -> None:
+def plot(records: Iterable[Record], path: str, title: str | None = None) -> None:
     """PNG chart: bars per impl per mode with the floor (one shape), or time vs size (sweeps)."""
     import matplotlib
 
@@ -163,18 +178,32 @@ def _plot_bars(plt, records, title):
             ys.append(rec.median_ms)
             lo.append(rec.median_ms - rec.p20_ms)
             hi.append(rec.p80_ms - rec.median_ms)
-        bars = ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, label=impl,
-                      color=_COLORS.get(impl))
+        bars = ax.bar(
+            xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, label=impl, color=_COLORS.get(impl)
+        )
         for bar, y, h in zip(bars, ys, hi):
-            ax.annotate(f"{y:.2f}", (bar.get_x() + bar.get_width() / 2, y + h),
-                        textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+            ax.annotate(
+                f"{y:.2f}",
+                (bar.get_x() + bar.get_width() / 2, y + h),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize=7,
+            )
     floor_labelled = False
     for i, mode in enumerate(modes):
         rec = next((r for r in records if r.impl == "floor" and r.mode == mode), None)
         if rec is None:
             continue
-        ax.hlines(rec.median_ms, i - 0.45, i + 0.45, colors="black", linestyles="--",
-                  linewidth=1.5, label=None if floor_labelled else "memory floor")
+        ax.hlines(
+            rec.median_ms,
+            i - 0.45,
+            i + 0.45,
+            colors="black",
+            linestyles="--",
+            linewidth=1.5,
+            label=None if floor_labelled else "memory floor",
+        )
         floor_labelled = True
     ax.set_xticks(range(len(modes)))
     ax.set_xticklabels([m.replace("_", "+") if m == "forward_backward" else m for m in modes])
@@ -194,11 +223,17 @@ def _plot_sweep(plt, records, title):
             recs = [r for r in records if r.impl == impl and r.mode == mode]
             if not recs:
                 continue
-            pts = sorted((r.batch * r.frames * r.mels * DTYPE_SIZES[r.dtype] / 1e6, r.median_ms)
-                         for r in recs)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts],
-                    "--" if impl == "floor" else "o-", color=_COLORS.get(impl),
-                    label="memory floor" if impl == "floor" else impl)
+            pts = sorted(
+                (r.batch * r.frames * r.mels * DTYPE_SIZES[r.dtype] / 1e6, r.median_ms)
+                for r in recs
+            )
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                "--" if impl == "floor" else "o-",
+                color=_COLORS.get(impl),
+                label="memory floor" if impl == "floor" else impl,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("size of one [B, T, M] tensor (MB)")

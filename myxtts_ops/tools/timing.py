@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ def sync(device_kind: str) -> None:
 
 def measure_bandwidth(
     device_kind: str, tf_device: str, nbytes: int, repeats: int = 10
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """Best streaming bandwidth (GB/s, 1e9 bytes/s) over a few simple kernels.
 
     CPU: NumPy ``sum`` and ``copyto`` and a TF ``reduce_sum`` over a large
@@ -30,7 +30,7 @@ def measure_bandwidth(
     """
     tf = import_tensorflow()
     n = max(nbytes // 4, 1 << 16)
-    results: Dict[str, float] = {}
+    results: dict[str, float] = {}
 
     def best(fn, moved):
         times = []
@@ -85,11 +85,11 @@ class TimedStep:
     impl: str
     mode: str
     fn: Callable
-    times: List[float] = dataclasses.field(default_factory=list)
+    times: list[float] = dataclasses.field(default_factory=list)
 
 
 def run_interleaved(
-    steps: List[TimedStep], arg_sets: Sequence[tuple], repeats: int, warmup: int, device_kind: str
+    steps: list[TimedStep], arg_sets: Sequence[tuple], repeats: int, warmup: int, device_kind: str
 ) -> None:
     """Time every step ``repeats`` times, interleaved round by round.
 
@@ -115,7 +115,12 @@ def run_interleaved(
 
 
 def trace_steps(
-    steps: List[TimedStep], args: tuple, device_kind: str, tf_device: str, trace_dir: str, calls: int
+    steps: list[TimedStep],
+    args: tuple,
+    device_kind: str,
+    tf_device: str,
+    trace_dir: str,
+    calls: int,
 ) -> None:
     """Write a TensorBoard profiler trace of ``calls`` calls of every step."""
     tf = import_tensorflow()

@@ -22,7 +22,7 @@ Modes:
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def input_sets_for(
 
 
 def make_batch(
-    batch: int, frames: int, mels: int, dtype: str, seed: int = 0, data_seed: Optional[int] = None
+    batch: int, frames: int, mels: int, dtype: str, seed: int = 0, data_seed: int | None = None
 ):
     """Synthetic log-mel-like ``(y_true, y_pred, lengths)``, lengths in [T/2, T].
 

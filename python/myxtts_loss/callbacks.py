@@ -122,7 +122,9 @@ class XTTSLossBackup(keras.callbacks.Callback):
         if not backup_dir:
             raise ValueError(f"backup_dir must be a directory path, got backup_dir={backup_dir!r}")
         if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
-            raise ValueError(f"save_freq must be 'epoch' or a positive int, got save_freq={save_freq!r}")
+            raise ValueError(
+                f"save_freq must be 'epoch' or a positive int, got save_freq={save_freq!r}"
+            )
         self.loss_fn = loss_fn
         self.directory = os.path.join(os.fspath(backup_dir), self.SUBDIR)
         self.save_freq = save_freq
@@ -133,7 +135,9 @@ class XTTSLossBackup(keras.callbacks.Callback):
 
     def _get_manager(self):
         if self._manager is None:
-            self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=2)
+            self._manager = tf.train.CheckpointManager(
+                self._checkpoint, self.directory, max_to_keep=2
+            )
         return self._manager
 
     def restore(self):

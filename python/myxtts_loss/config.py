@@ -158,9 +158,7 @@ class XTTSLossConfig:
                 )
             value = int(value)
             if not lo <= value <= _MAX_INT_SETTING:
-                raise ValueError(
-                    f"{name} must be in [{lo}, 2**62], got {name}={value!r}"
-                )
+                raise ValueError(f"{name} must be in [{lo}, 2**62], got {name}={value!r}")
             object.__setattr__(self, name, value)
 
         def choice(name, choices):

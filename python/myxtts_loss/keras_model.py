@@ -38,7 +38,11 @@ class XTTSModelMixin:
     def compile(self, *args, feed_gradient_norms=True, **kwargs):
         super().compile(*args, **kwargs)
         loss_fn = self.xtts_loss
-        if loss_fn is not None and feed_gradient_norms and getattr(self, "optimizer", None) is not None:
+        if (
+            loss_fn is not None
+            and feed_gradient_norms
+            and getattr(self, "optimizer", None) is not None
+        ):
             feed_gradient_norm(self.optimizer, loss_fn)
 
     @property

@@ -184,8 +184,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         import myxtts_ops
 
         c = self.config
-        self._state = LossState(c.mel_loss_weight, myxtts_ops.STATE_SIZE, c.use_adaptive_weights,
-                                terms.TERM_NAMES)
+        self._state = LossState(
+            c.mel_loss_weight, myxtts_ops.STATE_SIZE, c.use_adaptive_weights, terms.TERM_NAMES
+        )
         self._settings_record = SettingsRecord(c)
         self._extra_fns = {}
         self._extra_weights = {}
@@ -269,7 +270,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     def losses(self):
         """Snapshot of the latest unweighted terms (absent before the first call, as in MyXTTS)."""
         if not self._has_called():
-            raise AttributeError("'XTTSLoss' object has no attribute 'losses' before its first call")
+            raise AttributeError(
+                "'XTTSLoss' object has no attribute 'losses' before its first call"
+            )
         return self.get_losses()
 
     def __getattr__(self, name):
@@ -291,7 +294,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             raise ValueError(f"loss term name={name!r} is already used")
         if not callable(fn):
             raise ValueError(f"loss term {name!r}: fn must be callable, got {fn!r}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float, np.floating, np.integer)):
+        if isinstance(weight, bool) or not isinstance(
+            weight, (int, float, np.floating, np.integer)
+        ):
             raise ValueError(f"loss term {name!r}: weight must be a number, got weight={weight!r}")
         weight = float(weight)
         if not math.isfinite(weight):
@@ -332,7 +337,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             )
         try:
             with tf.name_scope(self.name or "xtts_loss"):
-                return self._compute(y_true, y_pred, mel_lengths, training and self.update_state_on_call)
+                return self._compute(
+                    y_true, y_pred, mel_lengths, training and self.update_state_on_call
+                )
         finally:
             if eager:
                 self._call_lock.release()
@@ -371,7 +378,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         terms.check_inputs(y_true, y_pred, extra_keys)
         if ("mel_target" in y_true) != ("mel_output" in y_pred):
             missing = "y_pred['mel_output']" if "mel_target" in y_true else "y_true['mel_target']"
-            raise ValueError(f"the mel term needs both mel_target and mel_output; {missing} is missing")
+            raise ValueError(
+                f"the mel term needs both mel_target and mel_output; {missing} is missing"
+            )
         lengths = {
             key: terms.as_lengths(y_true[key], key) if key in y_true else None
             for key in ("mel_lengths", "text_lengths")
@@ -456,8 +465,8 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                     self._mel_stats(y_true, y_pred, lengths, self._state.op_state.read_value())[0]
                 )
             else:
-                out[term.name] = (
-                    lambda term=term: terms.term_value(term, term.stats(y_true, y_pred, lengths, c))
+                out[term.name] = lambda term=term: terms.term_value(
+                    term, term.stats(y_true, y_pred, lengths, c)
                 )
         return out
 
@@ -480,7 +489,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             if not term.active(y_true, y_pred):
                 continue
             if term.name == "mel_loss":
-                stats[term.name], mel_valid, mel_out = self._mel_stats(y_true, y_pred, lengths, old_state)
+                stats[term.name], mel_valid, mel_out = self._mel_stats(
+                    y_true, y_pred, lengths, old_state
+                )
             else:
                 stats[term.name] = term.stats(y_true, y_pred, lengths, c)
             weights[term.name] = 1.0 if term.weight is None else getattr(c, term.weight)
@@ -524,8 +535,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             value = tf.cast(value, dt)
             share = tf.cast(share, dt)
             values[name] = value
-            outs[name] = sg(value) / replicas + (share - sg(share)) if replicas > 1 else (
-                value + (share - sg(share))
+            outs[name] = (
+                sg(value) / replicas + (share - sg(share))
+                if replicas > 1
+                else (value + (share - sg(share)))
             )
             nonfinite_total = nonfinite_total + bad_g
 
@@ -665,7 +678,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         if isinstance(norm, (list, tuple)):
             grads = [g for g in norm if g is not None]
             if replicas > 1 and grads:
-                grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+                grads = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, grads
+                )
             norm = tf.linalg.global_norm(grads)
         norm = tf.cast(tf.reshape(tf.convert_to_tensor(norm), []), tf.float32)
         if replicas > 1:
@@ -725,7 +740,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         if t is not None:
             if tf.executing_eagerly() and not hasattr(t, "graph"):
                 return t
-            if not tf.executing_eagerly() and getattr(t, "graph", None) is tf.compat.v1.get_default_graph():
+            if (
+                not tf.executing_eagerly()
+                and getattr(t, "graph", None) is tf.compat.v1.get_default_graph()
+            ):
                 return t
         return tf.identity(self._state.last_raw_total.read_value())
 
@@ -758,7 +776,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         st.adaptation_enabled.assign(False)
         st.current_mel_weight.assign(float(self.config.mel_loss_weight))
         st.consecutive_stable_steps.assign(0)
-        _LOG.info("XTTSLoss: adaptive mel weight disabled (weight back to %s)", self.config.mel_loss_weight)
+        _LOG.info(
+            "XTTSLoss: adaptive mel weight disabled (weight back to %s)",
+            self.config.mel_loss_weight,
+        )
 
     def enable_adaptive_weights(self):
         """Resume adaptation (ValueError if the base weight is outside the bounds)."""

@@ -99,7 +99,7 @@ def adaptive_metrics(loss_fn):
     """SPEC 4.2 adaptive-weight metrics."""
     st = loss_fn._state
     hist = loss_fn.gradient_norm_history()
-    recent = hist[-gradient_norm.GRADIENT_NORM_HISTORY:]
+    recent = hist[-gradient_norm.GRADIENT_NORM_HISTORY :]
     avg = tf.math.divide_no_nan(tf.reduce_sum(recent), tf.cast(tf.size(recent), _F32))
     step = st.step_count.read_value()
     return {

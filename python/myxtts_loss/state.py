@@ -67,8 +67,12 @@ class LossState(tf.Module):
         self.names = tuple(spec)
         #: What only reports the latest call (written by every call, validation included).
         self.reporting_names = (
-            "last_terms", "last_active", "last_mel_weight", "last_raw_total",
-            "last_smoothed_total", "has_called",
+            "last_terms",
+            "last_active",
+            "last_mel_weight",
+            "last_raw_total",
+            "last_smoothed_total",
+            "has_called",
         )
         self._initial = {}
         for name, (dtype, init) in spec.items():

@@ -122,7 +122,9 @@ def as_lengths(lengths, name):
         bad_neg = tf.zeros_like(t, tf.bool)
         checked = t
     else:
-        raise ValueError(f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}")
+        raise ValueError(
+            f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
+        )
     if tf.executing_eagerly() and hasattr(t, "numpy"):
         bad = bad_neg.numpy()
         if bad.any():
@@ -136,7 +138,10 @@ def as_lengths(lengths, name):
             [
                 tf.debugging.Assert(
                     tf.logical_not(tf.reduce_any(bad_neg)),
-                    [f"{name} must be non-negative integers (integral floats are accepted), got", t],
+                    [
+                        f"{name} must be non-negative integers (integral floats are accepted), got",
+                        t,
+                    ],
                     summarize=16,
                 )
             ]
@@ -227,7 +232,9 @@ def stop_stats(target, pred, lengths, positive_weight=5.0, label_smoothing=0.1, 
     finite, (y, p) = _sanitise(target, pred)
     y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
     if from_logits:
-        elem = tf.nn.weighted_cross_entropy_with_logits(labels=y, logits=p, pos_weight=positive_weight)
+        elem = tf.nn.weighted_cross_entropy_with_logits(
+            labels=y, logits=p, pos_weight=positive_weight
+        )
     else:
         p = tf.clip_by_value(p, 1e-7, 1.0 - 1e-7)
         elem = -(positive_weight * y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))
@@ -245,7 +252,9 @@ def attention_stats(weights, text_lengths, mel_lengths):
     """
     a = _as_float(weights)
     if a.shape.rank != 4:
-        raise ValueError(f"attention_weights must have shape [batch, heads, frames, tokens], got {a.shape}")
+        raise ValueError(
+            f"attention_weights must have shape [batch, heads, frames, tokens], got {a.shape}"
+        )
     abar = tf.reduce_mean(a, axis=1)  # [B, Tq, Tk]
     shape = tf.shape(abar)
     tq, tk = shape[1], shape[2]
@@ -387,21 +396,35 @@ class Term:
 TERMS = (
     Term("mel_loss", ("mel_target",), ("mel_output",), ("mel_lengths",), "mel_loss_weight", None),
     Term(
-        "stop_loss", ("stop_target",), ("stop_tokens",), ("mel_lengths",), "stop_loss_weight",
+        "stop_loss",
+        ("stop_target",),
+        ("stop_tokens",),
+        ("mel_lengths",),
+        "stop_loss_weight",
         lambda yt, yp, ln, c: stop_stats(
-            yt["stop_target"], yp["stop_tokens"], ln["mel_lengths"], c.stop_positive_weight,
-            c.stop_label_smoothing, c.stop_from_logits,
+            yt["stop_target"],
+            yp["stop_tokens"],
+            ln["mel_lengths"],
+            c.stop_positive_weight,
+            c.stop_label_smoothing,
+            c.stop_from_logits,
         ),
     ),
     Term(
-        "attention_loss", ("text_lengths", "mel_lengths"), ("attention_weights",), (),
+        "attention_loss",
+        ("text_lengths", "mel_lengths"),
+        ("attention_weights",),
+        (),
         "attention_loss_weight",
         lambda yt, yp, ln, c: attention_stats(
             yp["attention_weights"], ln["text_lengths"], ln["mel_lengths"]
         ),
     ),
     Term(
-        "duration_loss", ("duration_target", "text_lengths"), ("duration_pred",), (),
+        "duration_loss",
+        ("duration_target", "text_lengths"),
+        ("duration_pred",),
+        (),
         "duration_loss_weight",
         lambda yt, yp, ln, c: duration_stats(
             yp["duration_pred"], yt["duration_target"], ln["text_lengths"]
@@ -409,57 +432,92 @@ TERMS = (
         clip=(0.0, 25.0),
     ),
     Term(
-        "pitch_loss", ("pitch_target", "mel_lengths"), ("pitch_output",), (), "pitch_loss_weight",
-        lambda yt, yp, ln, c: pitch_stats(yp["pitch_output"], yt["pitch_target"], ln["mel_lengths"]),
+        "pitch_loss",
+        ("pitch_target", "mel_lengths"),
+        ("pitch_output",),
+        (),
+        "pitch_loss_weight",
+        lambda yt, yp, ln, c: pitch_stats(
+            yp["pitch_output"], yt["pitch_target"], ln["mel_lengths"]
+        ),
     ),
     Term(
-        "energy_loss", ("energy_target", "mel_lengths"), ("energy_output",), (),
+        "energy_loss",
+        ("energy_target", "mel_lengths"),
+        ("energy_output",),
+        (),
         "energy_loss_weight",
         lambda yt, yp, ln, c: energy_stats(
             yp["energy_output"], yt["energy_target"], ln["mel_lengths"]
         ),
     ),
     Term(
-        "prosody_pitch_loss", ("prosody_pitch_target", "text_lengths"), ("prosody_pitch",), (),
+        "prosody_pitch_loss",
+        ("prosody_pitch_target", "text_lengths"),
+        ("prosody_pitch",),
+        (),
         "prosody_pitch_loss_weight",
         lambda yt, yp, ln, c: pitch_stats(
-            yp["prosody_pitch"], yt["prosody_pitch_target"], ln["text_lengths"],
+            yp["prosody_pitch"],
+            yt["prosody_pitch_target"],
+            ln["text_lengths"],
             ("prosody_pitch", "prosody_pitch_target"),
         ),
     ),
     Term(
-        "prosody_energy_loss", ("prosody_energy_target", "text_lengths"), ("prosody_energy",), (),
+        "prosody_energy_loss",
+        ("prosody_energy_target", "text_lengths"),
+        ("prosody_energy",),
+        (),
         "prosody_energy_loss_weight",
         lambda yt, yp, ln, c: energy_stats(
-            yp["prosody_energy"], yt["prosody_energy_target"], ln["text_lengths"],
+            yp["prosody_energy"],
+            yt["prosody_energy_target"],
+            ln["text_lengths"],
             ("prosody_energy", "prosody_energy_target"),
         ),
     ),
     Term(
-        "speaking_rate_loss", ("prosody_speaking_rate_target", "text_lengths"),
-        ("prosody_speaking_rate",), (), "speaking_rate_loss_weight",
+        "speaking_rate_loss",
+        ("prosody_speaking_rate_target", "text_lengths"),
+        ("prosody_speaking_rate",),
+        (),
+        "speaking_rate_loss_weight",
         lambda yt, yp, ln, c: speaking_rate_stats(
             yp["prosody_speaking_rate"], yt["prosody_speaking_rate_target"], ln["text_lengths"]
         ),
     ),
     Term(
-        "voice_similarity_loss", ("speaker_labels",), ("speaker_embedding",), (),
+        "voice_similarity_loss",
+        ("speaker_labels",),
+        ("speaker_embedding",),
+        (),
         "voice_similarity_loss_weight",
         lambda yt, yp, ln, c: contrastive_stats(
-            yt["speaker_labels"], yp["speaker_embedding"], c.contrastive_temperature,
+            yt["speaker_labels"],
+            yp["speaker_embedding"],
+            c.contrastive_temperature,
             c.contrastive_margin,
         ),
     ),
     Term(
-        "diffusion_loss", ("diffusion_noise_target",), ("diffusion_noise_pred",), ("mel_lengths",),
+        "diffusion_loss",
+        ("diffusion_noise_target",),
+        ("diffusion_noise_pred",),
+        ("mel_lengths",),
         "diffusion_loss_weight",
         lambda yt, yp, ln, c: diffusion_stats(
             yp["diffusion_noise_pred"], yt["diffusion_noise_target"], ln["mel_lengths"]
         ),
     ),
     Term(
-        "gradient_participation_loss", (), (), (), None,
-        lambda yt, yp, ln, c: participation_stats(yt, yp), always=True,
+        "gradient_participation_loss",
+        (),
+        (),
+        (),
+        None,
+        lambda yt, yp, ln, c: participation_stats(yt, yp),
+        always=True,
     ),
 )
 TERM_NAMES = tuple(t.name for t in TERMS)
@@ -638,9 +696,13 @@ def mel_loss(
         y_true = tf.cast(y_true, y_pred.dtype)
     lens = _opt_lengths(lengths, "lengths")
     if label_smoothing:
-        y_true = mel_target_noise(y_true, lens, label_smoothing, tf.constant([int(seed), 0], tf.int64))
+        y_true = mel_target_noise(
+            y_true, lens, label_smoothing, tf.constant([int(seed), 0], tf.int64)
+        )
     out = myxtts_ops.masked_mel_loss(
-        y_true, y_pred, lens,
+        y_true,
+        y_pred,
+        lens,
         loss_type="huber" if use_huber_loss else "l1",
         huber_delta=huber_delta,
         normalization="per_sample" if lens is not None else "global",
@@ -650,12 +712,19 @@ def mel_loss(
     return tf.reduce_sum(out.per_sample) / tf.cast(tf.size(out.per_sample), out.per_sample.dtype)
 
 
-def stop_token_loss(y_true, y_pred, lengths=None, positive_weight=5.0, label_smoothing=0.1,
-                    from_logits=False):
+def stop_token_loss(
+    y_true, y_pred, lengths=None, positive_weight=5.0, label_smoothing=0.1, from_logits=False
+):
     """Contract 3.2 (probabilities; ``from_logits=True`` for logits)."""
     return stats_value(
-        stop_stats(y_true, y_pred, _opt_lengths(lengths, "lengths"), positive_weight,
-                   label_smoothing, from_logits)
+        stop_stats(
+            y_true,
+            y_pred,
+            _opt_lengths(lengths, "lengths"),
+            positive_weight,
+            label_smoothing,
+            from_logits,
+        )
     )
 
 
@@ -663,7 +732,8 @@ def attention_loss(attention_weights, text_lengths, mel_lengths):
     """Contract 3.3."""
     return stats_value(
         attention_stats(
-            attention_weights, as_lengths(text_lengths, "text_lengths"),
+            attention_weights,
+            as_lengths(text_lengths, "text_lengths"),
             as_lengths(mel_lengths, "mel_lengths"),
         )
     )
@@ -672,7 +742,9 @@ def attention_loss(attention_weights, text_lengths, mel_lengths):
 def duration_loss(predicted_durations, target_durations, text_lengths):
     """Contract 3.4."""
     return stats_value(
-        duration_stats(predicted_durations, target_durations, as_lengths(text_lengths, "text_lengths")),
+        duration_stats(
+            predicted_durations, target_durations, as_lengths(text_lengths, "text_lengths")
+        ),
         (0.0, 25.0),
     )
 
@@ -680,21 +752,27 @@ def duration_loss(predicted_durations, target_durations, text_lengths):
 def pitch_loss(predicted_pitch, target_pitch, sequence_lengths=None):
     """Contract 3.5."""
     return stats_value(
-        pitch_stats(predicted_pitch, target_pitch, _opt_lengths(sequence_lengths, "sequence_lengths"))
+        pitch_stats(
+            predicted_pitch, target_pitch, _opt_lengths(sequence_lengths, "sequence_lengths")
+        )
     )
 
 
 def energy_loss(predicted_energy, target_energy, sequence_lengths=None):
     """Contract 3.6."""
     return stats_value(
-        energy_stats(predicted_energy, target_energy, _opt_lengths(sequence_lengths, "sequence_lengths"))
+        energy_stats(
+            predicted_energy, target_energy, _opt_lengths(sequence_lengths, "sequence_lengths")
+        )
     )
 
 
 def diffusion_loss(predicted_noise, target_noise, sequence_lengths=None):
     """Contract 3.7."""
     return stats_value(
-        diffusion_stats(predicted_noise, target_noise, _opt_lengths(sequence_lengths, "sequence_lengths"))
+        diffusion_stats(
+            predicted_noise, target_noise, _opt_lengths(sequence_lengths, "sequence_lengths")
+        )
     )
 
 

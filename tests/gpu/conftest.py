@@ -53,8 +53,10 @@ def load_kernels():
     try:
         k = importlib.import_module("myxtts_ops.kernels")
     except ImportError as e:
-        return None, (f"myxtts_ops.kernels is not built ({e}); build it with "
-                      "scripts/gpu_check.sh or cmake -DMYXTTS_OPS_CUDA=ON")
+        return None, (
+            f"myxtts_ops.kernels is not built ({e}); build it with "
+            "scripts/gpu_check.sh or cmake -DMYXTTS_OPS_CUDA=ON"
+        )
     if not k.built_with_cuda():
         return None, "myxtts_ops.kernels was built without CUDA"
     try:
@@ -81,7 +83,7 @@ class DevBuf:
         item = self.dtype.itemsize
         self.nbytes = n * item
         self.raw_all = lib.full((max((n + offset + 4) * item, 1),), fill, "uint8")
-        self.raw = self.raw_all[offset * item: offset * item + self.nbytes]
+        self.raw = self.raw_all[offset * item : offset * item + self.nbytes]
         self.arr = lib.reinterpret(self.raw, self.dtype.name, self.shape)
 
     def poison(self, byte: int = 0xFF):
@@ -133,8 +135,11 @@ def capture_node_counts(fn, stream_ptr: int) -> dict:
     begin = getattr(cu, "cuStreamBeginCapture_v2", None) or cu.cuStreamBeginCapture
     begin.argtypes = [ctypes.c_void_p, ctypes.c_int]
     cu.cuStreamEndCapture.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
-    cu.cuGraphGetNodes.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
-                                   ctypes.POINTER(ctypes.c_size_t)]
+    cu.cuGraphGetNodes.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
     cu.cuGraphNodeGetType.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
     cu.cuGraphDestroy.argtypes = [ctypes.c_void_p]
     rc = begin(ctypes.c_void_p(stream_ptr), _CU_STREAM_CAPTURE_MODE_RELAXED)
@@ -152,8 +157,10 @@ def capture_node_counts(fn, stream_ptr: int) -> dict:
             cu.cuGraphDestroy(graph)
         raise RuntimeError(f"call failed under stream capture: {error}") from error
     if rc != 0:
-        raise RuntimeError(f"cuStreamEndCapture failed ({rc}): the call did something "
-                           "that cannot be captured (host synchronisation?)")
+        raise RuntimeError(
+            f"cuStreamEndCapture failed ({rc}): the call did something "
+            "that cannot be captured (host synchronisation?)"
+        )
     try:
         n = ctypes.c_size_t(0)
         assert cu.cuGraphGetNodes(graph, None, ctypes.byref(n)) == 0
@@ -163,8 +170,11 @@ def capture_node_counts(fn, stream_ptr: int) -> dict:
         for i in range(n.value):
             t = ctypes.c_int(-1)
             assert cu.cuGraphNodeGetType(ctypes.c_void_p(nodes[i]), ctypes.byref(t)) == 0
-            key = {_CU_GRAPH_NODE_TYPE_KERNEL: "kernel", _CU_GRAPH_NODE_TYPE_MEMSET: "memset",
-                   _CU_GRAPH_NODE_TYPE_MEMCPY: "memcpy"}.get(t.value, "other")
+            key = {
+                _CU_GRAPH_NODE_TYPE_KERNEL: "kernel",
+                _CU_GRAPH_NODE_TYPE_MEMSET: "memset",
+                _CU_GRAPH_NODE_TYPE_MEMCPY: "memcpy",
+            }.get(t.value, "other")
             counts[key] += 1
         return counts
     finally:

@@ -14,15 +14,27 @@ the kernels' float32 accumulation is checked against it with a tolerance.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
 # State layout: the build's copy generated from the kernels' header (one
 # source); the update and the corrupted-state rule below are written here.
 from myxtts_ops.state import (  # noqa: E402
-    CLEAN_STEPS, DECAY_RAMP, LAST_LOSS, MAX_DECAY, NONFINITE_STEPS, RING_HEAD, RING_START,
-    RUNNING_MEAN, STATE_SIZE, STEPS, WINDOW_COUNT, WINDOW_MEAN, WINDOW_SIZE, WINDOW_VARIANCE,
+    CLEAN_STEPS,
+    DECAY_RAMP,
+    LAST_LOSS,
+    MAX_DECAY,
+    NONFINITE_STEPS,
+    RING_HEAD,
+    RING_START,
+    RUNNING_MEAN,
+    STATE_SIZE,
+    STEPS,
+    WINDOW_COUNT,
+    WINDOW_MEAN,
+    WINDOW_SIZE,
+    WINDOW_VARIANCE,
 )
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -123,18 +135,27 @@ def _effective_delta(delta: float, dtype: str) -> float:
 
 
 class Forward(NamedTuple):
-    loss: float                 # float64 value (not rounded)
-    per_sample: np.ndarray      # float64 [B]
+    loss: float  # float64 value (not rounded)
+    per_sample: np.ndarray  # float64 [B]
     nonfinite_count: int
-    counts: np.ndarray          # int64 [B] (n_b)
-    sums: np.ndarray            # float64 [B] (S_b)
-    valid_count: int            # number of valid elements
+    counts: np.ndarray  # int64 [B] (n_b)
+    sums: np.ndarray  # float64 [B] (S_b)
+    valid_count: int  # number of valid elements
     sample_weights: np.ndarray  # float64 [2, B]: c_b, 1/n_b
-    state: np.ndarray           # float64 [STATE_SIZE] from the loss rounded to out dtype
+    state: np.ndarray  # float64 [STATE_SIZE] from the loss rounded to out dtype
 
 
-def forward(y_true, y_pred, lengths=None, state=None, *, dtype: Optional[str] = None,
-            loss_type="l1", huber_delta=1.0, normalization="per_sample") -> Forward:
+def forward(
+    y_true,
+    y_pred,
+    lengths=None,
+    state=None,
+    *,
+    dtype: str | None = None,
+    loss_type="l1",
+    huber_delta=1.0,
+    normalization="per_sample",
+) -> Forward:
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     dtype = dtype or y_true.dtype.name
@@ -165,8 +186,11 @@ def forward(y_true, y_pred, lengths=None, state=None, *, dtype: Optional[str] = 
         if n <= 0:
             continue
         weights[1, b] = 1.0 / float(n)
-        weights[0, b] = (1.0 / (float(active) * float(n)) if normalization == "per_sample"
-                         else 1.0 / float(total))
+        weights[0, b] = (
+            1.0 / (float(active) * float(n))
+            if normalization == "per_sample"
+            else 1.0 / float(total)
+        )
     rounded = float(np.asarray(loss).astype(out_dtype(dtype)))
     new_state = update_state(state, rounded, nonfinite, valid_count)
     return Forward(loss, per_sample, nonfinite, counts, sums, valid_count, weights, new_state)
@@ -187,20 +211,25 @@ def sanitize_state(s: np.ndarray) -> np.ndarray:
     if not math.isfinite(s[LAST_LOSS]):
         s[LAST_LOSS] = 0.0
     count, head = s[WINDOW_COUNT], s[RING_HEAD]
-    ok = (_is_count(count) and count <= WINDOW_SIZE and _is_count(head) and head < WINDOW_SIZE
-          and (count == WINDOW_SIZE or head == count)
-          and bool(np.all(np.isfinite(s[RING_START:RING_START + WINDOW_SIZE])))
-          and math.isfinite(s[WINDOW_MEAN]) and not math.isnan(s[WINDOW_VARIANCE]))
+    ok = (
+        _is_count(count)
+        and count <= WINDOW_SIZE
+        and _is_count(head)
+        and head < WINDOW_SIZE
+        and (count == WINDOW_SIZE or head == count)
+        and bool(np.all(np.isfinite(s[RING_START : RING_START + WINDOW_SIZE])))
+        and math.isfinite(s[WINDOW_MEAN])
+        and not math.isnan(s[WINDOW_VARIANCE])
+    )
     if not ok:
         s[RING_HEAD] = s[WINDOW_COUNT] = s[WINDOW_MEAN] = s[WINDOW_VARIANCE] = 0.0
-        s[RING_START:RING_START + WINDOW_SIZE] = 0.0
+        s[RING_START : RING_START + WINDOW_SIZE] = 0.0
     return s
 
 
 def update_state(state, loss: float, nonfinite_count: int, valid_count: int) -> np.ndarray:
     """SPEC 3.4, scalar Python arithmetic in float64."""
-    s = (np.zeros([STATE_SIZE]) if state is None
-         else np.array(state, dtype=np.float64, copy=True))
+    s = np.zeros([STATE_SIZE]) if state is None else np.array(state, dtype=np.float64, copy=True)
     assert s.shape == (STATE_SIZE,)
     s = sanitize_state(s)
     s[STEPS] += 1.0
@@ -219,7 +248,7 @@ def update_state(state, loss: float, nonfinite_count: int, valid_count: int) -> 
     s[RING_HEAD] = float((head + 1) % WINDOW_SIZE)
     filled = min(s[WINDOW_COUNT] + 1.0, float(WINDOW_SIZE))
     s[WINDOW_COUNT] = filled
-    window = [float(v) for v in s[RING_START:RING_START + int(filled)]]
+    window = [float(v) for v in s[RING_START : RING_START + int(filled)]]
     mean = math.fsum(window) / len(window)
     var = math.fsum((v - mean) ** 2 for v in window) / len(window) if len(window) >= 2 else 0.0
     s[WINDOW_MEAN] = mean
@@ -227,8 +256,18 @@ def update_state(state, loss: float, nonfinite_count: int, valid_count: int) -> 
     return s
 
 
-def backward(y_true, y_pred, lengths, sample_weights, grad_loss, grad_per_sample, *,
-             dtype: Optional[str] = None, loss_type="l1", huber_delta=1.0):
+def backward(
+    y_true,
+    y_pred,
+    lengths,
+    sample_weights,
+    grad_loss,
+    grad_per_sample,
+    *,
+    dtype: str | None = None,
+    loss_type="l1",
+    huber_delta=1.0,
+):
     """Float64 gradients (grad_y_true, grad_y_pred), not rounded to the input dtype."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -243,12 +282,13 @@ def backward(y_true, y_pred, lengths, sample_weights, grad_loss, grad_per_sample
     gb = np.asarray(grad_per_sample, dtype=np.float64).reshape(B)
     coef = g * w[0] + gb * w[1]  # [B]
     with np.errstate(invalid="ignore", over="ignore"):
-        gp = np.where(use, coef[:, None, None] * _elem_grad(np.where(use, d, 0), loss_type, delta),
-                      0.0)
+        gp = np.where(
+            use, coef[:, None, None] * _elem_grad(np.where(use, d, 0), loss_type, delta), 0.0
+        )
     return -gp, gp
 
 
-def valid_finite_mask(y_true, y_pred, lengths, dtype: Optional[str] = None) -> np.ndarray:
+def valid_finite_mask(y_true, y_pred, lengths, dtype: str | None = None) -> np.ndarray:
     """Boolean [B, T, M]: elements that count (valid frame, both values finite)."""
     y_true = np.asarray(y_true)
     dtype = dtype or y_true.dtype.name

@@ -17,15 +17,19 @@ from . import oracle64 as ref
 from .conftest import DevBuf, capture_node_counts
 
 DTYPES = ref.DTYPES
-LOSS_CONFIGS = (("l1", 1.0, "per_sample"), ("l1", 1.0, "global"),
-                ("huber", 1.0, "per_sample"), ("huber", 0.5, "global"))
+LOSS_CONFIGS = (
+    ("l1", 1.0, "per_sample"),
+    ("l1", 1.0, "global"),
+    ("huber", 1.0, "per_sample"),
+    ("huber", 0.5, "global"),
+)
 
 # Forward tolerances (kernel accumulates in float32 for 16/32-bit inputs).
 FWD_RTOL = {"float16": 2e-5, "bfloat16": 2e-5, "float32": 2e-5, "float64": 1e-12}
 FWD_ATOL = {"float16": 1e-7, "bfloat16": 1e-7, "float32": 1e-7, "float64": 1e-15}
 # Gradient tolerances: computed in the accumulation type, rounded to the input dtype.
-GRAD_RTOL = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7, "float32": 1e-6, "float64": 1e-13}
-GRAD_ATOL = {"float16": 2.0 ** -24, "bfloat16": 1e-39, "float32": 1e-44, "float64": 1e-300}
+GRAD_RTOL = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 1e-6, "float64": 1e-13}
+GRAD_ATOL = {"float16": 2.0**-24, "bfloat16": 1e-39, "float32": 1e-44, "float64": 1e-300}
 
 
 def seed_of(*parts) -> int:
@@ -50,8 +54,7 @@ def make_lengths(rng, batch, frames, kind):
     raise ValueError(kind)
 
 
-def make_inputs(rng, shape, dtype, lengths, *, nonfinite=False, padding="garbage",
-                scale=1.0):
+def make_inputs(rng, shape, dtype, lengths, *, nonfinite=False, padding="garbage", scale=1.0):
     """(y_true, y_pred) in storage dtype. ``padding``: "garbage" fills padded
     frames with NaN/Inf/huge values, "zeros" with zeros."""
     B, T, M = shape
@@ -91,9 +94,23 @@ def make_inputs(rng, shape, dtype, lengths, *, nonfinite=False, padding="garbage
 class Case:
     """Device buffers of one problem; run() poisons outputs and launches."""
 
-    def __init__(self, kernels, lib, y_true, y_pred, lengths, dtype, *, offsets=(0, 0, 0, 0),
-                 loss_type="l1", huber_delta=1.0, normalization="per_sample", state=None,
-                 grad_loss=1.0, grad_per_sample=None):
+    def __init__(
+        self,
+        kernels,
+        lib,
+        y_true,
+        y_pred,
+        lengths,
+        dtype,
+        *,
+        offsets=(0, 0, 0, 0),
+        loss_type="l1",
+        huber_delta=1.0,
+        normalization="per_sample",
+        state=None,
+        grad_loss=1.0,
+        grad_per_sample=None,
+    ):
         self.k, self.lib, self.dtype = kernels, lib, dtype
         self.shape = tuple(y_true.shape)
         B = self.shape[0]
@@ -122,8 +139,11 @@ class Case:
         ws = int(kernels.cuda_workspace_size(*self.shape))
         self.workspace = DevBuf(lib, (max(ws, 1),), "uint8", 0)
         self.g_loss_h = np.asarray(grad_loss, dtype=od).reshape(())
-        self.g_ps_h = (np.zeros([B], dtype=od) if grad_per_sample is None
-                       else np.asarray(grad_per_sample, dtype=od).reshape([B]))
+        self.g_ps_h = (
+            np.zeros([B], dtype=od)
+            if grad_per_sample is None
+            else np.asarray(grad_per_sample, dtype=od).reshape([B])
+        )
         self.g_loss = DevBuf(lib, (), od, 1)
         self.g_loss.upload(self.g_loss_h)
         self.g_ps = DevBuf(lib, (B,), od, 2)
@@ -140,38 +160,78 @@ class Case:
             for buf in self.outputs() + (self.workspace,):
                 buf.poison(poison)
         self.k.cuda_forward(
-            self.y_true.arr, self.y_pred.arr, None if self.lengths is None else self.lengths.arr,
-            self.state.arr, self.loss.arr, self.per_sample.arr, self.nonfinite.arr,
-            self.new_state.arr, self.weights.arr, self.workspace.arr,
-            normalization=self.normalization, stream=stream, dtype=self.bf,
-            check_lengths=check_lengths, **self.cfg)
+            self.y_true.arr,
+            self.y_pred.arr,
+            None if self.lengths is None else self.lengths.arr,
+            self.state.arr,
+            self.loss.arr,
+            self.per_sample.arr,
+            self.nonfinite.arr,
+            self.new_state.arr,
+            self.weights.arr,
+            self.workspace.arr,
+            normalization=self.normalization,
+            stream=stream,
+            dtype=self.bf,
+            check_lengths=check_lengths,
+            **self.cfg,
+        )
 
     def backward(self, stream=0, poison=0xFF, check_lengths=True):
         if poison is not None:
             self.g_true.poison(poison)
             self.g_pred.poison(poison)
         self.k.cuda_backward(
-            self.y_true.arr, self.y_pred.arr, None if self.lengths is None else self.lengths.arr,
-            self.weights.arr, self.g_loss.arr, self.g_ps.arr, self.g_true.arr, self.g_pred.arr,
-            stream=stream, dtype=self.bf, check_lengths=check_lengths, **self.cfg)
+            self.y_true.arr,
+            self.y_pred.arr,
+            None if self.lengths is None else self.lengths.arr,
+            self.weights.arr,
+            self.g_loss.arr,
+            self.g_ps.arr,
+            self.g_true.arr,
+            self.g_pred.arr,
+            stream=stream,
+            dtype=self.bf,
+            check_lengths=check_lengths,
+            **self.cfg,
+        )
 
     def fetch_forward(self):
         self.lib.synchronize()
-        return dict(loss=self.loss.host(), per_sample=self.per_sample.host(),
-                    nonfinite_count=self.nonfinite.host(), state=self.new_state.host(),
-                    sample_weights=self.weights.host())
+        return dict(
+            loss=self.loss.host(),
+            per_sample=self.per_sample.host(),
+            nonfinite_count=self.nonfinite.host(),
+            state=self.new_state.host(),
+            sample_weights=self.weights.host(),
+        )
 
     def fetch_backward(self):
         self.lib.synchronize()
         return self.g_true.host(), self.g_pred.host()
 
     def oracle_forward(self):
-        return ref.forward(self.h_true, self.h_pred, self.h_lengths, self.state_in,
-                           dtype=self.dtype, normalization=self.normalization, **self.cfg)
+        return ref.forward(
+            self.h_true,
+            self.h_pred,
+            self.h_lengths,
+            self.state_in,
+            dtype=self.dtype,
+            normalization=self.normalization,
+            **self.cfg,
+        )
 
     def oracle_backward(self, sample_weights):
-        return ref.backward(self.h_true, self.h_pred, self.h_lengths, sample_weights,
-                            self.g_loss_h, self.g_ps_h, dtype=self.dtype, **self.cfg)
+        return ref.backward(
+            self.h_true,
+            self.h_pred,
+            self.h_lengths,
+            sample_weights,
+            self.g_loss_h,
+            self.g_ps_h,
+            dtype=self.dtype,
+            **self.cfg,
+        )
 
 
 def check_forward(case: Case, got: dict, want: ref.Forward):
@@ -181,10 +241,16 @@ def check_forward(case: Case, got: dict, want: ref.Forward):
     assert got["loss"].dtype == od and got["per_sample"].dtype == od
     assert int(got["nonfinite_count"]) == want.nonfinite_count
     # Row 0 (c_b) and row 1 (1/n_b) come from integer counts: exact.
-    np.testing.assert_array_equal(got["sample_weights"], want.sample_weights,
-                                  err_msg="sample_weights")
-    np.testing.assert_allclose(got["per_sample"].astype(np.float64), want.per_sample,
-                               rtol=rtol, atol=atol, err_msg="per_sample")
+    np.testing.assert_array_equal(
+        got["sample_weights"], want.sample_weights, err_msg="sample_weights"
+    )
+    np.testing.assert_allclose(
+        got["per_sample"].astype(np.float64),
+        want.per_sample,
+        rtol=rtol,
+        atol=atol,
+        err_msg="per_sample",
+    )
     assert np.all(got["per_sample"][want.counts == 0] == 0)
     loss = float(got["loss"])
     np.testing.assert_allclose(loss, want.loss, rtol=rtol, atol=atol, err_msg="loss")
@@ -222,25 +288,45 @@ def full_check(case: Case, check_lengths=True):
     return got, grads
 
 
-def random_case(kernels, lib, rng, shape, dtype, lengths_kind, *, offsets, config,
-                nonfinite, padding="garbage"):
+def random_case(
+    kernels, lib, rng, shape, dtype, lengths_kind, *, offsets, config, nonfinite, padding="garbage"
+):
     lengths = make_lengths(rng, shape[0], shape[1], lengths_kind)
-    y_true, y_pred = make_inputs(rng, shape, dtype, lengths, nonfinite=nonfinite,
-                                 padding=padding)
+    y_true, y_pred = make_inputs(rng, shape, dtype, lengths, nonfinite=nonfinite, padding=padding)
     loss_type, delta, norm = config
     B = shape[0]
     g_ps = rng.standard_normal(B)
     g_ps[::3] = 0.0
     state = np.zeros(ref.STATE_SIZE)
     state[ref.STEPS] = 7
-    return Case(kernels, lib, y_true, y_pred, lengths, dtype, offsets=offsets,
-                loss_type=loss_type, huber_delta=delta, normalization=norm, state=state,
-                grad_loss=rng.uniform(0.5, 2.0), grad_per_sample=g_ps)
+    return Case(
+        kernels,
+        lib,
+        y_true,
+        y_pred,
+        lengths,
+        dtype,
+        offsets=offsets,
+        loss_type=loss_type,
+        huber_delta=delta,
+        normalization=norm,
+        state=state,
+        grad_loss=rng.uniform(0.5, 2.0),
+        grad_per_sample=g_ps,
+    )
 
 
 # ---------------------------------------------------------------------------
-SHAPES = [(1, 1, 1), (1, 1, 80), (2, 3, 5), (3, 17, 80), (5, 129, 81), (4, 1031, 80),
-          (2, 2049, 83), (3, 13, 1)]
+SHAPES = [
+    (1, 1, 1),
+    (1, 1, 80),
+    (2, 3, 5),
+    (3, 17, 80),
+    (5, 129, 81),
+    (4, 1031, 80),
+    (2, 2049, 83),
+    (3, 13, 1),
+]
 LENGTH_KINDS = ["none", "full", "zero", "mixed32", "mixed64"]
 OFFSETS = [(0, 0, 0, 0), (1, 1, 1, 1), (3, 3, 2, 2), (1, 2, 3, 0), (2, 2, 2, 2)]
 
@@ -251,18 +337,34 @@ OFFSETS = [(0, 0, 0, 0), (1, 1, 1, 1), (3, 3, 2, 2), (1, 2, 3, 0), (2, 2, 2, 2)]
 def test_matches_oracle(kernels, lib, dtype, shape, lengths_kind):
     seed = seed_of(dtype, shape, lengths_kind)
     rng = np.random.default_rng(seed)
-    case = random_case(kernels, lib, rng, shape, dtype, lengths_kind,
-                       offsets=OFFSETS[seed % len(OFFSETS)],
-                       config=LOSS_CONFIGS[(seed >> 4) % len(LOSS_CONFIGS)],
-                       nonfinite=bool((seed >> 8) & 1))
+    case = random_case(
+        kernels,
+        lib,
+        rng,
+        shape,
+        dtype,
+        lengths_kind,
+        offsets=OFFSETS[seed % len(OFFSETS)],
+        config=LOSS_CONFIGS[(seed >> 4) % len(LOSS_CONFIGS)],
+        nonfinite=bool((seed >> 8) & 1),
+    )
     full_check(case)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
 def test_large_odd_shape(kernels, lib, dtype):
     rng = np.random.default_rng(seed_of("large", dtype))
-    case = random_case(kernels, lib, rng, (19, 1999, 83), dtype, "mixed32",
-                       offsets=(1, 1, 3, 3), config=LOSS_CONFIGS[2], nonfinite=True)
+    case = random_case(
+        kernels,
+        lib,
+        rng,
+        (19, 1999, 83),
+        dtype,
+        "mixed32",
+        offsets=(1, 1, 3, 3),
+        config=LOSS_CONFIGS[2],
+        nonfinite=True,
+    )
     full_check(case)
 
 
@@ -270,14 +372,33 @@ def test_large_odd_shape(kernels, lib, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_loss_types_and_normalizations(kernels, lib, dtype, config):
     rng = np.random.default_rng(seed_of("cfg", dtype, config))
-    case = random_case(kernels, lib, rng, (6, 301, 80), dtype, "mixed64",
-                       offsets=(0, 0, 0, 0), config=config, nonfinite=True)
+    case = random_case(
+        kernels,
+        lib,
+        rng,
+        (6, 301, 80),
+        dtype,
+        "mixed64",
+        offsets=(0, 0, 0, 0),
+        config=config,
+        nonfinite=True,
+    )
     got, _ = full_check(case)
     # Scaled data so Huber has elements on both sides of delta.
     y_true, y_pred = make_inputs(rng, (6, 301, 80), dtype, case.h_lengths, scale=2.0)
-    case2 = Case(kernels, lib, y_true, y_pred, case.h_lengths, dtype, loss_type=config[0],
-                 huber_delta=config[1], normalization=config[2], grad_loss=1.5,
-                 grad_per_sample=np.linspace(-1, 1, 6))
+    case2 = Case(
+        kernels,
+        lib,
+        y_true,
+        y_pred,
+        case.h_lengths,
+        dtype,
+        loss_type=config[0],
+        huber_delta=config[1],
+        normalization=config[2],
+        grad_loss=1.5,
+        grad_per_sample=np.linspace(-1, 1, 6),
+    )
     full_check(case2)
 
 
@@ -285,8 +406,17 @@ def test_loss_types_and_normalizations(kernels, lib, dtype, config):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_unaligned_addresses(kernels, lib, dtype, offsets):
     rng = np.random.default_rng(seed_of("align", dtype, offsets))
-    case = random_case(kernels, lib, rng, (3, 97, 83), dtype, "mixed32", offsets=offsets,
-                       config=LOSS_CONFIGS[0], nonfinite=False)
+    case = random_case(
+        kernels,
+        lib,
+        rng,
+        (3, 97, 83),
+        dtype,
+        "mixed32",
+        offsets=offsets,
+        config=LOSS_CONFIGS[0],
+        nonfinite=False,
+    )
     full_check(case)
 
 
@@ -304,8 +434,17 @@ def test_nonfinite_and_padding(kernels, lib, dtype):
     t1[~valid], p1[~valid] = junk_t[~valid], junk_p[~valid]
     results = []
     for t, p in ((t0, p0), (t1, p1)):
-        case = Case(kernels, lib, t, p, lengths, dtype, normalization="global", grad_loss=2.0,
-                    grad_per_sample=np.arange(5, dtype=np.float64))
+        case = Case(
+            kernels,
+            lib,
+            t,
+            p,
+            lengths,
+            dtype,
+            normalization="global",
+            grad_loss=2.0,
+            grad_per_sample=np.arange(5, dtype=np.float64),
+        )
         got, grads = full_check(case)
         assert int(got["nonfinite_count"]) > 0
         assert got["state"][ref.NONFINITE_STEPS] == 1 and got["state"][ref.CLEAN_STEPS] == 0
@@ -317,8 +456,9 @@ def test_nonfinite_and_padding(kernels, lib, dtype):
         np.testing.assert_array_equal(ref.to_float(x, dtype), ref.to_float(y, dtype))
 
 
-@pytest.mark.parametrize("shape", [(0, 5, 3), (2, 0, 4), (2, 3, 0), (0, 0, 0)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(0, 5, 3), (2, 0, 4), (2, 3, 0), (0, 0, 0)], ids=lambda s: "x".join(map(str, s))
+)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_empty_tensors(kernels, lib, dtype, shape):
     rng = np.random.default_rng(0)
@@ -337,8 +477,9 @@ def test_int32_and_int64_lengths_agree(kernels, lib):
     y_true, y_pred = make_inputs(rng, shape, "float32", lengths, nonfinite=True)
     outs = []
     for ld in (np.int32, np.int64):
-        case = Case(kernels, lib, y_true, y_pred, lengths.astype(ld), "float32",
-                    grad_per_sample=np.ones(6))
+        case = Case(
+            kernels, lib, y_true, y_pred, lengths.astype(ld), "float32", grad_per_sample=np.ones(6)
+        )
         outs.append(full_check(case))
     for key in outs[0][0]:
         assert outs[0][0][key].tobytes() == outs[1][0][key].tobytes(), key
@@ -349,8 +490,17 @@ def test_int32_and_int64_lengths_agree(kernels, lib):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bitwise_deterministic_20_runs(kernels, lib, dtype):
     rng = np.random.default_rng(seed_of("det", dtype))
-    case = random_case(kernels, lib, rng, (7, 1531, 80), dtype, "mixed32",
-                       offsets=(1, 1, 1, 1), config=LOSS_CONFIGS[3], nonfinite=True)
+    case = random_case(
+        kernels,
+        lib,
+        rng,
+        (7, 1531, 80),
+        dtype,
+        "mixed32",
+        offsets=(1, 1, 1, 1),
+        config=LOSS_CONFIGS[3],
+        nonfinite=True,
+    )
     first = None
     for run in range(20):
         poison = 0xFF if run % 2 == 0 else 0xA5
@@ -373,8 +523,17 @@ def test_non_default_stream_with_pending_work(kernels, lib, dtype, check_lengths
     the kernels are enqueued there: the kernels must run after it."""
     rng = np.random.default_rng(seed_of("stream", dtype))
     shape = (16, 997, 80)
-    case = random_case(kernels, lib, rng, shape, dtype, "mixed64", offsets=(0, 0, 0, 0),
-                       config=LOSS_CONFIGS[1], nonfinite=False)
+    case = random_case(
+        kernels,
+        lib,
+        rng,
+        shape,
+        dtype,
+        "mixed64",
+        offsets=(0, 0, 0, 0),
+        config=LOSS_CONFIGS[1],
+        nonfinite=False,
+    )
     want = case.oracle_forward()
     # Sources holding the real data; the kernel inputs start as garbage.
     src_t = DevBuf(lib, shape, case.y_true.dtype.name)
@@ -406,8 +565,9 @@ def test_non_default_stream_with_pending_work(kernels, lib, dtype, check_lengths
         got = case.fetch_forward()
         check_forward(case, got, want)
         use = ref.valid_finite_mask(case.h_true, case.h_pred, case.h_lengths, dtype)
-        check_backward(case, case.fetch_backward(), case.oracle_backward(got["sample_weights"]),
-                       use)
+        check_backward(
+            case, case.fetch_backward(), case.oracle_backward(got["sample_weights"]), use
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -418,30 +578,43 @@ def test_chained_state_updates(kernels, lib, dtype):
     shape = (3, 40, 16)
     state_dev = DevBuf(lib, (ref.STATE_SIZE,), "float64", 0)
     state_dev.upload(np.zeros(ref.STATE_SIZE))
-    own = np.zeros(ref.STATE_SIZE)      # chain through the kernel's own losses
-    indep = np.zeros(ref.STATE_SIZE)    # fully independent chain
+    own = np.zeros(ref.STATE_SIZE)  # chain through the kernel's own losses
+    indep = np.zeros(ref.STATE_SIZE)  # fully independent chain
     rtol = 1e-10 if dtype == "float64" else 1e-4
     for step in range(25):
         kind = "zero" if step == 9 else "mixed32"
         lengths = make_lengths(rng, 3, 40, kind)
         if kind != "zero":
             lengths[1] = 40
-        y_true, y_pred = make_inputs(rng, shape, dtype, lengths, nonfinite=step in (5, 13, 14),
-                                     scale=0.5 + step * 0.1)
-        case = Case(kernels, lib, y_true, y_pred, lengths, dtype, state=own,
-                    normalization="global" if step % 2 else "per_sample")
+        y_true, y_pred = make_inputs(
+            rng, shape, dtype, lengths, nonfinite=step in (5, 13, 14), scale=0.5 + step * 0.1
+        )
+        case = Case(
+            kernels,
+            lib,
+            y_true,
+            y_pred,
+            lengths,
+            dtype,
+            state=own,
+            normalization="global" if step % 2 else "per_sample",
+        )
         case.state = state_dev  # device state from the previous step
         case.forward()
         got = case.fetch_forward()
-        want = ref.forward(y_true, y_pred, lengths, indep, dtype=dtype,
-                           normalization=case.normalization)
+        want = ref.forward(
+            y_true, y_pred, lengths, indep, dtype=dtype, normalization=case.normalization
+        )
         assert int(got["nonfinite_count"]) == want.nonfinite_count
-        own = ref.update_state(own, float(got["loss"]), int(got["nonfinite_count"]),
-                               want.valid_count)
-        np.testing.assert_allclose(got["state"], own, rtol=1e-13, atol=1e-15,
-                                   err_msg=f"step {step}")
-        np.testing.assert_allclose(got["state"], want.state, rtol=rtol, atol=1e-6,
-                                   err_msg=f"step {step} (independent)")
+        own = ref.update_state(
+            own, float(got["loss"]), int(got["nonfinite_count"]), want.valid_count
+        )
+        np.testing.assert_allclose(
+            got["state"], own, rtol=1e-13, atol=1e-15, err_msg=f"step {step}"
+        )
+        np.testing.assert_allclose(
+            got["state"], want.state, rtol=rtol, atol=1e-6, err_msg=f"step {step} (independent)"
+        )
         indep = want.state
         state_dev = case.new_state
     assert own[ref.STEPS] == 25 and own[ref.NONFINITE_STEPS] == 3
@@ -452,16 +625,27 @@ def test_one_launch_each(kernels, lib):
     """Forward = one kernel (+ at most one memset of the ticket counter);
     backward = one kernel. Counted by capturing into a CUDA graph."""
     rng = np.random.default_rng(11)
-    case = random_case(kernels, lib, rng, (8, 401, 80), "float32", "mixed32",
-                       offsets=(0, 0, 0, 0), config=LOSS_CONFIGS[0], nonfinite=False)
+    case = random_case(
+        kernels,
+        lib,
+        rng,
+        (8, 401, 80),
+        "float32",
+        "mixed32",
+        offsets=(0, 0, 0, 0),
+        config=LOSS_CONFIGS[0],
+        nonfinite=False,
+    )
     lib.synchronize()
     stream = lib.new_stream()
     ptr = lib.stream_ptr(stream)
     try:
         fwd = capture_node_counts(
-            lambda: case.forward(stream=ptr, poison=None, check_lengths=False), ptr)
+            lambda: case.forward(stream=ptr, poison=None, check_lengths=False), ptr
+        )
         bwd = capture_node_counts(
-            lambda: case.backward(stream=ptr, poison=None, check_lengths=False), ptr)
+            lambda: case.backward(stream=ptr, poison=None, check_lengths=False), ptr
+        )
     except OSError as e:
         pytest.skip(f"driver API not reachable for graph capture: {e}")
     print(f"forward graph nodes: {fwd}; backward graph nodes: {bwd}")
@@ -496,19 +680,48 @@ def test_gpu_wrapper(kernels, lib, dtype):
         t, p = lib.asarray(y_true), lib.asarray(y_pred)
         kw = {"dtype": "bfloat16"} if dtype == "bfloat16" else {}
     stream = lib.new_stream()
-    out = gpu.forward(t, p, lengths, loss_type="huber", huber_delta=0.5,
-                      normalization="global", stream=stream, **kw)
+    out = gpu.forward(
+        t,
+        p,
+        lengths,
+        loss_type="huber",
+        huber_delta=0.5,
+        normalization="global",
+        stream=stream,
+        **kw,
+    )
     lib.synchronize(stream)
-    want = ref.forward(y_true, y_pred, lengths, None, dtype=dtype, loss_type="huber",
-                       huber_delta=0.5, normalization="global")
+    want = ref.forward(
+        y_true,
+        y_pred,
+        lengths,
+        None,
+        dtype=dtype,
+        loss_type="huber",
+        huber_delta=0.5,
+        normalization="global",
+    )
     to_h = lambda x, d=None: lib.to_host(x, d or str(x.dtype).replace("torch.", ""))  # noqa: E731
     np.testing.assert_allclose(float(to_h(out.loss)), want.loss, rtol=FWD_RTOL[dtype])
-    np.testing.assert_allclose(to_h(out.per_sample).astype(np.float64), want.per_sample,
-                               rtol=FWD_RTOL[dtype], atol=FWD_ATOL[dtype])
+    np.testing.assert_allclose(
+        to_h(out.per_sample).astype(np.float64),
+        want.per_sample,
+        rtol=FWD_RTOL[dtype],
+        atol=FWD_ATOL[dtype],
+    )
     assert int(to_h(out.nonfinite_count)) == want.nonfinite_count
     np.testing.assert_array_equal(to_h(out.sample_weights), want.sample_weights)
-    g_true, g_pred = gpu.backward(t, p, lengths, out.sample_weights, grad_loss=2.0,
-                                  loss_type="huber", huber_delta=0.5, stream=stream, **kw)
+    g_true, g_pred = gpu.backward(
+        t,
+        p,
+        lengths,
+        out.sample_weights,
+        grad_loss=2.0,
+        loss_type="huber",
+        huber_delta=0.5,
+        stream=stream,
+        **kw,
+    )
     lib.synchronize(stream)
     if lib.name == "torch" and dtype == "bfloat16":
         g_true, g_pred = g_true.view(lib.module.int16), g_pred.view(lib.module.int16)
@@ -517,8 +730,17 @@ def test_gpu_wrapper(kernels, lib, dtype):
         sd = ref.storage_dtype(dtype).name
     gp = ref.to_float(to_h(g_pred, sd), dtype).astype(np.float64)
     gt = ref.to_float(to_h(g_true, sd), dtype).astype(np.float64)
-    w_true, w_pred = ref.backward(y_true, y_pred, lengths, want.sample_weights, 2.0,
-                                  np.zeros(4), dtype=dtype, loss_type="huber", huber_delta=0.5)
+    w_true, w_pred = ref.backward(
+        y_true,
+        y_pred,
+        lengths,
+        want.sample_weights,
+        2.0,
+        np.zeros(4),
+        dtype=dtype,
+        loss_type="huber",
+        huber_delta=0.5,
+    )
     np.testing.assert_allclose(gp, w_pred, rtol=GRAD_RTOL[dtype], atol=GRAD_ATOL[dtype])
     np.testing.assert_allclose(gt, w_true, rtol=GRAD_RTOL[dtype], atol=GRAD_ATOL[dtype])
     # Chained state through the wrapper.

@@ -22,7 +22,14 @@ from myxtts_loss.terms import (
 
 __all__ = ["XTTSLoss", "create_stop_targets", "mel_loss", "stop_token_loss"]
 _ALSO = (
-    GRADIENT_NORM_HISTORY, ConcurrentCallError, ContrastiveSpeakerLoss, attention_loss,
-    compute_mel_statistics, diffusion_loss, duration_loss, energy_loss, pitch_loss,
+    GRADIENT_NORM_HISTORY,
+    ConcurrentCallError,
+    ContrastiveSpeakerLoss,
+    attention_loss,
+    compute_mel_statistics,
+    diffusion_loss,
+    duration_loss,
+    energy_loss,
+    pitch_loss,
     speaking_rate_loss,
 )
