@@ -6,14 +6,21 @@
 #
 #   bash scripts/lint.sh          # check; exit status = number of failing linters
 #   bash scripts/lint.sh --fix    # apply ruff format, ruff check --fix, clang-format -i
+#   bash scripts/lint.sh --install-tools   # pip install the versions .pre-commit-config.yaml pins
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+# The version pre-commit pins for a hook repository (its rev, without the "v").
+pinned() { awk -v repo="$1" '$0 ~ "repo: .*/" repo "$" {on=1; next} on && /rev:/ {sub(/^v/, "", $2); print $2; exit}' .pre-commit-config.yaml; }
 
 FIX=0
 case "${1:-}" in
   "") ;;
   --fix) FIX=1 ;;
-  *) echo "lint.sh: unknown argument '$1' (use --fix or no argument)" >&2; exit 2 ;;
+  --install-tools)
+    exec python -m pip install --quiet "ruff==$(pinned ruff-pre-commit)" \
+      "clang-format==$(pinned mirrors-clang-format)" ;;
+  *) echo "lint.sh: unknown argument '$1' (use --fix, --install-tools or no argument)" >&2; exit 2 ;;
 esac
 
 for tool in ruff clang-format; do
