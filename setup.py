@@ -117,7 +117,16 @@ def _requirements():
     against, under the distribution the target environment has."""
     base = ["numpy>=1.24", "matplotlib>=3.7", "ml_dtypes>=0.3"]
     # The build tools let the test tooling rebuild instrumented copies (scripts/sanitize_cpu.sh).
-    test = ["pytest>=8", "hypothesis>=6", "psutil", "cmake>=3.24", "ninja", "pybind11>=2.12"]
+    # jax: the XLA FFI handlers run through JAX as well (tests/test_ffi_jax.py).
+    test = [
+        "pytest>=8",
+        "hypothesis>=6",
+        "psutil",
+        "cmake>=3.24",
+        "ninja",
+        "pybind11>=2.12",
+        "jax>=0.5",
+    ]
     built_against = tf_requirement.find_tensorflow()
     if built_against is None:
         # No TensorFlow in this build (e.g. the metadata pass before the

@@ -1,0 +1,125 @@
+"""The XLA typed-FFI handlers of the fused op, run through JAX.
+
+JAX uses the same XLA FFI as TensorFlow's XLA: the pybind11 module exports the
+handlers as PyCapsules (``kernels.ffi_targets()``), this module registers them
+with JAX and calls them with ``jax.ffi.ffi_call`` under ``jax.jit``, following
+the custom-call contract of ``csrc/xla/mel_loss_ffi.cc``. The CPU test suite
+runs the Host handler this way; ``tests/gpu`` runs the CUDA handler.
+"""
+
+import numpy as np
+
+from myxtts_ops import kernels
+
+FORWARD_TARGET = "myxtts_ops_masked_mel_loss"
+BACKWARD_TARGET = "myxtts_ops_masked_mel_loss_grad"
+#: kernels.ffi_targets() platform name -> JAX platform name.
+JAX_PLATFORMS = {"cpu": "cpu", "CUDA": "CUDA"}
+_registered = set()
+
+
+def jax_module():
+    """jax with 64-bit types on (the state, counts and weights are 64-bit)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def register(platform):
+    """Registers the handlers of ``platform`` ("cpu" or "CUDA") with JAX."""
+    jax = jax_module()
+    if platform in _registered:
+        return
+    targets = kernels.ffi_targets()[platform]
+    for name, capsule in targets.items():
+        jax.ffi.register_ffi_target(name, capsule, platform=JAX_PLATFORMS[platform])
+    _registered.add(platform)
+
+
+def _out_dtype(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def forward(
+    y_true,
+    y_pred,
+    lengths=None,
+    state=None,
+    *,
+    loss_type="l1",
+    normalization="per_sample",
+    huber_delta=1.0,
+):
+    """(loss, per_sample, nonfinite_count, new_state, sample_weights), as jax arrays."""
+    jax = jax_module()
+    import jax.numpy as jnp
+
+    batch = y_true.shape[0]
+    out = _out_dtype(y_true.dtype)
+    use_lengths = lengths is not None
+    if not use_lengths:
+        lengths = jnp.zeros([0], jnp.int32)
+    if state is None:
+        state = jnp.zeros([kernels.STATE_SIZE], jnp.float64)
+    call = jax.ffi.ffi_call(
+        FORWARD_TARGET,
+        (
+            jax.ShapeDtypeStruct((), out),
+            jax.ShapeDtypeStruct((batch,), out),
+            jax.ShapeDtypeStruct((), np.int64),
+            jax.ShapeDtypeStruct((kernels.STATE_SIZE,), np.float64),
+            jax.ShapeDtypeStruct((2, batch), np.float64),
+        ),
+    )
+    return call(
+        y_true,
+        y_pred,
+        lengths,
+        state,
+        loss_type=loss_type,
+        normalization=normalization,
+        use_lengths=use_lengths,
+        huber_delta=np.float64(huber_delta),
+    )
+
+
+def backward(
+    y_true,
+    y_pred,
+    lengths,
+    sample_weights,
+    grad_loss,
+    grad_per_sample,
+    *,
+    loss_type="l1",
+    huber_delta=1.0,
+    want_grad_y_true=True,
+):
+    """(grad_y_true, grad_y_pred); grad_y_true is empty unless want_grad_y_true."""
+    jax = jax_module()
+    import jax.numpy as jnp
+
+    use_lengths = lengths is not None
+    if not use_lengths:
+        lengths = jnp.zeros([0], jnp.int32)
+    true_shape = y_true.shape if want_grad_y_true else (0,)
+    call = jax.ffi.ffi_call(
+        BACKWARD_TARGET,
+        (
+            jax.ShapeDtypeStruct(true_shape, y_true.dtype),
+            jax.ShapeDtypeStruct(y_pred.shape, y_pred.dtype),
+        ),
+    )
+    return call(
+        y_true,
+        y_pred,
+        lengths,
+        sample_weights,
+        grad_loss,
+        grad_per_sample,
+        loss_type=loss_type,
+        use_lengths=use_lengths,
+        huber_delta=np.float64(huber_delta),
+        want_grad_y_true=want_grad_y_true,
+    )

@@ -1,0 +1,107 @@
+"""The XLA typed-FFI Host handler (what the TF op lowers to under XLA:CPU), run
+through JAX instead of TensorFlow: the capsule export of the pybind11 module
+and the registration route the GPU run uses for the CUDA handler.
+
+The handler runs the same CPU kernels as ``myxtts_ops.kernels.forward`` /
+``backward``: results are bitwise equal, for every dtype, lengths int32 /
+int64 / absent, both loss types and normalizations, NaN/Inf in valid frames
+and in padding. Skipped when JAX is not installed.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import make_inputs
+
+jax = pytest.importorskip("jax")
+import ffi_jax  # noqa: E402
+from myxtts_ops import kernels  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(kernels, "ffi_targets"), reason="kernels module built without the XLA FFI"
+)
+
+CONFIGS = [("l1", 1.0, "per_sample"), ("huber", 0.5, "global"), ("huber", 2.0, "per_sample")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    ffi_jax.register("cpu")
+
+
+def _jit_forward(loss_type, delta, norm):
+    return jax.jit(
+        lambda a, b, n, s: ffi_jax.forward(
+            a, b, n, s, loss_type=loss_type, normalization=norm, huber_delta=delta
+        )
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("lengths", ["int32", "int64", None])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_host_handler_through_jax_bitwise(rng, dtype, lengths, config):
+    loss_type, delta, norm = config
+    shape = (5, 13, 7)
+    y_true, y_pred, lens = make_inputs(
+        rng,
+        shape,
+        dtype,
+        lengths="random" if lengths else None,
+        lengths_dtype=np.dtype(lengths or "int32"),
+        nonfinite_valid=4,
+        nonfinite_padding=4,
+    )
+    # A state some steps in: the handler updates it exactly as the kernels module.
+    state = kernels.forward(y_true, y_pred, lens, np.zeros(kernels.STATE_SIZE))["state"]
+    out = _jit_forward(loss_type, delta, norm)(y_true, y_pred, lens, state)
+    want = kernels.forward(
+        y_true, y_pred, lens, state, loss_type=loss_type, huber_delta=delta, normalization=norm
+    )
+    names = ("loss", "per_sample", "nonfinite_count", "state", "sample_weights")
+    for name, got in zip(names, out):
+        np.testing.assert_array_equal(np.asarray(got), want[name], err_msg=name)
+    g_loss = np.asarray(1.5, want["loss"].dtype)
+    g_ps = rng.standard_normal(shape[0]).astype(want["loss"].dtype)
+    grads = jax.jit(
+        lambda a, b, n, w, gl, gp: ffi_jax.backward(
+            a, b, n, w, gl, gp, loss_type=loss_type, huber_delta=delta
+        )
+    )(y_true, y_pred, lens, out[4], g_loss, g_ps)
+    want_g = kernels.backward(
+        y_true,
+        y_pred,
+        lens,
+        want["sample_weights"],
+        g_loss,
+        g_ps,
+        loss_type=loss_type,
+        huber_delta=delta,
+    )
+    np.testing.assert_array_equal(np.asarray(grads[0]), want_g[0])
+    np.testing.assert_array_equal(np.asarray(grads[1]), want_g[1])
+
+
+def test_host_handler_skips_grad_y_true(rng):
+    y_true, y_pred, lens = make_inputs(rng, (3, 9, 4), "float32", lengths="random")
+    out = _jit_forward("l1", 1.0, "per_sample")(y_true, y_pred, lens, np.zeros(kernels.STATE_SIZE))
+    args = (y_true, y_pred, lens, out[4], np.float32(1.0), np.zeros(3, np.float32))
+    full = ffi_jax.backward(*args)
+    pred_only = ffi_jax.backward(*args, want_grad_y_true=False)
+    assert pred_only[0].size == 0
+    np.testing.assert_array_equal(np.asarray(pred_only[1]), np.asarray(full[1]))
+
+
+def test_host_handler_refuses_bad_lengths():
+    y = np.zeros((2, 3, 2), np.float32)
+    fwd = _jit_forward("l1", 1.0, "per_sample")
+    with pytest.raises(Exception, match=r"lengths\[1\] = 7 is outside \[0, 3\]"):
+        jax.block_until_ready(fwd(y, y, np.array([1, 7], np.int32), np.zeros(kernels.STATE_SIZE)))
+
+
+def test_host_handler_refuses_bad_huber_delta():
+    y = np.zeros((2, 3, 2), np.float32)
+    with pytest.raises(Exception, match="huber_delta"):
+        jax.block_until_ready(
+            _jit_forward("huber", -1.0, "per_sample")(y, y, None, np.zeros(kernels.STATE_SIZE))
+        )
