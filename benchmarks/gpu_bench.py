@@ -6,6 +6,7 @@ For forward, backward and forward+backward it times:
 - ``fused``        myxtts_ops.kernels.cuda_forward / cuda_backward (one launch each)
 - ``torch_eager``  the same math as eager PyTorch ops (autograd for the backward)
 - ``jax_jit``      the same math compiled by jax.jit (jax.vjp for the backward)
+- ``fused_ffi_jax`` the fused kernels through their CUDA XLA FFI handlers, from jax.jit
 - ``floor``        bytes that must move / device-to-device copy bandwidth
                    measured in the same run
 - ``empty_kernel`` one empty kernel launch (the launch-overhead floor)
@@ -42,6 +43,7 @@ if importlib.util.find_spec("myxtts_ops") is None:
 
 import numpy as np  # noqa: E402
 
+from myxtts_ops import jax_ffi  # noqa: E402
 from myxtts_ops.tools.measure import floor_bytes, percentiles_ms  # noqa: E402
 
 SIZES = [(8, 200, 80), (32, 1000, 80), (256, 2000, 80)]
@@ -410,10 +412,40 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
         j_bwd = jax.jit(lambda fn, g: fn(g))
         one = jnp.float32(1.0)
         jax_impls = {
-            "forward": lambda i: j_fwd(*jsets[i % n_sets], jstate),
-            "backward": lambda i: j_bwd(vjps[i % n_sets], one),
-            "forward_backward": lambda i: j_fb(*jsets[i % n_sets], jstate),
+            "jax_jit": {
+                "forward": lambda i: j_fwd(*jsets[i % n_sets], jstate),
+                "backward": lambda i: j_bwd(vjps[i % n_sets], one),
+                "forward_backward": lambda i: j_fb(*jsets[i % n_sets], jstate),
+            }
         }
+        # The fused kernels through the CUDA FFI handlers (what the TF op runs
+        # under XLA:GPU), called from jax.jit: the custom call's own overhead.
+        try:
+            jax_ffi.register("CUDA")
+            fstate = jax.device_put(np.zeros(k.STATE_SIZE, np.float64))
+            f_fwd = jax.jit(jax_ffi.forward)
+
+            def ffi_fb(t, p, L, s):
+                out = jax_ffi.forward(t, p, L, s)
+                return jax_ffi.backward(
+                    t, p, L, out[4], jnp.ones((), out[0].dtype), jnp.zeros_like(out[1])
+                )
+
+            f_fb = jax.jit(ffi_fb)
+            f_bwd = jax.jit(jax_ffi.backward)
+            fwd_outs = [f_fwd(jt, jp, L, fstate) for jt, jp, L in jsets]
+            jax_impls["fused_ffi_jax"] = {
+                "forward": lambda i: f_fwd(*jsets[i % n_sets], fstate),
+                "backward": lambda i: f_bwd(
+                    *jsets[i % n_sets],
+                    fwd_outs[i % n_sets][4],
+                    jnp.ones((), fwd_outs[0][0].dtype),
+                    jnp.zeros_like(fwd_outs[0][1]),
+                ),
+                "forward_backward": lambda i: f_fb(*jsets[i % n_sets], fstate),
+            }
+        except Exception as e:  # noqa: BLE001 - a build without the CUDA FFI handlers
+            notes.append(f"fused_ffi_jax {size} {dtype}: {type(e).__name__}: {e}")
 
     # Every buffer once in the warm-up (lazy autograd graphs, JAX retraces).
     warmup = max(warmup, n_sets + 2)
@@ -445,16 +477,16 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
                 add(name, time_events(dev, fns[mode], reps, warmup), "cuda_events")
             except Exception as e:  # noqa: BLE001 - e.g. out of memory on the largest size
                 notes.append(f"{name} {mode} {size} {dtype}: {type(e).__name__}: {e}")
-        if jax_impls:
+        for name, fns in jax_impls.items():
             try:
                 block = lambda out: jax.block_until_ready(out)  # noqa: E731
                 add(
-                    "jax_jit",
-                    time_wall_groups(jax_impls[mode], block, reps, warmup),
+                    name,
+                    time_wall_groups(fns[mode], block, reps, warmup),
                     "wall_per_call_over_groups",
                 )
             except Exception as e:  # noqa: BLE001
-                notes.append(f"jax_jit {mode} {size} {dtype}: {type(e).__name__}: {e}")
+                notes.append(f"{name} {mode} {size} {dtype}: {type(e).__name__}: {e}")
         floor_ms = fbytes / bw * 1e3
         records.append(
             dict(
@@ -532,7 +564,8 @@ def main(argv=None):
     notes = []
     if not args.no_jax:
         try:
-            import jax as _jax
+            # 64-bit types on for every JAX row (the FFI handlers need them).
+            _jax = jax_ffi.jax_module()
 
             if any(d.platform == "gpu" for d in _jax.devices()):
                 jax = _jax

@@ -14,8 +14,7 @@ import pytest
 from conftest import make_inputs
 
 jax = pytest.importorskip("jax")
-import ffi_jax  # noqa: E402
-from myxtts_ops import kernels  # noqa: E402
+from myxtts_ops import jax_ffi, kernels  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not hasattr(kernels, "ffi_targets"), reason="kernels module built without the XLA FFI"
@@ -26,12 +25,12 @@ CONFIGS = [("l1", 1.0, "per_sample"), ("huber", 0.5, "global"), ("huber", 2.0, "
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    ffi_jax.register("cpu")
+    jax_ffi.register("cpu")
 
 
 def _jit_forward(loss_type, delta, norm):
     return jax.jit(
-        lambda a, b, n, s: ffi_jax.forward(
+        lambda a, b, n, s: jax_ffi.forward(
             a, b, n, s, loss_type=loss_type, normalization=norm, huber_delta=delta
         )
     )
@@ -64,7 +63,7 @@ def test_host_handler_through_jax_bitwise(rng, dtype, lengths, config):
     g_loss = np.asarray(1.5, want["loss"].dtype)
     g_ps = rng.standard_normal(shape[0]).astype(want["loss"].dtype)
     grads = jax.jit(
-        lambda a, b, n, w, gl, gp: ffi_jax.backward(
+        lambda a, b, n, w, gl, gp: jax_ffi.backward(
             a, b, n, w, gl, gp, loss_type=loss_type, huber_delta=delta
         )
     )(y_true, y_pred, lens, out[4], g_loss, g_ps)
@@ -86,8 +85,8 @@ def test_host_handler_skips_grad_y_true(rng):
     y_true, y_pred, lens = make_inputs(rng, (3, 9, 4), "float32", lengths="random")
     out = _jit_forward("l1", 1.0, "per_sample")(y_true, y_pred, lens, np.zeros(kernels.STATE_SIZE))
     args = (y_true, y_pred, lens, out[4], np.float32(1.0), np.zeros(3, np.float32))
-    full = ffi_jax.backward(*args)
-    pred_only = ffi_jax.backward(*args, want_grad_y_true=False)
+    full = jax_ffi.backward(*args)
+    pred_only = jax_ffi.backward(*args, want_grad_y_true=False)
     assert pred_only[0].size == 0
     np.testing.assert_array_equal(np.asarray(pred_only[1]), np.asarray(full[1]))
 

@@ -7,11 +7,10 @@ Skipped unless the kernels module has CUDA FFI handlers and JAX sees a GPU.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from myxtts_ops import jax_ffi
 
 from . import oracle64 as ref
 from .test_cuda_kernels import (
@@ -24,20 +23,17 @@ from .test_cuda_kernels import (
     seed_of,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: ffi_jax
-import ffi_jax  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def jax_gpu(kernels):
     if "CUDA" not in kernels.ffi_targets():
         pytest.skip("the kernels module has no CUDA FFI handlers")
     try:
-        jax = ffi_jax.jax_module()
+        jax = jax_ffi.jax_module()
         devices = jax.devices("gpu")
     except Exception as e:  # noqa: BLE001 - no JAX, or no GPU backend
         pytest.skip(f"JAX with a GPU backend is not available ({type(e).__name__}: {e})")
-    ffi_jax.register("CUDA")
+    jax_ffi.register("CUDA")
     return jax, devices[0]
 
 
@@ -63,7 +59,7 @@ def _run_jax(jax, device, case, want_grad_y_true=True):
     lens = None if case.h_lengths is None else jax.device_put(case.h_lengths, device)
     state = jax.device_put(case.state_in, device)
     fwd = jax.jit(
-        lambda a, b, n, s: ffi_jax.forward(a, b, n, s, normalization=case.normalization, **case.cfg)
+        lambda a, b, n, s: jax_ffi.forward(a, b, n, s, normalization=case.normalization, **case.cfg)
     )
     out = fwd(yt, yp, lens, state)
     got = dict(
@@ -73,7 +69,7 @@ def _run_jax(jax, device, case, want_grad_y_true=True):
         )
     )
     bwd = jax.jit(
-        lambda a, b, n, w, gl, gp: ffi_jax.backward(
+        lambda a, b, n, w, gl, gp: jax_ffi.backward(
             a, b, n, w, gl, gp, want_grad_y_true=want_grad_y_true, **case.cfg
         )
     )

@@ -1,10 +1,16 @@
-"""The XLA typed-FFI handlers of the fused op, run through JAX.
+"""The fused kernels from JAX, through the XLA typed-FFI handlers the TF op
+lowers to under ``jit_compile=True``.
 
 JAX uses the same XLA FFI as TensorFlow's XLA: the pybind11 module exports the
-handlers as PyCapsules (``kernels.ffi_targets()``), this module registers them
-with JAX and calls them with ``jax.ffi.ffi_call`` under ``jax.jit``, following
-the custom-call contract of ``csrc/xla/mel_loss_ffi.cc``. The CPU test suite
-runs the Host handler this way; ``tests/gpu`` runs the CUDA handler.
+handlers as PyCapsules (``kernels.ffi_targets()``); :func:`register` hands them
+to JAX and :func:`forward` / :func:`backward` call them with
+``jax.ffi.ffi_call`` (inside ``jax.jit`` or not), following the custom-call
+contract of ``csrc/xla/mel_loss_ffi.cc``. Needs no TensorFlow. The tests run
+the Host handler this way on the CPU and the CUDA handler on a GPU
+(``tests/gpu``), and the GPU benchmark times it beside the pybind11 launches.
+
+JAX must run with 64-bit types (the state, the counts and the per-sample
+weights are 64-bit): :func:`jax_module` turns ``jax_enable_x64`` on.
 """
 
 import numpy as np
@@ -27,7 +33,8 @@ def jax_module():
 
 
 def register(platform):
-    """Registers the handlers of ``platform`` ("cpu" or "CUDA") with JAX."""
+    """Registers the handlers of ``platform`` ("cpu" or "CUDA", the keys of
+    ``kernels.ffi_targets()``) with JAX; a second call does nothing."""
     jax = jax_module()
     if platform in _registered:
         return
