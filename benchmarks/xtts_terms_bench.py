@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for name, path in (("myxtts_ops", ROOT), ("myxtts_loss", os.path.join(ROOT, "python"))):
@@ -38,6 +37,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from myxtts_ops.tools.term_shares import (  # noqa: E402
+    forward_backward,
+    interleaved_seconds,
+    measure_term_shares,
+    myxtts_inputs,
+    step_graph,
+)
 
 
 def _cpu_name():
@@ -51,93 +58,6 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def make_inputs(rng, sets, batch, frames, mels, tokens, heads, all_heads):
-    """``sets`` (y_true, y_pred) dicts of tensors as the MyXTTS trainer builds them."""
-    out = []
-    for _ in range(sets):
-        lm = rng.integers(frames // 2, frames + 1, batch)
-        lx = rng.integers(tokens // 2, tokens + 1, batch)
-        mel = rng.standard_normal((batch, frames, mels), dtype=np.float32)
-        yt = {
-            "mel_target": tf.constant(mel),
-            "mel_lengths": tf.constant(lm.astype(np.float32)),
-            "stop_target": tf.constant(
-                (np.arange(frames)[None, :, None] == (lm[:, None, None] - 1)).astype(np.float32)
-            ),
-        }
-        yp = {
-            "mel_output": tf.constant(rng.standard_normal((batch, frames, mels), dtype=np.float32)),
-            "stop_tokens": tf.constant(
-                rng.uniform(0.01, 0.99, (batch, frames, 1)).astype(np.float32)
-            ),
-        }
-        if all_heads:
-            logits = rng.standard_normal((batch, heads, frames, tokens), dtype=np.float32)
-            att = np.exp(logits - logits.max(-1, keepdims=True))
-            att /= att.sum(-1, keepdims=True)
-            f = lambda *s: tf.constant(rng.standard_normal(s, dtype=np.float32))  # noqa: E731
-            yt.update(
-                text_lengths=tf.constant(lx.astype(np.float32)),
-                duration_target=tf.constant(rng.uniform(0, 8, (batch, tokens)).astype(np.float32)),
-                pitch_target=f(batch, frames, 1),
-                energy_target=f(batch, frames, 1),
-                prosody_pitch_target=f(batch, tokens, 1),
-                prosody_energy_target=f(batch, tokens, 1),
-                prosody_speaking_rate_target=f(batch, tokens, 1),
-            )
-            yp.update(
-                attention_weights=tf.constant(att),
-                duration_pred=tf.constant(rng.uniform(0, 8, (batch, tokens)).astype(np.float32)),
-                pitch_output=f(batch, frames, 1),
-                energy_output=f(batch, frames, 1),
-                prosody_pitch=f(batch, tokens, 1),
-                prosody_energy=f(batch, tokens, 1),
-                prosody_speaking_rate=f(batch, tokens, 1),
-            )
-        out.append((yt, yp))
-    return out
-
-
-def interleaved_ms(graphs, repeats):
-    """Median wall time (ms) of each graph, calling them in turn ``repeats`` times, so
-    that load changes on a shared machine hit every graph alike; also the median of
-    each graph's per-round ratio to the first one."""
-    for g in graphs.values():
-        g()  # trace + warm up
-    times = {k: [] for k in graphs}
-    for _ in range(repeats):
-        for k, g in graphs.items():
-            t0 = time.perf_counter()
-            g().numpy()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}, times
-
-
-def graph_of(step, inputs):
-    def run():
-        total = tf.zeros([])
-        for k, (yt, yp) in enumerate(inputs):
-            total += step(k, yt, yp)
-        return total
-
-    return tf.function(run)
-
-
-def fwd_bwd(value_fn, yp):
-    """Forward + backward of ``value_fn(preds)`` with respect to every prediction."""
-    preds = dict(yp)
-    with tf.GradientTape() as tape:
-        for v in preds.values():
-            tape.watch(v)
-        value = value_fn(preds)
-    grads = tape.gradient(value, list(preds.values()))
-    probe = value
-    for g in grads:
-        if g is not None:
-            probe = probe + tf.reshape(g, [-1])[0]
-    return probe
-
-
 def measure(args):
     import myxtts_ops
     from myxtts_loss import XTTSLoss
@@ -145,7 +65,7 @@ def measure(args):
     rng = np.random.default_rng(0)
     results = {}
     shape = dict(batch=args.batch, frames=args.frames, mels=args.mels)
-    base_inputs = make_inputs(
+    base_inputs = myxtts_inputs(
         rng, args.sets, args.batch, args.frames, args.mels, args.tokens, args.heads, all_heads=False
     )
 
@@ -154,7 +74,7 @@ def measure(args):
 
     def op_fb(k, yt, yp):
         lens = tf.cast(yt["mel_lengths"], tf.int32)
-        return fwd_bwd(
+        return forward_backward(
             lambda p: myxtts_ops.masked_mel_loss(yt["mel_target"], p["mel_output"], lens).loss,
             {"mel_output": yp["mel_output"]},
         )
@@ -162,17 +82,20 @@ def measure(args):
     mel_stop = XTTSLoss()
 
     def xtts_mel_stop(k, yt, yp):
-        return fwd_bwd(lambda p: mel_stop(yt, p), yp)
+        return forward_backward(lambda p: mel_stop(yt, p), yp)
 
     graphs = {
-        "base": graph_of(baseline, base_inputs),
-        "op": graph_of(op_fb, base_inputs),
-        "loss": graph_of(xtts_mel_stop, base_inputs),
+        "base": step_graph(baseline, base_inputs),
+        "op": step_graph(op_fb, base_inputs),
+        "loss": step_graph(xtts_mel_stop, base_inputs),
     }
-    med, raw = interleaved_ms(graphs, args.repeats * args.rounds)
-    base = np.array(raw["base"])
-    op_steps = (np.array(raw["op"]) - base) / args.sets
-    loss_steps = (np.array(raw["loss"]) - base) / args.sets
+    raw = {
+        k: np.asarray(v) for k, v in interleaved_seconds(graphs, args.repeats * args.rounds).items()
+    }
+    med = {k: float(np.median(v)) * 1e3 for k, v in raw.items()}
+    base = raw["base"]
+    op_steps = (raw["op"] - base) / args.sets
+    loss_steps = (raw["loss"] - base) / args.sets
     results["mel_stop"] = {
         "op_forward_backward_ms": (med["op"] - med["base"]) / args.sets,
         "xtts_mel_stop_ms": (med["loss"] - med["base"]) / args.sets,
@@ -184,35 +107,19 @@ def measure(args):
 
     # Every head at realistic shapes.
     del base_inputs, graphs
-    inputs = make_inputs(
-        rng,
-        args.sets_all,
+    full_ms, shares = measure_term_shares(
         args.batch,
         args.frames,
         args.mels,
         args.tokens,
         args.heads,
-        all_heads=True,
+        repeats=args.repeats,
+        sets=args.sets_all,
     )
-    full = XTTSLoss()
-    graphs = {
-        "base": graph_of(baseline, inputs),
-        "xtts": graph_of(lambda k, yt, yp: fwd_bwd(lambda p: full(yt, p), yp), inputs),
-    }
-    for name in full.term_functions(*inputs[0]):
-
-        def step(k, yt, yp, name=name):
-            return fwd_bwd(lambda p: full.term_functions(yt, p)[name](), yp)
-
-        graphs[name] = graph_of(step, inputs)
-    med, _ = interleaved_ms(graphs, args.repeats)
-    full_ms = (med.pop("xtts") - med["base"]) / args.sets_all
-    base = med.pop("base")
-    per_term = {k: (v - base) / args.sets_all for k, v in med.items()}
     results["all_heads"] = {
         "xtts_all_heads_ms": full_ms,
-        "per_term_ms": per_term,
-        "share_of_step": {k: v / full_ms for k, v in per_term.items()},
+        "per_term_ms": {t.term: t.median_ms for t in shares},
+        "share_of_step": {t.term: t.share for t in shares},
         "tokens": args.tokens,
         "heads": args.heads,
         **shape,

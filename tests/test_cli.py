@@ -46,6 +46,7 @@ BAD_ARGS = [
     ["profile", "--quick", "--batch", "8"],
     ["profile", "--sweep", "--frames", "100"],
     ["profile", "--no-such-flag"],
+    ["profile", "--terms", "--tokens", "0"],
     ["demo", "--steps", "0"],
     ["demo", "--implementation", "numpy"],
 ]
@@ -170,6 +171,54 @@ def test_profile_quick_writes_json_plot_and_trace(tmp_path, capsys):
     assert png_path.stat().st_size > 1000
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(trace_dir.rglob("*.xplane.pb")), "no profiler trace written"
+
+
+def test_profile_terms_breakdown(capsys):
+    """--terms: every term of the default MyXTTS model timed alone, with its share."""
+    rc = cli.main(
+        [
+            "profile",
+            "--batch",
+            "2",
+            "--frames",
+            "24",
+            "--mels",
+            "8",
+            "--tokens",
+            "6",
+            "--heads",
+            "2",
+            "--repeats",
+            "3",
+            "--warmup",
+            "0",
+            "--bandwidth-mib",
+            "8",
+            "--rotate-mib",
+            "1",
+            "--impls",
+            "reference",
+            "--modes",
+            "forward",
+            "--terms",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    table = out[out.index("XTTSLoss terms") : out.index("profile took")].strip()
+    assert "attention [2, 2, 24, 6]" in table
+    terms = {line.split()[0] for line in table.splitlines()[2:] if line.strip()}
+    assert {
+        "mel_loss",
+        "stop_loss",
+        "attention_loss",
+        "duration_loss",
+        "pitch_loss",
+        "energy_loss",
+    } <= terms
+    for line in table.splitlines()[2:]:
+        median, p20, p80 = (float(x) for x in line.split()[1:4])
+        assert p20 <= median <= p80
 
 
 def test_demo_shortened_end_to_end(tmp_path, capsys):

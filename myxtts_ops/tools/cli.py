@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from .profiler import DEFAULT_SWEEP_BATCHES, DEFAULT_SWEEP_FRAMES
 from .tf_import import import_tensorflow
-from .workloads import DTYPES, IMPLS, MODES
+from .workloads import DEFAULT_HEADS, DEFAULT_TOKENS, DTYPES, IMPLS, MODES
 
 PROG = "myxtts-ops"
 
@@ -161,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     run.add_argument(
+        "--terms",
+        action="store_true",
+        help="also time each XTTSLoss term alone (every head of the default MyXTTS model, "
+        "float32) and print its share of the whole loss's step",
+    )
+    run.add_argument(
+        "--tokens",
+        type=_positive_int,
+        default=DEFAULT_TOKENS,
+        help=f"text tokens for --terms (default {DEFAULT_TOKENS})",
+    )
+    run.add_argument(
+        "--heads",
+        type=_positive_int,
+        default=DEFAULT_HEADS,
+        help=f"attention heads for --terms (default {DEFAULT_HEADS})",
+    )
+    run.add_argument(
         "--bandwidth-mib",
         type=_positive_int,
         default=None,
@@ -265,6 +283,25 @@ def _cmd_profile(args, parser) -> int:
             print(f"wrote {args.plot}")
         if args.trace:
             print(f"wrote a profiler trace to {args.trace} (tensorboard --logdir {args.trace})")
+        if args.terms:
+            from .profiler import resolve_device
+            from .term_shares import format_term_table, measure_term_shares
+
+            _, tf_device = resolve_device(config.device)
+            shape = dict(batch=config.batch, frames=config.frames, mels=config.mels)
+            whole_ms, shares = measure_term_shares(
+                **shape,
+                tokens=args.tokens,
+                heads=args.heads,
+                repeats=config.repeats,
+                seed=config.seed,
+                tf_device=tf_device,
+            )
+            print()
+            print(
+                format_term_table(whole_ms, shares, **shape, tokens=args.tokens, heads=args.heads),
+                end="",
+            )
         print(f"profile took {result.elapsed_s:.1f} s")
     except ProfilerError as exc:
         return _error("profile", str(exc))

@@ -37,6 +37,9 @@ DTYPES = tuple(DTYPE_SIZES)
 XLA_IMPLS = frozenset({"xla", "fused_xla"})
 #: Implementations that call the fused op (and need its library).
 FUSED_IMPLS = frozenset({"fused", "fused_xla"})
+#: Text tokens and attention heads of the default MyXTTS model (``--terms``).
+DEFAULT_TOKENS = 150
+DEFAULT_HEADS = 4
 
 
 def input_sets_for(
