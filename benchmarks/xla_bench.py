@@ -32,7 +32,8 @@ for name, path in (("myxtts_ops", ROOT), ("myxtts", os.path.join(ROOT, "python")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-from myxtts_ops import profiler  # noqa: E402
+from myxtts_ops.tools import workloads  # noqa: E402
+from myxtts_ops.tools.measure import percentiles_ms  # noqa: E402
 
 MODES = ("forward", "forward_backward", "xtts_step")
 IMPLS = ("fused_xla", "xla", "fused")
@@ -49,27 +50,18 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def build(impl, mode):
-    import tensorflow as tf
-
-    if impl == "fused_xla":
-        # The profiler's fused step, compiled by XLA.
-        return tf.function(profiler.build_step("fused", mode).python_function, jit_compile=True)
-    return profiler.build_step(impl, mode)
-
-
 def run(batch, frames, mels, repeats, warmup):
     import tensorflow as tf
 
-    n_sets = profiler.input_sets_for(batch, frames, mels, "float32", 96 << 20)
+    n_sets = workloads.input_sets_for(batch, frames, mels, "float32", 96 << 20)
     arg_sets = [
-        profiler.make_batch(batch, frames, mels, "float32", seed=0, data_seed=k)
+        workloads.make_batch(batch, frames, mels, "float32", seed=0, data_seed=k)
         for k in range(n_sets)
     ]
     items = []
     for mode in MODES:
         for impl in IMPLS:
-            fn = build(impl, mode)
+            fn = workloads.build_step(impl, mode)  # the profiler's steps
             fn(*arg_sets[0])  # compiles outside the timings
             if impl == "fused_xla":
                 hlo = fn.experimental_get_compiler_ir(*arg_sets[0])(stage="optimized_hlo")
@@ -87,7 +79,7 @@ def run(batch, frames, mels, repeats, warmup):
             t0 = time.perf_counter()
             fn(*args)  # on the CPU the call returns once the work is done
             times.append(time.perf_counter() - t0)
-    stats = {(impl, mode): profiler.percentiles_ms(times) for impl, mode, _, times in items}
+    stats = {(impl, mode): percentiles_ms(times) for impl, mode, _, times in items}
     return stats, n_sets, tf.__version__
 
 
