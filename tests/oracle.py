@@ -174,9 +174,13 @@ def next_state(state, loss, nonfinite_count, valid_count):
     s[_COUNT] = float(min(int(s[_COUNT]) + 1, _WINDOW))
     window = s[_RING0 : _RING0 + int(s[_COUNT])]
     s[_WMEAN] = math.fsum(window) / len(window)
-    s[_WVAR] = (
-        math.fsum((x - s[_WMEAN]) ** 2 for x in window) / len(window) if len(window) >= 2 else 0.0
-    )
+    # Huge finite losses: the squares overflow to inf, as they do in the kernels.
+    with np.errstate(over="ignore"):
+        s[_WVAR] = (
+            math.fsum((x - s[_WMEAN]) ** 2 for x in window) / len(window)
+            if len(window) >= 2
+            else 0.0
+        )
     return s
 
 
