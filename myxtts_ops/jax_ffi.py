@@ -17,8 +17,9 @@ import numpy as np
 
 from myxtts_ops import kernels
 
-FORWARD_TARGET = "myxtts_ops_masked_mel_loss"
-BACKWARD_TARGET = "myxtts_ops_masked_mel_loss_grad"
+# Named in csrc/xla/mel_loss_ffi.h; absent from a build without the XLA FFI.
+FORWARD_TARGET = getattr(kernels, "FFI_FORWARD_TARGET", None)
+BACKWARD_TARGET = getattr(kernels, "FFI_BACKWARD_TARGET", None)
 #: kernels.ffi_targets() platform name -> JAX platform name.
 JAX_PLATFORMS = {"cpu": "cpu", "CUDA": "CUDA"}
 _registered = set()
@@ -38,8 +39,18 @@ def register(platform):
     jax = jax_module()
     if platform in _registered:
         return
-    targets = kernels.ffi_targets()[platform]
-    for name, capsule in targets.items():
+    if not hasattr(kernels, "ffi_targets"):
+        raise RuntimeError(
+            "this build of myxtts-ops has no XLA FFI handlers (its TensorFlow include tree "
+            "lacked xla/ffi/api/ffi.h); rebuild it against a newer TensorFlow (2.21 has them)"
+        )
+    available = kernels.ffi_targets()
+    if platform not in available:
+        raise RuntimeError(
+            f"no {platform!r} FFI handlers in this build (it has {sorted(available)}); "
+            "the 'CUDA' handlers need a build with CUDA (MYXTTS_OPS_CUDA=on)"
+        )
+    for name, capsule in available[platform].items():
         jax.ffi.register_ffi_target(name, capsule, platform=JAX_PLATFORMS[platform])
     _registered.add(platform)
 

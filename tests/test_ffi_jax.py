@@ -104,3 +104,14 @@ def test_host_handler_refuses_bad_huber_delta():
         jax.block_until_ready(
             _jit_forward("huber", -1.0, "per_sample")(y, y, None, np.zeros(kernels.STATE_SIZE))
         )
+
+
+def test_register_names_a_missing_platform():
+    with pytest.raises(
+        RuntimeError, match=r"no 'TPU' FFI handlers in this build \(it has \[.*'cpu'"
+    ):
+        jax_ffi.register("TPU")
+
+
+def test_target_names_come_from_the_build():
+    assert set(kernels.ffi_targets()["cpu"]) == {jax_ffi.FORWARD_TARGET, jax_ffi.BACKWARD_TARGET}

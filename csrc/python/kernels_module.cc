@@ -581,6 +581,9 @@ PYBIND11_MODULE(kernels, m) {
         py::arg("check_lengths") = true,
         "CUDA backward on device arrays, one kernel launch on `stream`.");
 #if MYXTTS_OPS_WITH_FFI
+  // The custom-call target names, for runtimes that call the handlers (JAX).
+  m.attr("FFI_FORWARD_TARGET") = kFfiForwardTarget;
+  m.attr("FFI_BACKWARD_TARGET") = kFfiBackwardTarget;
   m.def(
       "ffi_targets",
       [] {
