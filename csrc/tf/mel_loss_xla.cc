@@ -6,6 +6,7 @@
 // checked by the handler at run time.
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
@@ -81,6 +82,16 @@ absl::StatusOr<xla::Shape> RowMajorInputShape(XlaOpKernelContext* ctx, int index
   return shape;
 }
 
+// Row-major shapes of the first `count` operands (each static).
+absl::StatusOr<std::vector<xla::Shape>> RowMajorInputShapes(XlaOpKernelContext* ctx, int count) {
+  std::vector<xla::Shape> shapes;
+  for (int i = 0; i < count; ++i) {
+    TF_ASSIGN_OR_RETURN(xla::Shape shape, RowMajorInputShape(ctx, i));
+    shapes.push_back(std::move(shape));
+  }
+  return shapes;
+}
+
 Dims DimsOf(const xla::Shape& shape) {
   return Dims(shape.dimensions().begin(), shape.dimensions().end());
 }
@@ -148,12 +159,9 @@ class MaskedMelLossXla : public XlaOpKernel {
 
   void Compile(XlaOpKernelContext* ctx) override {
     OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_));
-    std::vector<xla::Shape> operand_shapes;
-    for (int i = 0; i < 4; ++i) {
-      auto shape = RowMajorInputShape(ctx, i);
-      OP_REQUIRES_OK(ctx, shape.status());
-      operand_shapes.push_back(*shape);
-    }
+    auto shapes = RowMajorInputShapes(ctx, 4);
+    OP_REQUIRES_OK(ctx, shapes.status());
+    const std::vector<xla::Shape>& operand_shapes = *shapes;
     MelShape shape;
     OP_REQUIRES_OK(
         ctx, CheckResult(check_mel_shapes(DimsOf(operand_shapes[0]), DimsOf(operand_shapes[1]),
@@ -195,12 +203,9 @@ class MaskedMelLossGradXla : public XlaOpKernel {
 
   void Compile(XlaOpKernelContext* ctx) override {
     OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_));
-    std::vector<xla::Shape> operand_shapes;
-    for (int i = 0; i < 6; ++i) {
-      auto shape = RowMajorInputShape(ctx, i);
-      OP_REQUIRES_OK(ctx, shape.status());
-      operand_shapes.push_back(*shape);
-    }
+    auto shapes = RowMajorInputShapes(ctx, 6);
+    OP_REQUIRES_OK(ctx, shapes.status());
+    const std::vector<xla::Shape>& operand_shapes = *shapes;
     MelShape shape;
     OP_REQUIRES_OK(
         ctx, CheckResult(check_mel_shapes(DimsOf(operand_shapes[0]), DimsOf(operand_shapes[1]),

@@ -68,6 +68,8 @@ MYXTTS_ARGS = (
     "contrastive_temperature",
     "contrastive_margin",
 )
+#: The per-term weights among them (each a non-negative number).
+TERM_WEIGHT_ARGS = tuple(name for name in MYXTTS_ARGS if name.endswith("_loss_weight"))
 
 # Integer settings are compared with int64 step counters in the graph.
 _MAX_INT_SETTING = 2**62
@@ -171,19 +173,7 @@ class XTTSLossConfig:
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool, got {name}={value!r}")
 
-        for name in (
-            "mel_loss_weight",
-            "stop_loss_weight",
-            "attention_loss_weight",
-            "duration_loss_weight",
-            "pitch_loss_weight",
-            "energy_loss_weight",
-            "prosody_pitch_loss_weight",
-            "prosody_energy_loss_weight",
-            "speaking_rate_loss_weight",
-            "voice_similarity_loss_weight",
-            "diffusion_loss_weight",
-        ):
+        for name in TERM_WEIGHT_ARGS:
             num(name, lo=0.0)
         num("contrastive_temperature", lo=0.0, lo_open=True)
         num("contrastive_margin")
