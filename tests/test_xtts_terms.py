@@ -409,3 +409,83 @@ def test_original_preset_matches_contract_numbers(rng):
     no_noise = XTTSLoss.myxtts_original(use_adaptive_weights=False, mel_label_smoothing=0.0)
     no_noise({"mel_target": t, "mel_lengths": lm}, {"mel_output": p})
     np.testing.assert_allclose(float(no_noise.get_losses()["mel_loss"]), exact, rtol=1e-5)
+
+
+# ------------------------------------------------- stop term's hand-written gradient
+def np_stop_grads(target, pred, lengths, wpos=5.0, eps=0.1, lo=1e-7):
+    """d stop_token_loss / d (target, pred) in float64: (1 / B) (1 / n_b) d elem,
+    zero outside the lengths, at non-finite inputs, and (for pred) where the
+    probability is clipped (the clip bounds are those of float32)."""
+    t = target[..., 0].astype(np.float64)
+    p = pred[..., 0].astype(np.float64)
+    lo32, hi32 = float(np.float32(lo)), float(np.float32(1.0 - lo))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        y = t * (1 - eps) + eps / 2
+        pc = np.clip(p, lo32, hi32)
+        d_pred = (1 - y) / (1 - pc) - wpos * y / pc
+        d_true = -(1 - eps) * (wpos * np.log(pc) - np.log(1 - pc))
+    g_t, g_p = np.zeros_like(t), np.zeros_like(p)
+    for b in range(t.shape[0]):
+        n = int(lengths[b])
+        ok = np.isfinite(t[b, :n]) & np.isfinite(p[b, :n])
+        if not ok.any():
+            continue
+        c = 1.0 / (t.shape[0] * ok.sum())
+        inside = ok & (p[b, :n] >= lo32) & (p[b, :n] <= hi32)
+        g_t[b, :n] = np.where(ok, c * d_true[b, :n], 0.0)
+        g_p[b, :n] = np.where(inside, c * d_pred[b, :n], 0.0)
+    return g_t[..., None], g_p[..., None]
+
+
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("nonfinite", NONFINITE)
+def test_stop_gradient_against_numpy(lengths, nonfinite, rng):
+    """Both gradients of the stop term (a hand-written gradient) against float64
+    NumPy: probabilities inside (0, 1), clipped ones (below 0, above 1, exactly
+    at a clip bound, which passes its gradient as tf.clip_by_value does),
+    soft targets, NaN/Inf in valid positions and in padding."""
+    lm, _ = LENGTHS[lengths]
+    tgt = rng.uniform(0, 1, (B, T, 1)).astype(np.float32)
+    pred = rng.uniform(0.01, 0.99, (B, T, 1)).astype(np.float32)
+    pred[0, 1, 0], pred[1, 0, 0], pred[2, 2, 0] = -0.5, 1.5, np.float32(1e-7)
+    pred[0, 2, 0] = np.float32(1.0 - 1e-7)
+    value = float(rng.choice([np.nan, np.inf, -np.inf]))
+    bad_pred = _poison(pred, lm, nonfinite, rng, value)
+    bad_tgt = _poison(tgt, lm, nonfinite, rng, value)
+    p, t = tf.constant(bad_pred), tf.constant(bad_tgt)
+    with tf.GradientTape() as tape:
+        tape.watch([p, t])
+        got = terms.stop_token_loss(t, p, lm)
+    g_t, g_p = tape.gradient(got, [t, p])
+    want_t, want_p = np_stop_grads(bad_tgt, bad_pred, lm)
+    np.testing.assert_allclose(g_p.numpy(), want_p, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(g_t.numpy(), want_t, rtol=1e-4, atol=1e-7)
+    # The value, with the clip bounds of float32 (where the term computes).
+    tv = bad_tgt[..., 0].astype(np.float64)
+    pv = bad_pred[..., 0].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        y = tv * 0.9 + 0.05
+        pc = np.clip(pv, float(np.float32(1e-7)), float(np.float32(1 - 1e-7)))
+        e = -(5.0 * y * np.log(pc) + (1 - y) * np.log(1 - pc))
+    e[~(np.isfinite(tv) & np.isfinite(pv))] = np.nan
+    np.testing.assert_allclose(float(got), np_per_sample(e, lm), rtol=2e-5, atol=1e-6)
+
+
+def test_stop_gradient_matches_autodiff_of_the_formula(rng):
+    """The hand-written gradient equals TF autodiff of the contract's formula
+    (what the term computed before it had one) on ordinary inputs."""
+    lm = np.array([T, 4, 1])
+    tgt = (rng.uniform(0, 1, (B, T)) > 0.7).astype(np.float32)
+    pred = rng.uniform(0.02, 0.98, (B, T)).astype(np.float32)
+    p, t = tf.constant(pred), tf.constant(tgt)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([p, t])
+        got = terms.stop_token_loss(t, p, lm)
+        y = t * 0.9 + 0.05
+        pc = tf.clip_by_value(p, 1e-7, 1.0 - 1e-7)
+        e = -(5.0 * y * tf.math.log(pc) + (1.0 - y) * tf.math.log(1.0 - pc))
+        mask = tf.sequence_mask(lm, T, tf.float32)
+        plain = tf.reduce_mean(tf.reduce_sum(e * mask, 1) / np.maximum(lm, 1))
+    np.testing.assert_allclose(float(got), float(plain), rtol=1e-6)
+    for a, b in zip(tape.gradient(got, [t, p]), tape.gradient(plain, [t, p])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-8)
