@@ -15,7 +15,9 @@ returned so nothing is pruned.
 Rows:
 
 1. the fused op alone, forward + backward (the mel term's floor);
-2. XTTSLoss with mel + stop terms (the SPEC 4.4 / issue 10 budget: <= 1.2x row 1);
+2. XTTSLoss with mel + stop terms (the SPEC 4.4 / issue 10 budget: <= 1.2x row 1),
+   in a plain step graph and in one compiled with XLA (``jit_compile=True``,
+   the MyXTTS trainer's default), each against the op in the same kind of graph;
 3. XTTSLoss with every head of the default MyXTTS model at realistic shapes
    (attention weights [B, heads, frames, tokens], larger than the mel tensor);
 4. each term alone (``XTTSLoss.term_functions``), forward + backward: its share
@@ -79,31 +81,34 @@ def measure(args):
             {"mel_output": yp["mel_output"]},
         )
 
-    mel_stop = XTTSLoss()
+    losses = {"": XTTSLoss(), "_xla": XTTSLoss()}  # one state per graph
 
-    def xtts_mel_stop(k, yt, yp):
-        return forward_backward(lambda p: mel_stop(yt, p), yp)
+    graphs = {}
+    for suffix, jit in (("", False), ("_xla", True)):
+        loss_fn = losses[suffix]
 
-    graphs = {
-        "base": step_graph(baseline, base_inputs),
-        "op": step_graph(op_fb, base_inputs),
-        "loss": step_graph(xtts_mel_stop, base_inputs),
-    }
+        def xtts_mel_stop(k, yt, yp, loss_fn=loss_fn):
+            return forward_backward(lambda p: loss_fn(yt, p), yp)
+
+        graphs["base" + suffix] = step_graph(baseline, base_inputs, jit)
+        graphs["op" + suffix] = step_graph(op_fb, base_inputs, jit)
+        graphs["loss" + suffix] = step_graph(xtts_mel_stop, base_inputs, jit)
     raw = {
         k: np.asarray(v) for k, v in interleaved_seconds(graphs, args.repeats * args.rounds).items()
     }
     med = {k: float(np.median(v)) * 1e3 for k, v in raw.items()}
-    base = raw["base"]
-    op_steps = (raw["op"] - base) / args.sets
-    loss_steps = (raw["loss"] - base) / args.sets
-    results["mel_stop"] = {
-        "op_forward_backward_ms": (med["op"] - med["base"]) / args.sets,
-        "xtts_mel_stop_ms": (med["loss"] - med["base"]) / args.sets,
-        "ratio": float(np.median(loss_steps / op_steps)),  # median of per-round ratios
-        "ratio_p20": float(np.percentile(loss_steps / op_steps, 20)),
-        "ratio_p80": float(np.percentile(loss_steps / op_steps, 80)),
-        **shape,
-    }
+    for suffix in ("", "_xla"):
+        base = raw["base" + suffix]
+        op_steps = (raw["op" + suffix] - base) / args.sets
+        loss_steps = (raw["loss" + suffix] - base) / args.sets
+        results["mel_stop" + suffix] = {
+            "op_forward_backward_ms": (med["op" + suffix] - med["base" + suffix]) / args.sets,
+            "xtts_mel_stop_ms": (med["loss" + suffix] - med["base" + suffix]) / args.sets,
+            "ratio": float(np.median(loss_steps / op_steps)),  # median of per-round ratios
+            "ratio_p20": float(np.percentile(loss_steps / op_steps, 20)),
+            "ratio_p80": float(np.percentile(loss_steps / op_steps, 80)),
+            **shape,
+        }
 
     # Every head at realistic shapes.
     del base_inputs, graphs
@@ -129,6 +134,7 @@ def measure(args):
 
 def to_markdown(results, args):
     r = results["mel_stop"]
+    x = results["mel_stop_xla"]
     a = results["all_heads"]
     lines = [
         f"Machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, TF {tf.__version__}. "
@@ -141,6 +147,10 @@ def to_markdown(results, args):
         f"| fused op, forward + backward | {r['op_forward_backward_ms']:.3f} | 1.00 |",
         f"| XTTSLoss, mel + stop terms | {r['xtts_mel_stop_ms']:.3f} | {r['ratio']:.2f} "
         f"(p20 {r['ratio_p20']:.2f}, p80 {r['ratio_p80']:.2f}) |",
+        f"| fused op, forward + backward, jit_compile=True | {x['op_forward_backward_ms']:.3f} "
+        "| 1.00 |",
+        f"| XTTSLoss, mel + stop terms, jit_compile=True | {x['xtts_mel_stop_ms']:.3f} | "
+        f"{x['ratio']:.2f} (p20 {x['ratio_p20']:.2f}, p80 {x['ratio_p80']:.2f}) |",
         "",
         f"Every head of the default MyXTTS model (attention weights [{a['batch']}, {a['heads']}, "
         f"{a['frames']}, {a['tokens']}], {a['tokens']} tokens): XTTSLoss "

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STATE_SIZE",
+    "MaskedMelLossCounts",
     "MaskedMelLossOutput",
     "OpLibraryError",
     "XlaUnsupportedError",
@@ -33,6 +34,7 @@ _LAZY = {
     "masked_mel_loss": ("myxtts_ops.ops", "masked_mel_loss"),
     "XlaUnsupportedError": ("myxtts_ops.ops", "XlaUnsupportedError"),
     "MaskedMelLossOutput": ("myxtts_ops.types", "MaskedMelLossOutput"),
+    "MaskedMelLossCounts": ("myxtts_ops.types", "MaskedMelLossCounts"),
     "load_ops": ("myxtts_ops.ops", "load_ops"),
     "OpLibraryError": ("myxtts_ops._loader", "OpLibraryError"),
     "reference": ("myxtts_ops.reference", None),

@@ -69,7 +69,8 @@ def forward(
     normalization="per_sample",
     huber_delta=1.0,
 ):
-    """(loss, per_sample, nonfinite_count, new_state, sample_weights), as jax arrays."""
+    """(loss, per_sample, nonfinite_count, new_state, sample_weights, active_count,
+    valid_count), as jax arrays."""
     jax = jax_module()
     import jax.numpy as jnp
 
@@ -88,6 +89,8 @@ def forward(
             jax.ShapeDtypeStruct((), np.int64),
             jax.ShapeDtypeStruct((kernels.STATE_SIZE,), np.float64),
             jax.ShapeDtypeStruct((2, batch), np.float64),
+            jax.ShapeDtypeStruct((), np.int64),
+            jax.ShapeDtypeStruct((), np.int64),
         ),
     )
     return call(

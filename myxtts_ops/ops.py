@@ -8,7 +8,7 @@ from tensorflow.python.ops import control_flow_util
 
 from myxtts_ops import _loader
 from myxtts_ops.state import STATE_SIZE
-from myxtts_ops.types import MaskedMelLossOutput
+from myxtts_ops.types import MaskedMelLossCounts, MaskedMelLossOutput
 from myxtts_ops.validation import check_static_shapes, state_tensor, validate_args
 
 OP_NAME = "MyxttsOps>MaskedMelLoss"
@@ -67,6 +67,7 @@ def masked_mel_loss(
     normalization="per_sample",
     name=None,
     *,
+    return_counts=False,
     on_xla="fallback",
 ):
     """Masked mel-spectrogram loss, finiteness checks and running statistics in one op.
@@ -85,8 +86,12 @@ def masked_mel_loss(
         the same result with the pure-TF reference (logged once) and
         ``"error"`` raises :class:`XlaUnsupportedError`.
 
+      return_counts: also return ``active_count`` and ``valid_count``
+        (:data:`~myxtts_ops.types.MaskedMelLossCounts`).
+
     Returns:
-      ``MaskedMelLossOutput(loss, per_sample, nonfinite_count, state)``.
+      ``MaskedMelLossOutput(loss, per_sample, nonfinite_count, state)``, or
+      ``MaskedMelLossCounts`` with ``return_counts=True``.
     """
     loss_type, huber_delta, normalization = validate_args(loss_type, huber_delta, normalization)
     if on_xla not in ON_XLA_CHOICES:
@@ -94,18 +99,16 @@ def masked_mel_loss(
     if in_xla_context():
         reason = _loader.xla_unavailable_reason()
         if reason is not None:
-            return _xla_fallback(
-                y_true,
-                y_pred,
-                lengths,
-                state,
-                loss_type,
-                huber_delta,
-                normalization,
-                name,
-                on_xla,
-                reason,
+            call = dict(
+                lengths=lengths,
+                state=state,
+                loss_type=loss_type,
+                huber_delta=huber_delta,
+                normalization=normalization,
+                name=name,
+                return_counts=return_counts,
             )
+            return _xla_fallback(y_true, y_pred, call, on_xla, reason)
 
     library = _loader.load_ops()
     with tf.name_scope(name or "masked_mel_loss"):
@@ -114,23 +117,26 @@ def masked_mel_loss(
         lengths_t, use_lengths = _lengths_or_placeholder(lengths)
         state_t = tf.zeros([STATE_SIZE], tf.float64) if state is None else state_tensor(state)
         check_static_shapes(y_true, y_pred, lengths_t if use_lengths else None, state_t)
-        loss, per_sample, nonfinite, new_state, _ = library.myxtts_ops_masked_mel_loss(
-            y_true=y_true,
-            y_pred=y_pred,
-            lengths=lengths_t,
-            state=state_t,
-            huber_delta=tf.constant(huber_delta, tf.float64),
-            Tout=_output_dtype(y_true.dtype),
-            loss_type=loss_type,
-            normalization=normalization,
-            use_lengths=use_lengths,
+        loss, per_sample, nonfinite, new_state, _, active, valid = (
+            library.myxtts_ops_masked_mel_loss(
+                y_true=y_true,
+                y_pred=y_pred,
+                lengths=lengths_t,
+                state=state_t,
+                huber_delta=tf.constant(huber_delta, tf.float64),
+                Tout=_output_dtype(y_true.dtype),
+                loss_type=loss_type,
+                normalization=normalization,
+                use_lengths=use_lengths,
+            )
         )
+        if return_counts:
+            return MaskedMelLossCounts(loss, per_sample, nonfinite, new_state, active, valid)
         return MaskedMelLossOutput(loss, per_sample, nonfinite, new_state)
 
 
-def _xla_fallback(
-    y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name, on_xla, reason
-):
+def _xla_fallback(y_true, y_pred, call, on_xla, reason):
+    """The reference with ``call`` (the wrapper's other arguments), or the error."""
     global _warned_xla
     if on_xla == "error":
         raise XlaUnsupportedError(
@@ -151,9 +157,7 @@ def _xla_fallback(
         )
     from myxtts_ops import reference
 
-    return reference.masked_mel_loss(
-        y_true, y_pred, lengths, state, loss_type, huber_delta, normalization, name
-    )
+    return reference.masked_mel_loss(y_true, y_pred, **call)
 
 
 @tf.RegisterGradient(OP_NAME)

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from myxtts_ops import state as _st
-from myxtts_ops.types import MaskedMelLossOutput
+from myxtts_ops.types import MaskedMelLossCounts, MaskedMelLossOutput
 from myxtts_ops.validation import check_static_shapes, state_tensor, validate_args
 
 __all__ = ["masked_mel_loss", "MaskedMelLossOutput", "update_state"]
@@ -182,6 +182,8 @@ def masked_mel_loss(
     huber_delta=1.0,
     normalization="per_sample",
     name=None,
+    *,
+    return_counts=False,
 ):
     """Masked mel-spectrogram loss in plain TensorFlow (see module docstring).
 
@@ -285,9 +287,16 @@ def masked_mel_loss(
         loss = tf.cast(loss64, out_dtype)
         per_sample = tf.cast(per_sample64, out_dtype)
         new_state = update_state(state, loss, nonfinite_count, valid_count)
-        return MaskedMelLossOutput(
+        out = MaskedMelLossOutput(
             loss=tf.identity(loss, name="loss"),
             per_sample=tf.identity(per_sample, name="per_sample"),
             nonfinite_count=tf.identity(nonfinite_count, name="nonfinite_count"),
             state=tf.identity(new_state, name="state"),
+        )
+        if not return_counts:
+            return out
+        return MaskedMelLossCounts(
+            *out,
+            active_count=tf.reduce_sum(tf.cast(active, tf.int64), name="active_count"),
+            valid_count=tf.identity(valid_count, name="valid_count"),
         )

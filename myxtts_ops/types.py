@@ -18,3 +18,14 @@ NORMALIZATIONS = ("per_sample", "global")
 MaskedMelLossOutput = collections.namedtuple(
     "MaskedMelLossOutput", ["loss", "per_sample", "nonfinite_count", "state"]
 )
+
+#: Outputs of ``masked_mel_loss(..., return_counts=True)``: those of
+#: :data:`MaskedMelLossOutput` and what a caller that reduces over the batch
+#: itself (XTTSLoss, across replicas) needs, both int64 scalars:
+#:
+#: * ``active_count`` -- samples with at least one counted element
+#: * ``valid_count`` -- elements before the lengths, finite or not
+#:   (``valid_count - nonfinite_count`` elements were counted)
+MaskedMelLossCounts = collections.namedtuple(
+    "MaskedMelLossCounts", MaskedMelLossOutput._fields + ("active_count", "valid_count")
+)

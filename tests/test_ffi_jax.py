@@ -58,6 +58,7 @@ def test_host_handler_through_jax_bitwise(rng, dtype, lengths, config):
         y_true, y_pred, lens, state, loss_type=loss_type, huber_delta=delta, normalization=norm
     )
     names = ("loss", "per_sample", "nonfinite_count", "state", "sample_weights")
+    names += ("active_count", "valid_count")
     for name, got in zip(names, out):
         np.testing.assert_array_equal(np.asarray(got), want[name], err_msg=name)
     g_loss = np.asarray(1.5, want["loss"].dtype)

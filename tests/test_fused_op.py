@@ -476,3 +476,57 @@ def test_float64_huber_delta_not_rounded(impl, reference, inputs):
     fused = _call(impl, y_true, y_pred, lens, **kw)
     exp = oracle.forward(y_true, y_pred, lens, None, **kw)
     np.testing.assert_allclose(fused.loss.numpy(), exp["loss"], rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# return_counts: what a caller that reduces over the batch itself needs.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lengths", ["random", "full", None, "zero"])
+@pytest.mark.parametrize("normalization", NORMS)
+def test_counts_against_oracle(rng, dtype, lengths, normalization):
+    """active_count (samples with a counted element) and valid_count (elements
+    before the lengths) from the fused op (eager and in a graph), the pure-TF
+    reference and the kernels module, against the float64 oracle's counts,
+    with NaN/Inf in valid frames and padding and a sample made all non-finite."""
+    import myxtts_ops
+    from myxtts_ops import reference
+
+    shape = (6, 9, 5)
+    lens_arg = [0] * shape[0] if lengths == "zero" else lengths
+    y_true, y_pred, lens = make_inputs(
+        rng, shape, dtype, lengths=lens_arg, nonfinite_valid=4, nonfinite_padding=3
+    )
+    if lens is None or lens[2] > 0:
+        n = shape[1] if lens is None else int(lens[2])
+        y_pred[2, :n] = np.nan  # a sample whose valid elements are all non-finite
+    _, counts, bad, lens_list = oracle._sample_stats(y_true, y_pred, lens, "l1", 1.0)
+    want_active = sum(1 for c in counts if c > 0)
+    want_valid = sum(lens_list) * shape[2]
+    assert sum(bad) == want_valid - sum(counts)
+
+    def run(fn):
+        return fn(y_true, y_pred, lens, normalization=normalization, return_counts=True)
+
+    graph = tf.function(lambda: run(myxtts_ops.masked_mel_loss))
+    for name, out in (
+        ("fused", run(myxtts_ops.masked_mel_loss)),
+        ("fused graph", graph()),
+        ("reference", run(reference.masked_mel_loss)),
+    ):
+        assert isinstance(out, myxtts_ops.MaskedMelLossCounts), name
+        assert out.active_count.dtype == tf.int64 and out.active_count.shape == (), name
+        assert int(out.active_count) == want_active, name
+        assert int(out.valid_count) == want_valid, name
+        assert int(out.nonfinite_count) == sum(bad), name
+    k = _kernels().forward(y_true, y_pred, lens, normalization=normalization)
+    assert int(k["active_count"]) == want_active
+    assert int(k["valid_count"]) == want_valid
+
+
+def test_default_output_has_four_fields(inputs):
+    import myxtts_ops
+
+    y_true, y_pred, lens = inputs((2, 3, 4), "float32")
+    out = myxtts_ops.masked_mel_loss(y_true, y_pred, lens)
+    loss, per_sample, nonfinite_count, state = out  # unpacking stays as it was
+    assert type(out) is myxtts_ops.MaskedMelLossOutput

@@ -149,7 +149,11 @@ def test_adaptive_step_matches_numpy_model(settings, rng):
     c = CFG.replace(**settings)
     step = tf.function(lambda st, ob, en: rule.adaptive_weight_step(st, ob, c, en))
     decided = 0
-    for _ in range(400):
+    # At least 400 random cases, and as many more as it takes (up to 4000) for
+    # ten of them to reach the decision, whatever the seed.
+    for case in range(4000):
+        if case >= 400 and decided >= 10:
+            break
         state, obs, enabled = _random_case(rng)
         if settings:
             state["step_count"] = int(rng.integers(0, 20))
@@ -164,7 +168,7 @@ def test_adaptive_step_matches_numpy_model(settings, rng):
             else:
                 np.testing.assert_allclose(g, v, rtol=1e-6, err_msg=f"{k} {state} {obs}")
         decided += int(bool(events["accepted"]) or bool(events["rejected"]))
-    assert decided > 5  # the random cases do reach the decision
+    assert decided >= 10  # the random cases do reach the decision
 
 
 def test_adaptive_step_is_pure():

@@ -123,6 +123,8 @@ void forward_impl(const ForwardArgs& args, const ParallelFor& parallel_for) {
       A(batch_loss(args.config.normalization, sum_means, active, total_sum, total_count));
   *static_cast<A*>(args.loss) = loss;
   *args.nonfinite_count = nonfinite;
+  if (args.active_count != nullptr) *args.active_count = active;
+  if (args.valid_count != nullptr) *args.valid_count = valid_total;
   update_state(args.state_in, args.state_out, double(loss), nonfinite, valid_total);
   for (int64_t b = 0; b < s.batch; ++b) {
     sample_weights(counts[b], active, total_count, args.config.normalization,

@@ -106,7 +106,8 @@ __global__ void __launch_bounds__(kThreads)
                    WorkspaceLayout layout, typename AccType<T>::type* __restrict__ loss_out,
                    typename AccType<T>::type* __restrict__ per_sample,
                    int64_t* __restrict__ nonfinite_out, double* __restrict__ state_out,
-                   double* __restrict__ weights) {
+                   double* __restrict__ weights, int64_t* __restrict__ active_out,
+                   int64_t* __restrict__ valid_out) {
   using A = typename AccType<T>::type;
   using VecT = typename Vec<T>::Type;
   constexpr int W = Vec<T>::kWidth;
@@ -221,6 +222,8 @@ __global__ void __launch_bounds__(kThreads)
     if (bad > 0) loss = A(NAN);
     *loss_out = loss;
     *nonfinite_out = nonfinite;
+    if (active_out != nullptr) *active_out = active;
+    if (valid_out != nullptr) *valid_out = valid_total;
     update_state(state_in, state_out, double(loss), nonfinite, valid_total);
     totals_i[0] = active;
     totals_i[1] = total_count;
@@ -355,7 +358,7 @@ std::string launch_forward(const ForwardArgs& a, void* workspace, const void* he
   kernel<<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(a.y_true), static_cast<const T*>(a.y_pred), lengths, kind, a.shape,
       a.state_in, a.config, ws, layout, static_cast<A*>(a.loss), static_cast<A*>(a.per_sample),
-      a.nonfinite_count, a.state_out, a.sample_weights);
+      a.nonfinite_count, a.state_out, a.sample_weights, a.active_count, a.valid_count);
   return cuda_error("launching the masked mel loss forward kernel");
 }
 

@@ -41,6 +41,9 @@ struct ForwardArgs {
   int64_t* nonfinite_count = nullptr;  // scalar
   double* state_out = nullptr;         // [state::kSize]
   double* sample_weights = nullptr;    // [2, batch]
+  // What a caller averaging over the batch itself needs (null: not wanted):
+  int64_t* active_count = nullptr;  // scalar: samples with at least one counted element
+  int64_t* valid_count = nullptr;   // scalar: elements before the lengths (finite or not)
 };
 
 struct BackwardArgs {

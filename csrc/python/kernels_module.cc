@@ -250,11 +250,15 @@ py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object 
   py::array_t<int64_t> nonfinite(std::vector<int64_t>{});
   py::array_t<double> state_out(state::kSize);
   py::array_t<double> weights(std::vector<int64_t>{2, s.batch});
+  py::array_t<int64_t> active(std::vector<int64_t>{});
+  py::array_t<int64_t> valid(std::vector<int64_t>{});
   args.loss = loss.mutable_data();
   args.per_sample = per_sample.mutable_data();
   args.nonfinite_count = nonfinite.mutable_data();
   args.state_out = state_out.mutable_data();
   args.sample_weights = weights.mutable_data();
+  args.active_count = active.mutable_data();
+  args.valid_count = valid.mutable_data();
   {
     py::gil_scoped_release release;
     mel_loss_forward_cpu(args, thread_pool(threads));
@@ -265,6 +269,8 @@ py::dict numpy_forward(py::object y_true_obj, py::object y_pred_obj, py::object 
   out["nonfinite_count"] = nonfinite;
   out["state"] = state_out;
   out["sample_weights"] = weights;
+  out["active_count"] = active;
+  out["valid_count"] = valid;
   return out;
 }
 
@@ -556,7 +562,7 @@ PYBIND11_MODULE(kernels, m) {
         py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
         py::arg("normalization") = "per_sample", py::arg("num_threads") = 0,
         "CPU forward on NumPy arrays. Returns a dict: loss, per_sample, nonfinite_count, "
-        "state, sample_weights.");
+        "state, sample_weights, active_count, valid_count.");
   m.def("backward", &numpy_backward, py::arg("y_true"), py::arg("y_pred"), py::arg("lengths"),
         py::arg("sample_weights"), py::arg("grad_loss"), py::arg("grad_per_sample"), py::kw_only(),
         py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0, py::arg("num_threads") = 0,

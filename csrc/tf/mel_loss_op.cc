@@ -59,6 +59,8 @@ absl::Status ForwardShape(InferenceContext* c) {
   c->set_output(2, c->Scalar());
   c->set_output(3, c->Vector(state::kSize));
   c->set_output(4, c->Matrix(2, batch));
+  c->set_output(5, c->Scalar());
+  c->set_output(6, c->Scalar());
   return absl::OkStatus();
 }
 
@@ -85,6 +87,8 @@ REGISTER_OP("MyxttsOps>MaskedMelLoss")
     .Output("nonfinite_count: int64")
     .Output("new_state: double")
     .Output("sample_weights: double")
+    .Output("active_count: int64")
+    .Output("valid_count: int64")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tout: {float, double}")
     .Attr("Tlen: {int32, int64} = DT_INT32")
@@ -96,7 +100,9 @@ REGISTER_OP("MyxttsOps>MaskedMelLoss")
 Fused masked mel-spectrogram loss (L1 or Huber) with finiteness checks and
 running loss statistics, in one pass. Padding (t >= lengths[b]) never affects
 any output. sample_weights[0, b] = d loss / d element and sample_weights[1, b]
-= 1 / n_b feed the gradient op.
+= 1 / n_b feed the gradient op. active_count (samples with a counted element)
+and valid_count (elements before the lengths, finite or not) are what a caller
+that reduces over the batch itself (XTTSLoss, across replicas) needs.
 )doc");
 
 REGISTER_OP("MyxttsOps>MaskedMelLossGrad")
@@ -213,12 +219,14 @@ class MaskedMelLossOp : public OpKernel {
     LossConfig config = attrs_.config;
     OP_REQUIRES_OK(ctx, ReadHuberDelta(ctx->input(4), &config));
 
-    Tensor *loss, *per_sample, *nonfinite, *state_out, *weights;
+    Tensor *loss, *per_sample, *nonfinite, *state_out, *weights, *active, *valid;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({shape.batch}), &per_sample));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &nonfinite));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({state::kSize}), &state_out));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({2, shape.batch}), &weights));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(5, TensorShape({}), &active));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(6, TensorShape({}), &valid));
 
     ForwardArgs args;
     args.dtype = ToKernelDType(y_true.dtype());
@@ -233,6 +241,8 @@ class MaskedMelLossOp : public OpKernel {
     args.nonfinite_count = nonfinite->flat<int64_t>().data();
     args.state_out = state_out->flat<double>().data();
     args.sample_weights = weights->flat<double>().data();
+    args.active_count = active->flat<int64_t>().data();
+    args.valid_count = valid->flat<int64_t>().data();
 
     if (device_ == Device::kCpu) {
       mel_loss_forward_cpu(args, TfParallelFor(ctx));

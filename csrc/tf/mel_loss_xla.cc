@@ -177,6 +177,8 @@ class MaskedMelLossXla : public XlaOpKernel {
         RowMajor(xla::S64, {}),                // nonfinite_count
         RowMajor(xla::F64, {state::kSize}),    // new_state
         RowMajor(xla::F64, {2, shape.batch}),  // sample_weights
+        RowMajor(xla::S64, {}),                // active_count
+        RowMajor(xla::S64, {}),                // valid_count
     });
     std::vector<xla::XlaOp> operands;
     for (int i = 0; i < 4; ++i) operands.push_back(ctx->Input(i));
@@ -185,7 +187,7 @@ class MaskedMelLossXla : public XlaOpKernel {
         FfiAttributes(attrs_, huber_delta, /*with_normalization=*/true),
         /*has_side_effect=*/false, /*output_operand_aliasing=*/{}, /*literal=*/nullptr,
         xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
-    for (int i = 0; i < 5; ++i) ctx->SetOutput(i, xla::GetTupleElement(call, i));
+    for (int i = 0; i < 7; ++i) ctx->SetOutput(i, xla::GetTupleElement(call, i));
   }
 
  private:

@@ -4,7 +4,8 @@
 //
 // Custom-call contract (built by csrc/tf/mel_loss_xla.cc):
 //   forward  operands (y_true, y_pred, lengths, state)
-//            results  (loss, per_sample, nonfinite_count, new_state, sample_weights)
+//            results  (loss, per_sample, nonfinite_count, new_state, sample_weights,
+//                      active_count, valid_count)
 //   backward operands (y_true, y_pred, lengths, sample_weights, grad_loss, grad_per_sample)
 //            results  (grad_y_true, grad_y_pred); grad_y_true has 0 elements when
 //            want_grad_y_true is false (nothing downstream reads it)
@@ -23,6 +24,7 @@
 #include <mutex>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "kernels/mel_loss_checks.h"
 #include "kernels/mel_loss_kernels.h"
@@ -116,7 +118,8 @@ ffi::DataType OutputType(DType dtype) {
 std::optional<ffi::Error> CheckForwardResults(
     DType dtype, const MelShape& shape, const ffi::AnyBuffer& state, const ffi::AnyBuffer& loss,
     const ffi::AnyBuffer& per_sample, const ffi::AnyBuffer& nonfinite,
-    const ffi::AnyBuffer& new_state, const ffi::AnyBuffer& weights) {
+    const ffi::AnyBuffer& new_state, const ffi::AnyBuffer& weights, const ffi::AnyBuffer& active,
+    const ffi::AnyBuffer& valid) {
   if (state.element_type() != ffi::DataType::F64) return Invalid("state must be float64");
   if (std::string m = check_state_shape(DimsOf(state)); !m.empty()) return Invalid(m);
   const ffi::DataType out = OutputType(dtype);
@@ -127,7 +130,9 @@ std::optional<ffi::Error> CheckForwardResults(
       new_state.element_type() == ffi::DataType::F64 &&
       new_state.element_count() == size_t(state::kSize) &&
       weights.element_type() == ffi::DataType::F64 &&
-      weights.element_count() == size_t(2 * shape.batch);
+      weights.element_count() == size_t(2 * shape.batch) &&
+      active.element_type() == ffi::DataType::S64 && active.element_count() == 1 &&
+      valid.element_type() == ffi::DataType::S64 && valid.element_count() == 1;
   if (!ok) return Invalid("masked mel loss custom call: result buffers do not match its inputs");
   return std::nullopt;
 }
@@ -197,7 +202,8 @@ ffi::Error ForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuff
                        ffi::AnyBuffer lengths, ffi::AnyBuffer state,
                        ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> per_sample,
                        ffi::Result<ffi::AnyBuffer> nonfinite, ffi::Result<ffi::AnyBuffer> new_state,
-                       ffi::Result<ffi::AnyBuffer> weights, std::string_view loss_type,
+                       ffi::Result<ffi::AnyBuffer> weights, ffi::Result<ffi::AnyBuffer> active,
+                       ffi::Result<ffi::AnyBuffer> valid, std::string_view loss_type,
                        std::string_view normalization, bool use_lengths, double huber_delta) {
   Attrs attrs;
   if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
@@ -206,7 +212,7 @@ ffi::Error ForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuff
           CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
     return *e;
   if (auto e = CheckForwardResults(args.dtype, args.shape, state, *loss, *per_sample, *nonfinite,
-                                   *new_state, *weights))
+                                   *new_state, *weights, *active, *valid))
     return *e;
   if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty())
     return Invalid(m);
@@ -219,6 +225,8 @@ ffi::Error ForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuff
   args.nonfinite_count = static_cast<int64_t*>(nonfinite->untyped_data());
   args.state_out = static_cast<double*>(new_state->untyped_data());
   args.sample_weights = static_cast<double*>(weights->untyped_data());
+  args.active_count = static_cast<int64_t*>(active->untyped_data());
+  args.valid_count = static_cast<int64_t*>(valid->untyped_data());
   mel_loss_forward_cpu(args, PoolParallelFor(&pool));
   return ffi::Error::Success();
 }
@@ -252,17 +260,36 @@ ffi::Error BackwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuf
 }
 
 // ---------------------------------------------------------------------------
-// CUDA (XLA:GPU). Buffers, lengths included, are device memory: the kernels
-// read lengths on the device, where an out-of-range value cannot be turned
-// into an error without a host round trip per step. They clamp it for memory
-// safety, make the loss NaN and count the step as non-finite in the state
-// (the gradient of such a step is that of the clamped lengths).
+// CUDA (XLA:GPU). Buffers, lengths included, are device memory. The forward
+// reads the B lengths back to the host (one small copy and a wait for the
+// stream, what the GPU OpKernel's host-memory lengths cost outside XLA) so
+// that an out-of-range length is the same InvalidArgument error as on every
+// other path; the kernels still clamp lengths for memory safety. The backward
+// gets the lengths the forward checked.
 #if MYXTTS_OPS_WITH_CUDA
+std::optional<ffi::Error> CheckDeviceLengths(const LengthsView& lengths, const MelShape& shape,
+                                             cudaStream_t stream) {
+  if (lengths.data == nullptr || shape.batch == 0) return std::nullopt;
+  std::vector<int64_t> host64(lengths.is_int64 ? shape.batch : 0);
+  std::vector<int32_t> host32(lengths.is_int64 ? 0 : shape.batch);
+  void* dst =
+      lengths.is_int64 ? static_cast<void*>(host64.data()) : static_cast<void*>(host32.data());
+  const std::string err = cuda_copy_to_host(
+      dst, lengths.data, size_t(shape.batch) * (lengths.is_int64 ? 8 : 4), stream);
+  if (!err.empty()) return ffi::Error::Internal(err);
+  LengthsView host;
+  host.data = dst;
+  host.is_int64 = lengths.is_int64;
+  if (std::string m = lengths_error(host, shape.batch, shape.frames); !m.empty()) return Invalid(m);
+  return std::nullopt;
+}
+
 ffi::Error ForwardCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
                        ffi::AnyBuffer y_pred, ffi::AnyBuffer lengths, ffi::AnyBuffer state,
                        ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> per_sample,
                        ffi::Result<ffi::AnyBuffer> nonfinite, ffi::Result<ffi::AnyBuffer> new_state,
-                       ffi::Result<ffi::AnyBuffer> weights, std::string_view loss_type,
+                       ffi::Result<ffi::AnyBuffer> weights, ffi::Result<ffi::AnyBuffer> active,
+                       ffi::Result<ffi::AnyBuffer> valid, std::string_view loss_type,
                        std::string_view normalization, bool use_lengths, double huber_delta) {
   Attrs attrs;
   if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
@@ -271,8 +298,9 @@ ffi::Error ForwardCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
           CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
     return *e;
   if (auto e = CheckForwardResults(args.dtype, args.shape, state, *loss, *per_sample, *nonfinite,
-                                   *new_state, *weights))
+                                   *new_state, *weights, *active, *valid))
     return *e;
+  if (auto e = CheckDeviceLengths(args.lengths, args.shape, stream)) return *e;
   args.y_true = y_true.untyped_data();
   args.y_pred = y_pred.untyped_data();
   args.state_in = static_cast<const double*>(state.untyped_data());
@@ -282,6 +310,8 @@ ffi::Error ForwardCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   args.nonfinite_count = static_cast<int64_t*>(nonfinite->untyped_data());
   args.state_out = static_cast<double*>(new_state->untyped_data());
   args.sample_weights = static_cast<double*>(weights->untyped_data());
+  args.active_count = static_cast<int64_t*>(active->untyped_data());
+  args.valid_count = static_cast<int64_t*>(valid->untyped_data());
   // The workspace lives until the handler returns; XLA's allocator is ordered
   // on this stream, so the queued kernel still owns it.
   const std::optional<void*> workspace =
@@ -335,6 +365,8 @@ XLA_FFI_DEFINE_HANDLER(kForwardHost, ForwardHost,
                            .Ret<ffi::AnyBuffer>()  // nonfinite_count
                            .Ret<ffi::AnyBuffer>()  // new_state
                            .Ret<ffi::AnyBuffer>()  // sample_weights
+                           .Ret<ffi::AnyBuffer>()  // active_count
+                           .Ret<ffi::AnyBuffer>()  // valid_count
                            .Attr<std::string_view>("loss_type")
                            .Attr<std::string_view>("normalization")
                            .Attr<bool>("use_lengths")
@@ -365,6 +397,8 @@ XLA_FFI_DEFINE_HANDLER(kForwardCuda, ForwardCuda,
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
                            .Ret<ffi::AnyBuffer>()
                            .Ret<ffi::AnyBuffer>()
                            .Ret<ffi::AnyBuffer>()

@@ -72,8 +72,9 @@ def myxtts_inputs(rng, sets, batch, frames, mels, tokens, heads, all_heads=True)
     return out
 
 
-def step_graph(step, inputs):
-    """One ``tf.function`` running ``step(k, y_true, y_pred)`` on every input set."""
+def step_graph(step, inputs, jit_compile=False):
+    """One ``tf.function`` running ``step(k, y_true, y_pred)`` on every input set
+    (compiled with XLA when ``jit_compile``, as the MyXTTS trainer's step is by default)."""
 
     def run():
         total = tf.zeros([])
@@ -81,7 +82,7 @@ def step_graph(step, inputs):
             total += step(k, yt, yp)
         return total
 
-    return tf.function(run)
+    return tf.function(run, jit_compile=jit_compile)
 
 
 def forward_backward(value_fn, y_pred):

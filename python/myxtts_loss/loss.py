@@ -409,42 +409,23 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             loss_type=c.mel_loss_type,
             huber_delta=c.mel_huber_delta,
             normalization=op_norm,
+            return_counts=True,
         )
-        # The op returns the loss, per-sample losses, the non-finite count and
-        # the new statistics, not how many samples/elements it averaged over:
-        # those counts are derived here, once, from the lengths (and, only on
-        # steps with non-finite elements, from the inputs' finiteness).
-        shape = tf.shape(mel_true, out_type=tf.int64)
-        batch, frames, mels = shape[0], shape[1], shape[2]
-        if lens is None:
-            lens64 = tf.fill([batch], frames)
-        else:
-            lens64 = tf.clip_by_value(tf.cast(lens, tf.int64), 0, frames)
-        valid = tf.reduce_sum(lens64) * mels
+        # The op says over what it averaged: samples with a counted element
+        # (per_sample), elements before the lengths and how many of those
+        # did not count (global).
         f32 = tf.float32
         nonfinite = out.nonfinite_count
         mel = out.loss
+        valid = out.valid_count
         if c.mel_normalization == "per_sample":
-
-            def exact_active():
-                ok = tf.logical_and(
-                    tf.math.is_finite(tf.stop_gradient(mel_true)),
-                    tf.math.is_finite(tf.stop_gradient(mel_pred)),
-                )
-                in_len = tf.range(frames)[tf.newaxis, :] < lens64[:, tf.newaxis]
-                ok = tf.logical_and(ok, in_len[:, :, tf.newaxis])
-                return tf.reduce_sum(tf.cast(tf.reduce_any(ok, axis=[1, 2]), tf.int64))
-
-            def length_active():
-                return tf.reduce_sum(tf.cast(tf.logical_and(lens64 > 0, mels > 0), tf.int64))
-
-            active = tf.cond(nonfinite > 0, exact_active, length_active)
-            den = tf.cast(active, mel.dtype)
+            den = tf.cast(out.active_count, mel.dtype)
             stats = terms.TermStats(mel * den, den, tf.cast(nonfinite, f32))
         elif c.mel_normalization == "global":
             den = tf.cast(valid - nonfinite, mel.dtype)
             stats = terms.TermStats(mel * den, den, tf.cast(nonfinite, f32))
         else:  # batch: per-sample means, then the mean over all B samples
+            batch = tf.shape(out.per_sample)[0]
             stats = terms.TermStats(
                 tf.reduce_sum(out.per_sample), tf.cast(batch, mel.dtype), tf.cast(nonfinite, f32)
             )
