@@ -483,11 +483,14 @@ def test_float64_huber_delta_not_rounded(impl, reference, inputs):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lengths", ["random", "full", None, "zero"])
 @pytest.mark.parametrize("normalization", NORMS)
-def test_counts_against_oracle(rng, dtype, lengths, normalization):
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_counts_against_oracle(rng, dtype, lengths, normalization, loss_type):
     """active_count (samples with a counted element) and valid_count (elements
     before the lengths) from the fused op (eager and in a graph), the pure-TF
     reference and the kernels module, against the float64 oracle's counts,
-    with NaN/Inf in valid frames and padding and a sample made all non-finite."""
+    with NaN/Inf in valid frames and padding, a sample made all non-finite and,
+    for float32, an element whose loss overflows from finite inputs (it does not
+    count, so a sample holding only it is not active)."""
     import myxtts_ops
     from myxtts_ops import reference
 
@@ -496,16 +499,29 @@ def test_counts_against_oracle(rng, dtype, lengths, normalization):
     y_true, y_pred, lens = make_inputs(
         rng, shape, dtype, lengths=lens_arg, nonfinite_valid=4, nonfinite_padding=3
     )
-    if lens is None or lens[2] > 0:
-        n = shape[1] if lens is None else int(lens[2])
-        y_pred[2, :n] = np.nan  # a sample whose valid elements are all non-finite
-    _, counts, bad, lens_list = oracle._sample_stats(y_true, y_pred, lens, "l1", 1.0)
+    longest = 0 if lens is None else int(np.argmax(lens))
+    n = shape[1] if lens is None else int(lens[longest])
+    y_pred[longest, :n] = np.nan  # a sample whose valid elements are all non-finite
+    if dtype == "float32" and lens is not None and n > 0:
+        other = (longest + 1) % shape[0]
+        if lens[other] > 0:  # a sample whose only valid element overflows
+            y_true[other] = 0.0
+            y_pred[other] = np.nan
+            y_true[other, 0, 0], y_pred[other, 0, 0] = -3e38, 3e38
+    _, counts, bad, lens_list = oracle._sample_stats(y_true, y_pred, lens, loss_type, 1.0)
     want_active = sum(1 for c in counts if c > 0)
     want_valid = sum(lens_list) * shape[2]
     assert sum(bad) == want_valid - sum(counts)
 
     def run(fn):
-        return fn(y_true, y_pred, lens, normalization=normalization, return_counts=True)
+        return fn(
+            y_true,
+            y_pred,
+            lens,
+            loss_type=loss_type,
+            normalization=normalization,
+            return_counts=True,
+        )
 
     graph = tf.function(lambda: run(myxtts_ops.masked_mel_loss))
     for name, out in (
@@ -518,7 +534,7 @@ def test_counts_against_oracle(rng, dtype, lengths, normalization):
         assert int(out.active_count) == want_active, name
         assert int(out.valid_count) == want_valid, name
         assert int(out.nonfinite_count) == sum(bad), name
-    k = _kernels().forward(y_true, y_pred, lens, normalization=normalization)
+    k = _kernels().forward(y_true, y_pred, lens, loss_type=loss_type, normalization=normalization)
     assert int(k["active_count"]) == want_active
     assert int(k["valid_count"]) == want_valid
 

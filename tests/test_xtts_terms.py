@@ -413,9 +413,10 @@ def test_original_preset_matches_contract_numbers(rng):
 
 # ------------------------------------------------- stop term's hand-written gradient
 def np_stop_grads(target, pred, lengths, wpos=5.0, eps=0.1, lo=1e-7):
-    """d stop_token_loss / d (target, pred) in float64: (1 / B) (1 / n_b) d elem,
-    zero outside the lengths, at non-finite inputs, and (for pred) where the
-    probability is clipped (the clip bounds are those of float32)."""
+    """d stop_token_loss / d (target, pred) in float64: (1 / B) (1 / n_b) d elem
+    (without lengths, the plain mean: 1 / n d elem), zero outside the lengths,
+    at non-finite inputs, and (for pred) where the probability is clipped (the
+    clip bounds are those of float32)."""
     t = target[..., 0].astype(np.float64)
     p = pred[..., 0].astype(np.float64)
     lo32, hi32 = float(np.float32(lo)), float(np.float32(1.0 - lo))
@@ -425,6 +426,13 @@ def np_stop_grads(target, pred, lengths, wpos=5.0, eps=0.1, lo=1e-7):
         d_pred = (1 - y) / (1 - pc) - wpos * y / pc
         d_true = -(1 - eps) * (wpos * np.log(pc) - np.log(1 - pc))
     g_t, g_p = np.zeros_like(t), np.zeros_like(p)
+    if lengths is None:
+        ok = np.isfinite(t) & np.isfinite(p)
+        c = 1.0 / max(ok.sum(), 1)
+        inside = ok & (p >= lo32) & (p <= hi32)
+        g_t[ok] = c * d_true[ok]
+        g_p[inside] = c * d_pred[inside]
+        return g_t[..., None], g_p[..., None]
     for b in range(t.shape[0]):
         n = int(lengths[b])
         ok = np.isfinite(t[b, :n]) & np.isfinite(p[b, :n])
@@ -437,21 +445,22 @@ def np_stop_grads(target, pred, lengths, wpos=5.0, eps=0.1, lo=1e-7):
     return g_t[..., None], g_p[..., None]
 
 
-@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("lengths", list(LENGTHS) + ["none"])
 @pytest.mark.parametrize("nonfinite", NONFINITE)
 def test_stop_gradient_against_numpy(lengths, nonfinite, rng):
     """Both gradients of the stop term (a hand-written gradient) against float64
     NumPy: probabilities inside (0, 1), clipped ones (below 0, above 1, exactly
     at a clip bound, which passes its gradient as tf.clip_by_value does),
     soft targets, NaN/Inf in valid positions and in padding."""
-    lm, _ = LENGTHS[lengths]
+    lm = None if lengths == "none" else LENGTHS[lengths][0]
     tgt = rng.uniform(0, 1, (B, T, 1)).astype(np.float32)
     pred = rng.uniform(0.01, 0.99, (B, T, 1)).astype(np.float32)
     pred[0, 1, 0], pred[1, 0, 0], pred[2, 2, 0] = -0.5, 1.5, np.float32(1e-7)
     pred[0, 2, 0] = np.float32(1.0 - 1e-7)
     value = float(rng.choice([np.nan, np.inf, -np.inf]))
-    bad_pred = _poison(pred, lm, nonfinite, rng, value)
-    bad_tgt = _poison(tgt, lm, nonfinite, rng, value)
+    where = lm if lm is not None else np.full(B, T)  # no lengths: every position is valid
+    bad_pred = _poison(pred, where, nonfinite, rng, value)
+    bad_tgt = _poison(tgt, where, nonfinite, rng, value)
     p, t = tf.constant(bad_pred), tf.constant(bad_tgt)
     with tf.GradientTape() as tape:
         tape.watch([p, t])

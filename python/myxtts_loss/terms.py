@@ -252,39 +252,58 @@ def _stop_probability_stats(target, pred, lengths, positive_weight, label_smooth
     selected out, never multiplied, so a NaN there reaches neither the value
     nor the gradient.
     """
+    n = tf.shape(pred)[1]
     finite = tf.logical_and(tf.math.is_finite(target), tf.math.is_finite(pred))
     if lengths is None:
-        valid = tf.ones_like(finite)
+        ok = finite
+        valid_count = tf.size(pred)
     else:
-        valid = _position_mask(lengths, tf.shape(pred)[1])
-    ok = tf.logical_and(valid, finite)
-    nonfinite = _count(tf.logical_and(valid, tf.logical_not(finite)))
-    counts = tf.reduce_sum(tf.cast(ok, _F32), axis=1)
-    # d per_sample[b] / d elem: 1 / n_b (0 for a sample without elements).
-    inv_counts = tf.math.divide_no_nan(tf.ones_like(counts), counts)[:, tf.newaxis]
+        ok = tf.logical_and(_position_mask(lengths, n), finite)
+        valid_count = tf.reduce_sum(tf.minimum(lengths, n))
+    counts_int = tf.reduce_sum(tf.cast(ok, tf.int32), axis=1)
+    # Valid positions that do not count, from [B] integers (exact, no [B, T] op).
+    nonfinite = tf.cast(valid_count - tf.reduce_sum(counts_int), _F32)
+    counts = tf.cast(counts_int, _F32)
+    if lengths is None:
+        # No lengths: the plain mean over every counted element, as
+        # per_sample_stats: num is their sum, d num / d elem = 1.
+        elem_weight = tf.ones_like(counts)[:, tf.newaxis]
+        den = tf.reduce_sum(counts)
+    else:
+        # Per-sample means summed, over B: d num / d elem = 1 / n_b (0 when empty).
+        elem_weight = tf.math.divide_no_nan(tf.ones_like(counts), counts)[:, tf.newaxis]
+        den = tf.cast(tf.shape(pred)[0], _F32)
     lo = STOP_PROB_MIN
     scale, shift = 1.0 - label_smoothing, 0.5 * label_smoothing
 
     @tf.custom_gradient
     def total(t, p):
         pc = tf.clip_by_value(p, lo, 1.0 - lo)
+        q = 1.0 - pc
         y = t * scale + shift
+        wy = positive_weight * y
+        ny = 1.0 - y
         log_p = tf.math.log(pc)
-        log_q = tf.math.log(1.0 - pc)
-        elem = tf.where(ok, -(positive_weight * y * log_p + (1.0 - y) * log_q), 0.0)
-        per_sample = tf.math.divide_no_nan(tf.reduce_sum(elem, axis=1), counts)
+        log_q = tf.math.log(q)
+        # The element loss is -(wy log p + ny log q); the sign is applied to the
+        # per-sample sums (exact: the same sums, negated).
+        sums = tf.reduce_sum(tf.where(ok, wy * log_p + ny * log_q, 0.0), axis=1)
+        if lengths is None:
+            num = -tf.reduce_sum(sums)
+        else:
+            num = tf.reduce_sum(tf.math.divide_no_nan(-sums, counts))
 
         def grad(upstream):
-            coef = upstream * inv_counts
-            inside = tf.logical_and(ok, tf.logical_and(p >= lo, p <= 1.0 - lo))
-            d_pred = (1.0 - y) / (1.0 - pc) - positive_weight * y / pc
+            coef = upstream * elem_weight
+            # pc == p: not clipped (a bound itself passes, as tf.clip_by_value).
+            inside = tf.logical_and(ok, tf.equal(pc, p))
+            d_pred = ny / q - wy / pc
             d_true = -scale * (positive_weight * log_p - log_q)
             return tf.where(ok, coef * d_true, 0.0), tf.where(inside, coef * d_pred, 0.0)
 
-        return tf.reduce_sum(per_sample), grad
+        return num, grad
 
-    num = total(target, pred)
-    return TermStats(num, tf.cast(tf.shape(pred)[0], _F32), nonfinite)
+    return TermStats(total(target, pred), den, nonfinite)
 
 
 def attention_stats(weights, text_lengths, mel_lengths):

@@ -64,7 +64,8 @@ def _run_jax(jax, device, case, want_grad_y_true=True):
     out = fwd(yt, yp, lens, state)
     got = dict(
         zip(
-            ("loss", "per_sample", "nonfinite_count", "state", "sample_weights"),
+            ("loss", "per_sample", "nonfinite_count", "state", "sample_weights")
+            + ("active_count", "valid_count"),
             (np.asarray(o) for o in out),
         )
     )
@@ -115,7 +116,12 @@ def test_ffi_through_jax_matches_pybind_launch(kernels, lib, jax_gpu, dtype, len
         np.testing.assert_array_equal(got[key], value, err_msg=key)
     np.testing.assert_array_equal(grads[0], launched_grads[0], err_msg="grad_y_true")
     np.testing.assert_array_equal(grads[1], launched_grads[1], err_msg="grad_y_pred")
-    check_forward(case, got, case.oracle_forward())
+    want = case.oracle_forward()
+    check_forward(case, got, want)
+    # The counts the CUDA kernel returns through the handler (return_counts).
+    assert int(got["active_count"]) == int((np.asarray(want.counts) > 0).sum())
+    lens = np.full(shape[0], shape[1]) if case.h_lengths is None else case.h_lengths
+    assert int(got["valid_count"]) == int(np.sum(lens)) * shape[2]
     use = ref.valid_finite_mask(case.h_true, case.h_pred, case.h_lengths, case.dtype)
     check_backward(case, grads, case.oracle_backward(got["sample_weights"]), use)
 
