@@ -498,3 +498,57 @@ def test_stop_gradient_matches_autodiff_of_the_formula(rng):
     np.testing.assert_allclose(float(got), float(plain), rtol=1e-6)
     for a, b in zip(tape.gradient(got, [t, p]), tape.gradient(plain, [t, p])):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-8)
+
+
+# --------------------------------------------- attention term's hand-written gradient
+def np_attention_grad(a, lx, lm):
+    """d attention_loss / d a in float64: for sample b, [0 <= mean KL <= 200] /
+    (B * n_b * H) * (-E / A) at counted pairs whose head mean A is inside the
+    clip bounds (float32's), the same in every head; zero elsewhere."""
+    lo32, hi32 = float(np.float32(1e-8)), float(np.float32(1 - 1e-8))
+    abar = np.mean(a, axis=1)
+    b, h, tq, tk = a.shape
+    grad = np.zeros_like(abar)
+    for i in range(b):
+        r = max(lx[i] - 1, 1) / max(lm[i] - 1, 1)
+        g = np.exp(-((r * np.arange(tq)[:, None] - np.arange(tk)[None, :]) ** 2) / 4.0)
+        e = np.clip(g / (g.sum(axis=1, keepdims=True) + 1e-8), 1e-8, 1 - 1e-8)
+        ok = np.zeros((tq, tk), bool)
+        ok[: int(lm[i]), : int(lx[i])] = True
+        ok &= np.isfinite(abar[i])
+        if not ok.any():
+            continue
+        with np.errstate(invalid="ignore"):
+            ab = np.clip(np.where(ok, abar[i], 1.0), lo32, hi32)
+        mean_kl = (e * np.log(e / ab))[ok].sum() / ok.sum()
+        if not 0.0 <= mean_kl <= 200.0:
+            continue
+        inside = ok & (abar[i] >= lo32) & (abar[i] <= hi32)
+        grad[i] = np.where(inside, -e / ab, 0.0) / (b * ok.sum() * h)
+    return np.repeat(grad[:, None], h, axis=1)
+
+
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("nonfinite", NONFINITE)
+def test_attention_gradient_against_numpy(lengths, nonfinite, rng):
+    """The attention term's hand-written gradient against float64 NumPy: every
+    head gets 1/H of the head mean's gradient; pairs outside the lengths, with a
+    non-finite value in any head, or whose mean is clipped get zero."""
+    lm, lx = LENGTHS[lengths]
+    logits = rng.normal(0, 2, (B, H, T, U))
+    a = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    a[0, :, 1, 1] = 0.0  # a head mean below the clip bound: no gradient there
+    bad = a.copy()
+    if nonfinite == "valid" and lm[0] > 0 and lx[0] > 0:
+        bad[0, 1, 0, 0] = np.nan
+    if nonfinite == "padding" and lm[-1] < T:
+        bad[-1, 0, T - 1, U - 1] = np.inf
+    at = tf.constant(bad)
+    with tf.GradientTape() as tape:
+        tape.watch(at)
+        got = terms.attention_loss(at, lx.astype(np.float32), lm)
+    grad = tape.gradient(got, at).numpy()
+    model_in = a.astype(np.float64)
+    model_in[~np.isfinite(bad)] = np.nan
+    np.testing.assert_allclose(float(got), np_attention(model_in, lx, lm), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, np_attention_grad(model_in, lx, lm), rtol=1e-4, atol=1e-9)
