@@ -275,10 +275,11 @@ def masked_mel_loss(
         valid_count = tf.reduce_sum(lengths64) * mels
 
         active = counts > 0
+        active_count = tf.reduce_sum(tf.cast(active, tf.int64))
         counts_f = tf.cast(tf.maximum(counts, 1), tf.float64)
         per_sample64 = tf.where(active, sums / counts_f, tf.zeros_like(sums))
         if normalization == "per_sample":
-            n_active = tf.cast(tf.maximum(tf.reduce_sum(tf.cast(active, tf.int64)), 1), tf.float64)
+            n_active = tf.cast(tf.maximum(active_count, 1), tf.float64)
             loss64 = tf.reduce_sum(per_sample64) / n_active
         else:
             total = tf.cast(tf.maximum(tf.reduce_sum(counts), 1), tf.float64)
@@ -297,6 +298,6 @@ def masked_mel_loss(
             return out
         return MaskedMelLossCounts(
             *out,
-            active_count=tf.reduce_sum(tf.cast(active, tf.int64), name="active_count"),
+            active_count=tf.identity(active_count, name="active_count"),
             valid_count=tf.identity(valid_count, name="valid_count"),
         )

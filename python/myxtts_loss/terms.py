@@ -264,13 +264,20 @@ def _stop_probability_stats(target, pred, lengths, positive_weight, label_smooth
     # Valid positions that do not count, from [B] integers (exact, no [B, T] op).
     nonfinite = tf.cast(valid_count - tf.reduce_sum(counts_int), _F32)
     counts = tf.cast(counts_int, _F32)
+    # num from the per-sample sums of the element loss, and d num / d elem.
     if lengths is None:
         # No lengths: the plain mean over every counted element, as
-        # per_sample_stats: num is their sum, d num / d elem = 1.
+        # per_sample_stats: num is their sum.
+        def numerator(sums):
+            return tf.reduce_sum(sums)
+
         elem_weight = tf.ones_like(counts)[:, tf.newaxis]
         den = tf.reduce_sum(counts)
     else:
-        # Per-sample means summed, over B: d num / d elem = 1 / n_b (0 when empty).
+        # Per-sample means summed, over B (1 / n_b, 0 for an empty sample).
+        def numerator(sums):
+            return tf.reduce_sum(tf.math.divide_no_nan(sums, counts))
+
         elem_weight = tf.math.divide_no_nan(tf.ones_like(counts), counts)[:, tf.newaxis]
         den = tf.cast(tf.shape(pred)[0], _F32)
     lo = STOP_PROB_MIN
@@ -288,10 +295,7 @@ def _stop_probability_stats(target, pred, lengths, positive_weight, label_smooth
         # The element loss is -(wy log p + ny log q); the sign is applied to the
         # per-sample sums (exact: the same sums, negated).
         sums = tf.reduce_sum(tf.where(ok, wy * log_p + ny * log_q, 0.0), axis=1)
-        if lengths is None:
-            num = -tf.reduce_sum(sums)
-        else:
-            num = tf.reduce_sum(tf.math.divide_no_nan(-sums, counts))
+        num = numerator(-sums)
 
         def grad(upstream):
             coef = upstream * elem_weight
