@@ -91,6 +91,8 @@ def forward(
             jax.ShapeDtypeStruct((2, batch), np.float64),
             jax.ShapeDtypeStruct((), np.int64),
             jax.ShapeDtypeStruct((), np.int64),
+            # The CUDA handler's workspace (the Host handler does not read it).
+            jax.ShapeDtypeStruct((kernels.cuda_workspace_size(*y_true.shape),), np.uint8),
         ),
     )
     return call(
@@ -102,7 +104,7 @@ def forward(
         normalization=normalization,
         use_lengths=use_lengths,
         huber_delta=np.float64(huber_delta),
-    )
+    )[:7]
 
 
 def backward(

@@ -271,6 +271,7 @@ def count_launches(k, lib):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count-launches", action="store_true")
+    ap.add_argument("--verbose", action="store_true", help="name each case before it runs")
     args = ap.parse_args(argv)
     k = load_kernels()
     lib = load_lib()
@@ -278,12 +279,15 @@ def main(argv=None) -> int:
     if args.count_launches:
         return count_launches(k, lib)
     rng = np.random.default_rng(1234)
-    ptr = lib.stream_ptr(lib.new_stream())
+    stream = lib.new_stream()  # kept alive: the launches below use its handle
+    ptr = lib.stream_ptr(stream)
     n = 0
     for dtype in ("float16", "bfloat16", "float32", "float64"):
         for i, (shape, kind, off) in enumerate(CASES):
             loss_type = "huber" if i % 2 else "l1"
             norm = "global" if i % 3 == 1 else "per_sample"
+            if args.verbose:
+                print(f"case {dtype} {shape} {kind} offset={off} {loss_type} {norm}", flush=True)
             run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, ptr if i % 2 else 0)
             n += 1
     print(f"sanitize_driver: {n} forward+backward cases OK")

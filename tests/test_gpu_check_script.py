@@ -56,3 +56,42 @@ def test_unknown_steps_and_arguments_are_errors():
         ["bash", SCRIPT, "--dryrun"], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert proc.returncode == 2 and "unknown argument '--dryrun'" in proc.stderr
+
+
+def test_pybind_only_build_takes_the_ffi_handlers_from_jaxlib(tmp_path):
+    """The GPU machine has no TensorFlow: the check's build (kernels module
+    only) must still export the XLA FFI handlers, with jaxlib's headers."""
+    import importlib.util
+    import shutil
+
+    import pytest
+
+    for need in ("jax", "pybind11"):
+        if importlib.util.find_spec(need) is None:
+            pytest.skip(f"{need} is not installed")
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not on PATH")
+    build = tmp_path / "build"
+    configure = [
+        "cmake", "-S", ROOT, "-B", str(build), "-DMYXTTS_BUILD_TF_OP=OFF",
+        "-DMYXTTS_BUILD_PYBIND=ON", "-DMYXTTS_OPS_CUDA=OFF", "-DCMAKE_BUILD_TYPE=Release",
+        f"-DPython3_EXECUTABLE={sys.executable}",
+    ]  # fmt: skip
+    logs = []
+    for cmd in (configure, ["cmake", "--build", str(build), "-j", "2"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        logs.append(proc.stdout)
+    assert "kernels module FFI handlers from '" in logs[0] and "jaxlib" in logs[0], logs[0]
+    (so,) = build.rglob("kernels*.so")
+    probe = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('kernels', {str(so)!r})\n"
+        "k = importlib.util.module_from_spec(spec); spec.loader.exec_module(k)\n"
+        "print(sorted(k.ffi_targets()), sorted(k.ffi_targets()['cpu']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        "['cpu'] ['myxtts_ops_masked_mel_loss', 'myxtts_ops_masked_mel_loss_grad']"
+    )

@@ -179,6 +179,8 @@ class MaskedMelLossXla : public XlaOpKernel {
         RowMajor(xla::F64, {2, shape.batch}),  // sample_weights
         RowMajor(xla::S64, {}),                // active_count
         RowMajor(xla::S64, {}),                // valid_count
+        // workspace: only the CUDA handler reads it
+        RowMajor(xla::U8, {for_gpu_ ? int64_t(cuda_forward_workspace_size(shape)) : 0}),
     });
     std::vector<xla::XlaOp> operands;
     for (int i = 0; i < 4; ++i) operands.push_back(ctx->Input(i));

@@ -5,7 +5,10 @@
 // Custom-call contract (built by csrc/tf/mel_loss_xla.cc):
 //   forward  operands (y_true, y_pred, lengths, state)
 //            results  (loss, per_sample, nonfinite_count, new_state, sample_weights,
-//                      active_count, valid_count)
+//                      active_count, valid_count, workspace)
+//            workspace is u8[cuda_forward_workspace_size] for the CUDA handler (a
+//            result, so XLA's own buffer assignment provides it) and is not read
+//            by the Host handler (0 elements there)
 //   backward operands (y_true, y_pred, lengths, sample_weights, grad_loss, grad_per_sample)
 //            results  (grad_y_true, grad_y_pred); grad_y_true has 0 elements when
 //            want_grad_y_true is false (nothing downstream reads it)
@@ -203,8 +206,10 @@ ffi::Error ForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuff
                        ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> per_sample,
                        ffi::Result<ffi::AnyBuffer> nonfinite, ffi::Result<ffi::AnyBuffer> new_state,
                        ffi::Result<ffi::AnyBuffer> weights, ffi::Result<ffi::AnyBuffer> active,
-                       ffi::Result<ffi::AnyBuffer> valid, std::string_view loss_type,
-                       std::string_view normalization, bool use_lengths, double huber_delta) {
+                       ffi::Result<ffi::AnyBuffer> valid,
+                       ffi::Result<ffi::AnyBuffer> /*workspace: CUDA only*/,
+                       std::string_view loss_type, std::string_view normalization, bool use_lengths,
+                       double huber_delta) {
   Attrs attrs;
   if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
   ForwardArgs args;
@@ -284,13 +289,14 @@ std::optional<ffi::Error> CheckDeviceLengths(const LengthsView& lengths, const M
   return std::nullopt;
 }
 
-ffi::Error ForwardCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
-                       ffi::AnyBuffer y_pred, ffi::AnyBuffer lengths, ffi::AnyBuffer state,
+ffi::Error ForwardCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred,
+                       ffi::AnyBuffer lengths, ffi::AnyBuffer state,
                        ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> per_sample,
                        ffi::Result<ffi::AnyBuffer> nonfinite, ffi::Result<ffi::AnyBuffer> new_state,
                        ffi::Result<ffi::AnyBuffer> weights, ffi::Result<ffi::AnyBuffer> active,
-                       ffi::Result<ffi::AnyBuffer> valid, std::string_view loss_type,
-                       std::string_view normalization, bool use_lengths, double huber_delta) {
+                       ffi::Result<ffi::AnyBuffer> valid, ffi::Result<ffi::AnyBuffer> workspace,
+                       std::string_view loss_type, std::string_view normalization, bool use_lengths,
+                       double huber_delta) {
   Attrs attrs;
   if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
   ForwardArgs args;
@@ -312,14 +318,17 @@ ffi::Error ForwardCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   args.sample_weights = static_cast<double*>(weights->untyped_data());
   args.active_count = static_cast<int64_t*>(active->untyped_data());
   args.valid_count = static_cast<int64_t*>(valid->untyped_data());
-  // The workspace lives until the handler returns; XLA's allocator is ordered
-  // on this stream, so the queued kernel still owns it.
-  const std::optional<void*> workspace =
-      scratch.Allocate(cuda_forward_workspace_size(args.shape), 256);
-  if (!workspace) return ffi::Error::Internal("masked mel loss: no device workspace");
+  // A result buffer, not ffi::ScratchAllocator: JAX's GPU runtime gives the
+  // handler no scratch allocator, and a result is assigned like any other.
+  const size_t workspace_bytes = cuda_forward_workspace_size(args.shape);
+  if (workspace->size_bytes() < workspace_bytes)
+    return Invalid("masked mel loss: the workspace result has " +
+                   std::to_string(workspace->size_bytes()) + " bytes, the forward needs " +
+                   std::to_string(workspace_bytes));
   // No host header: the kernel reads the device lengths and the launcher
   // clears the ticket counter on the stream.
-  const std::string err = mel_loss_forward_cuda(args, *workspace, nullptr, 0, stream);
+  const std::string err =
+      mel_loss_forward_cuda(args, workspace->untyped_data(), nullptr, 0, stream);
   return err.empty() ? ffi::Error::Success() : ffi::Error::Internal(err);
 }
 
@@ -367,6 +376,7 @@ XLA_FFI_DEFINE_HANDLER(kForwardHost, ForwardHost,
                            .Ret<ffi::AnyBuffer>()  // sample_weights
                            .Ret<ffi::AnyBuffer>()  // active_count
                            .Ret<ffi::AnyBuffer>()  // valid_count
+                           .Ret<ffi::AnyBuffer>()  // workspace (not read)
                            .Attr<std::string_view>("loss_type")
                            .Attr<std::string_view>("normalization")
                            .Attr<bool>("use_lengths")
@@ -392,7 +402,6 @@ XLA_FFI_DEFINE_HANDLER(kBackwardHost, BackwardHost,
 XLA_FFI_DEFINE_HANDLER(kForwardCuda, ForwardCuda,
                        ffi::Ffi::Bind()
                            .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                           .Ctx<ffi::ScratchAllocator>()
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
                            .Arg<ffi::AnyBuffer>()
@@ -404,6 +413,7 @@ XLA_FFI_DEFINE_HANDLER(kForwardCuda, ForwardCuda,
                            .Ret<ffi::AnyBuffer>()
                            .Ret<ffi::AnyBuffer>()
                            .Ret<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()  // workspace
                            .Attr<std::string_view>("loss_type")
                            .Attr<std::string_view>("normalization")
                            .Attr<bool>("use_lengths")

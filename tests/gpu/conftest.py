@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# JAX (the FFI tests) otherwise takes most of the GPU memory the array
+# libraries of the other tests need.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 ROOT = Path(__file__).resolve().parents[2]
 # The source tree only when the package is not installed (an installed wheel
 # must not be shadowed by an unbuilt checkout).
