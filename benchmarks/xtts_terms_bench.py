@@ -21,7 +21,10 @@ Rows:
 3. XTTSLoss with every head of the default MyXTTS model at realistic shapes
    (attention weights [B, heads, frames, tokens], larger than the mel tensor);
 4. each term alone (``XTTSLoss.term_functions``), forward + backward: its share
-   of row 3.
+   of row 3;
+5. with ``--breakdown``, where row 2's plain-graph cost goes: XTTSLoss without
+   the stop term and/or without its training-state updates (``training=False``
+   skips the adaptive rule, smoothing and state writes), each against row 1.
 """
 
 import argparse
@@ -60,6 +63,14 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+#: --breakdown graphs: (name, with the stop term, training).
+BREAKDOWN = (
+    ("mel_no_updates", False, False),
+    ("mel", False, True),
+    ("mel_stop_no_updates", True, False),
+)
+
+
 def measure(args):
     import myxtts_ops
     from myxtts_loss import XTTSLoss
@@ -93,6 +104,19 @@ def measure(args):
         graphs["base" + suffix] = step_graph(baseline, base_inputs, jit)
         graphs["op" + suffix] = step_graph(op_fb, base_inputs, jit)
         graphs["loss" + suffix] = step_graph(xtts_mel_stop, base_inputs, jit)
+    if args.breakdown:
+        # Plain graph, parts removed: the stop term, and the training-state
+        # updates (rule, smoothing, state writes; training=False skips them).
+        for name, stop, training in BREAKDOWN:
+            loss_fn = XTTSLoss()
+
+            def part(k, yt, yp, loss_fn=loss_fn, stop=stop, training=training):
+                if not stop:
+                    yt = {n: v for n, v in yt.items() if n != "stop_target"}
+                    yp = {n: v for n, v in yp.items() if n != "stop_tokens"}
+                return forward_backward(lambda p: loss_fn(yt, p, training=training), yp)
+
+            graphs[name] = step_graph(part, base_inputs)
     raw = {
         k: np.asarray(v) for k, v in interleaved_seconds(graphs, args.repeats * args.rounds).items()
     }
@@ -109,6 +133,14 @@ def measure(args):
             "ratio_p80": float(np.percentile(loss_steps / op_steps, 80)),
             **shape,
         }
+
+    if args.breakdown:
+        base, op_steps = raw["base"], (raw["op"] - raw["base"]) / args.sets
+        results["breakdown"] = {
+            name: float(np.median((raw[name] - base) / args.sets / op_steps))
+            for name, _, _ in BREAKDOWN
+        }
+        results["breakdown"]["mel_stop"] = results["mel_stop"]["ratio"]
 
     # Every head at realistic shapes.
     del base_inputs, graphs
@@ -161,6 +193,17 @@ def to_markdown(results, args):
     ]
     for name, ms in a["per_term_ms"].items():
         lines.append(f"| {name} | {ms:.3f} | {100 * a['share_of_step'][name]:.1f} % |")
+    if "breakdown" in results:
+        d = results["breakdown"]
+        lines += [
+            "",
+            "Plain step graph, parts removed (XTTSLoss / fused op, median of per-round ratios):",
+            "",
+            "| terms | training=False (no state updates) | training=True |",
+            "|---|---|---|",
+            f"| mel | {d['mel_no_updates']:.2f} | {d['mel']:.2f} |",
+            f"| mel + stop | {d['mel_stop_no_updates']:.2f} | {d['mel_stop']:.2f} |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +220,11 @@ def main(argv=None):
     p.add_argument("--sets-all", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--rounds", type=int, default=3, help="mel+stop rows: repeats x rounds calls")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the plain graph without the stop term and without the state updates",
+    )
     p.add_argument("--out", default=None, help="write <out>.json and <out>.md")
     args = p.parse_args(argv)
     results = measure(args)

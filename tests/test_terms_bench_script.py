@@ -22,7 +22,7 @@ def test_terms_bench_tiny(tmp_path):
     args = "--batch 2 --frames 12 --mels 4 --tokens 5 --heads 2 --sets 2 --sets-all 1"
     proc = subprocess.run(
         [sys.executable, SCRIPT, *args.split(), "--repeats", "2", "--rounds", "1"]
-        + ["--out", str(out)],
+        + ["--breakdown", "--out", str(out)],
         env=child_env(),
         cwd=str(tmp_path),
         capture_output=True,
@@ -36,3 +36,5 @@ def test_terms_bench_tiny(tmp_path):
     assert "stop_loss" in results["all_heads"]["per_term_ms"]
     md = (tmp_path / "terms.md").read_text()
     assert "jit_compile=True" in md and "| stop_loss |" in md
+    assert set(results["breakdown"]) == {"mel_no_updates", "mel", "mel_stop_no_updates", "mel_stop"}
+    assert "| mel + stop |" in md
