@@ -36,6 +36,7 @@ from myxtts_ops.array_backend import ArrayBackend, backend_for
 
 __all__ = [
     "ForwardResult",
+    "ForwardResultCounts",
     "available",
     "backward",
     "forward",
@@ -51,6 +52,19 @@ class ForwardResult(NamedTuple):
     nonfinite_count: Any  # [] int64
     state: Any  # [STATE_SIZE] float64
     sample_weights: Any  # [2, B] float64: row 0 = c_b, row 1 = 1/n_b
+
+
+class ForwardResultCounts(NamedTuple):
+    """:func:`forward` with ``return_counts=True`` (the TF op's
+    ``MaskedMelLossCounts`` fields, plus what the backward needs)."""
+
+    loss: Any
+    per_sample: Any
+    nonfinite_count: Any
+    state: Any
+    sample_weights: Any
+    active_count: Any  # [] int64: samples with at least one counted element
+    valid_count: Any  # [] int64: elements before the lengths, finite or not
 
 
 def _kernels():
@@ -139,7 +153,8 @@ def forward(
     dtype: str | None = None,
     workspace=None,
     check_lengths: bool = True,
-) -> ForwardResult:
+    return_counts: bool = False,
+) -> ForwardResult | ForwardResultCounts:
     """Fused masked mel loss forward on the GPU (one kernel launch).
 
     ``lengths``: None (every frame valid), or int32/int64 [B] (device array, or
@@ -150,6 +165,8 @@ def forward(
     skips the kernels module's small synchronous read-back of device lengths
     (out-of-range lengths then give a NaN loss instead of an error), which
     keeps the call free of host synchronisation (CUDA-graph capturable).
+    ``return_counts=True`` also returns ``active_count`` and ``valid_count``
+    (:class:`ForwardResultCounts`), written by the same launch.
     """
     be = backend_for(y_true)
     y_true, y_pred, lengths, dtype = _prepare(be, y_true, y_pred, lengths, dtype)
@@ -179,6 +196,7 @@ def forward(
         nonfinite = be.empty((), "int64", y_true)
         new_state = be.empty((int(k.STATE_SIZE),), "float64", y_true)
         weights = be.empty((2, batch), "float64", y_true)
+        counts = [be.empty((), "int64", y_true) for _ in range(2)] if return_counts else [None] * 2
         t_k, bf = be.kernel_view(y_true)
         p_k, _ = be.kernel_view(y_pred)
         k.cuda_forward(
@@ -198,7 +216,11 @@ def forward(
             stream=be.stream_ptr(stream, y_true),
             dtype=bf or (dtype if dtype == "bfloat16" else None),
             check_lengths=check_lengths,
+            active_count=counts[0],
+            valid_count=counts[1],
         )
+    if return_counts:
+        return ForwardResultCounts(loss, per_sample, nonfinite, new_state, weights, *counts)
     return ForwardResult(loss, per_sample, nonfinite, new_state, weights)
 
 

@@ -442,7 +442,7 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
                   py::object nonfinite_obj, py::object new_state_obj, py::object weights_obj,
                   py::object workspace_obj, const std::string& loss_type, py::object huber_delta,
                   const std::string& normalization, uintptr_t stream, py::object dtype_obj,
-                  bool check_lengths) {
+                  bool check_lengths, py::object active_obj, py::object valid_obj) {
   require_cuda();
   const DeviceMels m = device_mels(y_true_obj, y_pred_obj, dtype_obj);
   const MelShape& s = m.shape;
@@ -487,6 +487,17 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
   args.nonfinite_count = static_cast<int64_t*>(nonfinite.ptr);
   args.state_out = static_cast<double*>(new_state.ptr);
   args.sample_weights = static_cast<double*>(weights.ptr);
+  // Optional int64 scalars: the counts the TF op returns with return_counts.
+  for (auto [obj, name, dst] : {std::make_tuple(active_obj, "active_count", &args.active_count),
+                                std::make_tuple(valid_obj, "valid_count", &args.valid_count)}) {
+    if (obj.is_none()) continue;
+    const DeviceArray a = device_array(obj, name);
+    expect_type(a, "<i8", name);
+    if (!a.shape.empty() && !(a.shape.size() == 1 && a.shape[0] == 1))
+      throw py::value_error(std::string(name) + " must be a scalar, got shape " +
+                            shape_str(a.shape));
+    *dst = static_cast<int64_t*>(a.ptr);
+  }
   py::gil_scoped_release release;
   check(mel_loss_forward_cuda(args, workspace.ptr, nullptr, 0, strm));
 }
@@ -579,7 +590,9 @@ PYBIND11_MODULE(kernels, m) {
         py::arg("loss_type") = "l1", py::arg("huber_delta") = 1.0,
         py::arg("normalization") = "per_sample", py::arg("stream") = 0,
         py::arg("dtype") = py::none(), py::arg("check_lengths") = true,
-        "CUDA forward on device arrays, one kernel launch on `stream` (a cudaStream_t as int).");
+        py::arg("active_count") = py::none(), py::arg("valid_count") = py::none(),
+        "CUDA forward on device arrays, one kernel launch on `stream` (a cudaStream_t as int). "
+        "active_count / valid_count: optional int64 scalars the kernel also writes.");
   m.def("cuda_backward", &cuda_backward, py::arg("y_true"), py::arg("y_pred"), py::arg("lengths"),
         py::arg("sample_weights"), py::arg("grad_loss"), py::arg("grad_per_sample"),
         py::arg("grad_y_true"), py::arg("grad_y_pred"), py::kw_only(), py::arg("loss_type") = "l1",

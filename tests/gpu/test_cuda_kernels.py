@@ -136,6 +136,8 @@ class Case:
         self.nonfinite = DevBuf(lib, (), "int64", 0)
         self.new_state = DevBuf(lib, (ref.STATE_SIZE,), "float64", 0)
         self.weights = DevBuf(lib, (2, B), "float64", 1)
+        self.active = DevBuf(lib, (), "int64", 0)
+        self.valid = DevBuf(lib, (), "int64", 0)
         ws = int(kernels.cuda_workspace_size(*self.shape))
         self.workspace = DevBuf(lib, (max(ws, 1),), "uint8", 0)
         self.g_loss_h = np.asarray(grad_loss, dtype=od).reshape(())
@@ -153,7 +155,15 @@ class Case:
         self.bf = "bfloat16" if dtype == "bfloat16" else None
 
     def outputs(self):
-        return (self.loss, self.per_sample, self.nonfinite, self.new_state, self.weights)
+        return (
+            self.loss,
+            self.per_sample,
+            self.nonfinite,
+            self.new_state,
+            self.weights,
+            self.active,
+            self.valid,
+        )
 
     def forward(self, stream=0, poison=0xFF, check_lengths=True):
         if poison is not None:
@@ -174,6 +184,8 @@ class Case:
             stream=stream,
             dtype=self.bf,
             check_lengths=check_lengths,
+            active_count=self.active.arr,
+            valid_count=self.valid.arr,
             **self.cfg,
         )
 
@@ -204,6 +216,8 @@ class Case:
             nonfinite_count=self.nonfinite.host(),
             state=self.new_state.host(),
             sample_weights=self.weights.host(),
+            active_count=self.active.host(),
+            valid_count=self.valid.host(),
         )
 
     def fetch_backward(self):
@@ -252,6 +266,9 @@ def check_forward(case: Case, got: dict, want: ref.Forward):
         err_msg="per_sample",
     )
     assert np.all(got["per_sample"][want.counts == 0] == 0)
+    # The counts (return_counts): samples with a counted element, valid elements.
+    assert int(got["active_count"]) == int((np.asarray(want.counts) > 0).sum())
+    assert int(got["valid_count"]) == want.valid_count
     loss = float(got["loss"])
     np.testing.assert_allclose(loss, want.loss, rtol=rtol, atol=atol, err_msg="loss")
     # State: exact bookkeeping, statistics close to the independent chain...
@@ -688,6 +705,7 @@ def test_gpu_wrapper(kernels, lib, dtype):
         huber_delta=0.5,
         normalization="global",
         stream=stream,
+        return_counts=True,
         **kw,
     )
     lib.synchronize(stream)
@@ -710,6 +728,8 @@ def test_gpu_wrapper(kernels, lib, dtype):
         atol=FWD_ATOL[dtype],
     )
     assert int(to_h(out.nonfinite_count)) == want.nonfinite_count
+    assert int(to_h(out.active_count)) == int((np.asarray(want.counts) > 0).sum())
+    assert int(to_h(out.valid_count)) == want.valid_count
     np.testing.assert_array_equal(to_h(out.sample_weights), want.sample_weights)
     g_true, g_pred = gpu.backward(
         t,
