@@ -41,8 +41,9 @@ def register(platform):
         return
     if not hasattr(kernels, "ffi_targets"):
         raise RuntimeError(
-            "this build of myxtts-ops has no XLA FFI handlers (its TensorFlow include tree "
-            "lacked xla/ffi/api/ffi.h); rebuild it against a newer TensorFlow (2.21 has them)"
+            "this build of myxtts-ops has no XLA FFI handlers: when it was built, neither "
+            "TensorFlow's include tree (2.21 has xla/ffi/api/ffi.h) nor jaxlib's was found; "
+            "rebuild it with TensorFlow 2.21 or JAX importable (pip install --no-build-isolation)"
         )
     available = kernels.ffi_targets()
     if platform not in available:
@@ -57,6 +58,10 @@ def register(platform):
 
 def _out_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _workspace_bytes(shape):
+    return int(kernels.cuda_workspace_size(*shape)) if len(shape) == 3 else 0
 
 
 def forward(
@@ -91,8 +96,9 @@ def forward(
             jax.ShapeDtypeStruct((2, batch), np.float64),
             jax.ShapeDtypeStruct((), np.int64),
             jax.ShapeDtypeStruct((), np.int64),
-            # The CUDA handler's workspace (the Host handler does not read it).
-            jax.ShapeDtypeStruct((kernels.cuda_workspace_size(*y_true.shape),), np.uint8),
+            # The CUDA handler's workspace (the Host handler does not read it;
+            # a shape that is not [B, T, M] is refused by the handler itself).
+            jax.ShapeDtypeStruct((_workspace_bytes(y_true.shape),), np.uint8),
         ),
     )
     return call(

@@ -136,6 +136,7 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
     loss, per_sample = lib.empty((), od), lib.empty((B,), od)
     nonfinite, new_state = lib.empty((), "int64"), lib.empty((k.STATE_SIZE,), "float64")
     weights = lib.empty((2, B), "float64")
+    active, valid = lib.empty((), "int64"), lib.empty((), "int64")
     workspace = lib.empty((max(k.cuda_workspace_size(B, T, M), 1),), "uint8")
     cfg = dict(loss_type=loss_type, huber_delta=0.75)
     lib.synchronize()  # uploads ran on the default stream; the launch may be on another
@@ -153,6 +154,8 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
         normalization=norm,
         stream=stream_ptr,
         dtype=bf,
+        active_count=active,
+        valid_count=valid,
         **cfg,
     )
     g_loss = upload(lib, np.asarray(1.25, dtype=od))
@@ -177,6 +180,8 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
     tol = 1e-12 if dtype == "float64" else 2e-5
     ok = np.isclose(got_loss, float(want["loss"]), rtol=tol, atol=1e-7)
     ok &= int(lib.to_host(nonfinite)) == int(want["nonfinite_count"])
+    ok &= int(lib.to_host(active)) == int(want["active_count"])
+    ok &= int(lib.to_host(valid)) == int(want["valid_count"])
     ok &= np.array_equal(lib.to_host(weights), want["sample_weights"])
     w_t, w_p = k.backward(
         cpu_view(t_h, dtype),

@@ -107,6 +107,16 @@ def test_host_handler_refuses_bad_huber_delta():
         )
 
 
+def test_host_handler_refuses_a_bad_rank():
+    """A y_true that is not [B, T, M] gets the op's own rank message (the
+    workspace result is sized only for rank 3)."""
+    y = np.zeros((2, 3), np.float32)
+    with pytest.raises(Exception, match=r"y_true must have rank 3 \[batch, frames, mels\]"):
+        jax.block_until_ready(
+            _jit_forward("l1", 1.0, "per_sample")(y, y, None, np.zeros(kernels.STATE_SIZE))
+        )
+
+
 def test_register_names_a_missing_platform():
     with pytest.raises(
         RuntimeError, match=r"no 'TPU' FFI handlers in this build \(it has \[.*'cpu'"

@@ -8,7 +8,7 @@
 //                      active_count, valid_count, workspace)
 //            workspace is u8[cuda_forward_workspace_size] for the CUDA handler (a
 //            result, so XLA's own buffer assignment provides it) and is not read
-//            by the Host handler (0 elements there)
+//            by the Host handler (TF's CPU lowering gives it 0 elements)
 //   backward operands (y_true, y_pred, lengths, sample_weights, grad_loss, grad_per_sample)
 //            results  (grad_y_true, grad_y_pred); grad_y_true has 0 elements when
 //            want_grad_y_true is false (nothing downstream reads it)
