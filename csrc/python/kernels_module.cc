@@ -101,6 +101,12 @@ void check_vector(const std::vector<int64_t>& shape, int64_t n, const char* name
                           "], got shape " + shape_str(shape));
 }
 
+// A device output of one element: shape [] or [1].
+void check_scalar_shape(const std::vector<int64_t>& shape, const char* name) {
+  if (!shape.empty() && !(shape.size() == 1 && shape[0] == 1))
+    throw py::value_error(std::string(name) + " must be a scalar, got shape " + shape_str(shape));
+}
+
 void check_weights_shape(const std::vector<int64_t>& shape, int64_t batch) {
   if (shape != std::vector<int64_t>{2, batch})
     throw py::value_error("sample_weights must have shape [2, " + std::to_string(batch) +
@@ -461,8 +467,7 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
   expect_type(state_in, "<f8", "state");
   const DeviceArray loss = device_array(loss_obj, "loss");
   expect_type(loss, out_t, "loss");
-  if (!loss.shape.empty() && !(loss.shape.size() == 1 && loss.shape[0] == 1))
-    throw py::value_error("loss must be a scalar, got shape " + shape_str(loss.shape));
+  check_scalar_shape(loss.shape, "loss");
   const DeviceArray per_sample = device_array(per_sample_obj, "per_sample");
   check_vector(per_sample.shape, s.batch, "per_sample");
   expect_type(per_sample, out_t, "per_sample");
@@ -493,9 +498,7 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
     if (obj.is_none()) continue;
     const DeviceArray a = device_array(obj, name);
     expect_type(a, "<i8", name);
-    if (!a.shape.empty() && !(a.shape.size() == 1 && a.shape[0] == 1))
-      throw py::value_error(std::string(name) + " must be a scalar, got shape " +
-                            shape_str(a.shape));
+    check_scalar_shape(a.shape, name);
     *dst = static_cast<int64_t*>(a.ptr);
   }
   py::gil_scoped_release release;
