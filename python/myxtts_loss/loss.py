@@ -453,6 +453,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
 
     def _compute(self, y_true, y_pred, mel_lengths, training):
         from myxtts_ops import reference
+        from myxtts_ops import state as op_layout
 
         c = self.config
         st = self._state
@@ -535,9 +536,11 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 new_op_state = mel_out.state
             # A loss that overflowed from finite inputs must not enter the statistics.
             mel_finite = tf.math.is_finite(mel32)
-            bumped = tf.tensor_scatter_nd_add(
-                old_state, [[0], [2]], tf.constant([1.0, 1.0], f64)
-            )  # steps, nonfinite_steps (myxtts_ops.state layout)
+            # The step counts, as a non-finite one (one vector add, where a
+            # scatter costs several times as much per call).
+            bump = np.zeros([op_layout.STATE_SIZE], np.float64)
+            bump[[op_layout.STEPS, op_layout.NONFINITE_STEPS]] = 1.0
+            bumped = old_state + tf.constant(bump)
             new_op_state = tf.where(mel_finite, new_op_state, bumped)
             has_valid = valid_mel - nonfinite_mel > 0
             all_bad = tf.logical_and(valid_mel > 0, tf.logical_not(has_valid))
@@ -561,8 +564,6 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
 
         w = st.current_mel_weight.read_value()
         if training:
-            from myxtts_ops import state as op_layout
-
             rule_state = st.read(rule.RULE_STATE)
             growing = gn.gradients_growing(
                 st.gradient_norms.read_value(),
