@@ -536,8 +536,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 new_op_state = mel_out.state
             # A loss that overflowed from finite inputs must not enter the statistics.
             mel_finite = tf.math.is_finite(mel32)
-            # The step counts, as a non-finite one (one vector add, where a
-            # scatter costs several times as much per call).
+            # Otherwise the call counts as a non-finite step: steps and
+            # nonfinite_steps + 1, as the kernels' update does for a non-finite
+            # loss (one vector add; a scatter costs several times as much).
             bump = np.zeros([op_layout.STATE_SIZE], np.float64)
             bump[[op_layout.STEPS, op_layout.NONFINITE_STEPS]] = 1.0
             bumped = old_state + tf.constant(bump)
