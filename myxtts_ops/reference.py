@@ -8,9 +8,11 @@ L1 derivative at ``d == 0`` is 0.
 
 Range check of ``lengths``: outside XLA, ``lengths`` outside ``[0, T]`` raise
 ``tf.errors.InvalidArgumentError`` naming the sample index and the value.
-XLA compiles ``Assert`` to a no-op, so under ``jit_compile=True`` the lengths
-are additionally clamped into ``[0, T]`` (the clamp is always applied; outside
-XLA it never changes anything because the assertion runs first).
+XLA compiles ``Assert`` to a no-op, so under ``jit_compile=True`` a length
+outside ``[0, T]`` makes its sample's ``per_sample`` and the ``loss`` NaN (and
+the step a non-finite one in the state), with no gradient: a bad length never
+yields a plausible number. Outside XLA the assertion runs first, so this never
+applies there.
 
 The state update mirrors ``update_state`` in ``csrc/kernels/mel_loss_math.h``
 operation for operation (same summation order), so a state computed here
@@ -238,8 +240,12 @@ def masked_mel_loss(
                 )
             )
         with tf.control_dependencies(checks):
-            # Clamp: a no-op outside XLA (the assertion above fired first);
-            # under XLA, where Assert compiles to nothing, keeps indices sane.
+            # Outside XLA the assertion above has fired first, so nothing here
+            # changes a result. Under XLA, where Assert compiles to nothing, a
+            # length outside [0, T] is clamped (indices stay in range) and its
+            # sample's value and the loss become NaN (below): never a
+            # plausible number from a bad length.
+            bad_lengths = tf.logical_or(lengths64 < 0, lengths64 > frames)
             lengths64 = tf.clip_by_value(lengths64, tf.zeros_like(frames), frames)
 
         t = tf.cast(y_true, acc)
@@ -285,6 +291,9 @@ def masked_mel_loss(
             total = tf.cast(tf.maximum(tf.reduce_sum(counts), 1), tf.float64)
             loss64 = tf.reduce_sum(sums) / total
 
+        nan = tf.constant(np.nan, tf.float64)
+        per_sample64 = tf.where(bad_lengths, nan, per_sample64)
+        loss64 = tf.where(tf.reduce_any(bad_lengths), nan, loss64)
         loss = tf.cast(loss64, out_dtype)
         per_sample = tf.cast(per_sample64, out_dtype)
         new_state = update_state(state, loss, nonfinite_count, valid_count)

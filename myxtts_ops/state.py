@@ -62,7 +62,16 @@ def read_state(state):
         raise ValueError(
             f"state must be a float64 vector of length {STATE_SIZE}, got shape {state.shape}"
         )
-    if state.shape[0] is not None and state.shape[0] != STATE_SIZE:
+    if state.shape.rank is None or state.shape[0] is None:
+        # Known only when the graph runs: the same check there, naming the value.
+        ok = tf.logical_and(tf.equal(tf.rank(state), 1), tf.equal(tf.size(state), STATE_SIZE))
+        check = tf.debugging.Assert(
+            ok,
+            [f"state must be a float64 vector of length {STATE_SIZE}, got shape", tf.shape(state)],
+        )
+        with tf.control_dependencies([check]):  # on every read, so none runs first
+            return {name: state[index] for name, index in FIELDS}
+    if state.shape[0] != STATE_SIZE:
         raise ValueError(
             f"state must be a float64 vector of length {STATE_SIZE}, got length {state.shape[0]}"
         )

@@ -117,6 +117,47 @@ def test_host_handler_refuses_a_bad_rank():
         )
 
 
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ("y_true", r"y_true must be float16, bfloat16, float32 or float64, got y_true dtype=int32"),
+        ("y_pred", r"y_pred must have the dtype of y_true \(float32\), got y_pred dtype=float64"),
+        ("lengths", r"lengths must be int32 or int64, got lengths dtype=float32"),
+        ("state", r"state must be float64, got state dtype=float32"),
+    ],
+)
+def test_host_handler_names_a_bad_dtype(change, expected):
+    """A caller building the custom call itself (JAX) gets the input and its dtype."""
+    args = {
+        "y_true": np.zeros((2, 3, 2), np.float32),
+        "y_pred": np.zeros((2, 3, 2), np.float32),
+        "lengths": np.array([3, 1], np.int32),
+        "state": np.zeros(kernels.STATE_SIZE, np.float64),
+    }
+    args[change] = args[change].astype(
+        {"y_true": np.int32, "y_pred": np.float64, "lengths": np.float32, "state": np.float32}[
+            change
+        ]
+    )
+    if change == "y_true":
+        args["y_pred"] = args["y_pred"].astype(np.int32)
+    with pytest.raises(Exception, match=expected):
+        jax.block_until_ready(jax_ffi.forward(*args.values()))
+
+
+@pytest.mark.parametrize("name", ["sample_weights", "grad_loss", "grad_per_sample"])
+def test_host_handler_names_a_bad_backward_dtype(name):
+    y = np.zeros((2, 3, 2), np.float32)
+    args = {
+        "sample_weights": np.zeros((2, 2), np.float64),
+        "grad_loss": np.ones((), np.float32),
+        "grad_per_sample": np.zeros((2,), np.float32),
+    }
+    args[name] = args[name].astype(np.float16)
+    with pytest.raises(Exception, match=rf"{name} must be \w+.*got (\w+ )?dtype=float16"):
+        jax.block_until_ready(jax_ffi.backward(y, y, np.array([3, 1], np.int32), *args.values()))
+
+
 def test_register_names_a_missing_platform():
     with pytest.raises(
         RuntimeError, match=r"no 'TPU' FFI handlers in this build \(it has \[.*'cpu'"

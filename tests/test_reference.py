@@ -495,26 +495,40 @@ def test_bad_lengths_runtime(impl, bad_value, index, ldtype, mode):
     assert str(index) in msg
 
 
-def test_xla_bad_lengths(impl):
+@pytest.mark.parametrize("lens", [[7, 2], [2, -2], [7, -2]])
+def test_xla_bad_lengths(impl, lens):
     """Under XLA the fused op refuses out-of-range lengths (its custom call checks
-    them on the host); the reference's Assert is a no-op there, so it clamps them
-    to [0, T] (as does the fused op where it has no XLA path and falls back to
-    the reference)."""
-    y_true = np.zeros((2, 3, 2), np.float32)
-    y_pred = np.ones((2, 3, 2), np.float32)
-    fn = tf.function(impl, jit_compile=True)
-    args = (tf.constant(y_true), tf.constant(y_pred), tf.constant([7, -2], tf.int32))
+    them on the host); the reference's Assert is a no-op there, so a bad length
+    makes its sample's value and the loss NaN, with a zero gradient and a
+    non-finite step in the state (as for the fused op where it has no XLA path
+    and falls back to the reference): never a plausible number."""
+    y_true = tf.zeros((3, 3, 2), tf.float32)
+    y_pred = tf.ones((3, 3, 2), tf.float32)
+    lengths = tf.constant(lens + [3], tf.int32)
+
+    @tf.function(jit_compile=True)
+    def fn(y_true, y_pred, lengths):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            out = impl(y_true, y_pred, lengths)
+        return out, tape.gradient(out.loss, y_pred)
+
     from myxtts_ops import _loader
 
     if impl is _implementation("fused") and _loader.xla_unavailable_reason() is None:
+        bad = next(i for i, n in enumerate(lens) if not 0 <= n <= 3)
         with pytest.raises(
-            tf.errors.InvalidArgumentError, match=r"lengths\[0\] = 7 is outside \[0, 3\]"
+            tf.errors.InvalidArgumentError,
+            match=rf"lengths\[{bad}\] = {lens[bad]} is outside \[0, 3\]",
         ):
-            fn(*args)
+            fn(y_true, y_pred, lengths)
         return
-    out = fn(*args)
-    np.testing.assert_array_equal(out.per_sample.numpy(), [1.0, 0.0])
-    assert float(out.loss) == 1.0
+    out, grad = fn(y_true, y_pred, lengths)
+    expected = [np.nan if not 0 <= n <= 3 else 1.0 for n in lens] + [1.0]
+    np.testing.assert_array_equal(out.per_sample.numpy(), expected)
+    assert np.isnan(float(out.loss))
+    assert int(read_state(out.state)["nonfinite_steps"]) == 1
+    np.testing.assert_array_equal(grad.numpy(), np.zeros((3, 3, 2), np.float32))
 
 
 # ---------------------------------------------------------------------------

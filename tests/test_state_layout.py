@@ -66,3 +66,23 @@ def test_decay_saturates_at_the_generated_constants():
     state[st.RUNNING_MEAN] = 1.0
     s = kernels.forward(y, y + 3.0, None, state)["state"]
     assert s[st.RUNNING_MEAN] == pytest.approx(st.MAX_DECAY * 1.0 + (1 - st.MAX_DECAY) * 3.0)
+
+
+def test_read_state_checks_an_unknown_length_when_the_graph_runs():
+    import tensorflow as tf
+
+    read = tf.function(myxtts_ops.read_state, input_signature=[tf.TensorSpec([None], tf.float64)])
+    state = np.arange(st.STATE_SIZE, dtype=np.float64)
+    assert float(read(state)["last_loss"]) == st.LAST_LOSS
+    message = rf"state must be a float64 vector of length {st.STATE_SIZE}, got shape"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message + r"\] \[3\]"):
+        read(np.zeros(3))
+    unknown_rank = tf.function(
+        myxtts_ops.read_state, input_signature=[tf.TensorSpec(None, tf.float64)]
+    )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=message + rf"\] \[{st.STATE_SIZE} 1\]"
+    ):
+        unknown_rank(np.zeros((st.STATE_SIZE, 1)))
+    with pytest.raises(ValueError, match="got length 3"):
+        myxtts_ops.read_state(np.zeros(3))

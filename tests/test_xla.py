@@ -278,6 +278,21 @@ def test_compile_time_shape_errors(shapes, expected):
     assert expected in op_msg
 
 
+def test_dynamic_shape_error_names_the_input():
+    """A size XLA knows only at run time (tf.boolean_mask) is refused at compile
+    time with the input's name and what to do, not an operand index."""
+
+    @tf.function(jit_compile=True)
+    def fn(a, b, keep):
+        return myxtts_ops.masked_mel_loss(
+            tf.boolean_mask(a, keep), tf.boolean_mask(b, keep), on_xla="error"
+        ).loss
+
+    msg = _error_message(fn, tf.ones((2, 5, 3)), tf.zeros((2, 5, 3)), tf.constant([True, False]))
+    assert "needs static shapes, got y_true with the dynamic shape f32[<=2,5,3]" in msg
+    assert "outside jit_compile=True" in msg
+
+
 # ---------------------------------------------------------------------------
 # Load order: library loaded before, or after, the first XLA compilation.
 _LOAD_ORDER_CHILD = textwrap.dedent(

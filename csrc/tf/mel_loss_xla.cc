@@ -12,6 +12,7 @@
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 #include "tensorflow/core/framework/kernel_def_builder.h"
+#include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/platform/logging.h"
 #include "tf/mel_loss_common.h"
@@ -72,12 +73,25 @@ const std::string& FfiRegistrationError() {
   return error;
 }
 
+// The name of input `index` as the op registration spells it.
+std::string InputName(XlaOpKernelContext* ctx, int index) {
+  const ::tensorflow::OpDef* op_def = nullptr;
+  if (::tensorflow::OpRegistry::Global()
+          ->LookUpOpDef(ctx->op_kernel().type_string(), &op_def)
+          .ok() &&
+      index < op_def->input_arg_size())
+    return op_def->input_arg(index).name();
+  return "input " + std::to_string(index);
+}
+
 absl::StatusOr<xla::Shape> RowMajorInputShape(XlaOpKernelContext* ctx, int index) {
   TF_ASSIGN_OR_RETURN(xla::Shape shape, ctx->InputXlaShape(index));
   if (shape.is_dynamic())
     return ::tensorflow::errors::InvalidArgument(
-        "masked_mel_loss under XLA needs static shapes, got input ", index, " of shape ",
-        xla::ShapeUtil::HumanString(shape));
+        "masked_mel_loss under XLA needs static shapes, got ", InputName(ctx, index),
+        " with the dynamic shape ", xla::ShapeUtil::HumanString(shape),
+        " (a size known only at run time, e.g. from tf.boolean_mask or tf.unique). Pad or "
+        "slice it to a fixed size before the loss, or call the loss outside jit_compile=True.");
   xla::LayoutUtil::SetToDefaultLayout(&shape);  // row-major: what the kernels index
   return shape;
 }

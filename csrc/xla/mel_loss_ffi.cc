@@ -26,7 +26,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "kernels/mel_loss_checks.h"
@@ -66,6 +68,44 @@ Dims DimsOf(const ffi::AnyBuffer& b) {
 
 ffi::Error Invalid(const std::string& message) { return ffi::Error::InvalidArgument(message); }
 
+// The NumPy name of an element type, for error messages.
+std::string TypeName(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::PRED:
+      return "bool";
+    case ffi::DataType::S8:
+      return "int8";
+    case ffi::DataType::S16:
+      return "int16";
+    case ffi::DataType::S32:
+      return "int32";
+    case ffi::DataType::S64:
+      return "int64";
+    case ffi::DataType::U8:
+      return "uint8";
+    case ffi::DataType::U16:
+      return "uint16";
+    case ffi::DataType::U32:
+      return "uint32";
+    case ffi::DataType::U64:
+      return "uint64";
+    case ffi::DataType::F16:
+      return "float16";
+    case ffi::DataType::BF16:
+      return "bfloat16";
+    case ffi::DataType::F32:
+      return "float32";
+    case ffi::DataType::F64:
+      return "float64";
+    case ffi::DataType::C64:
+      return "complex64";
+    case ffi::DataType::C128:
+      return "complex128";
+    default:
+      return "XLA element type " + std::to_string(int(t));
+  }
+}
+
 // The decoded attributes of either custom call.
 struct Attrs {
   LossConfig config;
@@ -95,9 +135,12 @@ std::optional<ffi::Error> CheckMel(const ffi::AnyBuffer& y_true, const ffi::AnyB
                                    const ffi::AnyBuffer& lengths, bool use_lengths, MelShape* shape,
                                    DType* dtype, LengthsView* view) {
   const std::optional<DType> t = KernelDType(y_true.element_type());
-  if (!t) return Invalid("y_true must be float16, bfloat16, float32 or float64");
+  if (!t)
+    return Invalid("y_true must be float16, bfloat16, float32 or float64, got y_true dtype=" +
+                   TypeName(y_true.element_type()));
   if (y_pred.element_type() != y_true.element_type())
-    return Invalid("y_pred must have the dtype of y_true");
+    return Invalid("y_pred must have the dtype of y_true (" + TypeName(y_true.element_type()) +
+                   "), got y_pred dtype=" + TypeName(y_pred.element_type()));
   if (std::string m =
           check_mel_shapes(DimsOf(y_true), DimsOf(y_pred), DimsOf(lengths), use_lengths, shape);
       !m.empty())
@@ -107,7 +150,8 @@ std::optional<ffi::Error> CheckMel(const ffi::AnyBuffer& y_true, const ffi::AnyB
   if (use_lengths) {
     if (lengths.element_type() != ffi::DataType::S32 &&
         lengths.element_type() != ffi::DataType::S64)
-      return Invalid("lengths must be int32 or int64");
+      return Invalid("lengths must be int32 or int64, got lengths dtype=" +
+                     TypeName(lengths.element_type()));
     view->data = lengths.untyped_data();
     view->is_int64 = lengths.element_type() == ffi::DataType::S64;
   }
@@ -123,7 +167,8 @@ std::optional<ffi::Error> CheckForwardResults(
     const ffi::AnyBuffer& per_sample, const ffi::AnyBuffer& nonfinite,
     const ffi::AnyBuffer& new_state, const ffi::AnyBuffer& weights, const ffi::AnyBuffer& active,
     const ffi::AnyBuffer& valid) {
-  if (state.element_type() != ffi::DataType::F64) return Invalid("state must be float64");
+  if (state.element_type() != ffi::DataType::F64)
+    return Invalid("state must be float64, got state dtype=" + TypeName(state.element_type()));
   if (std::string m = check_state_shape(DimsOf(state)); !m.empty()) return Invalid(m);
   const ffi::DataType out = OutputType(dtype);
   const bool ok =
@@ -149,11 +194,15 @@ std::optional<ffi::Error> CheckBackwardBuffers(
       !m.empty())
     return Invalid(m);
   const ffi::DataType out = OutputType(dtype);
-  if (weights.element_type() != ffi::DataType::F64 || grad_loss.element_type() != out ||
-      grad_per_sample.element_type() != out)
-    return Invalid(
-        "masked mel loss gradient: sample_weights must be float64 and the upstream "
-        "gradients of the loss's output dtype");
+  if (weights.element_type() != ffi::DataType::F64)
+    return Invalid("masked mel loss gradient: sample_weights must be float64, got dtype=" +
+                   TypeName(weights.element_type()));
+  for (const auto& [name, buffer] :
+       {std::pair{"grad_loss", &grad_loss}, std::pair{"grad_per_sample", &grad_per_sample}})
+    if (buffer->element_type() != out)
+      return Invalid(std::string("masked mel loss gradient: ") + name + " must be " +
+                     TypeName(out) + " (the loss's dtype for these inputs), got " + name +
+                     " dtype=" + TypeName(buffer->element_type()));
   const size_t n = size_t(shape.batch * shape.frames * shape.mels);
   const bool ok =
       KernelDType(grad_pred.element_type()) == dtype && grad_pred.element_count() == n &&
