@@ -371,8 +371,8 @@ def test_keras_fit_jit_compile_uses_fused_path(rng):
     history = model.fit(data, epochs=4, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    # Only the fused path refuses out-of-range lengths inside fit(jit_compile=True)
-    # (the XLA-compiled reference clamps them).
+    # The fused path refuses out-of-range lengths inside fit(jit_compile=True)
+    # (the XLA-compiled reference can only return NaN for them).
     bad = lens.copy()
     bad[5] = t + 3
     bad_data = tf.data.Dataset.from_tensor_slices((x, {"mel": mel, "lengths": bad})).batch(8)
