@@ -47,7 +47,9 @@ def _cuda_compiler():
 
 # Where the tools are: recorded, not part of the key (pip's temporary
 # environments move them on every isolated build).
-LOCATIONS = ("cmake", "ninja", "tensorflow", "pybind11")
+# `python` is the interpreter as spelled (venv/bin/python and venv/bin/python3
+# are one interpreter); `interpreter` (resolved, with its environment) is the key.
+LOCATIONS = ("python", "cmake", "ninja", "tensorflow", "pybind11")
 
 
 def _cmake_version(cmake):
@@ -69,6 +71,7 @@ def build_configuration(env):
     ninja = _tool("ninja")
     return {
         "python": sys.executable,
+        "interpreter": f"{os.path.realpath(sys.executable)} in {os.path.realpath(sys.prefix)}",
         "cmake": cmake,
         "cmake_version": _cmake_version(cmake),
         "ninja": ninja,

@@ -42,11 +42,18 @@ _LAZY = {
     "saved_model": ("myxtts_ops.saved_model", None),
 }
 
+#: Modules that work without TensorFlow.
+_WITHOUT_TENSORFLOW = ("myxtts_ops._loader", "myxtts_ops.kernels")
+
 
 def __getattr__(name):
     if name not in _LAZY:
         raise AttributeError(f"module 'myxtts_ops' has no attribute {name!r}")
     module_name, attr = _LAZY[name]
+    if module_name not in _WITHOUT_TENSORFLOW:
+        from myxtts_ops import _loader
+
+        _loader.require_tensorflow()  # its absence explained, not a bare ImportError
     module = importlib.import_module(module_name)
     value = module if attr is None else getattr(module, attr)
     globals()[name] = value

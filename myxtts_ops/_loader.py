@@ -103,19 +103,32 @@ def cuda_driver_mismatch(built_cuda_version, driver_version):
     )
 
 
-def _load():
+def missing_tensorflow_error(err):
+    """The OpLibraryError for an ``import tensorflow`` that failed with ``err``."""
     info = build_info()
     built_for = getattr(info, "TF_VERSION", "") if info else ""
+    wanted = _major_minor(built_for) if built_for else "2"
+    return OpLibraryError(
+        f"myxtts-ops needs TensorFlow {wanted}: install it with "
+        f"`pip install 'tensorflow-cpu=={wanted}.*'` (CPU) or "
+        f"`pip install 'tensorflow[and-cuda]=={wanted}.*'` (CUDA). "
+        f"Import failed with: {err}"
+    )
+
+
+def require_tensorflow():
+    """``import tensorflow``, or the OpLibraryError that says what to install."""
     try:
         import tensorflow as tf
     except ImportError as err:
-        wanted = _major_minor(built_for) if built_for else "2"
-        raise OpLibraryError(
-            f"myxtts-ops needs TensorFlow {wanted}: install it with "
-            f"`pip install 'tensorflow-cpu=={wanted}.*'` (CPU) or "
-            f"`pip install 'tensorflow[and-cuda]=={wanted}.*'` (CUDA). "
-            f"Import failed with: {err}"
-        ) from err
+        raise missing_tensorflow_error(err) from err
+    return tf
+
+
+def _load():
+    info = build_info()
+    built_for = getattr(info, "TF_VERSION", "") if info else ""
+    tf = require_tensorflow()
 
     if not os.path.exists(_LIBRARY_FILE):
         raise OpLibraryError(missing_library_message(_LIBRARY_FILE, built_copies_elsewhere()))

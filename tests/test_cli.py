@@ -1,11 +1,13 @@
 """`myxtts-ops` command line: argument handling, `profile --quick`, `demo`."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+import myxtts_ops
 from child_env import TESTS_DIR, child_env
 from myxtts_ops.tools import cli
 from myxtts_ops.tools.records import RECORD_FIELDS
@@ -49,7 +51,48 @@ BAD_ARGS = [
     ["profile", "--terms", "--tokens", "0"],
     ["demo", "--steps", "0"],
     ["demo", "--implementation", "numpy"],
+    ["profile", "--seed", "-1"],
+    ["profile", "--seed", str(2**32)],
+    ["demo", "--seed", "-3"],
+    # Options that would do nothing without their mode are refused, not ignored.
+    ["profile", "--sweep-batches", "8,16"],
+    ["profile", "--sweep-frames", "100"],
+    ["profile", "--tokens", "10"],
+    ["profile", "--heads", "2"],
+    ["profile", "--terms", "--sweep"],
 ]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["profile", "--plot", "{tmp}/chart.xyz"],
+            "--plot {tmp}/chart.xyz: matplotlib cannot write .xyz",
+        ),
+        (
+            ["demo", "--plot", "{tmp}/demo.doc"],
+            "--plot {tmp}/demo.doc: matplotlib cannot write .doc",
+        ),
+        (["profile", "--json", "{tmp}"], "--json {tmp}: is a directory"),
+        (["profile", "--trace", "{tmp}/file"], "--trace {tmp}/file: exists and is not a directory"),
+        (
+            ["profile", "--json", "{tmp}/file/r.json"],
+            "--json {tmp}/file/r.json: {tmp}/file is not a directory",
+        ),
+    ],
+)
+def test_unwritable_outputs_refused_before_measuring(argv, expected, tmp_path, capsys):
+    """An output path that cannot be written is a usage error naming the option and
+    the value, before anything is measured or trained."""
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert expected.format(tmp=tmp_path) in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv", BAD_ARGS, ids=lambda a: " ".join(a) or "<none>")
@@ -76,6 +119,34 @@ def test_bad_arguments_in_a_subprocess_exit_2_without_traceback():
     assert proc.returncode == 2, proc.stderr
     assert "usage: myxtts-ops profile" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_tensorflow_is_explained(tmp_path):
+    """Without TensorFlow the CLI says what to install (exit 1, no traceback), the
+    op API raises OpLibraryError with the same advice, and the TF-free parts work."""
+    (tmp_path / "tensorflow.py").write_text("raise ImportError('blocked for this test')\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
+    advice = "myxtts-ops needs TensorFlow"
+    proc = run("-m", "myxtts_ops", "profile", "--quick", "--no-progress")
+    assert proc.returncode == 1, proc.stderr
+    assert advice in proc.stderr and "pip install" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run("-c", "import myxtts_ops; myxtts_ops.masked_mel_loss")
+    assert "OpLibraryError: " + advice in proc.stderr, proc.stderr
+    proc = run("-c", "import myxtts_ops; print(myxtts_ops.kernels.STATE_SIZE)")
+    assert proc.returncode == 0 and proc.stdout.strip() == str(myxtts_ops.STATE_SIZE), proc.stderr
 
 
 def test_help_exits_0(capsys):
@@ -327,3 +398,19 @@ def test_tensorflow_startup_notices_print_once():
         if _count(plain.stderr, needle) < 2:
             continue  # a TensorFlow that prints it once: nothing left to prove
         assert _count(cli_run.stderr, needle) == 1, cli_run.stderr
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_demo_few_steps_reports_only_what_it_injected(steps, tmp_path, capsys):
+    """The NaN batch and the spike are two different steps; a run too short
+    for the spike does not report one."""
+    js = tmp_path / "d.json"
+    impl = "fused" if _fused_available() else "reference"
+    argv = ["demo", "--steps", str(steps), "--batch", "2", "--frames", "10"]
+    argv += ["--implementation", impl, "--plot", str(tmp_path / "d.png"), "--json", str(js)]
+    assert cli.main(argv) == 0
+    summary = json.loads(js.read_text())["summary"]
+    assert summary["nan_injected_step"] == 1
+    assert summary["spike_injected_step"] == (None if steps == 1 else 2)
+    out = capsys.readouterr().out
+    assert ("loss spike injected" in out) == (steps > 1)

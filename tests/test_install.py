@@ -93,7 +93,7 @@ def test_build_tree_key_follows_what_is_compiled_not_where_the_tools_are():
         moved = dict(base, **{field: f"/tmp/pip-build-env-x/overlay/{field}"})
         assert cmake_tree.configuration_key(moved) == key, field
     for field in (
-        "python",
+        "interpreter",
         "cmake_version",
         "generator",
         "tensorflow_version",
@@ -105,6 +105,18 @@ def test_build_tree_key_follows_what_is_compiled_not_where_the_tools_are():
     ):
         changed = dict(base, **{field: f"not the current {field}"})
         assert cmake_tree.configuration_key(changed) != key, field
+
+
+def test_build_tree_key_same_for_each_spelling_of_the_interpreter(monkeypatch, tmp_path):
+    """`python setup.py` and `pip` (venv/bin/python3) share one build tree."""
+    real = os.path.realpath(sys.executable)
+    keys = set()
+    for name in ("python", "python3"):
+        link = tmp_path / name
+        link.symlink_to(real)
+        monkeypatch.setattr(sys, "executable", str(link))
+        keys.add(cmake_tree.configuration_key(cmake_tree.build_configuration({})))
+    assert len(keys) == 1
 
 
 def _configured(tree, configuration):
@@ -137,7 +149,9 @@ def test_tree_of_a_deleted_build_environment_is_configured_afresh(tmp_path):
 
 def test_trees_of_deleted_interpreters_are_pruned(tmp_path):
     now = cmake_tree.build_configuration({"MYXTTS_OPS_CUDA": "off"})
-    gone = dict(now, python=str(tmp_path / "deleted-venv" / "bin" / "python"))
+    deleted = tmp_path / "deleted-venv"
+    gone = dict(now, python=str(deleted / "bin" / "python"))
+    gone["interpreter"] = f"{gone['python']} in {deleted}"
     stale = tmp_path / f"cmake-{cmake_tree.configuration_key(gone)}"
     _configured(stale, gone)
     other = dict(now, cuda_archs="90")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
+from .._loader import OpLibraryError
 from .profiler import DEFAULT_SWEEP_BATCHES, DEFAULT_SWEEP_FRAMES
 from .tf_import import import_tensorflow
 from .workloads import DEFAULT_HEADS, DEFAULT_TOKENS, DTYPES, IMPLS, MODES
@@ -44,6 +46,63 @@ def _nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32 - 1], got {value}")
+    return value
+
+
+def _plot_formats() -> dict[str, str]:
+    """{extension: description} of the chart formats matplotlib can write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return FigureCanvasBase.get_supported_filetypes()
+
+
+def _output_path_error(option: str, path: str, directory: bool = False) -> str | None:
+    """Why ``path`` cannot be written (checked before measuring), or None."""
+    import os
+
+    full = os.path.abspath(path)
+    if os.path.exists(full):
+        if directory and not os.path.isdir(full):
+            return f"{option} {path}: exists and is not a directory (a trace is a directory)"
+        if not directory and os.path.isdir(full):
+            return f"{option} {path}: is a directory, expected a file path"
+        target = full if directory else os.path.dirname(full)
+    else:
+        # The first existing ancestor: the writer creates the folders below it.
+        target = os.path.dirname(full)
+        while not os.path.exists(target):
+            target = os.path.dirname(target)
+        if not os.path.isdir(target):
+            return f"{option} {path}: {target} is not a directory"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"{option} {path}: {target} is not writable"
+    if option == "--plot":
+        ext = os.path.splitext(path)[1].lstrip(".").lower()
+        formats = _plot_formats()
+        if ext and ext not in formats:
+            return (
+                f"{option} {path}: matplotlib cannot write .{ext} charts; use one of "
+                f"{', '.join('.' + e for e in sorted(formats))}"
+            )
+    return None
+
+
+def _check_output_paths(parser, args, options) -> None:
+    for option, directory in options:
+        path = getattr(args, option.lstrip("-"))
+        if path is not None:
+            message = _output_path_error(option, path, directory)
+            if message:
+                parser.error(message)
 
 
 def _choice_list(choices: Sequence[str]):
@@ -148,18 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--sweep-batches",
         type=_int_list,
-        default=list(DEFAULT_SWEEP_BATCHES),
+        default=None,
         metavar="LIST",
         help=f"batch sizes for --sweep (default {','.join(map(str, DEFAULT_SWEEP_BATCHES))})",
     )
     run.add_argument(
         "--sweep-frames",
         type=_int_list,
-        default=list(DEFAULT_SWEEP_FRAMES),
+        default=None,
         metavar="LIST",
         help=f"frame counts for --sweep (default {','.join(map(str, DEFAULT_SWEEP_FRAMES))})",
     )
-    run.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    run.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic data")
     run.add_argument(
         "--terms",
         action="store_true",
@@ -169,13 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tokens",
         type=_positive_int,
-        default=DEFAULT_TOKENS,
+        default=None,
         help=f"text tokens for --terms (default {DEFAULT_TOKENS})",
     )
     run.add_argument(
         "--heads",
         type=_positive_int,
-        default=DEFAULT_HEADS,
+        default=None,
         help=f"attention heads for --terms (default {DEFAULT_HEADS})",
     )
     run.add_argument(
@@ -190,12 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="MIB",
-        help="rotate over input copies totalling at least MIB, so small shapes are "
-        "not timed from the cache (default 96 CPU, 256 GPU)",
+        help="rotate over input copies totalling at least MIB (at most 16 copies), so "
+        "small shapes are not timed from the cache (default 96 CPU, 256 GPU)",
     )
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
-    out.add_argument("--plot", metavar="PATH", help="write a PNG chart")
+    out.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="write a chart, in the format of the extension (.png, .pdf, .svg, ...)",
+    )
     out.add_argument(
         "--trace",
         metavar="DIR",
@@ -214,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     d.add_argument("--steps", type=_positive_int, default=400, help="training steps (default 400)")
-    d.add_argument("--plot", metavar="PATH", default="demo.png", help="PNG path (default demo.png)")
+    d.add_argument(
+        "--plot",
+        metavar="PATH",
+        default="demo.png",
+        help="chart path; the extension picks the format (default demo.png)",
+    )
     d.add_argument("--json", metavar="PATH", help="also write the per-step history as JSON")
     d.add_argument(
         "--implementation",
@@ -224,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--batch", type=_positive_int, default=16, help="batch size (default 16)")
     d.add_argument("--frames", type=_positive_int, default=200, help="frames (default 200)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0, help="seed (default 0)")
     d.set_defaults(handler=_cmd_demo, subparser=d)
     return parser
 
@@ -247,6 +315,22 @@ def _cmd_profile(args, parser) -> int:
             )
     if args.sweep and (args.batch is not None or args.frames is not None):
         parser.error("with --sweep use --sweep-batches/--sweep-frames instead of --batch/--frames")
+    # An option that would do nothing is refused, not ignored.
+    for option, needs in (
+        ("sweep_batches", "sweep"),
+        ("sweep_frames", "sweep"),
+        ("tokens", "terms"),
+        ("heads", "terms"),
+    ):
+        if getattr(args, option) is not None and not getattr(args, needs):
+            parser.error(f"--{option.replace('_', '-')} applies only with --{needs}")
+    if args.terms and args.sweep:
+        parser.error("--terms times one shape (--batch/--frames/--mels); drop --sweep")
+    _check_output_paths(parser, args, (("--json", False), ("--plot", False), ("--trace", True)))
+    sweep_batches = args.sweep_batches or list(DEFAULT_SWEEP_BATCHES)
+    sweep_frames = args.sweep_frames or list(DEFAULT_SWEEP_FRAMES)
+    tokens = args.tokens or DEFAULT_TOKENS
+    heads = args.heads or DEFAULT_HEADS
 
     config = ProfileConfig(
         batch=args.batch or QUICK_SHAPE["batch"],
@@ -260,9 +344,7 @@ def _cmd_profile(args, parser) -> int:
         else (QUICK_WARMUP if args.quick else DEFAULT_WARMUP),
         impls=tuple(args.impls),
         modes=tuple(args.modes),
-        shapes=(
-            [(b, t) for b in args.sweep_batches for t in args.sweep_frames] if args.sweep else None
-        ),
+        shapes=([(b, t) for b in sweep_batches for t in sweep_frames] if args.sweep else None),
         trace_dir=args.trace,
         seed=args.seed,
         bandwidth_mib=args.bandwidth_mib,
@@ -272,15 +354,22 @@ def _cmd_profile(args, parser) -> int:
         from . import report
         from .profiler import run_profile
 
+        started = time.perf_counter()
         import_tensorflow()
         result = run_profile(config, progress=not args.no_progress)
         print(report.format_table(result.records), end="")
-        if args.json:
-            report.write_json(result.records, args.json)
-            print(f"wrote {args.json}")
-        if args.plot:
-            report.plot(result.records, args.plot)
-            print(f"wrote {args.plot}")
+        unwritten = 0
+        for option, path, write in (
+            ("--json", args.json, report.write_json),
+            ("--plot", args.plot, report.plot),
+        ):
+            if path:
+                try:
+                    write(result.records, path)
+                    print(f"wrote {path}")
+                except OSError as exc:  # the next output is still written
+                    unwritten += 1
+                    _error("profile", f"{option} {path}: {exc.strerror or exc}")
         if args.trace:
             print(f"wrote a profiler trace to {args.trace} (tensorboard --logdir {args.trace})")
         if args.terms:
@@ -291,19 +380,21 @@ def _cmd_profile(args, parser) -> int:
             shape = dict(batch=config.batch, frames=config.frames, mels=config.mels)
             whole_ms, shares = measure_term_shares(
                 **shape,
-                tokens=args.tokens,
-                heads=args.heads,
+                tokens=tokens,
+                heads=heads,
                 repeats=config.repeats,
                 seed=config.seed,
                 tf_device=tf_device,
             )
             print()
             print(
-                format_term_table(whole_ms, shares, **shape, tokens=args.tokens, heads=args.heads),
+                format_term_table(whole_ms, shares, **shape, tokens=tokens, heads=heads),
                 end="",
             )
-        print(f"profile took {result.elapsed_s:.1f} s")
-    except ProfilerError as exc:
+        print(f"profile took {time.perf_counter() - started:.1f} s")
+        if unwritten:
+            return 1
+    except (ProfilerError, OpLibraryError) as exc:
         return _error("profile", str(exc))
     except OSError as exc:
         return _error("profile", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
@@ -317,6 +408,7 @@ def _cmd_profile(args, parser) -> int:
 def _cmd_demo(args, parser) -> int:
     from .demo import DemoError, run_demo
 
+    _check_output_paths(parser, args, (("--json", False), ("--plot", False)))
     try:
         import_tensorflow()
         run_demo(
@@ -328,7 +420,7 @@ def _cmd_demo(args, parser) -> int:
             frames=args.frames,
             seed=args.seed,
         )
-    except DemoError as exc:
+    except (DemoError, OpLibraryError) as exc:
         return _error("demo", str(exc))
     except OSError as exc:
         return _error("demo", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))

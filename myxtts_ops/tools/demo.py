@@ -89,7 +89,10 @@ def run_demo(
             ) from None
 
     nan_step = nan_step if nan_step is not None else max(1, int(steps * 0.45))
-    spike_step = spike_step if spike_step is not None else max(1, int(steps * 0.7))
+    # Never the NaN step (a run of 1 or 2 steps has no room for both).
+    spike_step = spike_step if spike_step is not None else max(nan_step + 1, int(steps * 0.7))
+    if spike_step == nan_step:
+        raise DemoError(f"nan_step and spike_step must differ, both are {nan_step}")
 
     keras = tf.keras
     keras.utils.set_random_seed(seed)  # Python, NumPy and TF seeds (initialisers)

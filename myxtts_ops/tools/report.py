@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Iterable
 
 from .measure import DTYPE_SIZES
@@ -227,13 +228,21 @@ def _plot_sweep(plt, records, title):
                 (r.batch * r.frames * r.mels * DTYPE_SIZES[r.dtype] / 1e6, r.median_ms)
                 for r in recs
             )
+            # Shapes of one size (8 x 1000 and 16 x 500, say) are each a point;
+            # the line joins the median time of each size.
+            by_size: dict[float, list[float]] = {}
+            for size, ms in pts:
+                by_size.setdefault(size, []).append(ms)
+            sizes = sorted(by_size)
             ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                "--" if impl == "floor" else "o-",
+                sizes,
+                [statistics.median(by_size[x]) for x in sizes],
+                "--" if impl == "floor" else "-",
                 color=_COLORS.get(impl),
                 label="memory floor" if impl == "floor" else impl,
             )
+            if impl != "floor":
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=_COLORS.get(impl))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("size of one [B, T, M] tensor (MB)")

@@ -46,6 +46,10 @@ def import_tensorflow():
         os.dup2(captured.fileno(), 2)
         try:
             import tensorflow as tf
+        except ImportError as err:
+            from .._loader import missing_tensorflow_error
+
+            raise missing_tensorflow_error(err) from err
         finally:
             os.dup2(saved, 2)
             os.close(saved)
