@@ -259,3 +259,67 @@ def test_numbers_are_normalised_and_keras_reductions_accepted():
         XTTSLossConfig(adaptive_weight_cooling_period=np.int32(5)).adaptive_weight_cooling_period
         == 5
     )
+
+
+def _empty_term_cases(rng):
+    b, t, m, u = 2, 6, 4, 5
+    mel_t = rng.normal(size=(b, t, m)).astype(np.float32)
+    mel_p = rng.normal(size=(b, t, m)).astype(np.float32)
+    stop_t = np.zeros((b, t, 1), np.float32)
+    stop_p = rng.uniform(0.1, 0.9, (b, t, 1)).astype(np.float32)
+    dur_t = rng.uniform(0, 5, (b, u)).astype(np.float32)
+    dur_p = rng.uniform(0, 5, (b, u)).astype(np.float32)
+    return {
+        # mel lengths all 0: the mel term counts nothing; duration does.
+        "mel_empty": (
+            {
+                "mel_target": mel_t,
+                "mel_lengths": np.zeros([b], np.int32),
+                "duration_target": dur_t,
+                "text_lengths": np.array([5, 3], np.int32),
+            },
+            {"mel_output": mel_p, "duration_pred": dur_p},
+            "duration_pred",
+        ),
+        # a diverged mel head (all NaN) beside a healthy stop term
+        "mel_all_nan": (
+            {"mel_target": mel_t, "mel_lengths": np.array([6, 3], np.int32), "stop_target": stop_t},
+            {"mel_output": np.full_like(mel_p, np.nan), "stop_tokens": stop_p},
+            "stop_tokens",
+        ),
+        # no lengths, every stop probability NaN, the mel term fine
+        "stop_all_nan": (
+            {"mel_target": mel_t, "stop_target": stop_t},
+            {"mel_output": mel_p, "stop_tokens": np.full_like(stop_p, np.nan)},
+            "mel_output",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["mel_empty", "mel_all_nan", "stop_all_nan"])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_a_term_with_nothing_to_count_adds_zero_and_keeps_the_others(case, mode):
+    """A term whose denominator is 0 (no valid or no finite element) adds 0; the
+    returned total is the other terms' (equal to raw_total_loss), and they keep
+    their gradients (COMPAT 3.12, 8.6)."""
+    y_true, y_pred, key = _empty_term_cases(np.random.default_rng(3))[case]
+    loss_fn = XTTSLoss()
+    y_pred = {k: tf.constant(v) for k, v in y_pred.items()}
+
+    def step(y_pred):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred[key])
+            total = loss_fn(y_true, y_pred)
+        return total, tape.gradient(total, y_pred[key])
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    total, grad = step(y_pred)
+    weighted = loss_fn.get_weighted_losses()
+    terms_sum = sum(
+        float(v) for k, v in weighted.items() if k not in ("mel_weight", "raw_total_loss")
+    )
+    assert float(total) > 0.0
+    assert float(total) == pytest.approx(float(weighted["raw_total_loss"]), rel=1e-6)
+    assert float(total) == pytest.approx(terms_sum, rel=1e-5)
+    assert np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).sum() > 0

@@ -507,7 +507,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         for i, name in enumerate(names):
             num_g, den_g, bad_g = total_stats[3 * i], total_stats[3 * i + 1], total_stats[3 * i + 2]
             value = tf.math.divide_no_nan(num_g, den_g)
-            share = stats[name].num / tf.cast(tf.maximum(den_g, 1e-300), stats[name].num.dtype)
+            # A term with nothing to count (den 0) adds 0 and no gradient; the
+            # denominator is a count, so 0 stays 0 in the term's dtype.
+            share = tf.math.divide_no_nan(stats[name].num, tf.cast(den_g, stats[name].num.dtype))
             if clips[name] is not None:
                 lo, hi = clips[name]
                 inside = tf.logical_and(value >= lo, value <= hi)
