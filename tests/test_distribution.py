@@ -122,6 +122,20 @@ def test_mirrored_strategy_matches_single_device(tmp_path, normalization):
     _check_grads(r["grads"])
 
 
+def test_eager_strategy_run_matches_single_device_and_outside_scope_is_refused(tmp_path):
+    """Eager MirroredStrategy.run (replicas are threads calling the loss together)
+    follows the single-device trajectory; a loss built outside the scope is refused
+    by name instead of counting every step once per replica."""
+    r = _run_child(tmp_path, "mirrored_eager", "--steps", str(STEPS), timeout=300)
+    assert r["num_replicas"] == 2
+    for replica in range(2):
+        _check_against_single(r["single"], r["dist"], replica)
+    _check_final_state(r["single_state"], r["replica_states"], 2)
+    assert "created outside the scope of the MirroredStrategy" in r["outside_error"]
+    assert "strategy.scope()" in r["outside_error"]
+    assert r["outside_steps"] == 0
+
+
 def test_keras_fit_mirrored_matches_single_device(tmp_path):
     """Keras 3 does not divide by num_replicas (its losses do): XTTSLoss returns
     total / replicas, so fit under MirroredStrategy trains like one device."""

@@ -126,13 +126,13 @@ def shard(batch, rid, n):
     return tf.nest.map_structure(lambda x: x[rid * per : (rid + 1) * per], batch)
 
 
-def run_strategy(strategy, loss_fn, steps, worker_index=0, num_workers=1):
-    """Drive ``loss_fn`` under ``strategy``; each replica gets its slice of the global batch."""
+def run_strategy(strategy, loss_fn, steps, worker_index=0, num_workers=1, eager=False):
+    """Drive ``loss_fn`` under ``strategy``; each replica gets its slice of the global
+    batch. ``eager``: ``strategy.run`` without ``tf.function`` (replicas are threads)."""
     import tensorflow as tf
 
     n = strategy.num_replicas_in_sync
 
-    @tf.function
     def step(yt, yp):
         def replica_fn(yt, yp):
             ctx = tf.distribute.get_replica_context()
@@ -143,6 +143,8 @@ def run_strategy(strategy, loss_fn, steps, worker_index=0, num_workers=1):
 
         return strategy.run(replica_fn, args=(yt, yp))
 
+    if not eager:
+        step = tf.function(step)
     rec = []
     for s in range(1, steps + 1):
         yt, yp = global_batch(s)
@@ -256,6 +258,35 @@ def mode_mirrored(args):
         single_state=state_dict(single),
         replica_states=replicas,
         grads=tiny_model_grads(strategy, args.normalization),
+    )
+
+
+def mode_mirrored_eager(args):
+    """Eager ``strategy.run`` (no tf.function) against a single device, and a loss
+    built outside the strategy's scope (refused by name)."""
+    import tensorflow as tf
+
+    devices = configure_two_cpus()
+    single = make_loss(args.normalization)
+    rec_single = run_single(single, args.steps)
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    with strategy.scope():
+        dist = make_loss(args.normalization)
+    rec_dist, replicas = run_strategy(strategy, dist, args.steps, eager=True)
+    outside = make_loss(args.normalization)
+    try:
+        run_strategy(strategy, outside, 1)
+        outside_error = None
+    except ValueError as exc:
+        outside_error = str(exc)
+    return dict(
+        num_replicas=strategy.num_replicas_in_sync,
+        single=rec_single,
+        dist=rec_dist,
+        single_state=state_dict(single),
+        replica_states=replicas,
+        outside_error=outside_error,
+        outside_steps=int(outside.step_count.numpy()),
     )
 
 
@@ -457,6 +488,7 @@ def main():
     args = p.parse_args()
     fn = {
         "mirrored": mode_mirrored,
+        "mirrored_eager": mode_mirrored_eager,
         "keras": mode_keras,
         "worker": mode_worker,
         "single": mode_single,

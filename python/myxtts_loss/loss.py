@@ -328,7 +328,12 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             training = self.update_state_on_call
         elif not isinstance(training, bool):
             raise ValueError(f"training must be a Python bool or None, got training={training!r}")
-        eager = tf.executing_eagerly()
+        replicas = _replicas_in_sync()
+        if replicas > 1:
+            self._check_created_in_scope(replicas)
+        # Eager replicas of a MirroredStrategy are threads that call together by
+        # design (their updates meet in an all-reduce): only other callers are refused.
+        eager = tf.executing_eagerly() and replicas == 1
         if eager and not self._call_lock.acquire(blocking=False):
             raise ConcurrentCallError(
                 f"XTTSLoss {self.name!r} is already being called from another thread; one loss "
@@ -343,6 +348,17 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         finally:
             if eager:
                 self._call_lock.release()
+
+    def _check_created_in_scope(self, replicas):
+        strategy = tf.distribute.get_strategy()
+        if not strategy.extended.variable_created_in_scope(self._state.step_count):
+            raise ValueError(
+                f"XTTSLoss {self.name!r} was created outside the scope of the "
+                f"{type(strategy).__name__} that now runs it on {replicas} replicas, so its "
+                f"training state is one plain variable that every replica would update "
+                f"({replicas} steps counted per step). Create the loss inside "
+                "`with strategy.scope():`."
+            )
 
     def call(self, y_true, y_pred):
         """Keras ``Loss.call`` API: same as calling the loss."""
