@@ -142,20 +142,32 @@ def test_get_config_round_trip_keeps_extra_losses():
 
 
 # ------------------------------------------------------------------ item 8
-@pytest.mark.parametrize("mode", ["eager", "function"])
-def test_lengths_must_be_integral(mode):
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize(
+    "bad",
+    [[3.9, 2.7], [-1, 2], [2**32 + 3, 2], [2**31, 2], [np.nan, 2.0], [-2.0, 3.0]],
+    ids=["fractional", "negative", "wraps_int32", "int32_max_plus_1", "nan", "negative_float"],
+)
+def test_lengths_must_be_integral(mode, bad):
+    """Bad mel lengths are refused on every path, never clamped into a number:
+    by name eagerly and in graphs; under XLA (assertions compile away) the
+    fused op's custom call refuses the entry by index."""
     loss_fn = XTTSLoss()
-    call = loss_fn if mode == "eager" else tf.function(lambda a, b: loss_fn(a, b))
+    call = (
+        loss_fn
+        if mode == "eager"
+        else tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
+    )
     yt, yp = _pair(0.5)
     yt["mel_lengths"] = tf.constant([4.0, 3.0])  # integral floats (Keras casts lengths): fine
     assert float(call(yt, yp)) == pytest.approx(1.25)
-    yt["mel_lengths"] = tf.constant([3.9, 2.7])
+    dtype = tf.float32 if isinstance(bad[0], float) else tf.int64
+    yt["mel_lengths"] = tf.constant(bad, dtype)
     error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
-    with pytest.raises(error, match="mel_lengths"):
+    match = r"lengths\[0\] = -1 is outside \[0, 4\]" if mode == "xla" else "mel_lengths"
+    with pytest.raises(error, match=match):
         call(yt, yp)
-    yt["mel_lengths"] = tf.constant([-1, 2])
-    with pytest.raises(error, match="mel_lengths"):
-        call(yt, yp)
+    assert int(loss_fn.step_count.numpy()) == 1
 
 
 @pytest.mark.parametrize(

@@ -411,6 +411,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         if mel_true.dtype != mel_pred.dtype:
             mel_true = tf.cast(mel_true, mel_pred.dtype)
         lens = lengths["mel_lengths"]
+        if lens is not None and terms.in_xla():
+            # The fused op's XLA path refuses a bad length by index (assertions
+            # compile away there; the terms' masks get 0 instead).
+            lens = terms.as_lengths(y_true["mel_lengths"], "mel_lengths", invalid=-1)
         if c.mel_label_smoothing > 0:
             seed = tf.stack(
                 [tf.constant(c.mel_noise_seed, tf.int64), self._state.step_count.read_value()]
@@ -644,9 +648,12 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 self._log_change(events["accepted"], new_rule["step_count"], w, new_w)
         else:
             updates["last_smoothed_total"] = raw
-        st.write(updates)
-        for name in self._extra_fns:
-            st.extra_losses[name].assign(_finite_or_zero(values[name]))
+        # After the returned total, which waits for every input check: a call
+        # refused in a graph leaves the training state as it was.
+        with tf.control_dependencies([total]):
+            st.write(updates)
+            for name in self._extra_fns:
+                st.extra_losses[name].assign(_finite_or_zero(values[name]))
         # get_raw_total_loss() hands this very tensor back while the caller is in the
         # same graph (or eager), so a trainer can differentiate it, as MyXTTS's does.
         self._raw_total_tensor = total

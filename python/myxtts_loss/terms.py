@@ -41,7 +41,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from myxtts_ops.validation import integral_lengths
+from myxtts_ops.validation import MAX_LENGTH, integral_lengths
 
 __all__ = [
     "TermStats",
@@ -86,7 +86,7 @@ PARTICIPATION_PAIRS = (
 
 
 # --------------------------------------------------------------------- inputs
-def _in_xla():
+def in_xla():
     try:
         from myxtts_ops.ops import in_xla_context
     except Exception:  # pragma: no cover - op package without ops.py
@@ -94,13 +94,15 @@ def _in_xla():
     return in_xla_context()
 
 
-def as_lengths(lengths, name):
-    """``lengths`` as an int32 ``[B]`` tensor, refusing non-integral or negative values.
+def as_lengths(lengths, name, invalid=0):
+    """``lengths`` as an int32 ``[B]`` tensor, refusing negative, non-integral or
+    too large (``> MAX_LENGTH``) values.
 
     Integral floats (Keras casts lengths to float32) are accepted. The check is
     a ``ValueError`` naming ``name`` and the values eagerly, an
-    ``InvalidArgumentError`` in graphs, and nothing under XLA (which compiles
-    assertions away): there the values are truncated and clamped at 0.
+    ``InvalidArgumentError`` in graphs. Under XLA, which compiles assertions
+    away, an invalid entry becomes ``invalid``: 0 for the terms' masks, -1 for
+    the fused mel op, whose XLA path then refuses it by index.
     """
     t = tf.convert_to_tensor(lengths)
     if t.shape.rank is not None and t.shape.rank != 1:
@@ -108,7 +110,7 @@ def as_lengths(lengths, name):
             t = tf.reshape(t, [-1])
         else:
             raise ValueError(f"{name} must have shape [batch], got shape {t.shape}")
-    if t.dtype.is_floating and not _in_xla():
+    if t.dtype.is_floating and not in_xla():
         # Whole-number float lengths: the op side's one rule (its message
         # names the index and the value passed).
         try:
@@ -116,41 +118,32 @@ def as_lengths(lengths, name):
         except tf.errors.InvalidArgumentError as exc:  # eager: raised at once
             raise ValueError(exc.message) from None
     if t.dtype.is_integer:
-        bad_neg = t < 0
-        checked = t
-    elif t.dtype.is_floating:  # under XLA, where assertions compile away
-        bad_neg = tf.zeros_like(t, tf.bool)
-        checked = t
+        bad = t < 0 if t.dtype.min < 0 else tf.zeros_like(t, tf.bool)
+        if t.dtype.max > MAX_LENGTH:  # a bare int32 cast would wrap these
+            bad = tf.logical_or(bad, t > tf.constant(MAX_LENGTH, t.dtype))
+    elif t.dtype.is_floating:  # under XLA
+        whole = tf.logical_and(tf.math.is_finite(t), tf.equal(tf.math.floor(t), t))
+        in_range = tf.logical_and(t >= 0, tf.cast(t, tf.float64) <= float(MAX_LENGTH))
+        bad = tf.logical_not(tf.logical_and(whole, in_range))
     else:
         raise ValueError(
             f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
         )
+    rule = f"{name} must be integers in [0, {MAX_LENGTH}] (integral floats are accepted)"
     if tf.executing_eagerly() and hasattr(t, "numpy"):
-        bad = bad_neg.numpy()
-        if bad.any():
+        flags = bad.numpy()
+        if flags.any():
             values = t.numpy()
-            raise ValueError(
-                f"{name} must be non-negative integers (integral floats are accepted), "
-                f"got {name}[{int(np.argmax(bad))}]={values[np.argmax(bad)]!r} in {values.tolist()!r}"
-            )
-    elif not _in_xla():
-        with tf.control_dependencies(
-            [
-                tf.debugging.Assert(
-                    tf.logical_not(tf.reduce_any(bad_neg)),
-                    [
-                        f"{name} must be non-negative integers (integral floats are accepted), got",
-                        t,
-                    ],
-                    summarize=16,
-                )
-            ]
-        ):
-            checked = tf.identity(checked)
-    if checked.dtype.is_floating:
-        checked = tf.where(tf.math.is_finite(checked), checked, tf.zeros_like(checked))
-        checked = tf.clip_by_value(checked, 0.0, 2.0**31 - 1.0)
-    return tf.maximum(tf.cast(checked, tf.int32), 0)
+            at = int(np.argmax(flags))
+            raise ValueError(f"{rule}, got {name}[{at}]={values[at]!r} in {values.tolist()!r}")
+    elif not in_xla():
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(bad)), [f"{rule}, got", t], summarize=16
+        )
+        with tf.control_dependencies([check]):
+            t = tf.identity(t)
+    safe = tf.where(bad, tf.zeros_like(t), t)
+    return tf.where(bad, tf.constant(invalid, tf.int32), tf.cast(safe, tf.int32))
 
 
 def _as_float(x, dtype=_F32):
