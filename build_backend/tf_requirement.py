@@ -97,17 +97,19 @@ def wheel_requirements(built_against, installed):
     `built_against` = (name, version) when the target environment holds
     `installed` (or None).
 
-    The wheel pins the minor it was built for, under the distribution the user
-    has, so pip refuses to put another TensorFlow under it. With no TensorFlow
-    in the target environment only the extras name one: a base requirement on
-    tensorflow-cpu would install it next to `.[gpu]`'s tensorflow.
+    Only the extras name a TensorFlow (the minor it was built for): a base
+    requirement would name one distribution, and a wheel carried to a machine
+    with another (tensorflow-cpu against tensorflow with CUDA) would install it
+    beside the user's, two packages writing one `tensorflow/`. `[cpu]` names the
+    distribution the build environment has, so it never replaces it. A later
+    change of TensorFlow minor is caught when the op library loads, with what
+    to reinstall.
     """
     major, minor = minor_of(built_against[1])
     pin = f"=={major}.{minor}.*"
-    requires = [f"{installed[0]}{pin}"] if installed is not None else []
     cpu_distribution = installed[0] if installed is not None else FALLBACK_DISTRIBUTION
     extras = {"cpu": [f"{cpu_distribution}{pin}"], "gpu": [f"tensorflow[and-cuda]{pin}"]}
-    return requires, extras
+    return [], extras
 
 
 def cuda_major_of_tensorflow(name):

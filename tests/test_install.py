@@ -55,11 +55,13 @@ def test_too_old_tensorflow_is_refused_by_name():
     assert tf_requirement.check_supported("tensorflow", "2.16.0") is None
 
 
-def test_wheel_pins_the_built_minor_under_the_users_distribution():
+def test_wheel_pins_the_built_minor_only_in_its_extras():
     requires, extras = tf_requirement.wheel_requirements(
         ("tensorflow", "2.19.1"), ("tensorflow", "2.19.1")
     )
-    assert requires == ["tensorflow==2.19.*"]
+    # No base requirement: a wheel built beside tensorflow-cpu must not install
+    # tensorflow-cpu over a machine's CUDA tensorflow (or the reverse).
+    assert requires == []
     # [cpu] keeps the user's (GPU) tensorflow instead of adding tensorflow-cpu over it.
     assert extras["cpu"] == ["tensorflow==2.19.*"]
     assert extras["gpu"] == ["tensorflow[and-cuda]==2.19.*"]
@@ -68,7 +70,7 @@ def test_wheel_pins_the_built_minor_under_the_users_distribution():
     assert extras["cpu"] == ["tensorflow-cpu==2.21.*"]
 
 
-def test_installed_wheel_requires_the_installed_tensorflow_minor():
+def test_installed_wheel_names_tensorflow_only_in_its_extras():
     try:
         requires = importlib.metadata.requires("myxtts-ops") or []
     except importlib.metadata.PackageNotFoundError:
@@ -77,7 +79,9 @@ def test_installed_wheel_requires_the_installed_tensorflow_minor():
     assert installed is not None
     minor = "%d.%d" % tf_requirement.minor_of(installed[1])
     base = [r for r in requires if "extra ==" not in r]
-    assert f"{installed[0]}=={minor}.*" in base, requires
+    assert not [r for r in base if r.startswith("tensorflow")], requires
+    cpu = [r for r in requires if 'extra == "cpu"' in r]
+    assert any(r.startswith(f"{installed[0]}=={minor}.*") for r in cpu), requires
     info = _loader.build_info()
     assert info is not None and info.TF_VERSION.startswith(minor + ".")
 
