@@ -12,8 +12,6 @@ machines without it.
 
 import importlib
 
-from myxtts_ops.state import STATE_SIZE, read_state
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -31,6 +29,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    # Lazy too: an unbuilt checkout still imports the package (its CLI can say
+    # what to build) and raises the state layout's message on first use.
+    "STATE_SIZE": ("myxtts_ops.state", "STATE_SIZE"),
+    "read_state": ("myxtts_ops.state", "read_state"),
     "masked_mel_loss": ("myxtts_ops.ops", "masked_mel_loss"),
     "XlaUnsupportedError": ("myxtts_ops.ops", "XlaUnsupportedError"),
     "MaskedMelLossOutput": ("myxtts_ops.types", "MaskedMelLossOutput"),
@@ -43,7 +45,7 @@ _LAZY = {
 }
 
 #: Modules that work without TensorFlow.
-_WITHOUT_TENSORFLOW = ("myxtts_ops._loader", "myxtts_ops.kernels")
+_WITHOUT_TENSORFLOW = ("myxtts_ops._loader", "myxtts_ops.kernels", "myxtts_ops.state")
 
 
 def __getattr__(name):
