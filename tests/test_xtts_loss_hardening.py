@@ -227,6 +227,68 @@ def test_shapes_checked_against_the_mel_batch(key, shape):
         XTTSLoss()(yt, yp)
 
 
+@pytest.mark.parametrize(
+    "key, shape, named",
+    [
+        ("stop_tokens", [1, 4, 1], r"y_pred\[stop_tokens\] axis 0 \(B\)"),
+        ("mel_lengths", [3], r"y_true\[mel_lengths\] axis 0 \(B\)"),
+        ("pitch_output", [2, 3, 1], r"y_pred\[pitch_output\] axis 1 \(T\)"),
+        ("duration_pred", [2, 7], r"y_pred\[duration_pred\] axis 1 \(U\)"),
+        ("mel_output", [2, 5, 3], r"y_pred\[mel_output\] axis 1 \(T\)"),
+    ],
+)
+def test_shapes_unknown_when_traced_are_checked_by_name(key, shape, named):
+    """With every dimension unknown at trace time (input_signature of Nones, as
+    reduce_retracing makes them), a mismatch is refused when the graph runs,
+    naming the key and both sizes, and the training state is left alone."""
+    yt, yp = _pair(0.5)
+    yt.update(
+        stop_target=tf.zeros([2, 4, 1]),
+        text_lengths=tf.constant([2, 3]),
+        duration_target=tf.zeros([2, 5]),
+        pitch_target=tf.zeros([2, 4, 1]),
+    )
+    yp.update(
+        stop_tokens=tf.fill([2, 4, 1], 0.5),
+        duration_pred=tf.zeros([2, 5]),
+        pitch_output=tf.zeros([2, 4, 1]),
+    )
+    loss_fn = XTTSLoss()
+
+    def spec(d):
+        return {k: tf.TensorSpec([None] * v.shape.rank, v.dtype) for k, v in d.items()}
+
+    call = tf.function(lambda a, b: loss_fn(a, b), input_signature=[spec(yt), spec(yp)])
+    call(yt, yp)  # consistent shapes: fine
+    where = yt if key in terms.KNOWN_TRUE_KEYS else yp
+    where[key] = tf.zeros(shape, where[key].dtype)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=named):
+        call(yt, yp)
+    assert int(loss_fn.step_count.numpy()) == 1
+
+
+def test_static_shapes_add_no_run_time_checks():
+    yt, yp = _pair(0.5)
+    assert terms.check_inputs(yt, yp) == []
+    loss_fn = XTTSLoss()
+    graph = tf.function(lambda a, b: loss_fn(a, b)).get_concrete_function(yt, yp).graph
+    assert not [
+        op for op in graph.get_operations() if op.type == "Assert" and "axis" in str(op.name)
+    ]
+
+
+@pytest.mark.parametrize("where", ["extra", "norm"])
+def test_non_scalar_extra_loss_and_norm_are_named(where):
+    yt, yp = _pair(0.5)
+    if where == "extra":
+        loss_fn = XTTSLoss(extra_losses={"kl": lambda a, b: tf.ones([3])})
+        with pytest.raises(ValueError, match=r"extra loss 'kl' must be a scalar, got .*\(3,\)"):
+            loss_fn(yt, yp)
+    else:
+        with pytest.raises(ValueError, match=r"observe_gradient_norm\(norm\) must be a scalar"):
+            XTTSLoss().observe_gradient_norm(tf.ones([3]))
+
+
 def test_none_values_are_refused_by_name():
     yt, yp = _pair(0.5)
     yt["stop_target"] = None

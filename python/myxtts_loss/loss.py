@@ -64,6 +64,15 @@ def _replicas_in_sync():
     return int(ctx.num_replicas_in_sync)
 
 
+def _scalar(value, what, expected):
+    """``value`` as a float32 scalar; a ValueError naming ``what`` if its static
+    shape holds more (or fewer) than one element."""
+    t = tf.convert_to_tensor(value)
+    if t.shape.num_elements() not in (None, 1):
+        raise ValueError(f"{what} must be {expected}, got a tensor of shape {t.shape}")
+    return tf.cast(tf.reshape(t, []), tf.float32)
+
+
 def _finite_or_zero(x):
     return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
 
@@ -391,7 +400,13 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         extra_keys = set()  # keys only extra terms know about: not checked for spelling
         if self._extra_fns:
             extra_keys = (set(y_true) | set(y_pred)) - terms.KNOWN_TRUE_KEYS - terms.KNOWN_PRED_KEYS
-        terms.check_inputs(y_true, y_pred, extra_keys)
+        checks = terms.check_inputs(y_true, y_pred, extra_keys)
+        if checks:  # sizes unknown when traced: every known input waits for them
+            with tf.control_dependencies(checks):
+                y_true, y_pred = (
+                    {k: tf.identity(v) if k in terms.KEY_SHAPES else v for k, v in d.items()}
+                    for d in (y_true, y_pred)
+                )
         if ("mel_target" in y_true) != ("mel_output" in y_pred):
             missing = "y_pred['mel_output']" if "mel_target" in y_true else "y_true['mel_target']"
             raise ValueError(
@@ -499,7 +514,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             weights[term.name] = 1.0 if term.weight is None else getattr(c, term.weight)
             clips[term.name] = term.clip
         for name, fn in self._extra_fns.items():
-            value = tf.cast(tf.reshape(fn(y_true, y_pred), []), f32)
+            value = _scalar(fn(y_true, y_pred), f"extra loss {name!r}", "a scalar")
             finite = tf.math.is_finite(value)
             stats[name] = terms.TermStats(
                 _finite_or_zero(value), tf.constant(1.0, f32), tf.cast(tf.logical_not(finite), f32)
@@ -690,7 +705,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                     tf.distribute.ReduceOp.SUM, grads
                 )
             norm = tf.linalg.global_norm(grads)
-        norm = tf.cast(tf.reshape(tf.convert_to_tensor(norm), []), tf.float32)
+        norm = _scalar(norm, "observe_gradient_norm(norm)", "a scalar or a list of gradients")
         if replicas > 1:
             norm = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, norm)
         ring, count, finite = gn.record_norm(

@@ -620,7 +620,7 @@ def term_value(term, stats):
 # Each key's dimensions as symbols: B batch, T mel frames, M mel bins, U text
 # tokens, H heads, D embedding size; 1 a literal 1; "?" anything. A key may
 # allow several ranks (the trailing 1 is optional where the terms squeeze it).
-_KEY_SHAPES = {
+KEY_SHAPES = {
     "mel_target": [("B", "T", "M")],
     "mel_output": [("B", "T", "M")],
     "mel_lengths": [("B",)],
@@ -679,8 +679,13 @@ def check_inputs(y_true, y_pred, extra_keys=()):
     nothing known are left alone (a model may return more outputs), as are
     the ``extra_keys`` of registered extra terms. ``None`` values are refused.
     Static dimensions of every known key are checked against the symbols of
-    :data:`_KEY_SHAPES` (B: the batch of the first key that fixes it, T the
-    mel frames, ...); dynamic dimensions are not checked here.
+    :data:`KEY_SHAPES` (B: the batch of the first key that fixes it, T the
+    mel frames, ...). Dimensions unknown when a graph is traced (``None``, as
+    ``reduce_retracing`` makes them) are checked when it runs: the returned
+    assertions, which the caller runs before using the inputs, name the key
+    and both sizes. Under XLA, which compiles assertions away, there are none.
+
+    Returns the list of those assertions (empty eagerly and for static shapes).
     """
     for where, d, known, other in (
         ("y_true", y_true, KNOWN_TRUE_KEYS, KNOWN_PRED_KEYS),
@@ -703,9 +708,10 @@ def check_inputs(y_true, y_pred, extra_keys=()):
                     f"(known {where} keys: {', '.join(sorted(known))})"
                 )
     bound = {}  # symbol -> (size, key)
+    seen = {}  # symbol -> [(label, axis, value, static size or None)]
     for where, d in (("y_true", y_true), ("y_pred", y_pred)):
         for key, value in d.items():
-            if key not in _KEY_SHAPES:
+            if key not in KEY_SHAPES:
                 continue
             shape = getattr(value, "shape", None)
             if shape is None:
@@ -713,12 +719,15 @@ def check_inputs(y_true, y_pred, extra_keys=()):
             shape = tf.TensorShape(shape)
             if shape.rank is None:
                 continue
-            patterns = [p for p in _KEY_SHAPES[key] if len(p) == shape.rank]
+            patterns = [p for p in KEY_SHAPES[key] if len(p) == shape.rank]
             if not patterns:
-                allowed = " or ".join("[" + ", ".join(map(str, p)) + "]" for p in _KEY_SHAPES[key])
+                allowed = " or ".join("[" + ", ".join(map(str, p)) + "]" for p in KEY_SHAPES[key])
                 raise ValueError(f"{where}[{key!r}] must have shape {allowed}, got {shape}")
             pattern = patterns[0]
             for axis, (sym, size) in enumerate(zip(pattern, shape.as_list())):
+                if sym not in ("?", 1):
+                    # No quotes: TF's assertion messages escape them.
+                    seen.setdefault(sym, []).append((f"{where}[{key}]", axis, value, size))
                 if size is None or sym == "?":
                     continue
                 if sym == 1:
@@ -734,6 +743,30 @@ def check_inputs(y_true, y_pred, extra_keys=()):
                         f"but {bound[sym][1]} gives {sym} = {bound[sym][0]}"
                     )
                 bound.setdefault(sym, (size, f"{where}[{key!r}]"))
+    return _dynamic_shape_checks(seen)
+
+
+def _dynamic_shape_checks(seen):
+    """Run-time equality of each symbol's sizes where one was unknown at trace time."""
+    if tf.executing_eagerly() or in_xla():
+        return []
+    checks = []
+    for sym, uses in seen.items():
+        if len(uses) < 2 or all(size is not None for *_, size in uses):
+            continue
+        ref_label, ref_axis, ref_value, ref_size = uses[0]
+        ref = ref_size if ref_size is not None else tf.shape(ref_value)[ref_axis]
+        for label, axis, value, size in uses[1:]:
+            if size is not None and ref_size is not None:
+                continue  # both static: checked above
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(value)[axis],
+                    tf.cast(ref, tf.int32),
+                    message=f"{label} axis {axis} ({sym}) must equal {ref_label} axis {ref_axis}",
+                )
+            )
+    return checks
 
 
 # ------------------------------------------------------ module-level functions
