@@ -183,6 +183,23 @@ def test_unbuilt_checkout_helps_and_says_what_to_build(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_gpu_profile_refuses_a_library_without_cuda(monkeypatch, capsys):
+    """A GPU with a CPU-only build: TF would place the op on the CPU under a table
+    labelled GPU, so the profile stops with what to do instead."""
+    import types
+
+    from myxtts_ops import _loader
+    from myxtts_ops.tools import profiler
+
+    monkeypatch.setattr(profiler, "resolve_device", lambda device: ("gpu", "/GPU:0"))
+    monkeypatch.setattr(profiler, "check_fused_available", lambda: None)
+    monkeypatch.setattr(_loader, "build_info", lambda: types.SimpleNamespace(CUDA_ENABLED=False))
+    rc = cli.main(["profile", "--quick", "--impls", "fused,reference", "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "built without CUDA kernels" in err and "--device cpu" in err
+
+
 def test_help_exits_0(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["profile", "--help"])

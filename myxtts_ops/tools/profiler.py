@@ -153,6 +153,21 @@ def check_fused_available() -> None:
         ) from None
 
 
+def check_fused_has_cuda() -> None:
+    """On a GPU, a library without CUDA kernels would run on the CPU under a
+    table that says GPU: refused, with what to do."""
+    from myxtts_ops import _loader
+
+    info = _loader.build_info()
+    if info is not None and not getattr(info, "CUDA_ENABLED", False):
+        raise ProfilerError(
+            "the fused op library was built without CUDA kernels, so on the GPU TensorFlow "
+            "would run it on the CPU. Rebuild it with a CUDA toolkit "
+            "(`MYXTTS_OPS_CUDA=on pip install --force-reinstall --no-deps .`), or profile "
+            "on the CPU (--device cpu), or without it (--impls reference,xla)"
+        )
+
+
 def check_xtts_available() -> None:
     try:
         xtts_loss_class()
@@ -307,6 +322,8 @@ def run_profile(
     if "xtts_step" in config.modes:
         check_xtts_available()
     device_kind, tf_device = resolve_device(config.device)
+    if device_kind == "gpu" and FUSED_IMPLS.intersection(config.impls):
+        check_fused_has_cuda()
 
     if config.bandwidth_mib is not None:
         bw_bytes = config.bandwidth_mib << 20
