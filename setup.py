@@ -113,8 +113,9 @@ class CMakeBuild(build_ext):
 
 
 def _requirements():
-    """install_requires and extras: the TensorFlow minor this build compiles
-    against, under the distribution the target environment has."""
+    """install_requires (no TensorFlow) and extras: cpu/gpu name the TensorFlow
+    minor this build compiles against (cpu: under the distribution the target
+    environment has)."""
     base = ["numpy>=1.24", "matplotlib>=3.7", "ml_dtypes>=0.3"]
     # The build tools let the test tooling rebuild instrumented copies (scripts/sanitize_cpu.sh).
     # jax: the XLA FFI handlers run through JAX as well (tests/test_ffi_jax.py).

@@ -140,12 +140,24 @@ def prune_build_trees(parent, keep, keep_configuration):
                 shutil.rmtree(tree, ignore_errors=True)
 
 
+def _same_tools(recorded, configuration):
+    """Whether a tree configured as `recorded` can build `configuration` as is:
+    the same everything, except the interpreter's spelling (`python` or
+    `python3`: `interpreter` says whether it is the same one)."""
+    if recorded is None:
+        return False
+    spelling = {"python"}
+    return {k: v for k, v in recorded.items() if k not in spelling} == {
+        k: v for k, v in configuration.items() if k not in spelling
+    }
+
+
 def prepare_build_tree(parent, configuration):
     """The build tree for `configuration` under `parent`, ready to configure."""
     parent = Path(parent)
     tree = parent / f"cmake-{configuration_key(configuration)}"
     prune_build_trees(parent, keep=tree, keep_configuration=configuration)
-    if tree.is_dir() and _recorded(tree) != configuration:
+    if tree.is_dir() and not _same_tools(_recorded(tree), configuration):
         forget_configuration(tree)
     tree.mkdir(parents=True, exist_ok=True)
     (tree / CONFIG_FILE).write_text(json.dumps(configuration, indent=1, sort_keys=True))

@@ -2,7 +2,7 @@
 
 The op library only loads into the TensorFlow minor version it was compiled
 for, so the build uses the TensorFlow the user already has (same distribution,
-exact version) and the wheel's metadata pins that minor. Read by the PEP 517
+exact version) and the wheel's cpu/gpu extras name that minor. Read by the PEP 517
 backend (build requirements) and by setup.py (install_requires, extras).
 Standard library only: it runs before anything else is installed.
 """

@@ -45,7 +45,12 @@ _LAZY = {
 }
 
 #: Modules that work without TensorFlow.
-_WITHOUT_TENSORFLOW = ("myxtts_ops._loader", "myxtts_ops.kernels", "myxtts_ops.state")
+_WITHOUT_TENSORFLOW = (
+    "myxtts_ops._loader",
+    "myxtts_ops.kernels",
+    "myxtts_ops.state",
+    "myxtts_ops.types",
+)
 
 
 def __getattr__(name):

@@ -145,8 +145,10 @@ def test_missing_tensorflow_is_explained(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = run("-c", "import myxtts_ops; myxtts_ops.masked_mel_loss")
     assert "OpLibraryError: " + advice in proc.stderr, proc.stderr
-    proc = run("-c", "import myxtts_ops; print(myxtts_ops.kernels.STATE_SIZE)")
-    assert proc.returncode == 0 and proc.stdout.strip() == str(myxtts_ops.STATE_SIZE), proc.stderr
+    code = "import myxtts_ops as m; print(m.kernels.STATE_SIZE, m.MaskedMelLossOutput.__name__)"
+    proc = run("-c", code)
+    expected = f"{myxtts_ops.STATE_SIZE} MaskedMelLossOutput"
+    assert proc.returncode == 0 and proc.stdout.strip() == expected, proc.stderr
 
 
 def test_unbuilt_checkout_helps_and_says_what_to_build(tmp_path):

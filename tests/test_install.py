@@ -121,6 +121,15 @@ def test_build_tree_key_same_for_each_spelling_of_the_interpreter(monkeypatch, t
         monkeypatch.setattr(sys, "executable", str(link))
         keys.add(cmake_tree.configuration_key(cmake_tree.build_configuration({})))
     assert len(keys) == 1
+    # Nor is the configured tree discarded when the other spelling builds next.
+    configurations = []
+    for name in ("python", "python3"):
+        monkeypatch.setattr(sys, "executable", str(tmp_path / name))
+        configurations.append(cmake_tree.build_configuration({"MYXTTS_OPS_CUDA": "off"}))
+    tree = cmake_tree.prepare_build_tree(tmp_path / "build", configurations[0])
+    (tree / "CMakeCache.txt").write_text("kept")
+    assert cmake_tree.prepare_build_tree(tmp_path / "build", configurations[1]) == tree
+    assert (tree / "CMakeCache.txt").read_text() == "kept"
 
 
 def _configured(tree, configuration):

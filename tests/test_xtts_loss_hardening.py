@@ -164,10 +164,24 @@ def test_lengths_must_be_integral(mode, bad):
     dtype = tf.float32 if isinstance(bad[0], float) else tf.int64
     yt["mel_lengths"] = tf.constant(bad, dtype)
     error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
-    match = r"lengths\[0\] = -1 is outside \[0, 4\]" if mode == "xla" else "mel_lengths"
+    # Under XLA the op shows a negative whole number as passed, anything else as -1.
+    shown = int(bad[0]) if float(bad[0]) < 0 else -1
+    match = rf"lengths\[0\] = {shown} is outside \[0, 4\]" if mode == "xla" else "mel_lengths"
     with pytest.raises(error, match=match):
         call(yt, yp)
     assert int(loss_fn.step_count.numpy()) == 1
+
+
+@pytest.mark.parametrize("lengths, shown", [([-2, 3], -2), ([2.5, 3.0], -1)])
+def test_module_mel_loss_refuses_bad_lengths_under_xla(lengths, shown):
+    """terms.mel_loss hands the fused op the bad entry under XLA, where the
+    terms' own copy would have made it 0."""
+    fn = tf.function(lambda t, p, n: terms.mel_loss(t, p, n, label_smoothing=0.0), jit_compile=True)
+    dtype = tf.float32 if isinstance(lengths[0], float) else tf.int32
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=rf"lengths\[0\] = {shown} is outside \[0, 4\]"
+    ):
+        fn(tf.zeros([2, 4, 3]), tf.ones([2, 4, 3]), tf.constant(lengths, dtype))
 
 
 @pytest.mark.parametrize(
@@ -235,6 +249,7 @@ def test_shapes_checked_against_the_mel_batch(key, shape):
         ("pitch_output", [2, 3, 1], r"y_pred\[pitch_output\] axis 1 \(T\)"),
         ("duration_pred", [2, 7], r"y_pred\[duration_pred\] axis 1 \(U\)"),
         ("mel_output", [2, 5, 3], r"y_pred\[mel_output\] axis 1 \(T\)"),
+        ("stop_tokens", [2, 4, 2], r"y_pred\[stop_tokens\] axis 2 must be 1"),
     ],
 )
 def test_shapes_unknown_when_traced_are_checked_by_name(key, shape, named):
@@ -268,13 +283,22 @@ def test_shapes_unknown_when_traced_are_checked_by_name(key, shape, named):
 
 
 def test_static_shapes_add_no_run_time_checks():
+    """Run-time shape checks exist only where a size is unknown when traced."""
     yt, yp = _pair(0.5)
-    assert terms.check_inputs(yt, yp) == []
-    loss_fn = XTTSLoss()
-    graph = tf.function(lambda a, b: loss_fn(a, b)).get_concrete_function(yt, yp).graph
-    assert not [
-        op for op in graph.get_operations() if op.type == "Assert" and "axis" in str(op.name)
+    yt["stop_target"] = tf.zeros([2, 4, 1])
+    yp["stop_tokens"] = tf.fill([2, 4, 1], 0.5)
+
+    def count(a, b):
+        return len(terms.check_inputs(a, b))  # traced once: a Python int
+
+    assert terms.check_inputs(yt, yp) == []  # eager: the static checks only
+    assert int(tf.function(count)(yt, yp)) == 0
+    spec = [
+        {k: tf.TensorSpec([None] * v.shape.rank, v.dtype) for k, v in d.items()} for d in (yt, yp)
     ]
+    # Against the mel target: B of 4 keys, T of 3, M of 1; and 2 axes that must be 1.
+    assert int(tf.function(count, input_signature=spec)(yt, yp)) == 10
+    assert int(tf.function(count, jit_compile=True, input_signature=spec)(yt, yp)) == 0
 
 
 @pytest.mark.parametrize("where", ["extra", "norm"])

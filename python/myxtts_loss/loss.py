@@ -426,10 +426,6 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         if mel_true.dtype != mel_pred.dtype:
             mel_true = tf.cast(mel_true, mel_pred.dtype)
         lens = lengths["mel_lengths"]
-        if lens is not None and terms.in_xla():
-            # The fused op's XLA path refuses a bad length by index (assertions
-            # compile away there; the terms' masks get 0 instead).
-            lens = terms.as_lengths(y_true["mel_lengths"], "mel_lengths", invalid=-1)
         if c.mel_label_smoothing > 0:
             seed = tf.stack(
                 [tf.constant(c.mel_noise_seed, tf.int64), self._state.step_count.read_value()]
@@ -439,7 +435,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         out = self._mel_op()(
             mel_true,
             mel_pred,
-            lens,
+            terms.op_lengths(y_true.get("mel_lengths"), lens, "mel_lengths"),
             old_state,
             loss_type=c.mel_loss_type,
             huber_delta=c.mel_huber_delta,

@@ -101,8 +101,11 @@ def as_lengths(lengths, name, invalid=0):
     Integral floats (Keras casts lengths to float32) are accepted. The check is
     a ``ValueError`` naming ``name`` and the values eagerly, an
     ``InvalidArgumentError`` in graphs. Under XLA, which compiles assertions
-    away, an invalid entry becomes ``invalid``: 0 for the terms' masks, -1 for
-    the fused mel op, whose XLA path then refuses it by index.
+    away, an invalid entry becomes ``invalid``: 0 for the terms' masks; with a
+    negative ``invalid`` (the fused mel op's lengths, whose XLA path refuses
+    lengths outside ``[0, T]`` by index) a negative whole number stays itself,
+    so the op's message shows it, and any other invalid entry becomes
+    ``invalid``.
     """
     t = tf.convert_to_tensor(lengths)
     if t.shape.rank is not None and t.shape.rank != 1:
@@ -118,13 +121,15 @@ def as_lengths(lengths, name, invalid=0):
         except tf.errors.InvalidArgumentError as exc:  # eager: raised at once
             raise ValueError(exc.message) from None
     if t.dtype.is_integer:
-        bad = t < 0 if t.dtype.min < 0 else tf.zeros_like(t, tf.bool)
+        negative = t < 0 if t.dtype.min < 0 else tf.zeros_like(t, tf.bool)
+        bad = negative
         if t.dtype.max > MAX_LENGTH:  # a bare int32 cast would wrap these
             bad = tf.logical_or(bad, t > tf.constant(MAX_LENGTH, t.dtype))
     elif t.dtype.is_floating:  # under XLA
         whole = tf.logical_and(tf.math.is_finite(t), tf.equal(tf.math.floor(t), t))
         in_range = tf.logical_and(t >= 0, tf.cast(t, tf.float64) <= float(MAX_LENGTH))
         bad = tf.logical_not(tf.logical_and(whole, in_range))
+        negative = tf.logical_and(whole, t < 0)
     else:
         raise ValueError(
             f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
@@ -143,7 +148,20 @@ def as_lengths(lengths, name, invalid=0):
         with tf.control_dependencies([check]):
             t = tf.identity(t)
     safe = tf.where(bad, tf.zeros_like(t), t)
-    return tf.where(bad, tf.constant(invalid, tf.int32), tf.cast(safe, tf.int32))
+    out = tf.where(bad, tf.constant(invalid, tf.int32), tf.cast(safe, tf.int32))
+    if invalid < 0:
+        shown = tf.logical_and(negative, tf.cast(t, tf.float64) >= -float(MAX_LENGTH))
+        out = tf.where(shown, tf.cast(tf.where(shown, t, tf.zeros_like(t)), tf.int32), out)
+    return out
+
+
+def op_lengths(lengths, checked, name):
+    """The lengths to hand the fused mel op: ``checked`` (from :func:`as_lengths`),
+    except under XLA, where an invalid entry must reach the op, which refuses
+    it (the terms' copy has it as 0)."""
+    if checked is None or not in_xla():
+        return checked
+    return as_lengths(lengths, name, invalid=-1)
 
 
 def _as_float(x, dtype=_F32):
@@ -683,7 +701,8 @@ def check_inputs(y_true, y_pred, extra_keys=()):
     mel frames, ...). Dimensions unknown when a graph is traced (``None``, as
     ``reduce_retracing`` makes them) are checked when it runs: the returned
     assertions, which the caller runs before using the inputs, name the key
-    and both sizes. Under XLA, which compiles assertions away, there are none.
+    and both sizes. Under XLA, which compiles assertions away, there are none;
+    an input of unknown rank is not checked at all.
 
     Returns the list of those assertions (empty eagerly and for static shapes).
     """
@@ -725,7 +744,7 @@ def check_inputs(y_true, y_pred, extra_keys=()):
                 raise ValueError(f"{where}[{key!r}] must have shape {allowed}, got {shape}")
             pattern = patterns[0]
             for axis, (sym, size) in enumerate(zip(pattern, shape.as_list())):
-                if sym not in ("?", 1):
+                if sym != "?":
                     # No quotes: TF's assertion messages escape them.
                     seen.setdefault(sym, []).append((f"{where}[{key}]", axis, value, size))
                 if size is None or sym == "?":
@@ -752,6 +771,15 @@ def _dynamic_shape_checks(seen):
         return []
     checks = []
     for sym, uses in seen.items():
+        if sym == 1:  # an axis of size 1 by definition
+            for label, axis, value, size in uses:
+                if size is None:
+                    checks.append(
+                        tf.debugging.assert_equal(
+                            tf.shape(value)[axis], 1, message=f"{label} axis {axis} must be 1"
+                        )
+                    )
+            continue
         if len(uses) < 2 or all(size is not None for *_, size in uses):
             continue
         ref_label, ref_axis, ref_value, ref_size = uses[0]
@@ -820,7 +848,7 @@ def mel_loss(
     out = myxtts_ops.masked_mel_loss(
         y_true,
         y_pred,
-        lens,
+        op_lengths(lengths, lens, "lengths"),
         loss_type="huber" if use_huber_loss else "l1",
         huber_delta=huber_delta,
         normalization="per_sample" if lens is not None else "global",
