@@ -58,21 +58,15 @@ def read_state(state):
     import tensorflow as tf
 
     state = tf.convert_to_tensor(state, dtype=tf.float64)
+    rule = f"state must be a float64 vector of length {STATE_SIZE}"
     if state.shape.rank is not None and state.shape.rank != 1:
-        raise ValueError(
-            f"state must be a float64 vector of length {STATE_SIZE}, got shape {state.shape}"
-        )
+        raise ValueError(f"{rule}, got shape {state.shape}")
     if state.shape.rank is None or state.shape[0] is None:
         # Known only when the graph runs: the same check there, naming the value.
         ok = tf.logical_and(tf.equal(tf.rank(state), 1), tf.equal(tf.size(state), STATE_SIZE))
-        check = tf.debugging.Assert(
-            ok,
-            [f"state must be a float64 vector of length {STATE_SIZE}, got shape", tf.shape(state)],
-        )
+        check = tf.debugging.Assert(ok, [f"{rule}, got shape", tf.shape(state)])
         with tf.control_dependencies([check]):  # on every read, so none runs first
             return {name: state[index] for name, index in FIELDS}
     if state.shape[0] != STATE_SIZE:
-        raise ValueError(
-            f"state must be a float64 vector of length {STATE_SIZE}, got length {state.shape[0]}"
-        )
+        raise ValueError(f"{rule}, got length {state.shape[0]}")
     return {name: state[index] for name, index in FIELDS}

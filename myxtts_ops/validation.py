@@ -127,6 +127,13 @@ def check_static_shapes(y_true, y_pred, lengths=None, state=None):
 MAX_LENGTH = 2**31 - 1
 
 
+def float_length_flaws(lengths):
+    """Bool mask of float ``lengths`` that are not whole numbers in ``[0, MAX_LENGTH]``."""
+    whole = tf.logical_and(tf.math.is_finite(lengths), tf.equal(tf.math.floor(lengths), lengths))
+    in_range = tf.logical_and(lengths >= 0, tf.cast(lengths, tf.float64) <= float(MAX_LENGTH))
+    return tf.logical_not(tf.logical_and(whole, in_range))
+
+
 def integral_lengths(lengths, name="lengths"):
     """Lengths as an integer tensor, accepting whole-number float lengths.
 
@@ -148,9 +155,7 @@ def integral_lengths(lengths, name="lengths"):
             f"{tensor.dtype.name}"
         )
     flat = tf.reshape(tensor, [-1])
-    whole = tf.logical_and(tf.math.is_finite(flat), tf.equal(tf.math.floor(flat), flat))
-    in_range = tf.logical_and(flat >= 0, tf.cast(flat, tf.float64) <= float(MAX_LENGTH))
-    bad = tf.logical_not(tf.logical_and(whole, in_range))
+    bad = float_length_flaws(flat)
     # A sentinel keeps argmax/gather defined for an empty vector.
     index = tf.argmax(tf.concat([tf.cast(bad, tf.int32), [0]], 0), output_type=tf.int64)
     value = tf.gather(tf.concat([flat, tf.zeros([1], flat.dtype)], 0), index)

@@ -211,6 +211,23 @@ def test_other_model_outputs_are_left_alone():
     assert float(XTTSLoss()(yt, yp)) == pytest.approx(1.25)
 
 
+def _pair_with_heads():
+    """_pair(0.5) plus consistent stop, duration and pitch inputs (B 2, T 4, U 5)."""
+    yt, yp = _pair(0.5)
+    yt.update(
+        stop_target=tf.zeros([2, 4, 1]),
+        text_lengths=tf.constant([2, 3]),
+        duration_target=tf.zeros([2, 5]),
+        pitch_target=tf.zeros([2, 4, 1]),
+    )
+    yp.update(
+        stop_tokens=tf.fill([2, 4, 1], 0.5),
+        duration_pred=tf.zeros([2, 5]),
+        pitch_output=tf.zeros([2, 4, 1]),
+    )
+    return yt, yp
+
+
 @pytest.mark.parametrize(
     "key, shape",
     [
@@ -223,18 +240,7 @@ def test_other_model_outputs_are_left_alone():
     ],
 )
 def test_shapes_checked_against_the_mel_batch(key, shape):
-    yt, yp = _pair(0.5)
-    yt["stop_target"] = tf.zeros([2, 4, 1])
-    yt.update(
-        text_lengths=tf.constant([2, 3]),
-        duration_target=tf.zeros([2, 5]),
-        pitch_target=tf.zeros([2, 4, 1]),
-    )
-    yp.update(
-        stop_tokens=tf.fill([2, 4, 1], 0.5),
-        duration_pred=tf.zeros([2, 5]),
-        pitch_output=tf.zeros([2, 4, 1]),
-    )
+    yt, yp = _pair_with_heads()
     XTTSLoss()(yt, yp)  # consistent shapes: fine
     (yt if key in terms.KNOWN_TRUE_KEYS else yp)[key] = tf.zeros(shape)
     with pytest.raises(ValueError, match=key):
@@ -256,18 +262,7 @@ def test_shapes_unknown_when_traced_are_checked_by_name(key, shape, named):
     """With every dimension unknown at trace time (input_signature of Nones, as
     reduce_retracing makes them), a mismatch is refused when the graph runs,
     naming the key and both sizes, and the training state is left alone."""
-    yt, yp = _pair(0.5)
-    yt.update(
-        stop_target=tf.zeros([2, 4, 1]),
-        text_lengths=tf.constant([2, 3]),
-        duration_target=tf.zeros([2, 5]),
-        pitch_target=tf.zeros([2, 4, 1]),
-    )
-    yp.update(
-        stop_tokens=tf.fill([2, 4, 1], 0.5),
-        duration_pred=tf.zeros([2, 5]),
-        pitch_output=tf.zeros([2, 4, 1]),
-    )
+    yt, yp = _pair_with_heads()
     loss_fn = XTTSLoss()
 
     def spec(d):

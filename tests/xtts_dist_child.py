@@ -241,7 +241,9 @@ def configure_two_cpus():
     return tf.config.list_logical_devices("CPU")
 
 
-def mode_mirrored(args):
+def _single_and_mirrored(args, eager=False):
+    """The single-device run and the same steps under a 2-CPU MirroredStrategy
+    (``eager``: ``strategy.run`` without tf.function): (strategy, result dict)."""
     import tensorflow as tf
 
     devices = configure_two_cpus()
@@ -250,44 +252,32 @@ def mode_mirrored(args):
     strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
     with strategy.scope():
         dist = make_loss(args.normalization)
-    rec_dist, replicas = run_strategy(strategy, dist, args.steps)
-    return dict(
+    rec_dist, replicas = run_strategy(strategy, dist, args.steps, eager=eager)
+    return strategy, dict(
         num_replicas=strategy.num_replicas_in_sync,
         single=rec_single,
         dist=rec_dist,
         single_state=state_dict(single),
         replica_states=replicas,
-        grads=tiny_model_grads(strategy, args.normalization),
     )
+
+
+def mode_mirrored(args):
+    strategy, result = _single_and_mirrored(args)
+    return dict(result, grads=tiny_model_grads(strategy, args.normalization))
 
 
 def mode_mirrored_eager(args):
     """Eager ``strategy.run`` (no tf.function) against a single device, and a loss
     built outside the strategy's scope (refused by name)."""
-    import tensorflow as tf
-
-    devices = configure_two_cpus()
-    single = make_loss(args.normalization)
-    rec_single = run_single(single, args.steps)
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
-    with strategy.scope():
-        dist = make_loss(args.normalization)
-    rec_dist, replicas = run_strategy(strategy, dist, args.steps, eager=True)
+    strategy, result = _single_and_mirrored(args, eager=True)
     outside = make_loss(args.normalization)
     try:
         run_strategy(strategy, outside, 1)
         outside_error = None
     except ValueError as exc:
         outside_error = str(exc)
-    return dict(
-        num_replicas=strategy.num_replicas_in_sync,
-        single=rec_single,
-        dist=rec_dist,
-        single_state=state_dict(single),
-        replica_states=replicas,
-        outside_error=outside_error,
-        outside_steps=int(outside.step_count.numpy()),
-    )
+    return dict(result, outside_error=outside_error, outside_steps=int(outside.step_count.numpy()))
 
 
 # ------------------------------------------------------------------ keras

@@ -41,7 +41,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from myxtts_ops.validation import MAX_LENGTH, integral_lengths
+from myxtts_ops.validation import MAX_LENGTH, float_length_flaws, integral_lengths
 
 __all__ = [
     "TermStats",
@@ -126,10 +126,8 @@ def as_lengths(lengths, name, invalid=0):
         if t.dtype.max > MAX_LENGTH:  # a bare int32 cast would wrap these
             bad = tf.logical_or(bad, t > tf.constant(MAX_LENGTH, t.dtype))
     elif t.dtype.is_floating:  # under XLA
-        whole = tf.logical_and(tf.math.is_finite(t), tf.equal(tf.math.floor(t), t))
-        in_range = tf.logical_and(t >= 0, tf.cast(t, tf.float64) <= float(MAX_LENGTH))
-        bad = tf.logical_not(tf.logical_and(whole, in_range))
-        negative = tf.logical_and(whole, t < 0)
+        bad = float_length_flaws(t)
+        negative = tf.logical_and(tf.equal(tf.math.floor(t), t), t < 0)  # whole and < 0
     else:
         raise ValueError(
             f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
