@@ -20,6 +20,7 @@ from myxtts_ops import kernels
 # Named in csrc/xla/mel_loss_ffi.h; absent from a build without the XLA FFI.
 FORWARD_TARGET = getattr(kernels, "FFI_FORWARD_TARGET", None)
 BACKWARD_TARGET = getattr(kernels, "FFI_BACKWARD_TARGET", None)
+CHECK_LENGTHS_TARGET = getattr(kernels, "FFI_CHECK_LENGTHS_TARGET", None)
 #: kernels.ffi_targets() platform name -> JAX platform name.
 JAX_PLATFORMS = {"cpu": "cpu", "CUDA": "CUDA"}
 _registered = set()
@@ -152,3 +153,16 @@ def backward(
         huber_delta=np.float64(huber_delta),
         want_grad_y_true=want_grad_y_true,
     )
+
+
+def check_lengths(lengths, input_name, limit, note=""):
+    """``lengths`` (int32 [B]) unchanged, or the handler's error for an entry
+    outside ``[0, limit]`` (the check XTTSLoss runs on text lengths under XLA)."""
+    jax = jax_module()
+
+    call = jax.ffi.ffi_call(
+        CHECK_LENGTHS_TARGET,
+        jax.ShapeDtypeStruct(lengths.shape, lengths.dtype),
+        input_output_aliases={0: 0},
+    )
+    return call(lengths, input_name=input_name, note=note, limit=np.int64(limit))

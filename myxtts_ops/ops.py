@@ -9,10 +9,11 @@ from tensorflow.python.ops import control_flow_util
 from myxtts_ops import _loader
 from myxtts_ops.state import STATE_SIZE
 from myxtts_ops.types import MaskedMelLossCounts, MaskedMelLossOutput
-from myxtts_ops.validation import check_static_shapes, state_tensor, validate_args
+from myxtts_ops.validation import MAX_LENGTH, check_static_shapes, state_tensor, validate_args
 
 OP_NAME = "MyxttsOps>MaskedMelLoss"
 GRAD_OP_NAME = "MyxttsOps>MaskedMelLossGrad"
+CHECK_LENGTHS_OP_NAME = "MyxttsOps>CheckLengths"
 ON_XLA_CHOICES = ("fallback", "error")
 
 _log = logging.getLogger("myxtts_ops")
@@ -38,6 +39,25 @@ def in_xla_context():
     if tf.executing_eagerly():
         return False
     return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
+def xla_length_check_available():
+    """True unless inside an XLA-compiled function whose process cannot run this
+    library's custom calls (then :func:`check_lengths` would fail to compile)."""
+    return not in_xla_context() or _loader.xla_unavailable_reason() is None
+
+
+@tf.autograph.experimental.do_not_convert
+def check_lengths(lengths, name, limit=MAX_LENGTH, note=""):
+    """``lengths`` (int32 ``[B]``) unchanged once every entry is in ``[0, limit]``;
+    otherwise an ``InvalidArgumentError`` "``name[b] = v is outside [0, limit]``"
+    followed by ``note``. One op on every path: inside ``jit_compile=True`` it
+    is a custom call that XLA keeps, where it compiles ``tf.debugging``
+    assertions away (check :func:`xla_length_check_available` there first)."""
+    library = _loader.load_ops()
+    return library.myxtts_ops_check_lengths(
+        lengths=tf.convert_to_tensor(lengths, tf.int32), input_name=name, note=note, limit=limit
+    )
 
 
 def _output_dtype(dtype):

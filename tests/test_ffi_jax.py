@@ -166,4 +166,26 @@ def test_register_names_a_missing_platform():
 
 
 def test_target_names_come_from_the_build():
-    assert set(kernels.ffi_targets()["cpu"]) == {jax_ffi.FORWARD_TARGET, jax_ffi.BACKWARD_TARGET}
+    assert set(kernels.ffi_targets()["cpu"]) == {
+        jax_ffi.FORWARD_TARGET,
+        jax_ffi.BACKWARD_TARGET,
+        jax_ffi.CHECK_LENGTHS_TARGET,
+    }
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_check_lengths_handler(jit):
+    """The length check's Host handler: the lengths unchanged, or its message
+    naming the input, index and value; an empty batch passes."""
+    fn = lambda n: jax_ffi.check_lengths(n, "text_lengths", 5, " (the note)")  # noqa: E731
+    fn = jax.jit(fn) if jit else fn
+    lengths = np.array([0, 5, 3], np.int32)
+    np.testing.assert_array_equal(np.asarray(fn(lengths)), lengths)
+    assert np.asarray(fn(np.zeros([0], np.int32))).shape == (0,)
+    for bad, shown in (([0, 6, 3], r"\[1\] = 6"), ([-2, 1, 1], r"\[0\] = -2")):
+        with pytest.raises(
+            Exception, match=rf"text_lengths{shown} is outside \[0, 5\] \(the note\)"
+        ):
+            np.asarray(fn(np.array(bad, np.int32)))
+    with pytest.raises(Exception, match="text_lengths must be int32 here, got dtype=int64"):
+        np.asarray(fn(np.array([1, 2], np.int64)))

@@ -93,5 +93,6 @@ def test_pybind_only_build_takes_the_ffi_handlers_from_jaxlib(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == (
-        "['cpu'] ['myxtts_ops_masked_mel_loss', 'myxtts_ops_masked_mel_loss_grad']"
+        "['cpu'] ['myxtts_ops_check_lengths', 'myxtts_ops_masked_mel_loss', "
+        "'myxtts_ops_masked_mel_loss_grad']"
     )

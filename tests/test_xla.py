@@ -520,8 +520,43 @@ def test_ffi_handlers_exported_for_jax():
     from myxtts_ops import kernels
 
     targets = kernels.ffi_targets()
-    names = {"myxtts_ops_masked_mel_loss", "myxtts_ops_masked_mel_loss_grad"}
+    names = {
+        "myxtts_ops_masked_mel_loss",
+        "myxtts_ops_masked_mel_loss_grad",
+        "myxtts_ops_check_lengths",
+    }
     assert set(targets["cpu"]) == names
     assert ("CUDA" in targets) == kernels.built_with_cuda()
     for capsule in (c for platform in targets.values() for c in platform.values()):
         assert type(capsule).__name__ == "PyCapsule"
+
+
+# ------------------------------------------------------------ check_lengths
+CHECK_TARGET = 'custom_call_target="myxtts_ops_check_lengths"'
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_check_lengths_op_on_every_path(mode):
+    """The length check passes good lengths through unchanged (an empty batch
+    too) and refuses the first bad entry by name, index and value, with the
+    note, on every path: under XLA as a custom call XLA keeps."""
+    from myxtts_ops.ops import check_lengths
+
+    def check(n):
+        return check_lengths(n, "text_lengths", limit=7, note="; see the docs")
+
+    fn = check if mode == "eager" else tf.function(check, jit_compile=mode == "xla")
+    np.testing.assert_array_equal(fn(tf.constant([0, 7, 3])).numpy(), [0, 7, 3])
+    assert fn(tf.zeros([0], tf.int32)).shape == (0,)
+    for bad, shown in (([0, 8, 3], r"\[1\] = 8"), ([-5, 1, 1], r"\[0\] = -5")):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=rf"text_lengths{shown} is outside \[0, 7\]; see the docs",
+        ):
+            fn(tf.constant(bad))
+    if mode == "xla":
+        hlo = fn.experimental_get_compiler_ir(tf.constant([1, 2]))(stage="hlo")
+        assert hlo.count(CHECK_TARGET) == 1
+        assert "output_to_operand_aliasing" in hlo
+    with pytest.raises(ValueError, match="must be rank 1"):
+        tf.function(check, jit_compile=mode == "xla")(tf.zeros([2, 2], tf.int32))

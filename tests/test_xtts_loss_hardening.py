@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from myxtts_loss import ConcurrentCallError, XTTSLoss, XTTSLossConfig, terms
 from myxtts_ops import state as layout
+from myxtts_ops.validation import MAX_LENGTH
 
 
 def _pair(value, b=2, t=4, m=3):
@@ -151,7 +152,7 @@ def test_get_config_round_trip_keeps_extra_losses():
 def test_lengths_must_be_integral(mode, bad):
     """Bad mel lengths are refused on every path, never clamped into a number:
     by name eagerly and in graphs; under XLA (assertions compile away) the
-    fused op's custom call refuses the entry by index."""
+    length check's custom call refuses the entry by name and index."""
     loss_fn = XTTSLoss()
     call = (
         loss_fn
@@ -164,24 +165,83 @@ def test_lengths_must_be_integral(mode, bad):
     dtype = tf.float32 if isinstance(bad[0], float) else tf.int64
     yt["mel_lengths"] = tf.constant(bad, dtype)
     error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
-    # Under XLA the op shows a negative whole number as passed, anything else as -1.
+    # Under XLA a negative whole number shows as passed, anything else as -1.
     shown = int(bad[0]) if float(bad[0]) < 0 else -1
-    match = rf"lengths\[0\] = {shown} is outside \[0, 4\]" if mode == "xla" else "mel_lengths"
+    match = (
+        rf"mel_lengths\[0\] = {shown} is outside \[0, {MAX_LENGTH}\]"
+        if mode == "xla"
+        else "mel_lengths"
+    )
     with pytest.raises(error, match=match):
         call(yt, yp)
     assert int(loss_fn.step_count.numpy()) == 1
 
 
-@pytest.mark.parametrize("lengths, shown", [([-2, 3], -2), ([2.5, 3.0], -1)])
-def test_module_mel_loss_refuses_bad_lengths_under_xla(lengths, shown):
-    """terms.mel_loss hands the fused op the bad entry under XLA, where the
-    terms' own copy would have made it 0."""
+@pytest.mark.parametrize(
+    "lengths, match",
+    [
+        ([-2, 3], rf"lengths\[0\] = -2 is outside \[0, {MAX_LENGTH}\]"),
+        ([2.5, 3.0], rf"lengths\[0\] = -1 is outside \[0, {MAX_LENGTH}\].*fraction"),
+        ([5, 3], r"lengths\[0\] = 5 is outside \[0, 4\] \(frames of y_true\)"),  # the op's
+    ],
+)
+def test_module_mel_loss_refuses_bad_lengths_under_xla(lengths, match):
+    """terms.mel_loss refuses a bad entry under XLA, where the terms' own copy
+    would otherwise have made it 0: the length check, or the fused op for a
+    length beyond the frames."""
     fn = tf.function(lambda t, p, n: terms.mel_loss(t, p, n, label_smoothing=0.0), jit_compile=True)
     dtype = tf.float32 if isinstance(lengths[0], float) else tf.int32
-    with pytest.raises(
-        tf.errors.InvalidArgumentError, match=rf"lengths\[0\] = {shown} is outside \[0, 4\]"
-    ):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
         fn(tf.zeros([2, 4, 3]), tf.ones([2, 4, 3]), tf.constant(lengths, dtype))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize(
+    "bad, shown",
+    [([-1, 2], -1), ([2.5, 2.0], -1), ([np.nan, 2.0], -1), ([2**31, 2], -1), ([-3.0, 2.0], -3)],
+    ids=["negative", "fractional", "nan", "int32_max_plus_1", "negative_float"],
+)
+def test_text_lengths_refused_on_every_path(mode, bad, shown):
+    """Bad text lengths are refused by name on every path; under XLA (where
+    they used to count as 0) by the length check's custom call, and the
+    refused call leaves the training state alone."""
+    loss_fn = XTTSLoss()
+    call = (
+        loss_fn
+        if mode == "eager"
+        else tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
+    )
+    yt, yp = _pair_with_heads()
+    good = float(call(yt, yp))
+    dtype = tf.float32 if isinstance(bad[0], float) else tf.int64
+    yt["text_lengths"] = tf.constant(bad, dtype)
+    error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+    match = (
+        rf"text_lengths\[0\] = {shown} is outside \[0, {MAX_LENGTH}\]; text_lengths must be"
+        if mode == "xla"
+        else "text_lengths"
+    )
+    with pytest.raises(error, match=match):
+        call(yt, yp)
+    assert int(loss_fn.step_count.numpy()) == 1
+    yt["text_lengths"] = tf.constant([2, 3])
+    assert float(call(yt, yp)) == pytest.approx(good)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_module_functions_refuse_bad_text_lengths(mode):
+    """The module-level term functions that take text lengths refuse a bad one
+    on every path, XLA included."""
+    fns = {
+        "duration": lambda n: terms.duration_loss(tf.zeros([2, 5]), tf.zeros([2, 5]), n),
+        "speaking_rate": lambda n: terms.speaking_rate_loss(tf.zeros([2, 5]), tf.zeros([2, 5]), n),
+    }
+    for name, fn in fns.items():
+        call = fn if mode == "eager" else tf.function(fn, jit_compile=mode == "xla")
+        assert np.isfinite(float(call(tf.constant([2, 5]))))
+        error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+        with pytest.raises(error, match=r"text_lengths"):
+            call(tf.constant([2, -4]))
 
 
 @pytest.mark.parametrize(

@@ -130,12 +130,17 @@ int64_t find_invalid_length(const LengthsView& lengths, int64_t batch, int64_t f
   return -1;
 }
 
-std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t frames) {
+std::string length_values_error(const LengthsView& lengths, int64_t batch, int64_t limit,
+                                const std::string& name, const std::string& note) {
   int64_t bad = 0;
-  const int64_t b = find_invalid_length(lengths, batch, frames, &bad);
+  const int64_t b = find_invalid_length(lengths, batch, limit, &bad);
   if (b < 0) return std::string();
-  return "lengths[" + std::to_string(b) + "] = " + std::to_string(bad) + " is outside [0, " +
-         std::to_string(frames) + "] (frames of y_true)";
+  return name + "[" + std::to_string(b) + "] = " + std::to_string(bad) + " is outside [0, " +
+         std::to_string(limit) + "]" + note;
+}
+
+std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t frames) {
+  return length_values_error(lengths, batch, frames, "lengths", " (frames of y_true)");
 }
 
 void stage_lengths_int32(const LengthsView& lengths, int64_t batch, int32_t* out) {

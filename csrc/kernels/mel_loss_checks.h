@@ -55,8 +55,13 @@ std::string check_grad_shapes(const Dims& sample_weights, const Dims& grad_loss,
 int64_t find_invalid_length(const LengthsView& lengths, int64_t batch, int64_t frames,
                             int64_t* bad_value);
 
-// Length values (host memory): "lengths[b] = v is outside [0, frames] (frames
-// of y_true)" for the first bad one.
+// Length values (host memory): "<name>[b] = v is outside [0, limit]<note>"
+// for the first bad one, or "".
+std::string length_values_error(const LengthsView& lengths, int64_t batch, int64_t limit,
+                                const std::string& name, const std::string& note);
+
+// The mel lengths' rule: length_values_error with name "lengths", limit frames
+// and the note " (frames of y_true)".
 std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t frames);
 
 // Copies validated host lengths (int32 or int64, values in [0, frames] with

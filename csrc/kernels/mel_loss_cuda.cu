@@ -446,6 +446,13 @@ std::string cuda_copy_to_host(void* dst, const void* src, size_t bytes, void* st
                           : std::string("device-to-host copy: ") + cudaGetErrorString(e);
 }
 
+std::string cuda_copy_on_device(void* dst, const void* src, size_t bytes, void* stream) {
+  const cudaError_t e =
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream));
+  return e == cudaSuccess ? std::string()
+                          : std::string("device-to-device copy: ") + cudaGetErrorString(e);
+}
+
 int cuda_device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -19,5 +19,6 @@ std::string mel_loss_forward_cuda(const ForwardArgs&, void*, const void*, size_t
 std::string mel_loss_backward_cuda(const BackwardArgs&, void*) { return kNoCuda; }
 std::string cuda_copy_to_device_async(void*, const void*, size_t, void*) { return kNoCuda; }
 std::string cuda_copy_to_host(void*, const void*, size_t, void*) { return kNoCuda; }
+std::string cuda_copy_on_device(void*, const void*, size_t, void*) { return kNoCuda; }
 
 }  // namespace myxtts_ops

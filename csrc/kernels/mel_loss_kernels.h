@@ -99,6 +99,8 @@ std::string mel_loss_backward_cuda(const BackwardArgs& args, void* stream);
 std::string cuda_copy_to_device_async(void* dst, const void* src, size_t bytes, void* stream);
 // Copies device memory to the host after the work queued on `stream`.
 std::string cuda_copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
+// Copies device memory to device memory, queued on `stream`.
+std::string cuda_copy_on_device(void* dst, const void* src, size_t bytes, void* stream);
 // Number of visible CUDA devices (0 when built without CUDA or none found).
 int cuda_device_count();
 

@@ -606,6 +606,7 @@ PYBIND11_MODULE(kernels, m) {
   // The custom-call target names, for runtimes that call the handlers (JAX).
   m.attr("FFI_FORWARD_TARGET") = kFfiForwardTarget;
   m.attr("FFI_BACKWARD_TARGET") = kFfiBackwardTarget;
+  m.attr("FFI_CHECK_LENGTHS_TARGET") = kFfiCheckLengthsTarget;
   m.def(
       "ffi_targets",
       [] {
@@ -617,6 +618,8 @@ PYBIND11_MODULE(kernels, m) {
           py::dict targets;
           targets[kFfiForwardTarget] = py::capsule(reinterpret_cast<void*>(handlers.forward));
           targets[kFfiBackwardTarget] = py::capsule(reinterpret_cast<void*>(handlers.backward));
+          targets[kFfiCheckLengthsTarget] =
+              py::capsule(reinterpret_cast<void*>(handlers.check_lengths));
           out[platform] = targets;
         }
         return out;

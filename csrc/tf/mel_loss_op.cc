@@ -1,5 +1,5 @@
 // TensorFlow glue: op registration, shape functions and the CPU/GPU OpKernels
-// of MyxttsOps>MaskedMelLoss and its gradient. The math lives in
+// of MyxttsOps>MaskedMelLoss, its gradient and MyxttsOps>CheckLengths. The math lives in
 // csrc/kernels; this file only validates, allocates and dispatches.
 //
 // GPU kernels are compiled when MYXTTS_OPS_WITH_CUDA is set. The CUDA stream
@@ -128,8 +128,54 @@ tells that nothing reads grad_y_true (the XLA kernel then skips it and returns
 zeros; the OpKernel skips it whenever the graph does not consume it).
 )doc");
 
+REGISTER_OP("MyxttsOps>CheckLengths")
+    .Input("lengths: int32")
+    .Output("checked: int32")
+    .Attr("input_name: string")
+    .Attr("note: string = ''")
+    .Attr("limit: int >= 0")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle lengths;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &lengths));
+      c->set_output(0, lengths);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+The lengths, unchanged, once every entry is in [0, limit]; otherwise an
+InvalidArgument error "<input_name>[b] = v is outside [0, limit]<note>". Its
+XLA kernel is a custom call, so the check also runs inside jit_compile=True,
+where XLA compiles tf.debugging assertions away.
+)doc");
+
 namespace myxtts_ops {
 namespace {
+
+// Host lengths on every device (the GPU kernel's are in host memory): no copy.
+class CheckLengthsOp : public OpKernel {
+ public:
+  explicit CheckLengthsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_name", &input_name_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("note", &note_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("limit", &limit_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& lengths = ctx->input(0);
+    OP_REQUIRES(ctx, lengths.dims() == 1,
+                errors::InvalidArgument(input_name_, " must have shape [batch], got shape ",
+                                        lengths.shape().DebugString()));
+    LengthsView view;
+    view.data = lengths.NumElements() > 0 ? lengths.flat<int32_t>().data() : nullptr;
+    OP_REQUIRES_OK(ctx, CheckResult(length_values_error(view, lengths.NumElements(), limit_,
+                                                        input_name_, note_)));
+    ctx->set_output(0, lengths);
+  }
+
+ private:
+  std::string input_name_;
+  std::string note_;
+  int64_t limit_ = 0;
+};
 
 DType ToKernelDType(DataType t) {
   switch (t) {
@@ -362,7 +408,14 @@ REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLoss").Device(::tensorflow::DEV
                         myxtts_ops::ForwardOnDevice<myxtts_ops::Device::kCpu>);
 REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLossGrad").Device(::tensorflow::DEVICE_CPU),
                         myxtts_ops::BackwardOnDevice<myxtts_ops::Device::kCpu>);
+REGISTER_KERNEL_BUILDER(Name("MyxttsOps>CheckLengths").Device(::tensorflow::DEVICE_CPU),
+                        myxtts_ops::CheckLengthsOp);
 #if MYXTTS_OPS_WITH_CUDA
+REGISTER_KERNEL_BUILDER(Name("MyxttsOps>CheckLengths")
+                            .Device(::tensorflow::DEVICE_GPU)
+                            .HostMemory("lengths")
+                            .HostMemory("checked"),
+                        myxtts_ops::CheckLengthsOp);
 REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLoss")
                             .Device(::tensorflow::DEVICE_GPU)
                             .HostMemory("lengths")

@@ -1,5 +1,6 @@
-// XLA kernels of MyxttsOps>MaskedMelLoss and its gradient: under
-// jit_compile=True each op lowers to exactly one typed-FFI custom call whose
+// XLA kernels of MyxttsOps>MaskedMelLoss, its gradient and
+// MyxttsOps>CheckLengths: under jit_compile=True each op lowers to exactly one
+// typed-FFI custom call whose
 // target is a handler in csrc/xla/mel_loss_ffi.cc (registered for "Host" and,
 // in CUDA builds, "CUDA"). Shapes, ranks and the state shape are checked here,
 // at compile time, with the OpKernels' checks and messages; length values are
@@ -37,6 +38,7 @@ using ::tensorflow::XlaOpKernelContext;
 
 constexpr char kForwardOp[] = "MyxttsOps>MaskedMelLoss";
 constexpr char kBackwardOp[] = "MyxttsOps>MaskedMelLossGrad";
+constexpr char kCheckLengthsOp[] = "MyxttsOps>CheckLengths";
 
 std::string Register(const char* target, const char* platform, XLA_FFI_Handler* handler) {
   const XLA_FFI_Api* api = ::xla::ffi::GetXlaFfiApi();
@@ -66,6 +68,7 @@ const std::string& FfiRegistrationError() {
       if (handlers.forward == nullptr) continue;  // no CUDA in this build
       std::string err = Register(kFfiForwardTarget, platform, handlers.forward);
       if (err.empty()) err = Register(kFfiBackwardTarget, platform, handlers.backward);
+      if (err.empty()) err = Register(kFfiCheckLengthsTarget, platform, handlers.check_lengths);
       if (!err.empty()) return err;
     }
     return std::string();
@@ -269,11 +272,61 @@ class MaskedMelLossGradXla : public XlaOpKernel {
   bool grad_y_true_wanted_ = true;
 };
 
+// An MLIR string literal: quotes and backslashes escaped.
+std::string MlirString(const std::string& text) {
+  std::string out = "\"";
+  for (char ch : text) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  return out + "\"";
+}
+
+// One custom call that refuses a bad entry at run time (the handler's
+// message), its result aliased to the operand: no copy.
+class CheckLengthsXla : public XlaOpKernel {
+ public:
+  explicit CheckLengthsXla(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), for_gpu_(CompilesForGpu(ctx)) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_name", &input_name_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("note", &note_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("limit", &limit_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_));
+    auto shape = RowMajorInputShape(ctx, 0);
+    OP_REQUIRES_OK(ctx, shape.status());
+    OP_REQUIRES(
+        ctx, shape->dimensions().size() == 1,
+        ::tensorflow::errors::InvalidArgument(input_name_, " must have shape [batch], got shape ",
+                                              shape_string(DimsOf(*shape))));
+    const std::string attributes = "{input_name = " + MlirString(input_name_) +
+                                   ", note = " + MlirString(note_) +
+                                   ", limit = " + std::to_string(limit_) + " : i64}";
+    xla::XlaOp call = xla::CustomCallWithLayout(
+        ctx->builder(), kFfiCheckLengthsTarget, {ctx->Input(0)}, *shape, {*shape}, attributes,
+        /*has_side_effect=*/false, /*output_operand_aliasing=*/{{{}, {0, {}}}},
+        /*literal=*/nullptr, xla::CustomCallSchedule::SCHEDULE_NONE,
+        xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
+    ctx->SetOutput(0, call);
+  }
+
+ private:
+  std::string input_name_;
+  std::string note_;
+  int64_t limit_ = 0;
+  bool for_gpu_;
+};
+
 ::tensorflow::OpKernel* NewForwardXla(OpKernelConstruction* ctx) {
   return new MaskedMelLossXla(ctx);
 }
 ::tensorflow::OpKernel* NewBackwardXla(OpKernelConstruction* ctx) {
   return new MaskedMelLossGradXla(ctx);
+}
+::tensorflow::OpKernel* NewCheckLengthsXla(OpKernelConstruction* ctx) {
+  return new CheckLengthsXla(ctx);
 }
 
 // Through the text listing: the KernelList proto is not safe to walk from
@@ -296,7 +349,8 @@ struct LateXlaKernelRegistration {
       if (!HasKernelFor("AddV2", backend)) continue;  // not built yet: REGISTER_XLA_OP serves
       using Factory = ::tensorflow::OpKernel* (*)(OpKernelConstruction*);
       const std::pair<const char*, Factory> kernels[] = {{kForwardOp, NewForwardXla},
-                                                         {kBackwardOp, NewBackwardXla}};
+                                                         {kBackwardOp, NewBackwardXla},
+                                                         {kCheckLengthsOp, NewCheckLengthsXla}};
       for (const auto& [op, factory] : kernels) {
         if (HasKernelFor(op, backend)) continue;
         const ::tensorflow::KernelDef* def =
@@ -315,6 +369,7 @@ REGISTER_XLA_OP(Name("MyxttsOps>MaskedMelLoss").CompileTimeConstantInput("huber_
                 myxtts_ops::MaskedMelLossXla);
 REGISTER_XLA_OP(Name("MyxttsOps>MaskedMelLossGrad").CompileTimeConstantInput("huber_delta"),
                 myxtts_ops::MaskedMelLossGradXla);
+REGISTER_XLA_OP(Name("MyxttsOps>CheckLengths"), myxtts_ops::CheckLengthsXla);
 
 namespace myxtts_ops {
 namespace {

@@ -15,6 +15,10 @@
 //   attributes loss_type ("l1" | "huber"), normalization ("per_sample" |
 //            "global", forward only), use_lengths (lengths is a placeholder
 //            when false), huber_delta (f64), want_grad_y_true (backward only).
+//   check_lengths operand (lengths, s32[B]), result (checked, s32[B], the same
+//            values; XLA aliases it to the operand), attributes input_name and
+//            note (strings of the message), limit (i64): refuses an entry
+//            outside [0, limit] with length_values_error's message.
 // The TF op library registers these handlers with TF's XLA; the pybind module
 // exports them as PyCapsules for other XLA runtimes (JAX).
 #include "xla/mel_loss_ffi.h"
@@ -22,6 +26,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -408,9 +413,87 @@ ffi::Error BackwardCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuff
 }
 #endif
 
+// ---------------------------------------------------------------------------
+// The length check: an int32 [B] operand and a result of the same shape.
+std::optional<ffi::Error> CheckLengthsBuffers(const ffi::AnyBuffer& lengths,
+                                              const ffi::AnyBuffer& checked,
+                                              std::string_view input_name, LengthsView* view,
+                                              int64_t* batch) {
+  const std::string name(input_name);
+  if (lengths.element_type() != ffi::DataType::S32)
+    return Invalid(name + " must be int32 here, got dtype=" + TypeName(lengths.element_type()));
+  const Dims dims = DimsOf(lengths);
+  if (dims.size() != 1)
+    return Invalid(name + " must have shape [batch], got shape " + shape_string(dims));
+  if (checked.element_type() != ffi::DataType::S32 || DimsOf(checked) != dims)
+    return Invalid("check_lengths: the result must be int32 with the shape of " + name + " " +
+                   shape_string(dims));
+  *batch = dims[0];
+  view->data = lengths.untyped_data();
+  view->is_int64 = false;
+  return std::nullopt;
+}
+
+ffi::Error CheckLengthsHost(ffi::AnyBuffer lengths, ffi::Result<ffi::AnyBuffer> checked,
+                            std::string_view input_name, std::string_view note, int64_t limit) {
+  LengthsView view;
+  int64_t batch = 0;
+  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, &view, &batch)) return *e;
+  if (batch == 0) return ffi::Error::Success();
+  const std::string m =
+      length_values_error(view, batch, limit, std::string(input_name), std::string(note));
+  if (!m.empty()) return Invalid(m);
+  if (checked->untyped_data() != lengths.untyped_data())
+    std::memcpy(checked->untyped_data(), lengths.untyped_data(), lengths.size_bytes());
+  return ffi::Error::Success();
+}
+
+#if MYXTTS_OPS_WITH_CUDA
+// Device lengths: read back to the host (one small copy and a wait for the
+// stream, as the forward's CheckDeviceLengths), checked there.
+ffi::Error CheckLengthsCuda(cudaStream_t stream, ffi::AnyBuffer lengths,
+                            ffi::Result<ffi::AnyBuffer> checked, std::string_view input_name,
+                            std::string_view note, int64_t limit) {
+  LengthsView view;
+  int64_t batch = 0;
+  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, &view, &batch)) return *e;
+  if (batch == 0) return ffi::Error::Success();
+  std::vector<int32_t> host(batch);
+  std::string err = cuda_copy_to_host(host.data(), view.data, lengths.size_bytes(), stream);
+  if (!err.empty()) return ffi::Error::Internal(err);
+  LengthsView host_view;
+  host_view.data = host.data();
+  const std::string m =
+      length_values_error(host_view, batch, limit, std::string(input_name), std::string(note));
+  if (!m.empty()) return Invalid(m);
+  if (checked->untyped_data() != lengths.untyped_data())
+    err = cuda_copy_on_device(checked->untyped_data(), lengths.untyped_data(), lengths.size_bytes(),
+                              stream);
+  return err.empty() ? ffi::Error::Success() : ffi::Error::Internal(err);
+}
+#endif
+
 }  // namespace
 
 // Bindings: operand and result order is the custom-call contract above.
+XLA_FFI_DEFINE_HANDLER(kCheckLengthsHost, CheckLengthsHost,
+                       ffi::Ffi::Bind()
+                           .Arg<ffi::AnyBuffer>()  // lengths
+                           .Ret<ffi::AnyBuffer>()  // checked
+                           .Attr<std::string_view>("input_name")
+                           .Attr<std::string_view>("note")
+                           .Attr<int64_t>("limit"));
+#if MYXTTS_OPS_WITH_CUDA
+XLA_FFI_DEFINE_HANDLER(kCheckLengthsCuda, CheckLengthsCuda,
+                       ffi::Ffi::Bind()
+                           .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                           .Arg<ffi::AnyBuffer>()
+                           .Ret<ffi::AnyBuffer>()
+                           .Attr<std::string_view>("input_name")
+                           .Attr<std::string_view>("note")
+                           .Attr<int64_t>("limit"));
+#endif
+
 XLA_FFI_DEFINE_HANDLER(kForwardHost, ForwardHost,
                        ffi::Ffi::Bind()
                            .Ctx<ffi::ThreadPool>()
@@ -485,10 +568,10 @@ XLA_FFI_DEFINE_HANDLER(kBackwardCuda, BackwardCuda,
                            .Attr<bool>("want_grad_y_true"));
 #endif
 
-FfiHandlers host_ffi_handlers() { return {kForwardHost, kBackwardHost}; }
+FfiHandlers host_ffi_handlers() { return {kForwardHost, kBackwardHost, kCheckLengthsHost}; }
 
 #if MYXTTS_OPS_WITH_CUDA
-FfiHandlers cuda_ffi_handlers() { return {kForwardCuda, kBackwardCuda}; }
+FfiHandlers cuda_ffi_handlers() { return {kForwardCuda, kBackwardCuda, kCheckLengthsCuda}; }
 #else
 FfiHandlers cuda_ffi_handlers() { return {}; }
 #endif

@@ -1,5 +1,6 @@
-// XLA typed-FFI handlers of the masked mel loss: the custom-call targets the
-// XLA kernels (csrc/tf/mel_loss_xla.cc) lower the two ops to, and register.
+// XLA typed-FFI handlers of the masked mel loss and the length check: the
+// custom-call targets the XLA kernels (csrc/tf/mel_loss_xla.cc) lower the ops
+// to, and register.
 // No TensorFlow header or library: the handlers only see the header-only
 // xla/ffi/api/ffi.h and csrc/kernels.
 #pragma once
@@ -11,6 +12,7 @@ namespace myxtts_ops {
 // Custom-call target names (one per op, shared by every platform).
 inline constexpr char kFfiForwardTarget[] = "myxtts_ops_masked_mel_loss";
 inline constexpr char kFfiBackwardTarget[] = "myxtts_ops_masked_mel_loss_grad";
+inline constexpr char kFfiCheckLengthsTarget[] = "myxtts_ops_check_lengths";
 
 // The handlers of one platform; null members where this build has none (CUDA
 // without nvcc). They depend on nothing but the versioned FFI C API, so any
@@ -18,6 +20,7 @@ inline constexpr char kFfiBackwardTarget[] = "myxtts_ops_masked_mel_loss_grad";
 struct FfiHandlers {
   XLA_FFI_Handler* forward = nullptr;
   XLA_FFI_Handler* backward = nullptr;
+  XLA_FFI_Handler* check_lengths = nullptr;
 };
 FfiHandlers host_ffi_handlers();  // platform "Host" (XLA:CPU)
 FfiHandlers cuda_ffi_handlers();  // platform "CUDA" (XLA:GPU)

@@ -94,6 +94,18 @@ def in_xla():
     return in_xla_context()
 
 
+def xla_length_check_available():
+    from myxtts_ops.ops import xla_length_check_available
+
+    return xla_length_check_available()
+
+
+def check_lengths(lengths, name, note):
+    from myxtts_ops.ops import check_lengths
+
+    return check_lengths(lengths, name, note=note)
+
+
 def as_lengths(lengths, name, invalid=0):
     """``lengths`` as an int32 ``[B]`` tensor, refusing negative, non-integral or
     too large (``> MAX_LENGTH``) values.
@@ -101,11 +113,13 @@ def as_lengths(lengths, name, invalid=0):
     Integral floats (Keras casts lengths to float32) are accepted. The check is
     a ``ValueError`` naming ``name`` and the values eagerly, an
     ``InvalidArgumentError`` in graphs. Under XLA, which compiles assertions
-    away, an invalid entry becomes ``invalid``: 0 for the terms' masks; with a
-    negative ``invalid`` (the fused mel op's lengths, whose XLA path refuses
-    lengths outside ``[0, T]`` by index) a negative whole number stays itself,
-    so the op's message shows it, and any other invalid entry becomes
-    ``invalid``.
+    away, the entries go through :func:`myxtts_ops.ops.check_lengths`, a custom
+    call that refuses a bad one at run time by index: a negative whole number
+    as passed, any other bad entry (a fraction, NaN, too large) as -1. Only
+    where this process cannot run the library's custom calls (the fused op then
+    falls back to the reference too) does an invalid entry become ``invalid``:
+    0 for the terms' masks; with a negative ``invalid`` (lengths for the mel op)
+    a negative whole number stays itself and any other becomes ``invalid``.
     """
     t = tf.convert_to_tensor(lengths)
     if t.shape.rank is not None and t.shape.rank != 1:
@@ -145,19 +159,27 @@ def as_lengths(lengths, name, invalid=0):
         )
         with tf.control_dependencies([check]):
             t = tf.identity(t)
+    checked = in_xla() and xla_length_check_available()
+    if checked:
+        invalid = -1
     safe = tf.where(bad, tf.zeros_like(t), t)
     out = tf.where(bad, tf.constant(invalid, tf.int32), tf.cast(safe, tf.int32))
     if invalid < 0:
         shown = tf.logical_and(negative, tf.cast(t, tf.float64) >= -float(MAX_LENGTH))
         out = tf.where(shown, tf.cast(tf.where(shown, t, tf.zeros_like(t)), tf.int32), out)
+    if checked:
+        return check_lengths(
+            out, name, note=f"; {rule}; under XLA a fraction, NaN or too large a value shows as -1"
+        )
     return out
 
 
 def op_lengths(lengths, checked, name):
     """The lengths to hand the fused mel op: ``checked`` (from :func:`as_lengths`),
-    except under XLA, where an invalid entry must reach the op, which refuses
-    it (the terms' copy has it as 0)."""
-    if checked is None or not in_xla():
+    except under XLA without the length check's custom call, where an invalid
+    entry must reach the op (or its reference), which refuses it (the terms'
+    copy has it as 0)."""
+    if checked is None or not in_xla() or xla_length_check_available():
         return checked
     return as_lengths(lengths, name, invalid=-1)
 

@@ -153,3 +153,14 @@ def test_ffi_through_jax_bitwise_deterministic(kernels, lib, jax_gpu):
         for key in first[0]:
             np.testing.assert_array_equal(again[0][key], first[0][key], err_msg=key)
         np.testing.assert_array_equal(again[1][1], first[1][1])
+
+
+def test_ffi_through_jax_check_lengths(jax_gpu):
+    """The length check's CUDA handler (what XTTSLoss runs on text lengths
+    under XLA:GPU): device lengths unchanged, or the message by index."""
+    jax, device = jax_gpu
+    check = jax.jit(lambda n: jax_ffi.check_lengths(n, "text_lengths", 5, " (note)"))
+    good = jax.device_put(np.array([0, 5, 3], np.int32), device)
+    np.testing.assert_array_equal(np.asarray(check(good)), [0, 5, 3])
+    with pytest.raises(Exception, match=r"text_lengths\[1\] = 6 is outside \[0, 5\] \(note\)"):
+        np.asarray(check(jax.device_put(np.array([0, 6, 3], np.int32), device)))
