@@ -157,7 +157,8 @@ def backward(
 
 def check_lengths(lengths, input_name, limit, note=""):
     """``lengths`` (int32 [B]) unchanged, or the handler's error for an entry
-    outside ``[0, limit]`` (the check XTTSLoss runs on text lengths under XLA)."""
+    outside ``[0, limit]`` (the check ``myxtts_loss.terms.as_lengths`` runs on every
+    length under XLA)."""
     jax = jax_module()
 
     call = jax.ffi.ffi_call(

@@ -560,3 +560,16 @@ def test_check_lengths_op_on_every_path(mode):
         assert "output_to_operand_aliasing" in hlo
     with pytest.raises(ValueError, match="must be rank 1"):
         tf.function(check, jit_compile=mode == "xla")(tf.zeros([2, 2], tf.int32))
+
+
+def test_check_lengths_message_with_control_characters_under_xla():
+    """Name and note reach the custom call's attributes intact, newline,
+    tab, quote and backslash included (a raw newline would end them)."""
+    from myxtts_ops.ops import check_lengths
+
+    note = '; line one\nline two\t"quoted" \\ end'
+    fn = tf.function(lambda n: check_lengths(n, 'odd "name"', limit=3, note=note), jit_compile=True)
+    np.testing.assert_array_equal(fn(tf.constant([1, 2])).numpy(), [1, 2])
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        fn(tf.constant([1, 5]))
+    assert info.value.message.startswith('odd "name"[1] = 5 is outside [0, 3]' + note)

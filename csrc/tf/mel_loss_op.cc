@@ -134,6 +134,7 @@ REGISTER_OP("MyxttsOps>CheckLengths")
     .Attr("input_name: string")
     .Attr("note: string = ''")
     .Attr("limit: int >= 0")
+    .SetIsStateful()  // a check that must run, like Assert: never pruned or folded
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
       ::tensorflow::shape_inference::ShapeHandle lengths;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &lengths));

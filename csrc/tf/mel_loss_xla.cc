@@ -5,6 +5,8 @@
 // in CUDA builds, "CUDA"). Shapes, ranks and the state shape are checked here,
 // at compile time, with the OpKernels' checks and messages; length values are
 // checked by the handler at run time.
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <utility>
@@ -154,14 +156,15 @@ bool CompilesForGpu(OpKernelConstruction* ctx) {
   return ctx->device_type() == ::tensorflow::DeviceType(::tensorflow::DEVICE_GPU_XLA_JIT);
 }
 
-absl::Status CheckXlaPathAvailable(bool for_gpu) {
+absl::Status CheckXlaPathAvailable(bool for_gpu, const char* op = "masked_mel_loss") {
   if (!FfiRegistrationError().empty())
     return ::tensorflow::errors::Unimplemented(
         "the myxtts_ops XLA custom calls are unavailable in this process: ",
         FfiRegistrationError());
   if (for_gpu && cuda_ffi_handlers().forward == nullptr)
     return ::tensorflow::errors::Unimplemented(
-        "myxtts-ops was built without CUDA, so masked_mel_loss has no XLA:GPU custom call; "
+        "myxtts-ops was built without CUDA, so ", op,
+        " has no XLA:GPU custom call; "
         "rebuild it with nvcc on PATH and MYXTTS_OPS_CUDA=on, or compile this function for "
         "the CPU");
   return absl::OkStatus();
@@ -272,10 +275,19 @@ class MaskedMelLossGradXla : public XlaOpKernel {
   bool grad_y_true_wanted_ = true;
 };
 
-// An MLIR string literal: quotes and backslashes escaped.
+// An MLIR string literal: quotes and backslashes escaped, control characters
+// as two-digit hex escapes (a raw newline ends the attribute text).
 std::string MlirString(const std::string& text) {
+  static const char kHex[] = "0123456789ABCDEF";
   std::string out = "\"";
   for (char ch : text) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte < 0x20 || byte == 0x7f) {
+      out += '\\';
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xf];
+      continue;
+    }
     if (ch == '"' || ch == '\\') out += '\\';
     out += ch;
   }
@@ -294,19 +306,36 @@ class CheckLengthsXla : public XlaOpKernel {
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
-    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_));
     auto shape = RowMajorInputShape(ctx, 0);
     OP_REQUIRES_OK(ctx, shape.status());
     OP_REQUIRES(
         ctx, shape->dimensions().size() == 1,
         ::tensorflow::errors::InvalidArgument(input_name_, " must have shape [batch], got shape ",
                                               shape_string(DimsOf(*shape))));
+    if (for_gpu_ && cuda_ffi_handlers().check_lengths == nullptr) {
+      // A build without CUDA on XLA:GPU: what the lengths meant before the
+      // check existed (an entry outside [0, limit] clamped into it), so the
+      // terms that worked there still compile; said once.
+      static bool warned = [] {
+        LOG(WARNING) << "myxtts_ops: built without CUDA, so check_lengths has no XLA:GPU "
+                        "custom call; lengths are clamped, not refused, under XLA on the GPU";
+        return true;
+      }();
+      (void)warned;
+      xla::XlaBuilder* b = ctx->builder();
+      ctx->SetOutput(0, xla::Clamp(xla::ConstantR0<int32_t>(b, 0), ctx->Input(0),
+                                   xla::ConstantR0<int32_t>(
+                                       b, int32_t(std::min<int64_t>(limit_, INT32_MAX)))));
+      return;
+    }
+    OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_, "check_lengths"));
     const std::string attributes = "{input_name = " + MlirString(input_name_) +
                                    ", note = " + MlirString(note_) +
                                    ", limit = " + std::to_string(limit_) + " : i64}";
     xla::XlaOp call = xla::CustomCallWithLayout(
         ctx->builder(), kFfiCheckLengthsTarget, {ctx->Input(0)}, *shape, {*shape}, attributes,
-        /*has_side_effect=*/false, /*output_operand_aliasing=*/{{{}, {0, {}}}},
+        // Side-effecting: XLA must run it even where nothing reads the result.
+        /*has_side_effect=*/true, /*output_operand_aliasing=*/{{{}, {0, {}}}},
         /*literal=*/nullptr, xla::CustomCallSchedule::SCHEDULE_NONE,
         xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
     ctx->SetOutput(0, call);

@@ -661,6 +661,8 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             updates["last_smoothed_total"] = raw
         # After the returned total, which waits for every input check: a call
         # refused in a graph leaves the training state as it was.
+        # (Under XLA nothing orders them: XLA updates the variables in place, and
+        # a call a custom call refuses can leave some written; README, Known limits.)
         with tf.control_dependencies([total]):
             st.write(updates)
             for name in self._extra_fns:

@@ -156,7 +156,7 @@ def test_ffi_through_jax_bitwise_deterministic(kernels, lib, jax_gpu):
 
 
 def test_ffi_through_jax_check_lengths(jax_gpu):
-    """The length check's CUDA handler (what XTTSLoss runs on text lengths
+    """The length check's CUDA handler (what XTTSLoss runs on every length
     under XLA:GPU): device lengths unchanged, or the message by index."""
     jax, device = jax_gpu
     check = jax.jit(lambda n: jax_ffi.check_lengths(n, "text_lengths", 5, " (note)"))
