@@ -292,6 +292,58 @@ def test_mel_noise_is_deterministic_and_over_valid_frames(rng):
     assert np.std((noisy - t)[valid]) == pytest.approx(0.05 * std, rel=0.3)
 
 
+def test_target_noise_is_the_same_on_every_path():
+    """The preset's noise: one stream eagerly, in a graph and under XLA (same seed,
+    same values up to float rounding), standard normal, and another for another seed."""
+    import math
+
+    shape = tf.constant([7, 300, 40])
+    seed = tf.constant([5, 17], tf.int64)
+
+    def draw(s):
+        return terms.standard_normal_noise(shape, s)
+
+    eager = draw(seed).numpy()
+    graph = tf.function(draw)(seed).numpy()
+    xla = tf.function(draw, jit_compile=True)(seed).numpy()
+    np.testing.assert_array_equal(graph, eager)
+    np.testing.assert_allclose(xla, eager, rtol=0, atol=5e-6)
+    assert not np.allclose(draw(tf.constant([5, 18], tf.int64)).numpy(), eager, atol=0.1)
+    # N(0, 1): moments and the Kolmogorov-Smirnov distance to the normal CDF.
+    z = eager.ravel().astype(np.float64)
+    n = z.size
+    assert abs(z.mean()) < 5 / math.sqrt(n)
+    assert abs(z.std() - 1.0) < 0.01
+    cdf = 0.5 * (1.0 + np.vectorize(math.erf)(np.sort(z) / math.sqrt(2.0)))
+    ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert ks < 1.63 / math.sqrt(n)  # the 1 % critical value
+    # Through the mel term's noise: the same noisy targets under XLA.
+    rng = np.random.default_rng(1)
+    t = tf.constant(rng.normal(0, 2, (3, 50, 8)).astype(np.float32))
+    lens = tf.constant([50, 20, 0], tf.int32)
+
+    def noisy(x, n):
+        return terms.mel_target_noise(x, n, 0.05, seed)
+
+    np.testing.assert_allclose(
+        tf.function(noisy, jit_compile=True)(t, lens).numpy(),
+        noisy(t, lens).numpy(),
+        rtol=0,
+        atol=1e-5,
+    )
+    # And the preset's loss at the same seed and step, eagerly and in a jit_compile step.
+    p = tf.constant(rng.normal(0, 2, (3, 50, 8)).astype(np.float32))
+    values = []
+    for jit in (False, True):
+        loss_fn = XTTSLoss.myxtts_original(use_adaptive_weights=False, mel_noise_seed=9)
+        y_true = {"mel_target": t, "mel_lengths": lens}
+        if jit:
+            values.append(float(tf.function(loss_fn, jit_compile=True)(y_true, {"mel_output": p})))
+        else:
+            values.append(float(loss_fn(y_true, {"mel_output": p})))
+    assert values[1] == pytest.approx(values[0], rel=1e-6)
+
+
 def test_create_stop_targets_and_statistics():
     got = terms.create_stop_targets(np.array([3.0, 0.0, 9.0, 5.0]), 5).numpy()
     assert got.shape == (4, 5, 1) and got.dtype == np.float32
@@ -400,8 +452,15 @@ def test_original_preset_matches_contract_numbers(rng):
     loss_fn({"mel_target": t, "mel_lengths": lm}, {"mel_output": p})
     got = float(loss_fn.get_losses()["mel_loss"])
     exact = np_mel_batch_huber(t.astype(np.float64), p, lm)
-    # Noise adds about sigma^2/2 per element in the quadratic region; sigma = 0.05 * std.
-    assert got == pytest.approx(exact, abs=0.01)
+    # The noise of the first call: seed (mel_noise_seed, step 0), N(0, 1) values
+    # (their distribution is tested above) times 0.05 * the population std of
+    # the valid target elements; then the float64 model on the noisy targets.
+    z = terms.standard_normal_noise(tf.constant([B, T, M]), tf.constant([5, 0], tf.int64))
+    valid = np.broadcast_to((np.arange(T)[None, :] < lm[:, None])[..., None], t.shape)
+    sigma = 0.05 * t[valid].astype(np.float64).std()
+    noisy = t.astype(np.float64) + sigma * z.numpy().astype(np.float64)
+    assert got == pytest.approx(np_mel_batch_huber(noisy, p, lm), rel=1e-5)
+    assert got != pytest.approx(exact, rel=1e-5)
     # Deterministic noise: same seed and step, same value.
     again = XTTSLoss.myxtts_original(use_adaptive_weights=False, mel_noise_seed=5)
     again({"mel_target": t, "mel_lengths": lm}, {"mel_output": p})

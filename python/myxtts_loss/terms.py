@@ -55,6 +55,7 @@ __all__ = [
     "check_inputs",
     "term_value",
     "mel_target_noise",
+    "standard_normal_noise",
     "mel_loss",
     "stop_token_loss",
     "attention_loss",
@@ -837,8 +838,30 @@ def mel_target_noise(y_true, lengths, label_smoothing, seed):
     mean = tf.reduce_sum(xs) / n
     var = tf.reduce_sum(tf.where(finite, tf.square(xs - mean), tf.zeros_like(xs))) / n
     sigma = label_smoothing * tf.sqrt(var)
-    noise = tf.random.stateless_normal(tf.shape(x), seed=seed, dtype=_F32) * sigma
+    noise = standard_normal_noise(tf.shape(x), seed) * sigma
     return tf.cast(x + noise, t.dtype)
+
+
+def standard_normal_noise(shape, seed):
+    """float32 N(0, 1) noise of ``shape`` from ``seed`` (int64 ``[2]``): the same
+    values eagerly, in graphs and under XLA (up to the rounding of one log, one
+    sqrt and one cos per element).
+
+    ``tf.random.stateless_normal`` draws another stream under XLA; the Philox
+    bits of ``stateless_uniform`` are the same on every path, so the normals
+    are made from them here (Box-Muller: 24 bits per uniform, both in (0, 1)).
+    """
+    bits = tf.random.stateless_uniform(
+        tf.concat([[2], shape], 0),
+        seed=seed,
+        minval=None,
+        maxval=None,
+        dtype=tf.uint32,
+        alg="philox",
+    )
+    u = (tf.cast(tf.bitwise.right_shift(bits, 8), _F32) + 0.5) * (2.0**-24)
+    radius = tf.sqrt(-2.0 * tf.math.log(u[0]))
+    return radius * tf.math.cos((2.0 * np.pi) * u[1])
 
 
 def mel_loss(
