@@ -167,6 +167,25 @@ def _check_final_state_tol(single_state, replica_states):
         )
 
 
+def test_voice_similarity_term_is_the_global_batch_term(tmp_path):
+    """The contrastive speaker term's pairs span the batch: under a 2-CPU
+    MirroredStrategy (every positive pair crosses the replicas) the term, the
+    total and the summed gradient equal the single device's on the whole batch,
+    with a NaN embedding row in one shard too; the module function gives the
+    global value on every replica."""
+    r = _run_child(tmp_path, "contrastive")
+    assert r["num_replicas"] == 2
+    for single, dist in zip(r["single"], r["dist"]):
+        assert dist["terms"][0] == dist["terms"][1]
+        np.testing.assert_allclose(dist["terms"][0], single["term"], rtol=1e-6)
+        np.testing.assert_allclose(dist["module"], [single["module"]] * 2, rtol=1e-6)
+        np.testing.assert_allclose(dist["total"], single["total"], rtol=1e-5)
+        np.testing.assert_allclose(dist["grad"], single["grad"], rtol=1e-5, atol=1e-7)
+    # The positive pairs exist only across the replicas: a shard-only term would
+    # have none, so the term would differ.
+    assert r["single"][0]["term"] != 0.0
+
+
 def _free_ports(n):
     socks, ports = [], []
     try:

@@ -233,6 +233,94 @@ def tiny_model_grads(strategy, normalization):
     )
 
 
+def mode_contrastive(args):
+    """The voice-similarity (contrastive speaker) term, whose pairs span the
+    global batch: single device vs a 2-CPU MirroredStrategy, where every
+    positive pair (labels 0 1 0 1, split 2 + 2) crosses the replicas. Two steps;
+    the second has a NaN embedding row in replica 1's shard."""
+    import tensorflow as tf
+
+    from myxtts_loss import terms
+    from myxtts_loss.terms import contrastive_speaker_loss
+
+    devices = configure_two_cpus()
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((GLOBAL_B, 3)).astype(np.float32)
+    w0 = rng.standard_normal((3, 5)).astype(np.float32)
+    labels = np.array([0, 1, 0, 1], np.int32)
+    index = terms.TERM_NAMES.index("voice_similarity_loss")
+
+    def batch(step):
+        yt, yp = global_batch(step)
+        yt["speaker_labels"] = labels
+        xb = x.copy()
+        if step == 2:
+            xb[3, 1] = np.nan
+        return yt, yp, xb
+
+    def predict(w, yp, xb):
+        return dict(yp, speaker_embedding=tf.matmul(xb, w))
+
+    single_loss = make_loss(extra=False)
+    w1 = tf.Variable(w0)
+    single = []
+    for step in (1, 2):
+        yt, yp, xb = batch(step)
+        with tf.GradientTape() as tape:
+            total = single_loss(yt, predict(w1, yp, xb))
+        grad = tape.gradient(total, w1)
+        single.append(
+            dict(
+                total=float(total),
+                grad=grad.numpy().tolist(),
+                term=float(single_loss._state.last_terms.numpy()[index]),
+                module=float(contrastive_speaker_loss(labels, tf.matmul(xb, w1))),
+            )
+        )
+
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    with strategy.scope():
+        dist_loss = make_loss(extra=False)
+        w2 = tf.Variable(w0)
+    n = strategy.num_replicas_in_sync
+
+    @tf.function
+    def dist_step(yt, yp, xb):
+        def replica_fn():
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            per = GLOBAL_B // n
+            sl = lambda a: tf.convert_to_tensor(a)[rid * per : (rid + 1) * per]  # noqa: E731
+            yt_r, yp_r, xb_r = (tf.nest.map_structure(sl, v) for v in (yt, yp, xb))
+            with tf.GradientTape() as tape:
+                total = dist_loss(yt_r, predict(w2, yp_r, xb_r))
+            grad = tape.gradient(total, w2)
+            module = contrastive_speaker_loss(yt_r["speaker_labels"], tf.matmul(xb_r, w2))
+            return total, grad, module
+
+        total, grad, module = strategy.run(replica_fn)
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, grad, axis=None),
+            strategy.experimental_local_results(module),
+        )
+
+    dist = []
+    for step in (1, 2):
+        total, grad, module = dist_step(*batch(step))
+        dist.append(
+            dict(
+                total=float(total),
+                grad=grad.numpy().tolist(),
+                terms=[
+                    float(np.asarray(v)[index])
+                    for v in strategy.experimental_local_results(dist_loss._state.last_terms)
+                ],
+                module=[float(v) for v in module],
+            )
+        )
+    return dict(num_replicas=n, single=single, dist=dist)
+
+
 def configure_two_cpus():
     import tensorflow as tf
 
@@ -484,6 +572,7 @@ def main():
         "single": mode_single,
         "resume": mode_resume,
         "keras_resume": mode_keras_resume,
+        "contrastive": mode_contrastive,
     }[args.mode]
     result = fn(args)
     tmp = args.out + ".tmp"

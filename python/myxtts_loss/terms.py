@@ -460,11 +460,27 @@ def diffusion_stats(pred, target, lengths):
 
 
 def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2):
-    """Contract 3.9 (ContrastiveSpeakerLoss). Not decomposable over replicas:
-    ``den`` = 1, so replicas average their batch values."""
+    """Contract 3.9 (ContrastiveSpeakerLoss), over the pairs of the global batch.
+
+    The term is not a sum over samples (its pairs span the batch), so under
+    ``tf.distribute`` every replica gathers all replicas' labels and
+    embeddings and computes the global value ``V``; each contributes
+    ``(V / R, 1 / R)`` so that the reduced value is ``V``, and the
+    all-gather's gradient (a SUM over the replicas, then this replica's rows)
+    gives each replica's embeddings their single-device gradient.
+    ``nonfinite`` counts this replica's non-finite rows.
+    """
     e = _as_float(embeddings)
     labels = tf.cast(tf.round(_as_float(labels)), tf.int32)
     row_ok = tf.reduce_all(tf.math.is_finite(e), axis=-1)
+    nonfinite = _count(tf.logical_not(row_ok))
+    ctx = tf.distribute.get_replica_context()
+    replicas = 1 if ctx is None else int(ctx.num_replicas_in_sync)
+    if replicas > 1:
+        # Two gathers: one collective cannot mix int32 (host) and float tensors.
+        labels = ctx.all_gather(labels, axis=0)
+        e = ctx.all_gather(e, axis=0)
+        row_ok = tf.reduce_all(tf.math.is_finite(e), axis=-1)
     e = tf.where(row_ok[:, tf.newaxis], e, tf.zeros_like(e))
     z = tf.math.l2_normalize(e, axis=-1, epsilon=1e-12)
     sim = tf.matmul(z, z, transpose_b=True) / temperature
@@ -477,7 +493,7 @@ def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2):
     value = -tf.reduce_sum(sim * pos) / tf.maximum(tf.reduce_sum(pos), 1.0) + tf.reduce_sum(
         tf.nn.relu(sim * neg - margin) * neg
     ) / tf.maximum(tf.reduce_sum(neg), 1.0)
-    return TermStats(value, tf.constant(1.0, _F32), _count(tf.logical_not(row_ok)))
+    return TermStats(value / replicas, tf.constant(1.0 / replicas, _F32), nonfinite)
 
 
 def participation_stats(y_true, y_pred):
