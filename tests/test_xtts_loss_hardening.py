@@ -34,14 +34,12 @@ def _state_snapshot(loss_fn):
 
 
 def _assert_state_unchanged(loss_fn, before, mode):
-    """Outside XLA a refused call writes no state variable. Under XLA, which
-    updates variables in place, a refused step can leave some written (README,
-    Known limits): nothing is asserted there."""
-    if mode == "xla":
-        return
+    """A refused call writes no state variable, on every path (``mode`` names
+    it in the message); under XLA, which updates variables in place, because
+    every write is selected against the old value after the checks ran."""
     after = _state_snapshot(loss_fn)
     changed = [k for k in before if not np.array_equal(before[k], after[k], equal_nan=True)]
-    assert not changed, f"a refused call changed {changed}"
+    assert not changed, f"a refused call ({mode}) changed {changed}"
 
 
 # ------------------------------------------------------------------ item 1
@@ -210,6 +208,22 @@ def test_mel_length_beyond_frames_leaves_the_state(mode):
     yt["mel_lengths"] = tf.constant([9, 2])
     error = tf.errors.InvalidArgumentError  # the op's own, eagerly too
     with pytest.raises(error, match=r"lengths\[0\] = 9 is outside \[0, 4\]"):
+        call(yt, yp)
+    _assert_state_unchanged(loss_fn, before, mode)
+
+
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_refused_validation_call_leaves_the_report(mode):
+    """A validation call (training=False) writes only the latest-call report;
+    refused, it writes nothing, under XLA too."""
+    loss_fn = XTTSLoss()
+    call = tf.function(lambda a, b: loss_fn(a, b, training=False), jit_compile=mode == "xla")
+    yt, yp = _pair_with_heads()
+    loss_fn(yt, yp)
+    call(yt, yp)
+    before = _state_snapshot(loss_fn)
+    yt["text_lengths"] = tf.constant([-4, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="text_lengths"):
         call(yt, yp)
     _assert_state_unchanged(loss_fn, before, mode)
 

@@ -660,17 +660,46 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         else:
             updates["last_smoothed_total"] = raw
         # After the returned total, which waits for every input check: a call
-        # refused in a graph leaves the training state as it was.
-        # (Under XLA nothing orders them: XLA updates the variables in place, and
-        # a call a custom call refuses can leave some written; README, Known limits.)
+        # refused in a graph leaves the training state as it was. Under XLA,
+        # where control dependencies do not order in-place variable updates,
+        # the gate does it.
+        for name in self._extra_fns:
+            updates.setdefault("extra_losses", {})[name] = _finite_or_zero(values[name])
+        if terms.in_xla():
+            updates = self._gate_on_checks(updates, lengths, mel_out)
         with tf.control_dependencies([total]):
             st.write(updates)
-            for name in self._extra_fns:
-                st.extra_losses[name].assign(_finite_or_zero(values[name]))
         # get_raw_total_loss() hands this very tensor back while the caller is in the
         # same graph (or eager), so a trainer can differentiate it, as MyXTTS's does.
         self._raw_total_tensor = total
         return total
+
+    def _gate_on_checks(self, updates, lengths, mel_out):
+        """Under XLA: every written value selected against the variable's old
+        value by a flag computed from the outputs of the length checks and the
+        mel op (custom calls that may refuse the call). XLA updates variables
+        in place, so an ungated write can land before a refusal (and a
+        variable's buffer can hold scratch values); gated, no new value can be
+        written, and every old one stays live, until those calls have run, so
+        a refused call leaves the state as it was."""
+        flags = [tf.reduce_min(t) >= -1 for t in lengths.values() if t is not None]
+        if mel_out is not None:
+            flags.append(mel_out.nonfinite_count >= 0)
+        if not flags:
+            return updates
+        ok = flags[0]
+        for f in flags[1:]:
+            ok = tf.logical_and(ok, f)
+        st = self._state
+        gated = {}
+        for name, value in updates.items():
+            if name == "extra_losses":
+                gated[name] = {
+                    n: tf.where(ok, v, st.extra_losses[n].read_value()) for n, v in value.items()
+                }
+            else:
+                gated[name] = tf.where(ok, value, getattr(st, name).read_value())
+        return gated
 
     def _log_change(self, accepted, step, old, new):
         from myxtts_ops.ops import in_xla_context

@@ -91,8 +91,15 @@ class LossState(tf.Module):
         return {n: getattr(self, n).read_value() for n in names}
 
     def write(self, values):
-        """Assign every ``name -> tensor`` of ``values``; returns the assign ops."""
-        return [getattr(self, n).assign(v) for n, v in values.items()]
+        """Assign every ``name -> tensor`` of ``values`` (``"extra_losses"``: a dict
+        ``term -> tensor`` for the extra terms' variables); returns the assign ops."""
+        ops = []
+        for n, v in values.items():
+            if n == "extra_losses":
+                ops += [self.extra_losses[term].assign(x) for term, x in v.items()]
+            else:
+                ops.append(getattr(self, n).assign(v))
+        return ops
 
     def reset(self):
         """Every variable back to its initial value (the enabled switch excepted)."""
