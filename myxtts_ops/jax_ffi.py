@@ -156,14 +156,27 @@ def backward(
 
 
 def check_lengths(lengths, input_name, limit, note=""):
-    """``lengths`` (int32 [B]) unchanged, or the handler's error for an entry
-    outside ``[0, limit]`` (the check ``myxtts_loss.terms.as_lengths`` runs on every
-    length under XLA)."""
+    """``lengths`` ([B], any integer or float dtype) as int32, or the handler's
+    error for an entry that is not a whole number in ``[0, limit]`` (the check
+    ``myxtts_loss.terms.as_lengths`` runs on every length under XLA). As the
+    TF op's XLA kernel does, int32 and int64 go in as they are (an int32
+    result aliases its operand) and floats as float64."""
     jax = jax_module()
-
+    jnp = jax.numpy
+    lengths = jnp.asarray(lengths)
+    # How the handler writes a bad float value: as the float32 it was, or as float64.
+    value_bits = 32 if lengths.dtype in (jnp.float16, jnp.bfloat16, jnp.float32) else 64
+    if lengths.dtype not in (jnp.int32, jnp.int64):
+        lengths = lengths.astype(jnp.float64)
     call = jax.ffi.ffi_call(
         CHECK_LENGTHS_TARGET,
-        jax.ShapeDtypeStruct(lengths.shape, lengths.dtype),
-        input_output_aliases={0: 0},
+        jax.ShapeDtypeStruct(lengths.shape, jnp.int32),
+        input_output_aliases={0: 0} if lengths.dtype == jnp.int32 else None,
     )
-    return call(lengths, input_name=input_name, note=note, limit=np.int64(limit))
+    return call(
+        lengths,
+        input_name=input_name,
+        note=note,
+        limit=np.int64(limit),
+        value_bits=np.int64(value_bits),
+    )

@@ -48,16 +48,34 @@ def xla_length_check_available():
 
 
 @tf.autograph.experimental.do_not_convert
+def length_check_available():
+    """True where :func:`check_lengths` can run: its library loads and, inside
+    an XLA-compiled function, the process can run the library's custom calls."""
+    if in_xla_context():
+        return _loader.xla_unavailable_reason() is None
+    try:
+        _loader.load_ops()
+    except _loader.OpLibraryError:
+        return False
+    return True
+
+
+@tf.autograph.experimental.do_not_convert
 def check_lengths(lengths, name, limit=MAX_LENGTH, note=""):
-    """``lengths`` (int32 ``[B]``) unchanged once every entry is in ``[0, limit]``;
-    otherwise an ``InvalidArgumentError`` "``name[b] = v is outside [0, limit]``"
-    followed by ``note``. One op on every path: inside ``jit_compile=True`` it
-    is a custom call that XLA keeps, where it compiles ``tf.debugging``
-    assertions away (check :func:`xla_length_check_available` there first)."""
+    """``lengths`` (``[B]``, int32, int64 or any float dtype) as int32 once every
+    entry is a whole number in ``[0, limit]`` (``limit`` at most ``MAX_LENGTH``;
+    int32 lengths pass through unchanged); otherwise an
+    ``InvalidArgumentError`` "``name[b] = v is outside [0, limit]``" (or "``...
+    is not a whole number in [0, limit]``" for a fraction, NaN or an
+    infinity), ``v`` as passed, followed by ``note``. One op on every path:
+    inside ``jit_compile=True`` it is a custom call that XLA keeps, where it
+    compiles ``tf.debugging`` assertions away (check
+    :func:`xla_length_check_available` there first)."""
     library = _loader.load_ops()
-    return library.myxtts_ops_check_lengths(
-        lengths=tf.convert_to_tensor(lengths, tf.int32), input_name=name, note=note, limit=limit
-    )
+    t = tf.convert_to_tensor(lengths)
+    if isinstance(lengths, (list, tuple)) and t.dtype == tf.float32:
+        t = tf.convert_to_tensor(lengths, tf.float64)  # Python floats, exactly as given
+    return library.myxtts_ops_check_lengths(lengths=t, input_name=name, note=note, limit=limit)
 
 
 def _output_dtype(dtype):

@@ -175,8 +175,9 @@ def test_target_names_come_from_the_build():
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_check_lengths_handler(jit):
-    """The length check's Host handler: the lengths unchanged, or its message
-    naming the input, index and value; an empty batch passes."""
+    """The length check's Host handler: int32 lengths unchanged, int64 and float
+    ones as int32, or its message naming the input, index and value as passed;
+    an empty batch passes."""
     fn = lambda n: jax_ffi.check_lengths(n, "text_lengths", 5, " (the note)")  # noqa: E731
     fn = jax.jit(fn) if jit else fn
     lengths = np.array([0, 5, 3], np.int32)
@@ -187,5 +188,18 @@ def test_check_lengths_handler(jit):
             Exception, match=rf"text_lengths{shown} is outside \[0, 5\] \(the note\)"
         ):
             np.asarray(fn(np.array(bad, np.int32)))
-    with pytest.raises(Exception, match="text_lengths must be int32 here, got dtype=int64"):
-        np.asarray(fn(np.array([1, 2], np.int64)))
+    # int64 and float lengths: checked and returned as int32, a bad value shown as passed.
+    for dtype in (np.int64, np.float16, np.float32, np.float64):
+        got = np.asarray(fn(np.array([1, 5, 0], dtype)))
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, [1, 5, 0])
+    for bad, dtype, shown in (
+        ([1, 2**40], np.int64, r"\[1\] = 1099511627776 is outside"),
+        ([3.9, 1], np.float32, r"\[0\] = 3\.9 is not a whole number in"),
+        ([3.9, 1], np.float64, r"\[0\] = 3\.9 is not a whole number in"),
+        ([1, np.nan], np.float32, r"\[1\] = nan is not a whole number in"),
+        ([-3.0, 1], np.float64, r"\[0\] = -3 is outside"),
+        ([6.0, 1], np.float16, r"\[0\] = 6 is outside"),
+    ):
+        with pytest.raises(Exception, match=rf"text_lengths{shown} \[0, 5\] \(the note\)"):
+            np.asarray(fn(np.array(bad, dtype)))

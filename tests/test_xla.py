@@ -562,6 +562,47 @@ def test_check_lengths_op_on_every_path(mode):
         tf.function(check, jit_compile=mode == "xla")(tf.zeros([2, 2], tf.int32))
 
 
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("dtype", ["int64", "float16", "bfloat16", "float32", "float64"])
+def test_check_lengths_op_other_dtypes(mode, dtype):
+    """int64 and float lengths: checked with one rule and returned as int32 on
+    every path; a bad entry is shown as passed (a fraction, NaN, an infinity:
+    not a whole number; a whole number out of range: outside); under XLA
+    floats reach the custom call as float64 and nothing aliases."""
+    from myxtts_ops.ops import check_lengths
+
+    def check(n):
+        return check_lengths(n, "mel_lengths", limit=70000, note=" (n)")
+
+    fn = check if mode == "eager" else tf.function(check, jit_compile=mode == "xla")
+    good = [0, 64, 3] if dtype in ("float16", "bfloat16") else [0, 70000, 3]
+    got = fn(tf.constant(good, dtype))
+    assert got.dtype == tf.int32
+    np.testing.assert_array_equal(got.numpy(), good)
+    assert fn(tf.zeros([0], dtype)).dtype == tf.int32
+    cases = [([1, -2], r"\[1\] = -2 is outside")]
+    if dtype == "int64":
+        cases.append(([2**40, 1], rf"\[0\] = {2**40} is outside"))
+    else:
+        cases += [
+            ([2.5, 1], r"\[0\] = 2\.5 is not a whole number in"),
+            ([1, float("nan")], r"\[1\] = nan is not a whole number in"),
+            ([float("-inf"), 1], r"\[0\] = -inf is not a whole number in"),
+        ]
+        if dtype in ("float32", "float64"):  # float32's shortest text, not 3.9000000953674316
+            cases.append(([3.9, 1], r"\[0\] = 3\.9 is not a whole number in"))
+            cases.append(([70001, 1], r"\[0\] = 70001 is outside"))
+    for bad, shown in cases:
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=rf"mel_lengths{shown} \[0, 70000\] \(n\)"
+        ):
+            fn(tf.constant(bad, dtype))
+    if mode == "xla":
+        hlo = fn.experimental_get_compiler_ir(tf.constant([1, 2], dtype))(stage="hlo")
+        assert hlo.count(CHECK_TARGET) == 1
+        assert "output_to_operand_aliasing" not in hlo
+
+
 def test_check_lengths_message_with_control_characters_under_xla():
     """Name and note reach the custom call's attributes intact, newline,
     tab, quote and backslash included (a raw newline would end them)."""

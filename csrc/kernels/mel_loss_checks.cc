@@ -25,7 +25,10 @@ int64_t length_at(const LengthsView& lengths, int64_t b) {
 
 }  // namespace
 
-std::string format_double(double x) {
+namespace {
+// Shortest text that reads back as `x` in its own type.
+template <typename T>
+std::string format_shortest(T x) {
 #if defined(__SSE__)
   // TF runs op kernels with denormals-are-zero set, under which the
   // formatter's own comparisons read a subnormal as 0: format with it off.
@@ -39,6 +42,9 @@ std::string format_double(double x) {
 #endif
   return std::string(buf, r.ptr);
 }
+}  // namespace
+
+std::string format_double(double x) { return format_shortest(x); }
 
 std::string shape_string(const Dims& dims) {
   std::string s = "[";
@@ -137,6 +143,22 @@ std::string length_values_error(const LengthsView& lengths, int64_t batch, int64
   if (b < 0) return std::string();
   return name + "[" + std::to_string(b) + "] = " + std::to_string(bad) + " is outside [0, " +
          std::to_string(limit) + "]" + note;
+}
+
+std::string float_length_values_error(const double* values, int64_t batch, int64_t limit,
+                                      const std::string& name, const std::string& note,
+                                      bool single_precision) {
+  for (int64_t b = 0; b < batch; ++b) {
+    const double v = values[b];
+    if (v >= 0.0 && v <= double(limit) && std::floor(v) == v) continue;
+    const bool whole = std::isfinite(v) && std::floor(v) == v;
+    const std::string shown =
+        single_precision ? format_shortest(static_cast<float>(v)) : format_shortest(v);
+    return name + "[" + std::to_string(b) + "] = " + shown +
+           (whole ? " is outside [0, " : " is not a whole number in [0, ") + std::to_string(limit) +
+           "]" + note;
+  }
+  return std::string();
 }
 
 std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t frames) {

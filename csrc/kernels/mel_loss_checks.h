@@ -60,6 +60,17 @@ int64_t find_invalid_length(const LengthsView& lengths, int64_t batch, int64_t f
 std::string length_values_error(const LengthsView& lengths, int64_t batch, int64_t limit,
                                 const std::string& name, const std::string& note);
 
+// The same rule for lengths given as floats (host memory, each value as a
+// double: exact for every float dtype): the first entry that is not a whole
+// number in [0, limit] gives "<name>[b] = v is outside [0, limit]<note>" when
+// it is a whole number, "<name>[b] = v is not a whole number in [0, limit]<note>"
+// otherwise (a fraction, NaN, an infinity); or "". v is written as passed:
+// the shortest float32 text when `single_precision` (float32, float16 and
+// bfloat16 lengths), the shortest float64 text otherwise.
+std::string float_length_values_error(const double* values, int64_t batch, int64_t limit,
+                                      const std::string& name, const std::string& note,
+                                      bool single_precision);
+
 // The mel lengths' rule: length_values_error with name "lengths", limit frames
 // and the note " (frames of y_true)".
 std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t frames);

@@ -9,7 +9,9 @@
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/mel_loss_checks.h"
@@ -129,8 +131,9 @@ zeros; the OpKernel skips it whenever the graph does not consume it).
 )doc");
 
 REGISTER_OP("MyxttsOps>CheckLengths")
-    .Input("lengths: int32")
+    .Input("lengths: T")
     .Output("checked: int32")
+    .Attr("T: {int32, int64, half, bfloat16, float, double} = DT_INT32")
     .Attr("input_name: string")
     .Attr("note: string = ''")
     .Attr("limit: int >= 0")
@@ -142,22 +145,40 @@ REGISTER_OP("MyxttsOps>CheckLengths")
       return absl::OkStatus();
     })
     .Doc(R"doc(
-The lengths, unchanged, once every entry is in [0, limit]; otherwise an
-InvalidArgument error "<input_name>[b] = v is outside [0, limit]<note>". Its
-XLA kernel is a custom call, so the check also runs inside jit_compile=True,
-where XLA compiles tf.debugging assertions away.
+The lengths as int32 once every entry is a whole number in [0, limit]
+(limit <= 2^31 - 1; int32 lengths are passed through unchanged); otherwise an
+InvalidArgument error "<input_name>[b] = v is outside [0, limit]<note>" (or
+"... is not a whole number in [0, limit]<note>" for a fraction, NaN or an
+infinity), v as passed. Its XLA kernel is a custom call, so the check also
+runs inside jit_compile=True, where XLA compiles tf.debugging assertions away.
 )doc");
 
 namespace myxtts_ops {
 namespace {
 
-// Host lengths on every device (the GPU kernel's are in host memory): no copy.
+// A float length as a double (exact: half and bfloat16 go through float).
+// Integer lengths never come here.
+template <typename T>
+double LengthAsDouble(T v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return static_cast<double>(static_cast<float>(v));
+  }
+}
+
+// Host lengths on every device (the GPU kernel's are in host memory). int32
+// lengths pass through (no copy); others are checked and converted.
+template <typename T>
 class CheckLengthsOp : public OpKernel {
  public:
   explicit CheckLengthsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_name", &input_name_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("note", &note_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("limit", &limit_));
+    // The checked lengths are int32.
+    OP_REQUIRES(ctx, limit_ <= std::numeric_limits<int32_t>::max(),
+                errors::InvalidArgument("limit must be at most 2^31 - 1, got limit=", limit_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -165,11 +186,35 @@ class CheckLengthsOp : public OpKernel {
     OP_REQUIRES(ctx, lengths.dims() == 1,
                 errors::InvalidArgument(input_name_, " must have shape [batch], got shape ",
                                         lengths.shape().DebugString()));
-    LengthsView view;
-    view.data = lengths.NumElements() > 0 ? lengths.flat<int32_t>().data() : nullptr;
-    OP_REQUIRES_OK(ctx, CheckResult(length_values_error(view, lengths.NumElements(), limit_,
-                                                        input_name_, note_)));
-    ctx->set_output(0, lengths);
+    const int64_t batch = lengths.NumElements();
+    const T* values = batch > 0 ? lengths.flat<T>().data() : nullptr;
+    if constexpr (std::is_integral_v<T>) {
+      LengthsView view;
+      view.data = values;
+      view.is_int64 = sizeof(T) == 8;
+      OP_REQUIRES_OK(ctx,
+                     CheckResult(length_values_error(view, batch, limit_, input_name_, note_)));
+      if constexpr (std::is_same_v<T, int32_t>) {
+        ctx->set_output(0, lengths);
+        return;
+      }
+    } else {
+      std::vector<double> as_double(batch);
+      for (int64_t b = 0; b < batch; ++b) as_double[b] = LengthAsDouble(values[b]);
+      OP_REQUIRES_OK(ctx, CheckResult(float_length_values_error(
+                              as_double.data(), batch, limit_, input_name_, note_,
+                              /*single_precision=*/!std::is_same_v<T, double>)));
+    }
+    Tensor* checked = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, lengths.shape(), &checked));
+    int32_t* out = checked->flat<int32_t>().data();
+    for (int64_t b = 0; b < batch; ++b) {
+      if constexpr (std::is_integral_v<T>) {
+        out[b] = int32_t(values[b]);
+      } else {
+        out[b] = int32_t(LengthAsDouble(values[b]));
+      }
+    }
   }
 
  private:
@@ -409,14 +454,29 @@ REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLoss").Device(::tensorflow::DEV
                         myxtts_ops::ForwardOnDevice<myxtts_ops::Device::kCpu>);
 REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLossGrad").Device(::tensorflow::DEVICE_CPU),
                         myxtts_ops::BackwardOnDevice<myxtts_ops::Device::kCpu>);
-REGISTER_KERNEL_BUILDER(Name("MyxttsOps>CheckLengths").Device(::tensorflow::DEVICE_CPU),
-                        myxtts_ops::CheckLengthsOp);
+#define MYXTTS_OPS_REGISTER_CHECK_LENGTHS(T)                                                  \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("MyxttsOps>CheckLengths").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+      myxtts_ops::CheckLengthsOp<T>);                                                         \
+  MYXTTS_OPS_REGISTER_CHECK_LENGTHS_GPU(T)
 #if MYXTTS_OPS_WITH_CUDA
-REGISTER_KERNEL_BUILDER(Name("MyxttsOps>CheckLengths")
-                            .Device(::tensorflow::DEVICE_GPU)
-                            .HostMemory("lengths")
-                            .HostMemory("checked"),
-                        myxtts_ops::CheckLengthsOp);
+#define MYXTTS_OPS_REGISTER_CHECK_LENGTHS_GPU(T)                \
+  REGISTER_KERNEL_BUILDER(Name("MyxttsOps>CheckLengths")        \
+                              .Device(::tensorflow::DEVICE_GPU) \
+                              .TypeConstraint<T>("T")           \
+                              .HostMemory("lengths")            \
+                              .HostMemory("checked"),           \
+                          myxtts_ops::CheckLengthsOp<T>);
+#else
+#define MYXTTS_OPS_REGISTER_CHECK_LENGTHS_GPU(T)
+#endif
+MYXTTS_OPS_REGISTER_CHECK_LENGTHS(int32_t)
+MYXTTS_OPS_REGISTER_CHECK_LENGTHS(int64_t)
+MYXTTS_OPS_REGISTER_CHECK_LENGTHS(Eigen::half)
+MYXTTS_OPS_REGISTER_CHECK_LENGTHS(Eigen::bfloat16)
+MYXTTS_OPS_REGISTER_CHECK_LENGTHS(float)
+MYXTTS_OPS_REGISTER_CHECK_LENGTHS(double)
+#if MYXTTS_OPS_WITH_CUDA
 REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLoss")
                             .Device(::tensorflow::DEVICE_GPU)
                             .HostMemory("lengths")

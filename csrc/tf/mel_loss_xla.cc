@@ -20,6 +20,7 @@
 #include "tensorflow/core/platform/logging.h"
 #include "tf/mel_loss_common.h"
 #include "xla/ffi/api/ffi.h"
+#include "xla/hlo/builder/lib/constants.h"
 #include "xla/hlo/builder/xla_builder.h"
 #include "xla/layout_util.h"
 #include "xla/shape_util.h"
@@ -295,7 +296,9 @@ std::string MlirString(const std::string& text) {
 }
 
 // One custom call that refuses a bad entry at run time (the handler's
-// message), its result aliased to the operand: no copy.
+// message) and returns the lengths as int32. Its operand: int32 (the result
+// aliased to it: no copy) or int64 as they are, any float type as float64
+// (exact), so the handler sees three types and shows the value as passed.
 class CheckLengthsXla : public XlaOpKernel {
  public:
   explicit CheckLengthsXla(OpKernelConstruction* ctx)
@@ -303,6 +306,9 @@ class CheckLengthsXla : public XlaOpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_name", &input_name_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("note", &note_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("limit", &limit_));
+    OP_REQUIRES(ctx, limit_ <= INT32_MAX,
+                ::tensorflow::errors::InvalidArgument("limit must be at most 2^31 - 1, got limit=",
+                                                      limit_));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
@@ -312,6 +318,13 @@ class CheckLengthsXla : public XlaOpKernel {
         ctx, shape->dimensions().size() == 1,
         ::tensorflow::errors::InvalidArgument(input_name_, " must have shape [batch], got shape ",
                                               shape_string(DimsOf(*shape))));
+    const Dims dims = DimsOf(*shape);
+    const xla::PrimitiveType in_type = shape->element_type();
+    const bool is_int = in_type == xla::S32 || in_type == xla::S64;
+    xla::XlaOp operand = ctx->Input(0);
+    if (!is_int) operand = xla::ConvertElementType(operand, xla::F64);
+    const xla::Shape operand_shape = RowMajor(is_int ? in_type : xla::F64, dims);
+    const xla::Shape result_shape = RowMajor(xla::S32, dims);
     if (for_gpu_ && cuda_ffi_handlers().check_lengths == nullptr) {
       // A build without CUDA on XLA:GPU: what the lengths meant before the
       // check existed (an entry outside [0, limit] clamped into it), so the
@@ -323,19 +336,25 @@ class CheckLengthsXla : public XlaOpKernel {
       }();
       (void)warned;
       xla::XlaBuilder* b = ctx->builder();
-      ctx->SetOutput(0, xla::Clamp(xla::ConstantR0<int32_t>(b, 0), ctx->Input(0),
-                                   xla::ConstantR0<int32_t>(
-                                       b, int32_t(std::min<int64_t>(limit_, INT32_MAX)))));
+      xla::XlaOp lo = xla::ConstantR0WithType(b, operand_shape.element_type(), 0);
+      xla::XlaOp hi = xla::ConstantR0WithType(b, operand_shape.element_type(), limit_);
+      ctx->SetOutput(0, xla::ConvertElementType(xla::Clamp(lo, operand, hi), xla::S32));
       return;
     }
     OP_REQUIRES_OK(ctx, CheckXlaPathAvailable(for_gpu_, "check_lengths"));
+    // How the handler writes a bad float value: as the float32 it was, or as float64.
+    const int64_t value_bits = in_type == xla::F64 || is_int ? 64 : 32;
     const std::string attributes = "{input_name = " + MlirString(input_name_) +
                                    ", note = " + MlirString(note_) +
-                                   ", limit = " + std::to_string(limit_) + " : i64}";
+                                   ", limit = " + std::to_string(limit_) +
+                                   " : i64, value_bits = " + std::to_string(value_bits) + " : i64}";
+    std::vector<std::pair<xla::ShapeIndex, std::pair<int64_t, xla::ShapeIndex>>> aliasing;
+    if (in_type == xla::S32) aliasing.push_back({{}, {0, {}}});
     xla::XlaOp call = xla::CustomCallWithLayout(
-        ctx->builder(), kFfiCheckLengthsTarget, {ctx->Input(0)}, *shape, {*shape}, attributes,
+        ctx->builder(), kFfiCheckLengthsTarget, {operand}, result_shape, {operand_shape},
+        attributes,
         // Side-effecting: XLA must run it even where nothing reads the result.
-        /*has_side_effect=*/true, /*output_operand_aliasing=*/{{{}, {0, {}}}},
+        /*has_side_effect=*/true, aliasing,
         /*literal=*/nullptr, xla::CustomCallSchedule::SCHEDULE_NONE,
         xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
     ctx->SetOutput(0, call);

@@ -414,14 +414,16 @@ ffi::Error BackwardCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuff
 #endif
 
 // ---------------------------------------------------------------------------
-// The length check: an int32 [B] operand and a result of the same shape.
+// The length check: an int32, int64 or float64 [B] operand (the XLA kernel
+// widens every float type to float64), an int32 result of the same shape
+// (aliased to an int32 operand).
 std::optional<ffi::Error> CheckLengthsBuffers(const ffi::AnyBuffer& lengths,
                                               const ffi::AnyBuffer& checked,
-                                              std::string_view input_name, LengthsView* view,
-                                              int64_t* batch) {
+                                              std::string_view input_name, int64_t* batch) {
   const std::string name(input_name);
-  if (lengths.element_type() != ffi::DataType::S32)
-    return Invalid(name + " must be int32 here, got dtype=" + TypeName(lengths.element_type()));
+  const ffi::DataType type = lengths.element_type();
+  if (type != ffi::DataType::S32 && type != ffi::DataType::S64 && type != ffi::DataType::F64)
+    return Invalid(name + " must be int32, int64 or float64 here, got dtype=" + TypeName(type));
   const Dims dims = DimsOf(lengths);
   if (dims.size() != 1)
     return Invalid(name + " must have shape [batch], got shape " + shape_string(dims));
@@ -429,44 +431,74 @@ std::optional<ffi::Error> CheckLengthsBuffers(const ffi::AnyBuffer& lengths,
     return Invalid("check_lengths: the result must be int32 with the shape of " + name + " " +
                    shape_string(dims));
   *batch = dims[0];
-  view->data = lengths.untyped_data();
-  view->is_int64 = false;
   return std::nullopt;
 }
 
-ffi::Error CheckLengthsHost(ffi::AnyBuffer lengths, ffi::Result<ffi::AnyBuffer> checked,
-                            std::string_view input_name, std::string_view note, int64_t limit) {
+// The rule on host lengths of the operand's type; on success, the int32
+// lengths in *out (unless the operand is int32: the result is the operand).
+std::string CheckHostLengths(ffi::DataType type, const void* host, int64_t batch, int64_t limit,
+                             std::string_view input_name, std::string_view note, int64_t value_bits,
+                             std::vector<int32_t>* out) {
+  const std::string name(input_name), suffix(note);
+  if (type == ffi::DataType::F64) {
+    const double* v = static_cast<const double*>(host);
+    std::string m = float_length_values_error(v, batch, limit, name, suffix, /*single_precision=*/
+                                              value_bits <= 32);
+    if (m.empty()) {  // whole numbers in [0, limit]: exact in int32
+      out->resize(batch);
+      for (int64_t b = 0; b < batch; ++b) (*out)[b] = int32_t(v[b]);
+    }
+    return m;
+  }
   LengthsView view;
+  view.data = host;
+  view.is_int64 = type == ffi::DataType::S64;
+  std::string m = length_values_error(view, batch, limit, name, suffix);
+  if (m.empty() && view.is_int64) {
+    out->resize(batch);
+    stage_lengths_int32(view, batch, out->data());
+  }
+  return m;
+}
+
+ffi::Error CheckLengthsHost(ffi::AnyBuffer lengths, ffi::Result<ffi::AnyBuffer> checked,
+                            std::string_view input_name, std::string_view note, int64_t limit,
+                            int64_t value_bits) {
   int64_t batch = 0;
-  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, &view, &batch)) return *e;
+  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, &batch)) return *e;
   if (batch == 0) return ffi::Error::Success();
-  const std::string m =
-      length_values_error(view, batch, limit, std::string(input_name), std::string(note));
+  std::vector<int32_t> converted;
+  const std::string m = CheckHostLengths(lengths.element_type(), lengths.untyped_data(), batch,
+                                         limit, input_name, note, value_bits, &converted);
   if (!m.empty()) return Invalid(m);
-  if (checked->untyped_data() != lengths.untyped_data())
-    std::memcpy(checked->untyped_data(), lengths.untyped_data(), lengths.size_bytes());
+  const void* src = converted.empty() ? lengths.untyped_data() : converted.data();
+  if (checked->untyped_data() != src)
+    std::memcpy(checked->untyped_data(), src, checked->size_bytes());
   return ffi::Error::Success();
 }
 
 #if MYXTTS_OPS_WITH_CUDA
 // Device lengths: read back to the host (one small copy and a wait for the
-// stream, as the forward's CheckDeviceLengths), checked there.
+// stream, as the forward's CheckDeviceLengths), checked there; converted
+// lengths go back with one host-to-device copy.
 ffi::Error CheckLengthsCuda(cudaStream_t stream, ffi::AnyBuffer lengths,
                             ffi::Result<ffi::AnyBuffer> checked, std::string_view input_name,
-                            std::string_view note, int64_t limit) {
-  LengthsView view;
+                            std::string_view note, int64_t limit, int64_t value_bits) {
   int64_t batch = 0;
-  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, &view, &batch)) return *e;
+  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, &batch)) return *e;
   if (batch == 0) return ffi::Error::Success();
-  std::vector<int32_t> host(batch);
-  std::string err = cuda_copy_to_host(host.data(), view.data, lengths.size_bytes(), stream);
+  std::vector<int64_t> host(batch);  // 8 bytes per entry: room for every operand type
+  std::string err =
+      cuda_copy_to_host(host.data(), lengths.untyped_data(), lengths.size_bytes(), stream);
   if (!err.empty()) return ffi::Error::Internal(err);
-  LengthsView host_view;
-  host_view.data = host.data();
-  const std::string m =
-      length_values_error(host_view, batch, limit, std::string(input_name), std::string(note));
+  std::vector<int32_t> converted;
+  const std::string m = CheckHostLengths(lengths.element_type(), host.data(), batch, limit,
+                                         input_name, note, value_bits, &converted);
   if (!m.empty()) return Invalid(m);
-  if (checked->untyped_data() != lengths.untyped_data())
+  if (!converted.empty())
+    err = cuda_copy_to_device_async(checked->untyped_data(), converted.data(),
+                                    checked->size_bytes(), stream);
+  else if (checked->untyped_data() != lengths.untyped_data())
     err = cuda_copy_on_device(checked->untyped_data(), lengths.untyped_data(), lengths.size_bytes(),
                               stream);
   return err.empty() ? ffi::Error::Success() : ffi::Error::Internal(err);
@@ -482,7 +514,8 @@ XLA_FFI_DEFINE_HANDLER(kCheckLengthsHost, CheckLengthsHost,
                            .Ret<ffi::AnyBuffer>()  // checked
                            .Attr<std::string_view>("input_name")
                            .Attr<std::string_view>("note")
-                           .Attr<int64_t>("limit"));
+                           .Attr<int64_t>("limit")
+                           .Attr<int64_t>("value_bits"));
 #if MYXTTS_OPS_WITH_CUDA
 XLA_FFI_DEFINE_HANDLER(kCheckLengthsCuda, CheckLengthsCuda,
                        ffi::Ffi::Bind()
@@ -491,7 +524,8 @@ XLA_FFI_DEFINE_HANDLER(kCheckLengthsCuda, CheckLengthsCuda,
                            .Ret<ffi::AnyBuffer>()
                            .Attr<std::string_view>("input_name")
                            .Attr<std::string_view>("note")
-                           .Attr<int64_t>("limit"));
+                           .Attr<int64_t>("limit")
+                           .Attr<int64_t>("value_bits"));
 #endif
 
 XLA_FFI_DEFINE_HANDLER(kForwardHost, ForwardHost,

@@ -37,6 +37,7 @@ term's value; they are built on the same statistics functions.
 
 import collections
 import dataclasses
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -101,26 +102,39 @@ def xla_length_check_available():
     return xla_length_check_available()
 
 
+def length_check_available():
+    from myxtts_ops.ops import length_check_available
+
+    return length_check_available()
+
+
 def check_lengths(lengths, name, note):
     from myxtts_ops.ops import check_lengths
 
     return check_lengths(lengths, name, note=note)
 
 
-def as_lengths(lengths, name, invalid=0):
-    """``lengths`` as an int32 ``[B]`` tensor, refusing negative, non-integral or
-    too large (``> MAX_LENGTH``) values.
+def _op_message(message):
+    """An eager op error's own text, without TensorFlow's node and op tags."""
+    message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", message)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message, flags=re.S)
 
-    Integral floats (Keras casts lengths to float32) are accepted. The check is
-    a ``ValueError`` naming ``name`` and the values eagerly, an
-    ``InvalidArgumentError`` in graphs. Under XLA, which compiles assertions
-    away, the entries go through :func:`myxtts_ops.ops.check_lengths`, a custom
-    call that refuses a bad one at run time by index: a negative whole number
-    as passed, any other bad entry (a fraction, NaN, too large) as -1. Only
-    where this process cannot run the library's custom calls (the fused op then
-    falls back to the reference too) does an invalid entry become ``invalid``:
-    0 for the terms' masks; with a negative ``invalid`` (lengths for the mel op)
-    a negative whole number stays itself and any other becomes ``invalid``.
+
+def as_lengths(lengths, name, invalid=0):
+    """``lengths`` as an int32 ``[B]`` tensor, refusing any entry that is not a
+    whole number in ``[0, MAX_LENGTH]``.
+
+    Integral floats (Keras casts lengths to float32) are accepted. One check on
+    every path, :func:`myxtts_ops.ops.check_lengths`, names ``name``, the index
+    and the value as passed: a ``ValueError`` eagerly, an
+    ``InvalidArgumentError`` in graphs and under XLA (where it is a custom call
+    that XLA keeps; it compiles ``tf.debugging`` assertions away). Only where
+    this process cannot run that op (its library does not load, or under XLA
+    without its custom calls) do TensorFlow ops stand in: assertions outside
+    XLA; under XLA, where nothing can refuse, an invalid entry becomes
+    ``invalid``: 0 for the terms' masks; with a negative ``invalid`` (lengths
+    for the mel op, which refuses them) a negative whole number stays itself
+    and any other becomes ``invalid``.
     """
     t = tf.convert_to_tensor(lengths)
     if t.shape.rank is not None and t.shape.rank != 1:
@@ -128,9 +142,18 @@ def as_lengths(lengths, name, invalid=0):
             t = tf.reshape(t, [-1])
         else:
             raise ValueError(f"{name} must have shape [batch], got shape {t.shape}")
+    if not (t.dtype.is_integer or t.dtype.is_floating):
+        raise ValueError(
+            f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
+        )
+    rule = f"{name} must be integers in [0, {MAX_LENGTH}] (integral floats are accepted)"
+    if length_check_available():
+        try:
+            return check_lengths(t, name, note=f"; {rule}")
+        except tf.errors.InvalidArgumentError as exc:  # eagerly: raised at once
+            raise ValueError(_op_message(exc.message)) from None
+    # Stand-ins, where the op cannot run.
     if t.dtype.is_floating and not in_xla():
-        # Whole-number float lengths: the op side's one rule (its message
-        # names the index and the value passed).
         try:
             t = integral_lengths(t, name)
         except tf.errors.InvalidArgumentError as exc:  # eager: raised at once
@@ -140,14 +163,9 @@ def as_lengths(lengths, name, invalid=0):
         bad = negative
         if t.dtype.max > MAX_LENGTH:  # a bare int32 cast would wrap these
             bad = tf.logical_or(bad, t > tf.constant(MAX_LENGTH, t.dtype))
-    elif t.dtype.is_floating:  # under XLA
+    else:  # floats under XLA
         bad = float_length_flaws(t)
         negative = tf.logical_and(tf.equal(tf.math.floor(t), t), t < 0)  # whole and < 0
-    else:
-        raise ValueError(
-            f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
-        )
-    rule = f"{name} must be integers in [0, {MAX_LENGTH}] (integral floats are accepted)"
     if tf.executing_eagerly() and hasattr(t, "numpy"):
         flags = bad.numpy()
         if flags.any():
@@ -160,18 +178,11 @@ def as_lengths(lengths, name, invalid=0):
         )
         with tf.control_dependencies([check]):
             t = tf.identity(t)
-    checked = in_xla() and xla_length_check_available()
-    if checked:
-        invalid = -1
     safe = tf.where(bad, tf.zeros_like(t), t)
     out = tf.where(bad, tf.constant(invalid, tf.int32), tf.cast(safe, tf.int32))
     if invalid < 0:
         shown = tf.logical_and(negative, tf.cast(t, tf.float64) >= -float(MAX_LENGTH))
         out = tf.where(shown, tf.cast(tf.where(shown, t, tf.zeros_like(t)), tf.int32), out)
-    if checked:
-        return check_lengths(
-            out, name, note=f"; {rule}; under XLA a fraction, NaN or too large a value shows as -1"
-        )
     return out
 
 

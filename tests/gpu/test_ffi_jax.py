@@ -157,10 +157,18 @@ def test_ffi_through_jax_bitwise_deterministic(kernels, lib, jax_gpu):
 
 def test_ffi_through_jax_check_lengths(jax_gpu):
     """The length check's CUDA handler (what XTTSLoss runs on every length
-    under XLA:GPU): device lengths unchanged, or the message by index."""
+    under XLA:GPU): int32 device lengths unchanged, others as int32, or the
+    message by index and value."""
     jax, device = jax_gpu
     check = jax.jit(lambda n: jax_ffi.check_lengths(n, "text_lengths", 5, " (note)"))
     good = jax.device_put(np.array([0, 5, 3], np.int32), device)
     np.testing.assert_array_equal(np.asarray(check(good)), [0, 5, 3])
     with pytest.raises(Exception, match=r"text_lengths\[1\] = 6 is outside \[0, 5\] \(note\)"):
         np.asarray(check(jax.device_put(np.array([0, 6, 3], np.int32), device)))
+    # Float and int64 device lengths: converted to int32 on the way back, or refused as passed.
+    for dtype in (np.int64, np.float32, np.float64):
+        got = np.asarray(check(jax.device_put(np.array([0, 5, 3], dtype), device)))
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, [0, 5, 3])
+    with pytest.raises(Exception, match=r"text_lengths\[2\] = 2\.5 is not a whole number in"):
+        np.asarray(check(jax.device_put(np.array([0, 5, 2.5], np.float32), device)))
