@@ -20,7 +20,6 @@
 #include "tensorflow/core/platform/logging.h"
 #include "tf/mel_loss_common.h"
 #include "xla/ffi/api/ffi.h"
-#include "xla/hlo/builder/lib/constants.h"
 #include "xla/hlo/builder/xla_builder.h"
 #include "xla/layout_util.h"
 #include "xla/shape_util.h"
@@ -336,8 +335,17 @@ class CheckLengthsXla : public XlaOpKernel {
       }();
       (void)warned;
       xla::XlaBuilder* b = ctx->builder();
-      xla::XlaOp lo = xla::ConstantR0WithType(b, operand_shape.element_type(), 0);
-      xla::XlaOp hi = xla::ConstantR0WithType(b, operand_shape.element_type(), limit_);
+      xla::XlaOp lo, hi;
+      if (in_type == xla::S32) {
+        lo = xla::ConstantR0<int32_t>(b, 0);
+        hi = xla::ConstantR0<int32_t>(b, int32_t(limit_));
+      } else if (in_type == xla::S64) {
+        lo = xla::ConstantR0<int64_t>(b, 0);
+        hi = xla::ConstantR0<int64_t>(b, limit_);
+      } else {
+        lo = xla::ConstantR0<double>(b, 0.0);
+        hi = xla::ConstantR0<double>(b, double(limit_));
+      }
       ctx->SetOutput(0, xla::ConvertElementType(xla::Clamp(lo, operand, hi), xla::S32));
       return;
     }
