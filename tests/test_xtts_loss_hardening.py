@@ -189,7 +189,7 @@ def test_lengths_must_be_integral(mode, bad, shown):
     yt["mel_lengths"] = tf.constant(bad, dtype)
     error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
     # On every path the length check's message: the value as passed.
-    match = rf"mel_lengths\[0\] = {re.escape(shown)} \[0, {MAX_LENGTH}\]; mel_lengths must be"
+    match = rf"mel_lengths\[0\] = {re.escape(shown)} \[0, 4\] \(the size of y_true\[mel_target\] axis 1\); mel_lengths must be"
     with pytest.raises(error, match=match):
         call(yt, yp)
     _assert_state_unchanged(loss_fn, before, mode)
@@ -209,10 +209,129 @@ def test_mel_length_beyond_frames_leaves_the_state(mode):
     call(yt, yp)
     before = _state_snapshot(loss_fn)
     yt["mel_lengths"] = tf.constant([9, 2])
-    error = tf.errors.InvalidArgumentError  # the op's own, eagerly too
-    with pytest.raises(error, match=r"lengths\[0\] = 9 is outside \[0, 4\]"):
+    error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+    with pytest.raises(error, match=r"mel_lengths\[0\] = 9 is outside \[0, 4\] \(the size of"):
         call(yt, yp)
     _assert_state_unchanged(loss_fn, before, mode)
+
+
+# Each term that reads lengths, without the mel term (whose op refuses a mel
+# length past the frames itself): the inputs, the length key, the axis named.
+_BOUNDED_TERMS = {
+    "stop": (
+        {"stop_target": tf.zeros([2, 4, 1]), "mel_lengths": tf.constant([4, 3])},
+        {"stop_tokens": tf.fill([2, 4, 1], 0.5)},
+        "mel_lengths",
+        ("stop_target", 1),
+    ),
+    "pitch": (
+        {"pitch_target": tf.ones([2, 4]), "mel_lengths": tf.constant([4, 3])},
+        {"pitch_output": tf.zeros([2, 4])},
+        "mel_lengths",
+        ("pitch_target", 1),
+    ),
+    "duration": (
+        {"duration_target": tf.ones([2, 5]), "text_lengths": tf.constant([5, 3])},
+        {"duration_pred": tf.zeros([2, 5])},
+        "text_lengths",
+        ("duration_target", 1),
+    ),
+    "speaking_rate": (
+        {"prosody_speaking_rate_target": tf.ones([2, 5, 1]), "text_lengths": tf.constant([5, 3])},
+        {"prosody_speaking_rate": tf.zeros([2, 5, 1])},
+        "text_lengths",
+        ("prosody_speaking_rate_target", 1),
+    ),
+    "attention_tokens": (
+        {"text_lengths": tf.constant([3, 2]), "mel_lengths": tf.constant([4, 2])},
+        {"attention_weights": tf.fill([2, 2, 4, 3], 1.0 / 3)},
+        "text_lengths",
+        ("attention_weights", 3),
+    ),
+    "attention_frames": (
+        {"text_lengths": tf.constant([3, 2]), "mel_lengths": tf.constant([4, 2])},
+        {"attention_weights": tf.fill([2, 2, 4, 3], 1.0 / 3)},
+        "mel_lengths",
+        ("attention_weights", 2),
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("term", sorted(_BOUNDED_TERMS))
+def test_length_past_its_axis_is_refused_for_every_term(term, mode):
+    """A length larger than the axis it indexes would shrink that sample's
+    divisor to the axis size (the per-sample mean over fewer positions than
+    the length says): refused on every path, naming the key, index, value and
+    the axis, and the state is left as it was."""
+    yt, yp, key, (bounded, axis) = _BOUNDED_TERMS[term]
+    yt = dict(yt)
+    loss_fn = XTTSLoss()
+    call = (
+        loss_fn
+        if mode == "eager"
+        else tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
+    )
+    assert np.isfinite(float(call(yt, yp)))
+    before = _state_snapshot(loss_fn)
+    size = (yp | yt)[bounded].shape[axis]
+    yt[key] = tf.concat([yt[key][:1], [size + 1]], 0)
+    error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+    where = "y_true" if bounded in yt else "y_pred"
+    match = (
+        rf"{key}\[1\] = {size + 1} is outside \[0, {size}\] "
+        rf"\(the size of {where}\[{bounded}\] axis {axis}\)"
+    )
+    with pytest.raises(error, match=match):
+        call(yt, yp)
+    _assert_state_unchanged(loss_fn, before, mode)
+    yt[key] = tf.concat([yt[key][:1], [size]], 0)  # the axis size itself: fine
+    assert np.isfinite(float(call(yt, yp)))
+
+
+def test_length_past_an_axis_unknown_when_traced_is_refused():
+    """With the sizes unknown when the graph is traced, the same refusal at run time."""
+    yt, yp, key, _ = _BOUNDED_TERMS["duration"]
+    yt = dict(yt)
+    loss_fn = XTTSLoss()
+
+    def spec(d):
+        return {k: tf.TensorSpec([None] * v.shape.rank, v.dtype) for k, v in d.items()}
+
+    call = tf.function(lambda a, b: loss_fn(a, b), input_signature=[spec(yt), spec(yp)])
+    call(yt, yp)
+    before = _state_snapshot(loss_fn)
+    yt[key] = tf.constant([6, 3])
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"text_lengths must be at most the size of y_true\[duration_target\] axis 1",
+    ):
+        call(yt, yp)
+    _assert_state_unchanged(loss_fn, before, "function")
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_module_functions_refuse_a_length_past_their_axis(mode):
+    """The module-level term functions refuse a length past the axis it indexes."""
+    fns = {
+        "predicted_durations": lambda n: terms.duration_loss(tf.ones([2, 5]), tf.zeros([2, 5]), n),
+        "predicted_rate": lambda n: terms.speaking_rate_loss(tf.ones([2, 5]), tf.zeros([2, 5]), n),
+        "predicted_pitch": lambda n: terms.pitch_loss(tf.ones([2, 5]), tf.zeros([2, 5]), n),
+        "predicted_energy": lambda n: terms.energy_loss(tf.ones([2, 5]), tf.zeros([2, 5]), n),
+        "predicted_noise": lambda n: terms.diffusion_loss(
+            tf.ones([2, 5, 3]), tf.zeros([2, 5, 3]), n
+        ),
+        "y_pred": lambda n: terms.stop_token_loss(tf.zeros([2, 5, 1]), tf.fill([2, 5, 1], 0.5), n),
+        "attention_weights": lambda n: terms.attention_loss(
+            tf.fill([2, 1, 5, 5], 0.2), n, tf.constant([5, 5])
+        ),
+    }
+    for label, fn in fns.items():
+        call = fn if mode == "eager" else tf.function(fn, jit_compile=mode == "xla")
+        assert np.isfinite(float(call(tf.constant([2, 5]))))
+        error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+        with pytest.raises(error, match=rf"\[1\] = 6 is outside \[0, 5\] \(the size of {label}"):
+            call(tf.constant([2, 6]))
 
 
 @pytest.mark.parametrize("mode", ["function", "xla"])
@@ -234,15 +353,14 @@ def test_refused_validation_call_leaves_the_report(mode):
 @pytest.mark.parametrize(
     "lengths, match",
     [
-        ([-2, 3], rf"lengths\[0\] = -2 is outside \[0, {MAX_LENGTH}\]"),
-        ([2.5, 3.0], rf"lengths\[0\] = 2\.5 is not a whole number in \[0, {MAX_LENGTH}\]"),
-        ([5, 3], r"lengths\[0\] = 5 is outside \[0, 4\] \(frames of y_true\)"),  # the op's
+        ([-2, 3], r"lengths\[0\] = -2 is outside \[0, 4\] \(the size of y_pred axis 1\)"),
+        ([2.5, 3.0], r"lengths\[0\] = 2\.5 is not a whole number in \[0, 4\]"),
+        ([5, 3], r"lengths\[0\] = 5 is outside \[0, 4\] \(the size of y_pred axis 1\)"),
     ],
 )
 def test_module_mel_loss_refuses_bad_lengths_under_xla(lengths, match):
     """terms.mel_loss refuses a bad entry under XLA, where the terms' own copy
-    would otherwise have made it 0: the length check, or the fused op for a
-    length beyond the frames."""
+    would otherwise have made it 0, a length beyond the frames included."""
     fn = tf.function(lambda t, p, n: terms.mel_loss(t, p, n, label_smoothing=0.0), jit_compile=True)
     dtype = tf.float32 if isinstance(lengths[0], float) else tf.int32
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
@@ -278,7 +396,7 @@ def test_text_lengths_refused_on_every_path(mode, bad, shown):
     dtype = tf.float32 if isinstance(bad[0], float) else tf.int64
     yt["text_lengths"] = tf.constant(bad, dtype)
     error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
-    match = rf"text_lengths\[0\] = {re.escape(shown)} \[0, {MAX_LENGTH}\]; text_lengths must be"
+    match = rf"text_lengths\[0\] = {re.escape(shown)} \[0, 5\] \(the size of y_true\[duration_target\] axis 1\); text_lengths must be"
     with pytest.raises(error, match=match):
         call(yt, yp)
     _assert_state_unchanged(loss_fn, before, mode)
@@ -301,7 +419,8 @@ def test_unused_text_lengths_are_checked_too(mode):
     assert float(call(yt, yp)) == pytest.approx(1.25)
     yt["text_lengths"] = tf.constant([-2, 3])
     error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
-    with pytest.raises(error, match="text_lengths"):
+    # No input has a token axis: the bound is MAX_LENGTH.
+    with pytest.raises(error, match=rf"text_lengths\[0\] = -2 is outside \[0, {MAX_LENGTH}\];"):
         call(yt, yp)
 
 
@@ -553,3 +672,26 @@ def test_a_term_with_nothing_to_count_adds_zero_and_keeps_the_others(case, mode)
     assert float(total) == pytest.approx(float(weighted["raw_total_loss"]), rel=1e-6)
     assert float(total) == pytest.approx(terms_sum, rel=1e-5)
     assert np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("dtype", [tf.int32, tf.float32])
+def test_length_bound_holds_in_the_stand_in_checks(monkeypatch, mode, dtype):
+    """Where the length check's op cannot run, TensorFlow's stand-in checks
+    apply the same bound: an error eagerly and in graphs; under XLA, where
+    nothing can refuse, the entry counts as 0 (the terms' masks' invalid)."""
+    monkeypatch.setattr(terms, "length_check_available", lambda: False)
+    bounds = [("duration", tf.zeros([2, 5]), 1)]
+
+    def fn(n):
+        return terms.as_lengths(n, "text_lengths", bounds)
+
+    call = fn if mode == "eager" else tf.function(fn, jit_compile=mode == "xla")
+    np.testing.assert_array_equal(call(tf.constant([2, 5], dtype)).numpy(), [2, 5])
+    bad = tf.constant([2, 6], dtype)
+    if mode == "xla":
+        np.testing.assert_array_equal(call(bad).numpy(), [2, 0])
+        return
+    error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+    with pytest.raises(error, match=r"text_lengths must be integers in \[0, 5\]"):
+        call(bad)

@@ -258,6 +258,19 @@ def test_contrastive_against_numpy(rng):
     )
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_contrastive_integer_labels_compare_exactly(dtype, rng):
+    """Integer speaker ids are compared as given: ids that differ only past
+    float32's 24-bit mantissa (2**24 and 2**24 + 1) are two speakers."""
+    base = 2**24 if dtype == np.int32 else 2**40
+    labels = np.array([base, base + 1, base, base + 1], dtype)
+    emb = rng.normal(0, 1, (4, D))
+    got = terms.contrastive_speaker_loss(tf.constant(labels), emb.astype(np.float32))
+    np.testing.assert_allclose(float(got), np_contrastive(labels, emb), rtol=1e-5)
+    merged = np_contrastive(np.zeros(4), emb)
+    assert abs(float(got) - merged) > 1e-3  # what one merged speaker would give
+
+
 @pytest.mark.parametrize("lengths", list(LENGTHS))
 def test_mel_loss_function_huber_batch_mean(lengths, rng):
     lm, _ = LENGTHS[lengths]

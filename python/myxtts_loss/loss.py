@@ -413,7 +413,11 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 f"the mel term needs both mel_target and mel_output; {missing} is missing"
             )
         lengths = {
-            key: terms.as_lengths(y_true[key], key) if key in y_true else None
+            key: (
+                terms.as_lengths(y_true[key], key, bounds=terms.length_bounds(key, y_true, y_pred))
+                if key in y_true
+                else None
+            )
             for key in ("mel_lengths", "text_lengths")
         }
         return y_true, y_pred, lengths

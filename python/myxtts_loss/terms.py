@@ -108,10 +108,10 @@ def length_check_available():
     return length_check_available()
 
 
-def check_lengths(lengths, name, note):
+def check_lengths(lengths, name, limit, note):
     from myxtts_ops.ops import check_lengths
 
-    return check_lengths(lengths, name, note=note)
+    return check_lengths(lengths, name, limit=limit, note=note)
 
 
 def _op_message(message):
@@ -120,9 +120,38 @@ def _op_message(message):
     return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message, flags=re.S)
 
 
-def as_lengths(lengths, name, invalid=0):
+def _static_size(value, axis):
+    shape = tf.TensorShape(_shape_of(value))
+    if shape.rank is None or axis >= shape.rank:
+        return None
+    return shape[axis]
+
+
+def _length_limit(name, bounds):
+    """(static limit, its note, run-time assertions) for ``as_lengths``' ``bounds``.
+
+    The smallest statically known size is the op's limit; a size unknown when
+    a graph is traced gets an assertion instead (never under XLA, where every
+    size is static).
+    """
+    limit, note, checks = MAX_LENGTH, "", []
+    for label, value, axis in bounds:
+        size = _static_size(value, axis)
+        if size is not None and size < limit:
+            limit, note = size, f" (the size of {label} axis {axis})"
+        elif size is None and not tf.executing_eagerly() and not in_xla():
+            checks.append((label, value, axis))
+    return limit, note, checks
+
+
+def as_lengths(lengths, name, bounds=(), *, invalid=0):
     """``lengths`` as an int32 ``[B]`` tensor, refusing any entry that is not a
-    whole number in ``[0, MAX_LENGTH]``.
+    whole number in ``[0, MAX_LENGTH]``, or larger than an axis it indexes.
+
+    ``bounds``: ``(label, tensor, axis)`` for each axis whose positions the
+    lengths count; a length past its end would silently shrink a per-sample
+    mean's divisor, so it is refused like a negative one, the message naming
+    ``label`` and the axis.
 
     Integral floats (Keras casts lengths to float32) are accepted. One check on
     every path, :func:`myxtts_ops.ops.check_lengths`, names ``name``, the index
@@ -146,12 +175,14 @@ def as_lengths(lengths, name, invalid=0):
         raise ValueError(
             f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
         )
-    rule = f"{name} must be integers in [0, {MAX_LENGTH}] (integral floats are accepted)"
+    limit, limit_note, dynamic = _length_limit(name, bounds)
+    rule = f"{name} must be integers in [0, {limit}] (integral floats are accepted)"
     if length_check_available():
         try:
-            return check_lengths(t, name, note=f"; {rule}")
+            checked = check_lengths(t, name, limit=limit, note=f"{limit_note}; {rule}")
         except tf.errors.InvalidArgumentError as exc:  # eagerly: raised at once
             raise ValueError(_op_message(exc.message)) from None
+        return _assert_within(checked, name, dynamic)
     # Stand-ins, where the op cannot run.
     if t.dtype.is_floating and not in_xla():
         try:
@@ -161,17 +192,21 @@ def as_lengths(lengths, name, invalid=0):
     if t.dtype.is_integer:
         negative = t < 0 if t.dtype.min < 0 else tf.zeros_like(t, tf.bool)
         bad = negative
-        if t.dtype.max > MAX_LENGTH:  # a bare int32 cast would wrap these
-            bad = tf.logical_or(bad, t > tf.constant(MAX_LENGTH, t.dtype))
+        if t.dtype.max > limit:  # a bare int32 cast would wrap those over MAX_LENGTH
+            bad = tf.logical_or(bad, t > tf.constant(limit, t.dtype))
     else:  # floats under XLA
         bad = float_length_flaws(t)
+        if limit < MAX_LENGTH:
+            bad = tf.logical_or(bad, tf.cast(t, tf.float64) > float(limit))
         negative = tf.logical_and(tf.equal(tf.math.floor(t), t), t < 0)  # whole and < 0
     if tf.executing_eagerly() and hasattr(t, "numpy"):
         flags = bad.numpy()
         if flags.any():
             values = t.numpy()
             at = int(np.argmax(flags))
-            raise ValueError(f"{rule}, got {name}[{at}]={values[at]!r} in {values.tolist()!r}")
+            raise ValueError(
+                f"{rule}{limit_note}, got {name}[{at}]={values[at]!r} in {values.tolist()!r}"
+            )
     elif not in_xla():
         check = tf.debugging.Assert(
             tf.logical_not(tf.reduce_any(bad)), [f"{rule}, got", t], summarize=16
@@ -183,7 +218,24 @@ def as_lengths(lengths, name, invalid=0):
     if invalid < 0:
         shown = tf.logical_and(negative, tf.cast(t, tf.float64) >= -float(MAX_LENGTH))
         out = tf.where(shown, tf.cast(tf.where(shown, t, tf.zeros_like(t)), tf.int32), out)
-    return out
+    return _assert_within(out, name, dynamic)
+
+
+def _assert_within(lengths, name, bounds):
+    """``lengths`` once each is at most the run-time size of every ``bounds`` axis."""
+    if not bounds:
+        return lengths
+    checks = [
+        tf.debugging.assert_less_equal(
+            lengths,
+            tf.shape(value)[axis],
+            message=f"{name} must be at most the size of {label} axis {axis}",
+            summarize=16,
+        )
+        for label, value, axis in bounds
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(lengths)
 
 
 def op_lengths(lengths, checked, name):
@@ -482,13 +534,18 @@ def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2):
     ``nonfinite`` counts this replica's non-finite rows.
     """
     e = _as_float(embeddings)
-    labels = tf.cast(tf.round(_as_float(labels)), tf.int32)
+    labels = tf.convert_to_tensor(labels)
+    # Integer ids compare as they are (through float32, ids past 2**24 would
+    # merge); float ones (Keras casts y_true to float32) are rounded in their dtype.
+    if not labels.dtype.is_integer:
+        labels = tf.round(labels)
+    labels = tf.cast(labels, tf.int64)
     row_ok = tf.reduce_all(tf.math.is_finite(e), axis=-1)
     nonfinite = _count(tf.logical_not(row_ok))
     ctx = tf.distribute.get_replica_context()
     replicas = 1 if ctx is None else int(ctx.num_replicas_in_sync)
     if replicas > 1:
-        # Two gathers: one collective cannot mix int32 (host) and float tensors.
+        # Two gathers: the labels (int64) and the embeddings (float) cannot share one.
         labels = ctx.all_gather(labels, axis=0)
         e = ctx.all_gather(e, axis=0)
         row_ok = tf.reduce_all(tf.math.is_finite(e), axis=-1)
@@ -684,8 +741,9 @@ def term_value(term, stats):
 
 # -------------------------------------------------------------- input checks
 # Each key's dimensions as symbols: B batch, T mel frames, M mel bins, U text
-# tokens, H heads, D embedding size; 1 a literal 1; "?" anything. A key may
-# allow several ranks (the trailing 1 is optional where the terms squeeze it).
+# tokens, H heads, Q and K the attention's frames and tokens (not tied to T
+# and U), D embedding size; 1 a literal 1; "?" anything. A key may allow
+# several ranks (the trailing 1 is optional where the terms squeeze it).
 KEY_SHAPES = {
     "mel_target": [("B", "T", "M")],
     "mel_output": [("B", "T", "M")],
@@ -693,7 +751,7 @@ KEY_SHAPES = {
     "text_lengths": [("B",)],
     "stop_target": [("B", "T", 1), ("B", "T")],
     "stop_tokens": [("B", "T", 1), ("B", "T")],
-    "attention_weights": [("B", "H", "?", "?")],
+    "attention_weights": [("B", "H", "Q", "K")],
     "duration_target": [("B", "U")],
     "duration_pred": [("B", "U")],
     "pitch_target": [("B", "T", 1), ("B", "T")],
@@ -711,6 +769,30 @@ KEY_SHAPES = {
     "diffusion_noise_target": [("B", "T", "?")],
     "diffusion_noise_pred": [("B", "T", "?")],
 }
+#: The axes whose positions each length counts, by their KEY_SHAPES symbols.
+LENGTH_SYMBOLS = {"mel_lengths": ("T", "Q"), "text_lengths": ("U", "K")}
+
+
+def length_bounds(key, y_true, y_pred):
+    """``as_lengths``' ``bounds`` for the length ``key``: every axis of the
+    inputs present whose positions it counts."""
+    bounds = []
+    for where, d in (("y_true", y_true), ("y_pred", y_pred)):
+        for other, value in d.items():
+            rank = tf.TensorShape(_shape_of(value)).rank
+            for pattern in KEY_SHAPES.get(other, ()):
+                if len(pattern) != rank:
+                    continue
+                for axis, sym in enumerate(pattern):
+                    if sym in LENGTH_SYMBOLS[key]:
+                        bounds.append((f"{where}[{other}]", value, axis))
+                break
+    return bounds
+
+
+def _shape_of(value):
+    shape = getattr(value, "shape", None)
+    return np.shape(value) if shape is None else shape
 
 
 def _edit_distance(a, b):
@@ -780,10 +862,7 @@ def check_inputs(y_true, y_pred, extra_keys=()):
         for key, value in d.items():
             if key not in KEY_SHAPES:
                 continue
-            shape = getattr(value, "shape", None)
-            if shape is None:
-                shape = np.shape(value)
-            shape = tf.TensorShape(shape)
+            shape = tf.TensorShape(_shape_of(value))
             if shape.rank is None:
                 continue
             patterns = [p for p in KEY_SHAPES[key] if len(p) == shape.rank]
@@ -846,8 +925,8 @@ def _dynamic_shape_checks(seen):
 
 
 # ------------------------------------------------------ module-level functions
-def _opt_lengths(lengths, name):
-    return None if lengths is None else as_lengths(lengths, name)
+def _opt_lengths(lengths, name, bounds=()):
+    return None if lengths is None else as_lengths(lengths, name, bounds=bounds)
 
 
 def mel_target_noise(y_true, lengths, label_smoothing, seed):
@@ -910,7 +989,7 @@ def mel_loss(
     y_pred = tf.convert_to_tensor(y_pred)
     if y_true.dtype != y_pred.dtype:
         y_true = tf.cast(y_true, y_pred.dtype)
-    lens = _opt_lengths(lengths, "lengths")
+    lens = _opt_lengths(lengths, "lengths", [("y_pred", y_pred, 1)])
     if label_smoothing:
         y_true = mel_target_noise(
             y_true, lens, label_smoothing, tf.constant([int(seed), 0], tf.int64)
@@ -936,7 +1015,7 @@ def stop_token_loss(
         stop_stats(
             y_true,
             y_pred,
-            _opt_lengths(lengths, "lengths"),
+            _opt_lengths(lengths, "lengths", [("y_pred", y_pred, 1)]),
             positive_weight,
             label_smoothing,
             from_logits,
@@ -949,8 +1028,8 @@ def attention_loss(attention_weights, text_lengths, mel_lengths):
     return stats_value(
         attention_stats(
             attention_weights,
-            as_lengths(text_lengths, "text_lengths"),
-            as_lengths(mel_lengths, "mel_lengths"),
+            as_lengths(text_lengths, "text_lengths", [("attention_weights", attention_weights, 3)]),
+            as_lengths(mel_lengths, "mel_lengths", [("attention_weights", attention_weights, 2)]),
         )
     )
 
@@ -959,7 +1038,11 @@ def duration_loss(predicted_durations, target_durations, text_lengths):
     """Contract 3.4."""
     return stats_value(
         duration_stats(
-            predicted_durations, target_durations, as_lengths(text_lengths, "text_lengths")
+            predicted_durations,
+            target_durations,
+            as_lengths(
+                text_lengths, "text_lengths", [("predicted_durations", predicted_durations, 1)]
+            ),
         ),
         (0.0, 25.0),
     )
@@ -969,7 +1052,11 @@ def pitch_loss(predicted_pitch, target_pitch, sequence_lengths=None):
     """Contract 3.5."""
     return stats_value(
         pitch_stats(
-            predicted_pitch, target_pitch, _opt_lengths(sequence_lengths, "sequence_lengths")
+            predicted_pitch,
+            target_pitch,
+            _opt_lengths(
+                sequence_lengths, "sequence_lengths", [("predicted_pitch", predicted_pitch, 1)]
+            ),
         )
     )
 
@@ -978,7 +1065,11 @@ def energy_loss(predicted_energy, target_energy, sequence_lengths=None):
     """Contract 3.6."""
     return stats_value(
         energy_stats(
-            predicted_energy, target_energy, _opt_lengths(sequence_lengths, "sequence_lengths")
+            predicted_energy,
+            target_energy,
+            _opt_lengths(
+                sequence_lengths, "sequence_lengths", [("predicted_energy", predicted_energy, 1)]
+            ),
         )
     )
 
@@ -987,7 +1078,11 @@ def diffusion_loss(predicted_noise, target_noise, sequence_lengths=None):
     """Contract 3.7."""
     return stats_value(
         diffusion_stats(
-            predicted_noise, target_noise, _opt_lengths(sequence_lengths, "sequence_lengths")
+            predicted_noise,
+            target_noise,
+            _opt_lengths(
+                sequence_lengths, "sequence_lengths", [("predicted_noise", predicted_noise, 1)]
+            ),
         )
     )
 
@@ -995,7 +1090,11 @@ def diffusion_loss(predicted_noise, target_noise, sequence_lengths=None):
 def speaking_rate_loss(predicted_rate, target_rate, text_lengths):
     """Contract 3.8, per-sample normalisation."""
     return stats_value(
-        speaking_rate_stats(predicted_rate, target_rate, as_lengths(text_lengths, "text_lengths"))
+        speaking_rate_stats(
+            predicted_rate,
+            target_rate,
+            as_lengths(text_lengths, "text_lengths", [("predicted_rate", predicted_rate, 1)]),
+        )
     )
 
 
