@@ -72,7 +72,9 @@ class Oracle:
         total_pre = w * L + other
         finite = not nonfinite and math.isfinite(total_pre)
         check = s > 10 and self.rt_init
-        spike = finite and check and total_pre > c.max_loss_spike_threshold * self.rt
+        theta = c.max_loss_spike_threshold
+        limit = (theta if self.rt >= 0 else 2.0 - theta) * self.rt  # above rt by (theta-1)|rt|
+        spike = finite and check and total_pre > limit
         stable = finite and not spike
         gate = (
             self.enabled
@@ -123,7 +125,7 @@ class Oracle:
         if finite:
             a = c.loss_smoothing_factor
             if self.rt_init:
-                x = min(total, c.max_loss_spike_threshold * self.rt) if check else total
+                x = min(total, limit) if check else total
                 self.rt = (1 - a) * self.rt + a * x
             else:
                 self.rt, self.rt_init = total, True
@@ -418,7 +420,8 @@ def test_disabled_from_the_start():
             dict(adaptive_weight_min_weight=3.0, adaptive_weight_max_weight=2.0),
             "adaptive_weight_min_weight",
         ),
-        (dict(loss_smoothing_factor=0.0), "loss_smoothing_factor"),
+        (dict(loss_smoothing_factor=-0.1), "loss_smoothing_factor"),
+        (dict(loss_smoothing_factor=1.5), "loss_smoothing_factor"),
         (dict(max_loss_spike_threshold=float("nan")), "max_loss_spike_threshold"),
         (dict(mel_loss_type="l2"), "mel_loss_type"),
         (dict(adaptive_weight_bogus=1), "adaptive_weight_bogus"),
@@ -737,8 +740,45 @@ def test_mixed_precision_reaches_op_uncast(impl, dtype, rng):
         for t in ops[0].inputs[:2]:
             assert t.dtype == dtype
             assert t.op.type != "Cast", f"{t.op.name} is a Cast feeding the fused op"
-    # A float32 target with a half prediction still works (target cast to the prediction dtype).
-    assert np.isfinite(float(loss_fn(yt32, yp)))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_float32_target_with_half_prediction_keeps_the_target(mode, dtype, rng):
+    """A float32 target with a float16/bfloat16 prediction (a model under
+    mixed precision, a float32 data pipeline) is measured in float32: the
+    target is never rounded to the prediction's dtype, which at log-mel
+    magnitudes would erase small errors (bfloat16: most of them) and their
+    gradients. Checked against a float64 model of the same inputs."""
+    b, t, m = 2, 6, 8
+    lens = np.array([6, 4])
+    target = rng.normal(-5.0, 2.0, (b, t, m)).astype(np.float32)
+    pred = tf.cast(target + 0.01 * rng.standard_normal((b, t, m)), dtype)
+    pred64 = tf.cast(pred, tf.float64).numpy()
+    loss_fn = XTTSLoss(mel_loss_weight=2.5, use_adaptive_weights=False)
+
+    def value_and_grad(yt, yp):
+        with tf.GradientTape() as tape:
+            tape.watch(yp["mel_output"])
+            total = loss_fn(yt, yp)
+        return total, tape.gradient(total, yp["mel_output"])
+
+    call = (
+        value_and_grad
+        if mode == "eager"
+        else tf.function(value_and_grad, jit_compile=mode == "xla")
+    )
+    total, grad = call(
+        {"mel_target": tf.constant(target), "mel_lengths": tf.constant(lens)},
+        {"mel_output": pred},
+    )
+    diff = pred64 - target.astype(np.float64)
+    valid = np.arange(t)[None, :, None] < lens[:, None, None]
+    want = 2.5 * np.mean([np.abs(diff[i, : lens[i]]).sum() / (lens[i] * m) for i in range(b)])
+    np.testing.assert_allclose(float(total), want, rtol=1e-5)
+    want_grad = np.where(valid, 2.5 * np.sign(diff) / (lens[:, None, None] * m * b), 0.0)
+    assert grad.dtype == dtype
+    np.testing.assert_allclose(tf.cast(grad, tf.float64).numpy(), want_grad, rtol=1e-2)
 
 
 def test_float64_mels(rng):
@@ -818,3 +858,38 @@ def test_gradient_tape_loop_with_gradient_norms(rng):
     assert int(loss_fn.step_count.numpy()) == 60
     assert train_step.experimental_get_tracing_count() == 1
     assert all_finite(loss_fn)
+
+
+def test_no_smoothing_reports_the_raw_total(rng):
+    """loss_smoothing_factor=0 (legal in the contract, section 4: smoothing
+    runs only for alpha > 0): the reported smoothed total is the raw total on
+    every call, a spike's included, and the smoothing history stays empty."""
+    loss_fn = XTTSLoss(loss_smoothing_factor=0.0)
+    step = make_step(loss_fn)
+    losses = alternating(30)
+    losses[20] = 40.0
+    for L in losses:
+        raw = float(step(L, False))
+        assert float(loss_fn.get_smoothed_total_loss()) == pytest.approx(raw)
+    assert float(loss_fn.get_raw_total_loss()) == pytest.approx(raw)
+    np.testing.assert_array_equal(loss_fn._state.total_history.numpy(), np.zeros(10))
+
+
+def test_negative_totals_are_not_all_spikes():
+    """A total below 0 (a negative term, as the voice-similarity term can be)
+    must not make every step a spike, which would stop the adaptation: the
+    spike test asks for more than (theta - 1) x |running total| above it, the
+    same as theta x running total when that is positive. The weight then
+    moves exactly as without the negative term (the SPEC example's steps)."""
+    plain = XTTSLoss()
+    shifted = XTTSLoss(extra_losses={"offset": (lambda yt, yp: tf.constant(-10.0), 1.0)})
+    losses = alternating(240)
+    w_plain, _ = run(plain, losses)
+    w_shifted, totals = run(shifted, losses)
+    assert np.all(totals < 0)
+    assert int(shifted.get_stability_metrics()["spike_count"]) == 0
+    np.testing.assert_array_equal(w_shifted, w_plain)
+    assert [s for s, _ in changes_of(w_shifted)][:3] == [109, 168, 227]
+    oracle = Oracle()
+    expected = [oracle.step(L, other=-10.0) for L in losses]
+    np.testing.assert_allclose(w_shifted, expected, rtol=1e-6)

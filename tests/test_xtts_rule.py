@@ -7,6 +7,7 @@
 * a 400-step smoothing trajectory matches the original's documented rules.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -30,7 +31,8 @@ def np_adaptive(state, obs, c, enabled):
     clean = finite and obs["has_valid"]
     rt, rt_init = f(state["running_total_loss"]), state["running_total_initialized"]
     check = s > 10 and rt_init
-    limit = f(c.max_loss_spike_threshold * rt)
+    theta = c.max_loss_spike_threshold
+    limit = f((theta if rt >= 0 else 2.0 - theta) * rt)  # above rt by (theta - 1) |rt|
     spike = clean and check and total_pre > limit
     passed = (
         clean
@@ -103,7 +105,7 @@ def _random_case(rng):
         "previous_mel_weight": float(np.float32(rng.uniform(1, 5))),
         "last_weight_change_step": int(rng.integers(0, s + 1)),
         "consecutive_stable_steps": int(rng.integers(0, 15)),
-        "running_total_loss": float(np.float32(rng.uniform(0, 3))),
+        "running_total_loss": float(np.float32(rng.uniform(-3, 3))),
         "running_total_initialized": bool(rng.random() < 0.8),
         "nonfinite_steps": int(rng.integers(0, 5)),
         "spike_count": int(rng.integers(0, 5)),
@@ -186,6 +188,8 @@ def test_adaptive_step_is_pure():
 
 def np_smoothing(history, rt, c_raw, n, alpha=0.1, theta=2.0):
     """Contract section 4, "Smoothing", with n = this call's step number."""
+    if alpha == 0:  # smoothing does not run: the raw total, the state untouched
+        return history, rt, c_raw
     c = c_raw if math.isfinite(c_raw) else 0.0
     history = [h if math.isfinite(h) else 0.0 for h in history]
     rt = rt if math.isfinite(rt) else 0.0
@@ -205,10 +209,14 @@ def np_smoothing(history, rt, c_raw, n, alpha=0.1, theta=2.0):
     return history, rt, out if math.isfinite(out) else c
 
 
-def test_smoothing_trajectory_matches_numpy_model(rng):
+@pytest.mark.parametrize("alpha", [0.1, 0.0])
+def test_smoothing_trajectory_matches_numpy_model(alpha, rng):
+    """alpha = 0 is the contract's "no smoothing": the raw total on every
+    call, spikes included, and neither the history nor the EMA written."""
+    cfg = dataclasses.replace(CFG, loss_smoothing_factor=alpha)
     hist_np, rt_np = [0.0] * 10, 0.0
     state = {"total_history": tf.zeros([10]), "smoothing_running_total": tf.constant(0.0)}
-    step = tf.function(lambda st, c, n: rule.smoothing_step(st, c, n, CFG))
+    step = tf.function(lambda st, c, n: rule.smoothing_step(st, c, n, cfg))
     damped = 0
     for n in range(1, 401):
         c = float(rng.uniform(0.5, 1.5))
@@ -216,9 +224,11 @@ def test_smoothing_trajectory_matches_numpy_model(rng):
             c *= 40.0  # spike
         if n % 53 == 0:
             c = float("nan")
-        hist_np, rt_np, out_np = np_smoothing(hist_np, rt_np, c, n)
+        hist_np, rt_np, out_np = np_smoothing(hist_np, rt_np, c, n, alpha=alpha)
         state, out = step(state, tf.constant(c, tf.float32), tf.constant(n, tf.int64))
-        np.testing.assert_allclose(float(out), out_np, rtol=2e-5, err_msg=f"step {n}")
+        np.testing.assert_allclose(
+            float(out), out_np, rtol=2e-5, err_msg=f"step {n}", equal_nan=True
+        )
         np.testing.assert_allclose(state["total_history"].numpy(), hist_np, rtol=1e-6)
         damped += int(n > 10 and math.isfinite(c) and out_np < 0.99 * c)
-    assert damped > 5
+    assert damped > 5 if alpha else damped == 0

@@ -187,7 +187,7 @@ class XTTSLossConfig:
         num("stop_label_smoothing", lo=0.0, hi=1.0, hi_open=True)
         boolean("stop_from_logits")
         boolean("use_adaptive_weights")
-        num("loss_smoothing_factor", lo=0.0, hi=1.0, lo_open=True)
+        num("loss_smoothing_factor", lo=0.0, hi=1.0)  # 0: no smoothing (contract section 4)
         num("max_loss_spike_threshold", lo=1.0, lo_open=True)
         num("gradient_norm_threshold", lo=0.0)
         num("adaptive_weight_max_change_percent", lo=0.0, hi=1.0, lo_open=True, hi_open=True)

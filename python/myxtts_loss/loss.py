@@ -425,10 +425,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     def _mel_stats(self, y_true, y_pred, lengths, old_state):
         """The mel term's statistics from the fused op: (TermStats, valid count, op output)."""
         c = self.config
-        mel_true = tf.convert_to_tensor(y_true["mel_target"])
-        mel_pred = tf.convert_to_tensor(y_pred["mel_output"])
-        if mel_true.dtype != mel_pred.dtype:
-            mel_true = tf.cast(mel_true, mel_pred.dtype)
+        mel_true, mel_pred = terms.common_mel_dtype(y_true["mel_target"], y_pred["mel_output"])
         lens = lengths["mel_lengths"]
         if c.mel_label_smoothing > 0:
             seed = tf.stack(

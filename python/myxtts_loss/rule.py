@@ -92,7 +92,13 @@ def adaptive_weight_step(state, obs, settings, enabled):
     total_pre = w * mel + other
     finite = tf.logical_and(obs["finite"], tf.math.is_finite(total_pre))
     clean = tf.logical_and(finite, obs["has_valid"])
-    spike_limit = c.max_loss_spike_threshold * rt
+    # "More than theta x the running total", read as "above it by more than
+    # (theta - 1) x its magnitude": theta * rt for rt >= 0 (SPEC 4.1 as
+    # written), (2 - theta) * rt below 0, where theta * rt would be under the
+    # running total itself and make every step a spike (a negative total:
+    # the voice-similarity term reaches -1 / temperature).
+    theta = c.max_loss_spike_threshold
+    spike_limit = tf.where(rt >= 0.0, theta, 2.0 - theta) * rt
     check_spike = tf.logical_and(s > SPIKE_MIN_STEPS, rt_init)
     spike = _all_of([clean, check_spike, total_pre > spike_limit])
 
@@ -189,6 +195,8 @@ def smoothing_step(state, raw_total, step, settings):
     """
     alpha = settings.loss_smoothing_factor
     theta = settings.max_loss_spike_threshold
+    if alpha == 0:  # the contract's Python check: no smoothing, no damping, nothing written
+        return dict(state), tf.cast(raw_total, tf.float32)
     c = tf.cast(raw_total, tf.float32)
     c = tf.where(tf.math.is_finite(c), c, tf.zeros_like(c))
     hist = state["total_history"]

@@ -948,6 +948,23 @@ def mel_target_noise(y_true, lengths, label_smoothing, seed):
     return tf.cast(x + noise, t.dtype)
 
 
+def common_mel_dtype(y_true, y_pred):
+    """The mel target and prediction in one dtype, as the fused op takes them.
+
+    The same dtype stays as it is (half precision reaches the kernel uncast).
+    Otherwise both go to the wider one (float64 if either is, else float32):
+    a float32 target rounded to a float16 or bfloat16 prediction would lose
+    the low bits the loss measures (bfloat16 keeps 8 bits of a log-mel value,
+    so a small error becomes 0 and so does its gradient). The prediction's
+    gradient comes back in its own dtype.
+    """
+    y_true, y_pred = tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
+    if y_true.dtype == y_pred.dtype:
+        return y_true, y_pred
+    wide = tf.float64 if tf.float64 in (y_true.dtype, y_pred.dtype) else tf.float32
+    return tf.cast(y_true, wide), tf.cast(y_pred, wide)
+
+
 def standard_normal_noise(shape, seed):
     """float32 N(0, 1) noise of ``shape`` from ``seed`` (int64 ``[2]``): the same
     values eagerly, in graphs and under XLA (up to the rounding of one log, one
@@ -985,10 +1002,7 @@ def mel_loss(
     target noise of :func:`mel_target_noise` (``seed``: int)."""
     import myxtts_ops
 
-    y_true = tf.convert_to_tensor(y_true)
-    y_pred = tf.convert_to_tensor(y_pred)
-    if y_true.dtype != y_pred.dtype:
-        y_true = tf.cast(y_true, y_pred.dtype)
+    y_true, y_pred = common_mel_dtype(y_true, y_pred)
     lens = _opt_lengths(lengths, "lengths", [("y_pred", y_pred, 1)])
     if label_smoothing:
         y_true = mel_target_noise(
