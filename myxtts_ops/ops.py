@@ -9,7 +9,13 @@ from tensorflow.python.ops import control_flow_util
 from myxtts_ops import _loader
 from myxtts_ops.state import STATE_SIZE
 from myxtts_ops.types import MaskedMelLossCounts, MaskedMelLossOutput
-from myxtts_ops.validation import MAX_LENGTH, check_static_shapes, state_tensor, validate_args
+from myxtts_ops.validation import (
+    MAX_LENGTH,
+    check_static_shapes,
+    lengths_tensor,
+    state_tensor,
+    validate_args,
+)
 
 OP_NAME = "MyxttsOps>MaskedMelLoss"
 GRAD_OP_NAME = "MyxttsOps>MaskedMelLossGrad"
@@ -83,13 +89,8 @@ def _output_dtype(dtype):
 
 
 def _lengths_or_placeholder(lengths):
-    if lengths is None:
-        return tf.zeros([0], tf.int32), False
-    if isinstance(lengths, (list, tuple)) and len(lengths) == 0:
-        # An empty Python list would otherwise become float32. (No dtype_hint:
-        # it would silently turn float arrays into ints instead of rejecting them.)
-        return tf.zeros([0], tf.int32), True
-    return tf.convert_to_tensor(lengths), True
+    t = lengths_tensor(lengths)
+    return (tf.zeros([0], tf.int32), False) if t is None else (t, True)
 
 
 # No tensor-dependent Python control flow here: AutoGraph would only convert

@@ -29,7 +29,12 @@ import tensorflow as tf
 
 from myxtts_ops import state as _st
 from myxtts_ops.types import MaskedMelLossCounts, MaskedMelLossOutput
-from myxtts_ops.validation import check_static_shapes, state_tensor, validate_args
+from myxtts_ops.validation import (
+    check_static_shapes,
+    lengths_tensor,
+    state_tensor,
+    validate_args,
+)
 
 __all__ = ["masked_mel_loss", "MaskedMelLossOutput", "update_state"]
 
@@ -195,8 +200,7 @@ def masked_mel_loss(
     with tf.name_scope(name or "masked_mel_loss_reference"):
         y_true = tf.convert_to_tensor(y_true)
         y_pred = tf.convert_to_tensor(y_pred)
-        if lengths is not None:
-            lengths = tf.convert_to_tensor(lengths)
+        lengths = lengths_tensor(lengths)
         if state is not None:
             state = state_tensor(state)
         check_static_shapes(y_true, y_pred, lengths, state)
@@ -216,19 +220,27 @@ def masked_mel_loss(
                     message="y_true and y_pred must have the same shape",
                 )
             )
+        wrong_size = None
         if lengths is None:
             lengths64 = tf.fill([batch], frames)
         else:
             lengths64 = tf.cast(lengths, tf.int64)
+            size_checks = []
             if not (lengths.shape.is_fully_defined() and y_true.shape[0] is not None):
-                checks.append(
+                size_checks.append(
                     tf.debugging.assert_equal(
                         tf.shape(lengths, out_type=tf.int64)[0],
                         batch,
                         message="lengths must have shape [batch]",
                     )
                 )
-            checks.append(_check_lengths(lengths64, frames))
+                # Under XLA the assertion is gone: lengths of another size
+                # would broadcast into a plausible number. Padded or cut to
+                # [batch] instead, every sample marked bad (NaN, below).
+                wrong_size = tf.not_equal(tf.size(lengths64, out_type=tf.int64), batch)
+                lengths64 = tf.concat([lengths64, tf.zeros([batch], tf.int64)], 0)[:batch]
+            with tf.control_dependencies(size_checks):  # the size's message first
+                checks += size_checks + [_check_lengths(lengths64, frames)]
         if state is None:
             state = tf.zeros([_st.STATE_SIZE], tf.float64)
         elif not state.shape.is_fully_defined():
@@ -246,6 +258,8 @@ def masked_mel_loss(
             # sample's value and the loss become NaN (below): never a
             # plausible number from a bad length.
             bad_lengths = tf.logical_or(lengths64 < 0, lengths64 > frames)
+            if wrong_size is not None:
+                bad_lengths = tf.logical_or(bad_lengths, wrong_size)
             lengths64 = tf.clip_by_value(lengths64, tf.zeros_like(frames), frames)
 
         t = tf.cast(y_true, acc)
@@ -257,7 +271,10 @@ def masked_mel_loss(
             ad = tf.abs(d)
             if loss_type == "l1":
                 return ad
-            delta = tf.constant(huber_delta, acc)
+            # A delta past the accumulation type's range would be inf there,
+            # and the unselected branch's gradient inf * 0 = NaN; the largest
+            # finite value selects the same branch for every finite |d|.
+            delta = tf.constant(min(huber_delta, float(acc.max)), acc)
             half = tf.constant(0.5, acc)
             return tf.where(ad <= delta, half * d * d, delta * (ad - half * delta))
 

@@ -127,6 +127,17 @@ def check_static_shapes(y_true, y_pred, lengths=None, state=None):
 MAX_LENGTH = 2**31 - 1
 
 
+def lengths_tensor(lengths):
+    """``lengths`` as a tensor (None stays None), for the op and the reference alike."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, (list, tuple)) and len(lengths) == 0:
+        # An empty Python list would otherwise become float32. (No dtype_hint:
+        # it would silently turn float arrays into ints instead of rejecting them.)
+        return tf.zeros([0], tf.int32)
+    return tf.convert_to_tensor(lengths)
+
+
 def float_length_flaws(lengths):
     """Bool mask of float ``lengths`` that are not whole numbers in ``[0, MAX_LENGTH]``."""
     whole = tf.logical_and(tf.math.is_finite(lengths), tf.equal(tf.math.floor(lengths), lengths))

@@ -531,6 +531,56 @@ def test_xla_bad_lengths(impl, lens):
     np.testing.assert_array_equal(grad.numpy(), np.zeros((3, 3, 2), np.float32))
 
 
+@pytest.mark.parametrize("sizes", [[1], [3, 1, 2]])
+def test_xla_lengths_of_another_size(impl, sizes):
+    """Lengths that are not [batch], in a function traced with unknown sizes:
+    the fused op refuses them; the reference, whose size assertion XLA
+    compiles away, makes every sample and the loss NaN instead of
+    broadcasting them into a plausible number."""
+    y_true = tf.zeros((2, 3, 2), tf.float32)
+    y_pred = tf.ones((2, 3, 2), tf.float32)
+    mel = tf.TensorSpec([None, None, None])
+    fn = tf.function(
+        lambda t, p, n: impl(t, p, n),
+        jit_compile=True,
+        input_signature=[mel, mel, tf.TensorSpec([None], tf.int32)],
+    )
+    from myxtts_ops import _loader
+
+    lengths = tf.constant(sizes, tf.int32)
+    if impl is _implementation("fused") and _loader.xla_unavailable_reason() is None:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"lengths must have shape \[2\]"):
+            fn(y_true, y_pred, lengths)
+        return
+    out = fn(y_true, y_pred, lengths)
+    assert np.all(np.isnan(out.per_sample.numpy())) and np.isnan(float(out.loss))
+    graph = tf.function(lambda t, p, n: impl(t, p, n), input_signature=fn.input_signature)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"lengths must have shape \[batch\]"):
+        graph(y_true, y_pred, lengths)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huber_delta_past_the_float_range(impl, dtype):
+    """A delta larger than the accumulation type can hold (accepted: it is a
+    valid float64) is the quadratic branch for every finite difference, with a
+    finite gradient d (the reference's unselected branch was inf * 0 = NaN)."""
+    d = np.array([[[2.0, -0.5]]])
+    y_pred = tf.constant(d.astype(NP_DTYPES[dtype]))
+    y_true = tf.zeros_like(y_pred)
+    with tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        out = impl(y_true, y_pred, loss_type="huber", huber_delta=1e300)
+    grad = tf.cast(tape.gradient(out.loss, y_pred), tf.float64).numpy()
+    np.testing.assert_allclose(float(out.loss), np.mean(0.5 * d * d), rtol=1e-6)
+    np.testing.assert_allclose(grad, d / d.size, rtol=1e-2)
+
+
+def test_empty_batch_with_an_empty_lengths_list(impl):
+    """lengths=[] (a Python list) for a batch of 0 is int32, not float32."""
+    out = impl(tf.zeros((0, 3, 2)), tf.zeros((0, 3, 2)), [])
+    assert float(out.loss) == 0.0 and out.per_sample.shape == [0]
+
+
 # ---------------------------------------------------------------------------
 # Property test over small random shapes (including empty ones).
 from hypothesis import HealthCheck, given, settings  # noqa: E402
