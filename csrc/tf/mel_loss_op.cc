@@ -188,6 +188,7 @@ class CheckLengthsOp : public OpKernel {
                                         lengths.shape().DebugString()));
     const int64_t batch = lengths.NumElements();
     const T* values = batch > 0 ? lengths.flat<T>().data() : nullptr;
+    std::vector<double> as_double;  // float lengths, checked and converted from here
     if constexpr (std::is_integral_v<T>) {
       LengthsView view;
       view.data = values;
@@ -199,7 +200,7 @@ class CheckLengthsOp : public OpKernel {
         return;
       }
     } else {
-      std::vector<double> as_double(batch);
+      as_double.resize(batch);
       for (int64_t b = 0; b < batch; ++b) as_double[b] = LengthAsDouble(values[b]);
       OP_REQUIRES_OK(ctx, CheckResult(float_length_values_error(
                               as_double.data(), batch, limit_, input_name_, note_,
@@ -212,7 +213,7 @@ class CheckLengthsOp : public OpKernel {
       if constexpr (std::is_integral_v<T>) {
         out[b] = int32_t(values[b]);
       } else {
-        out[b] = int32_t(LengthAsDouble(values[b]));
+        out[b] = int32_t(as_double[b]);
       }
     }
   }

@@ -688,19 +688,12 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             flags.append(mel_out.nonfinite_count >= 0)
         if not flags:
             return updates
-        ok = flags[0]
-        for f in flags[1:]:
-            ok = tf.logical_and(ok, f)
-        st = self._state
-        gated = {}
-        for name, value in updates.items():
-            if name == "extra_losses":
-                gated[name] = {
-                    n: tf.where(ok, v, st.extra_losses[n].read_value()) for n, v in value.items()
-                }
-            else:
-                gated[name] = tf.where(ok, value, getattr(st, name).read_value())
-        return gated
+        ok = rule.all_of(flags)
+        return tf.nest.map_structure(
+            lambda value, var: tf.where(ok, value, var.read_value()),
+            updates,
+            self._state.variables_like(updates),
+        )
 
     def _log_change(self, accepted, step, old, new):
         from myxtts_ops.ops import in_xla_context

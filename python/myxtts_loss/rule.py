@@ -20,6 +20,7 @@ __all__ = [
     "SPIKE_MIN_STEPS",
     "SMOOTHING_WINDOW",
     "adaptive_weight_step",
+    "all_of",
     "smoothing_step",
 ]
 
@@ -52,7 +53,8 @@ SMOOTHING_STATE = {
 }
 
 
-def _all_of(conditions):
+def all_of(conditions):
+    """The logical and of ``conditions`` (a non-empty sequence of bool tensors)."""
     conditions = list(conditions)
     out = conditions[0]
     for c in conditions[1:]:
@@ -100,10 +102,10 @@ def adaptive_weight_step(state, obs, settings, enabled):
     theta = c.max_loss_spike_threshold
     spike_limit = tf.where(rt >= 0.0, theta, 2.0 - theta) * rt
     check_spike = tf.logical_and(s > SPIKE_MIN_STEPS, rt_init)
-    spike = _all_of([clean, check_spike, total_pre > spike_limit])
+    spike = all_of([clean, check_spike, total_pre > spike_limit])
 
     # 2. Gate.
-    passed = _all_of(
+    passed = all_of(
         [
             clean,
             tf.logical_not(spike),
@@ -134,7 +136,7 @@ def adaptive_weight_step(state, obs, settings, enabled):
         factor = 1.0 + tf.constant(c.adaptive_weight_max_change_percent, tf.float32) * direction
         cand = tf.clip_by_value(w * factor, lo, hi)
         weighted = cand * safe_mel
-        valid = _all_of(
+        valid = all_of(
             [
                 tf.not_equal(cand, w),
                 tf.math.is_finite(cand),

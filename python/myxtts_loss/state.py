@@ -90,16 +90,20 @@ class LossState(tf.Module):
     def read(self, names):
         return {n: getattr(self, n).read_value() for n in names}
 
+    def variables_like(self, values):
+        """The variables of ``values``' names, in its structure (``"extra_losses"``:
+        a dict ``term -> tensor`` for the extra terms' variables)."""
+        return {
+            n: {t: self.extra_losses[t] for t in v} if n == "extra_losses" else getattr(self, n)
+            for n, v in values.items()
+        }
+
     def write(self, values):
-        """Assign every ``name -> tensor`` of ``values`` (``"extra_losses"``: a dict
-        ``term -> tensor`` for the extra terms' variables); returns the assign ops."""
-        ops = []
-        for n, v in values.items():
-            if n == "extra_losses":
-                ops += [self.extra_losses[term].assign(x) for term, x in v.items()]
-            else:
-                ops.append(getattr(self, n).assign(v))
-        return ops
+        """Assign every ``name -> tensor`` of ``values`` (structured as
+        :meth:`variables_like` reads it); returns the assign ops."""
+        return tf.nest.flatten(
+            tf.nest.map_structure(lambda var, v: var.assign(v), self.variables_like(values), values)
+        )
 
     def reset(self):
         """Every variable back to its initial value (the enabled switch excepted)."""

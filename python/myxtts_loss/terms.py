@@ -127,7 +127,7 @@ def _static_size(value, axis):
     return shape[axis]
 
 
-def _length_limit(name, bounds):
+def _length_limit(bounds):
     """(static limit, its note, run-time assertions) for ``as_lengths``' ``bounds``.
 
     The smallest statically known size is the op's limit; a size unknown when
@@ -175,7 +175,7 @@ def as_lengths(lengths, name, bounds=(), *, invalid=0):
         raise ValueError(
             f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
         )
-    limit, limit_note, dynamic = _length_limit(name, bounds)
+    limit, limit_note, dynamic = _length_limit(bounds)
     rule = f"{name} must be integers in [0, {limit}] (integral floats are accepted)"
     if length_check_available():
         try:
@@ -779,15 +779,16 @@ def length_bounds(key, y_true, y_pred):
     bounds = []
     for where, d in (("y_true", y_true), ("y_pred", y_pred)):
         for other, value in d.items():
-            rank = tf.TensorShape(_shape_of(value)).rank
-            for pattern in KEY_SHAPES.get(other, ()):
-                if len(pattern) != rank:
-                    continue
-                for axis, sym in enumerate(pattern):
-                    if sym in LENGTH_SYMBOLS[key]:
-                        bounds.append((f"{where}[{other}]", value, axis))
-                break
+            pattern = _key_pattern(other, tf.TensorShape(_shape_of(value)).rank)
+            for axis, sym in enumerate(pattern or ()):
+                if sym in LENGTH_SYMBOLS[key]:
+                    bounds.append((f"{where}[{other}]", value, axis))
     return bounds
+
+
+def _key_pattern(key, rank):
+    """The KEY_SHAPES pattern of ``key`` for an input of ``rank`` (None: no such pattern)."""
+    return next((p for p in KEY_SHAPES.get(key, ()) if len(p) == rank), None)
 
 
 def _shape_of(value):
@@ -865,11 +866,10 @@ def check_inputs(y_true, y_pred, extra_keys=()):
             shape = tf.TensorShape(_shape_of(value))
             if shape.rank is None:
                 continue
-            patterns = [p for p in KEY_SHAPES[key] if len(p) == shape.rank]
-            if not patterns:
+            pattern = _key_pattern(key, shape.rank)
+            if pattern is None:
                 allowed = " or ".join("[" + ", ".join(map(str, p)) + "]" for p in KEY_SHAPES[key])
                 raise ValueError(f"{where}[{key!r}] must have shape {allowed}, got {shape}")
-            pattern = patterns[0]
             for axis, (sym, size) in enumerate(zip(pattern, shape.as_list())):
                 if sym != "?":
                     # No quotes: TF's assertion messages escape them.
