@@ -79,6 +79,17 @@ def _delta_in_acc(y, delta):
     return float(delta) if _is_f64(y) else float(np.float32(delta))
 
 
+def _exact_sum(values):
+    """The correctly rounded sum; +-inf when it lies past float64's range
+    (math.fsum raises there instead of rounding to inf)."""
+    values = list(values)
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        with np.errstate(over="ignore"):
+            return float(np.sum(values, dtype=np.float64))
+
+
 def _sample_stats(y_true, y_pred, lengths, loss_type, huber_delta):
     """Per sample: (S_b, n_b, nonfinite_b) plus the list of (b, t, m, d) valid finite."""
     batch, frames, mels = np.asarray(y_true).shape
@@ -98,7 +109,7 @@ def _sample_stats(y_true, y_pred, lengths, loss_type, huber_delta):
         else:
             with np.errstate(over="ignore"):
                 e = np.where(a <= delta, 0.5 * dv * dv, delta * (a - 0.5 * delta))
-        sums.append(math.fsum(e.tolist()))
+        sums.append(_exact_sum(e.tolist()))
         counts.append(int(ok.sum()))
         bad.append(n * mels - counts[-1])
     return sums, counts, bad, lens
@@ -201,9 +212,9 @@ def forward(
     per_sample = np.array([s / c if c > 0 else 0.0 for s, c in zip(sums, counts)], np.float64)
     active = [b for b in range(batch) if counts[b] > 0]
     if normalization == "per_sample":
-        loss = math.fsum(per_sample[active].tolist()) / len(active) if active else 0.0
+        loss = _exact_sum(per_sample[active].tolist()) / len(active) if active else 0.0
     else:
-        loss = math.fsum(sums) / sum(counts) if sum(counts) > 0 else 0.0
+        loss = _exact_sum(sums) / sum(counts) if sum(counts) > 0 else 0.0
     nonfinite = int(sum(bad))
     valid = int(sum(lens)) * mels
     loss_out = loss if _is_f64(y_true) else float(np.float32(loss))
