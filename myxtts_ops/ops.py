@@ -20,6 +20,7 @@ from myxtts_ops.validation import (
 OP_NAME = "MyxttsOps>MaskedMelLoss"
 GRAD_OP_NAME = "MyxttsOps>MaskedMelLossGrad"
 CHECK_LENGTHS_OP_NAME = "MyxttsOps>CheckLengths"
+CHECK_SIZES_OP_NAME = "MyxttsOps>CheckSizes"
 ON_XLA_CHOICES = ("fallback", "error")
 
 _log = logging.getLogger("myxtts_ops")
@@ -67,13 +68,16 @@ def length_check_available():
 
 
 @tf.autograph.experimental.do_not_convert
-def check_lengths(lengths, name, limit=MAX_LENGTH, note=""):
+def check_lengths(lengths, name, limit=MAX_LENGTH, note="", bounds=()):
     """``lengths`` (``[B]``, int32, int64 or any float dtype) as int32 once every
     entry is a whole number in ``[0, limit]`` (``limit`` at most ``MAX_LENGTH``;
     int32 lengths pass through unchanged); otherwise an
     ``InvalidArgumentError`` "``name[b] = v is outside [0, limit]``" (or "``...
     is not a whole number in [0, limit]``" for a fraction, NaN or an
-    infinity), ``v`` as passed, followed by ``note``. One op on every path:
+    infinity), ``v`` as passed, followed by ``note``. ``bounds``: ``(size,
+    note)`` pairs, ``size`` an int32 scalar tensor known only when the graph
+    runs (an axis the lengths index, sized ``None`` when traced); the smallest
+    size below ``limit`` is the limit, with its note. One op on every path:
     inside ``jit_compile=True`` it is a custom call that XLA keeps, where it
     compiles ``tf.debugging`` assertions away (check
     :func:`xla_length_check_available` there first)."""
@@ -81,7 +85,36 @@ def check_lengths(lengths, name, limit=MAX_LENGTH, note=""):
     t = tf.convert_to_tensor(lengths)
     if isinstance(lengths, (list, tuple)) and t.dtype == tf.float32:
         t = tf.convert_to_tensor(lengths, tf.float64)  # Python floats, exactly as given
-    return library.myxtts_ops_check_lengths(lengths=t, input_name=name, note=note, limit=limit)
+    sizes = [tf.cast(size, tf.int32) for size, _ in bounds]
+    return library.myxtts_ops_check_lengths(
+        lengths=t,
+        bounds=tf.stack(sizes) if sizes else tf.zeros([0], tf.int32),
+        input_name=name,
+        note=note,
+        limit=limit,
+        bound_notes=[n for _, n in bounds],
+    )
+
+
+@tf.autograph.experimental.do_not_convert
+def check_sizes(pairs):
+    """Refuse axis sizes that must agree but are unknown when a graph is traced.
+
+    ``pairs``: ``(size, expected, label, expected_label)`` tuples, each size an
+    int32 scalar tensor (``tf.shape(x)[axis]``) or a Python int. Returns the
+    check op (run it before the inputs are used: ``tf.control_dependencies``);
+    the first pair that differs is an ``InvalidArgumentError`` "``label is
+    size, but expected_label is expected``". Under XLA every size is a
+    compile-time constant and the check fails the compilation instead (check
+    :func:`xla_length_check_available` there first).
+    """
+    library = _loader.load_ops()
+    return library.myxtts_ops_check_sizes(
+        sizes=tf.stack([tf.cast(p[0], tf.int32) for p in pairs]),
+        expected=tf.stack([tf.cast(p[1], tf.int32) for p in pairs]),
+        labels=[p[2] for p in pairs],
+        expected_labels=[p[3] for p in pairs],
+    )
 
 
 def _output_dtype(dtype):

@@ -212,15 +212,19 @@ def masked_mel_loss(
         batch, frames, mels = shape[0], shape[1], shape[2]
 
         checks = []
+        wrong_size = None
         if not (y_true.shape.is_fully_defined() and y_pred.shape.is_fully_defined()):
+            pred_shape = tf.shape(y_pred, out_type=tf.int64)
             checks.append(
                 tf.debugging.assert_equal(
-                    shape,
-                    tf.shape(y_pred, out_type=tf.int64),
-                    message="y_true and y_pred must have the same shape",
+                    shape, pred_shape, message="y_true and y_pred must have the same shape"
                 )
             )
-        wrong_size = None
+            if y_true.shape.rank == y_pred.shape.rank == 3:
+                # Under XLA the assertion is gone and shapes of one rank would
+                # broadcast into a plausible number: every sample marked bad
+                # (NaN, below) instead.
+                wrong_size = tf.logical_not(tf.reduce_all(tf.equal(shape, pred_shape)))
         if lengths is None:
             lengths64 = tf.fill([batch], frames)
         else:
@@ -237,7 +241,12 @@ def masked_mel_loss(
                 # Under XLA the assertion is gone: lengths of another size
                 # would broadcast into a plausible number. Padded or cut to
                 # [batch] instead, every sample marked bad (NaN, below).
-                wrong_size = tf.not_equal(tf.size(lengths64, out_type=tf.int64), batch)
+                wrong_length_size = tf.not_equal(tf.size(lengths64, out_type=tf.int64), batch)
+                wrong_size = (
+                    wrong_length_size
+                    if wrong_size is None
+                    else tf.logical_or(wrong_size, wrong_length_size)
+                )
                 lengths64 = tf.concat([lengths64, tf.zeros([batch], tf.int64)], 0)[:batch]
             with tf.control_dependencies(size_checks):  # the size's message first
                 checks += size_checks + [_check_lengths(lengths64, frames)]

@@ -186,6 +186,19 @@ def test_voice_similarity_term_is_the_global_batch_term(tmp_path):
     assert r["single"][0]["term"] != 0.0
 
 
+def test_preset_target_noise_is_the_global_batch_noise(tmp_path):
+    """The original's preset adds noise of 0.05 x the target std: under a
+    2-CPU MirroredStrategy the std is the global batch's and each replica adds
+    its own samples' rows of the global noise, so the mel term and the total
+    equal the single device's (a shard-only std, or both replicas drawing the
+    same rows, would not)."""
+    r = _run_child(tmp_path, "preset")
+    assert r["num_replicas"] == 2
+    for single, dist in zip(r["single"], r["dist"]):
+        np.testing.assert_allclose(dist["mel"], [single["mel"]] * 2, rtol=1e-5)
+        np.testing.assert_allclose(dist["total"], single["total"], rtol=1e-5)
+
+
 def _free_ports(n):
     socks, ports = [], []
     try:

@@ -619,3 +619,26 @@ def test_property_matches_oracle(
     out = _call(impl, y_true, y_pred, lens, **kw)
     ref = oracle.forward(y_true, y_pred, lens, None, **kw)
     _check_forward(out, ref, dtype, None, _valid_count(y_true, lens))
+
+
+@pytest.mark.parametrize("pred_shape", [(1, 3, 2), (2, 1, 2), (2, 3, 1)])
+def test_xla_inputs_of_another_shape(impl, pred_shape):
+    """y_pred of another shape than y_true, traced with unknown sizes: the fused
+    op refuses it; the reference, whose shape assertion XLA compiles away,
+    makes every sample and the loss NaN instead of broadcasting the two into
+    a plausible number."""
+    mel = tf.TensorSpec([None, None, None])
+    fn = tf.function(lambda t, p: impl(t, p), jit_compile=True, input_signature=[mel, mel])
+    from myxtts_ops import _loader
+
+    y_true = tf.reshape(tf.range(12, dtype=tf.float32), (2, 3, 2))
+    y_pred = tf.zeros(pred_shape)
+    if impl is _implementation("fused") and _loader.xla_unavailable_reason() is None:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="y_pred shape"):
+            fn(y_true, y_pred)
+        return
+    out = fn(y_true, y_pred)
+    assert np.all(np.isnan(out.per_sample.numpy())) and np.isnan(float(out.loss))
+    graph = tf.function(lambda t, p: impl(t, p), input_signature=fn.input_signature)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must have the same shape"):
+        graph(y_true, y_pred)

@@ -325,6 +325,27 @@ _LOAD_ORDER_CHILD = textwrap.dedent(
     hlo = xla.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
     assert hlo.count('custom_call_target="myxtts_ops_masked_mel_loss"') == 1, hlo
     assert hlo.count('custom_call_target="myxtts_ops_masked_mel_loss_grad"') == 1, hlo
+
+    # The checks whose XLA kernels read compile-time constants (sizes unknown
+    # when traced) are registered late too.
+    from myxtts_ops.ops import check_lengths, check_sizes
+
+    def checks(n, a, b):
+        sizes = check_sizes([(tf.shape(a)[0], tf.shape(b)[0], "a axis 0", "b axis 0")])
+        with tf.control_dependencies([sizes]):
+            return check_lengths(n, "n", limit=9, bounds=[(tf.shape(a)[0], " (a)")])
+
+    vec = tf.TensorSpec([None])
+    fn = tf.function(checks, jit_compile=True,
+                     input_signature=[tf.TensorSpec([None], tf.int32), vec, vec])
+    assert fn(tf.constant([3]), tf.zeros([3]), tf.zeros([3])).numpy().tolist() == [3]
+    for n, a, b, message in (([4], 3, 3, "n[0] = 4 is outside [0, 3] (a)"),
+                             ([1], 3, 2, "a axis 0 is 3, but b axis 0 is 2")):
+        try:
+            fn(tf.constant(n), tf.zeros([a]), tf.zeros([b]))
+            raise AssertionError("not refused: " + message)
+        except tf.errors.InvalidArgumentError as e:
+            assert message in str(e), str(e)
     print("ok", order)
     """
 )
@@ -418,10 +439,13 @@ def test_saved_model_from_jit_function(tmp_path, rng, inputs):
     y_true, y_pred, lens = inputs((2, 6, 3), "float32", lengths=[6, 2])
 
     class Module(tf.Module):
+        # autograph=False: nothing to convert, and AutoGraph's conversion cache
+        # once handed this method another test's converted function in a full run.
         @tf.function(
             jit_compile=True,
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)] * 2
             + [tf.TensorSpec([None], tf.int32)],
+            autograph=False,
         )
         def loss(self, a, b, c):
             return myxtts_ops.masked_mel_loss(a, b, c).loss
@@ -614,3 +638,75 @@ def test_check_lengths_message_with_control_characters_under_xla():
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         fn(tf.constant([1, 5]))
     assert info.value.message.startswith('odd "name"[1] = 5 is outside [0, 3]' + note)
+
+
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_check_lengths_bounds_known_only_when_run(mode):
+    """Sizes unknown when traced (``bounds``): the smallest one below ``limit``
+    is the limit, with its note, read when the graph runs (under XLA, when it
+    compiles, where sizes are static and the custom call gets the limit)."""
+    from myxtts_ops.ops import check_lengths
+
+    def check(n, a, b):
+        bounds = [(tf.shape(a)[0], " (a)"), (tf.shape(b)[0], " (b)")]
+        return check_lengths(n, "text_lengths", limit=9, note=" (nine)", bounds=bounds)
+
+    vec = tf.TensorSpec([None], tf.float32)
+    fn = tf.function(
+        check,
+        jit_compile=mode == "xla",
+        input_signature=[tf.TensorSpec([None], tf.int32), vec, vec],
+    )
+    six, seven, twelve = tf.zeros([6]), tf.zeros([7]), tf.zeros([12])
+    np.testing.assert_array_equal(fn(tf.constant([6, 0]), seven, six).numpy(), [6, 0])
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"text_lengths\[0\] = 7 is outside \[0, 6\] \(b\)(\s|$)",
+    ):
+        fn(tf.constant([7, 0]), seven, six)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"\[1\] = 7 is outside \[0, 6\] \(a\)(\s|$)"
+    ):
+        fn(tf.constant([0, 7]), six, six)  # a tie: the first bound
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"\[0\] = 10 is outside \[0, 9\] \(nine\)(\s|$)"
+    ):
+        fn(tf.constant([10, 0]), twelve, twelve)  # both above the limit
+    if mode == "xla":
+        hlo = fn.experimental_get_compiler_ir(tf.constant([1, 2]), six, seven)(stage="hlo")
+        assert hlo.count(CHECK_TARGET) == 1 and "limit = 6" in hlo
+
+
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_check_sizes_refuses_sizes_that_differ(mode):
+    """One op compares sizes unknown when traced: when the graph runs, or under
+    XLA when the function compiles (it lowers to nothing there), naming both."""
+    from myxtts_ops.ops import check_sizes
+
+    def body(a, b):
+        check = check_sizes(
+            [
+                (tf.shape(a)[0], tf.shape(b)[0], "a axis 0 (U)", "b axis 0"),
+                (tf.shape(b)[1], 1, "b axis 1", "the size it must have"),
+            ]
+        )
+        with tf.control_dependencies([check]):
+            return tf.reduce_sum(a) + tf.reduce_sum(b)
+
+    fn = tf.function(
+        body,
+        jit_compile=mode == "xla",
+        input_signature=[tf.TensorSpec([None]), tf.TensorSpec([None, None])],
+    )
+    assert float(fn(tf.ones([3]), tf.ones([3, 1]))) == 6.0
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"a axis 0 \(U\) is 1, but b axis 0 is 3"
+    ):
+        fn(tf.ones([1]), tf.ones([3, 1]))
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"b axis 1 is 2, but the size it must have is 1"
+    ):
+        fn(tf.ones([3]), tf.ones([3, 2]))
+    if mode == "xla":
+        hlo = fn.experimental_get_compiler_ir(tf.ones([3]), tf.ones([3, 1]))(stage="hlo")
+        assert "custom-call" not in hlo

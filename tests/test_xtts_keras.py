@@ -118,6 +118,42 @@ def test_fit_plain_outputs(data):
     _check_trained(loss_fn, history, EPOCHS * STEPS)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_plain_model_validation_with_the_callback(data, jit):
+    """A plain keras.Model passes its loss no training flag: with
+    XTTSLossValidation, validation batches in fit and evaluate leave the
+    training state alone (only the training batches count as steps) and
+    report what a training=False call gives."""
+    from myxtts.training import XTTSLossValidation
+
+    x, y = data
+    inp = keras.Input((T, D))
+    model = keras.Model(inp, keras.layers.Dense(M)(inp))
+    loss_fn = XTTSLoss(implementation=IMPL)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss_fn, jit_compile=jit)
+    callback = XTTSLossValidation(loss_fn)
+    history = model.fit(
+        x,
+        y["mel_target"],
+        batch_size=BATCH,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        validation_data=(x, y["mel_target"]),
+        validation_batch_size=N,
+        callbacks=[callback],
+    )
+    assert int(loss_fn.step_count.numpy()) == 2 * STEPS
+    assert loss_fn.update_state_on_call
+    before = [v.numpy() for v in loss_fn.training_state_variables]
+    result = model.evaluate(x, y["mel_target"], batch_size=N, verbose=0, callbacks=[callback])
+    for v, b in zip(loss_fn.training_state_variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+    expected = float(loss_fn(y["mel_target"], model(x), training=False))
+    np.testing.assert_allclose(result, expected, rtol=1e-5)
+    np.testing.assert_allclose(history.history["val_loss"][-1], expected, rtol=1e-5)
+
+
 def test_fit_plain_outputs_with_xtts_model(data):
     x, y = data
     inp = keras.Input((T, D))
@@ -199,3 +235,29 @@ def test_summaries(tmp_path, rng):
     assert values[("xtts/adaptive/current_mel_weight", 1)] == 2.5
     assert values[("xtts/stability/step_count", 2)] == 1.0
     np.testing.assert_allclose(values[("xtts/losses/mel_loss", 1)], 1.0, rtol=1e-6)
+
+
+def test_xtts_model_saves_and_loads_compiled(data, tmp_path):
+    """keras.saving round trip of a compiled XTTSModel: it loads without
+    custom_objects, compiled with an equal XTTSLoss (its settings; the loss's
+    running state is not part of a .keras file: XTTSLossBackup keeps it), the
+    same weights and optimizer, gradient norms fed again, and it trains on."""
+    x, y = data
+    inp = keras.Input((T, D))
+    model = XTTSModel(inp, {"mel_output": keras.layers.Dense(M)(inp)})
+    loss_fn = XTTSLoss.myxtts_original(mel_loss_weight=3.0, mel_noise_seed=7)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss_fn, jit_compile=False)
+    ys = {k: y[k] for k in ("mel_target", "mel_lengths")}
+    model.fit(x, ys, batch_size=BATCH, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is XTTSModel and isinstance(loaded.loss, XTTSLoss)
+    assert loaded.loss.config == loss_fn.config
+    assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy()
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0)["mel_output"], model.predict(x, verbose=0)["mel_output"]
+    )
+    loaded.fit(x, ys, batch_size=BATCH, epochs=1, verbose=0)
+    assert int(loaded.loss.step_count.numpy()) == STEPS
+    assert int(loaded.loss._state.gradient_norm_count.numpy()) == STEPS

@@ -559,6 +559,8 @@ STABILITY_KEYS = {
     "spike_count",
     "smoothed_total_loss",
     "all_nonfinite_mel_steps",
+    "spike_reference_total",
+    "mel_window_variance",
 }
 ADAPTIVE_KEYS = {
     "current_mel_weight",
@@ -576,7 +578,7 @@ ADAPTIVE_KEYS = {
 def test_metrics_snapshots_and_formatting():
     loss_fn = XTTSLoss(implementation=DEFAULT_IMPL)
     step = make_step(loss_fn)
-    run(loss_fn, alternating(109), step=step)
+    _, totals = run(loss_fn, alternating(109), step=step)
     st, ad = loss_fn.get_stability_metrics(), loss_fn.get_adaptive_weight_metrics()
     assert set(st) == STABILITY_KEYS and set(ad) == ADAPTIVE_KEYS
     for v in list(st.values()) + list(ad.values()):
@@ -586,7 +588,10 @@ def test_metrics_snapshots_and_formatting():
     np.testing.assert_allclose(
         float(st["loss_stability_score"]), np.exp(-float(st["loss_variance"])), rtol=1e-6
     )
-    np.testing.assert_allclose(float(st["loss_variance"]), 0.35**2, rtol=1e-5)
+    # Contract section 5: the population variance of the last 10 raw totals;
+    # the rule's gate reads the mel window's.
+    np.testing.assert_allclose(float(st["loss_variance"]), np.var(totals[-10:]), rtol=1e-5)
+    np.testing.assert_allclose(float(st["mel_window_variance"]), 0.35**2, rtol=1e-5)
     assert int(st["step_count"]) == 109 and int(ad["steps_since_weight_change"]) == 0
     assert f"{ad['current_mel_weight']:.4f}" == "2.3750"
     assert f"{ad['base_mel_weight']:.4f}" == "2.5000"
@@ -893,3 +898,71 @@ def test_negative_totals_are_not_all_spikes():
     oracle = Oracle()
     expected = [oracle.step(L, other=-10.0) for L in losses]
     np.testing.assert_allclose(w_shifted, expected, rtol=1e-6)
+
+
+def test_fixed_weight_mode_ignores_the_switch():
+    """use_adaptive_weights=False fixes the weight (contract section 4):
+    enable_adaptive_weights() sets the switch, as in the original, but the
+    weight stays at its base through the steps where it would otherwise move
+    (109, 168, 227)."""
+    loss_fn = XTTSLoss(use_adaptive_weights=False, implementation=DEFAULT_IMPL)
+    loss_fn.enable_adaptive_weights()
+    weights, totals = run(loss_fn, alternating(240))
+    np.testing.assert_array_equal(weights, 2.5)
+    assert float(loss_fn.get_adaptive_weight_metrics()["weight_adjustment_enabled"]) == 1.0
+    assert int(loss_fn.get_adaptive_weight_metrics()["weight_changes"]) == 0
+    np.testing.assert_allclose(totals, 2.5 * np.array(alternating(240)), rtol=1e-6)
+
+
+def _smoothing_model(totals):
+    """Contract section 4's smoothing running total and history, float64."""
+    rt, hist = 0.0, np.zeros(10)
+    for n, c in enumerate(totals, 1):
+        hist[(n - 1) % 10] = c
+        d = min(n / 500.0, 0.95)
+        rt = d * rt + (1 - d) * c
+    return rt, hist
+
+
+@pytest.mark.parametrize("with_mel", [True, False])
+def test_stability_metrics_follow_the_contract(with_mel):
+    """running_total_loss, loss_variance and loss_stability_score are the
+    contract's (section 5: the smoothing's running total, the population
+    variance of its history, 0 while step_count <= 10), with or without a mel
+    term (the original's were dead without one: defect 7)."""
+    loss_fn = XTTSLoss(implementation=DEFAULT_IMPL)
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0.2, 2.0, 25).astype(np.float32)
+    step = tf.function(lambda yt, yp: loss_fn(yt, yp))
+    totals = []
+    for i, v in enumerate(values):
+        yt = {"pitch_target": tf.zeros([2, 4, 1]), "mel_lengths": tf.constant([4, 3])}
+        yp = {"pitch_output": tf.fill([2, 4, 1], float(v))}
+        if with_mel:
+            yt["mel_target"] = tf.zeros([2, 4, 3])
+            yp["mel_output"] = tf.fill([2, 4, 3], float(v))
+        totals.append(float(step(yt, yp)))
+        st = loss_fn.get_stability_metrics()
+        rt, hist = _smoothing_model(totals)
+        np.testing.assert_allclose(float(st["running_total_loss"]), rt, rtol=1e-5)
+        expected_var = np.var(hist) if i + 1 > 10 else 0.0
+        np.testing.assert_allclose(float(st["loss_variance"]), expected_var, rtol=1e-4)
+        np.testing.assert_allclose(
+            float(st["loss_stability_score"]), np.exp(-expected_var), rtol=1e-4
+        )
+    assert float(st["running_total_loss"]) > 0 and float(st["loss_variance"]) > 0
+
+
+def test_validation_calls_leave_the_smoothed_total():
+    """The smoothed total is training state: a validation call (training=False)
+    reports its raw total but leaves the smoothed one, as it leaves the
+    smoothing it comes from."""
+    loss_fn = XTTSLoss(implementation=DEFAULT_IMPL)
+    step = make_step(loss_fn)
+    run(loss_fn, alternating(30), step=step)
+    smoothed = float(loss_fn.get_smoothed_total_loss())
+    yt = {"mel_target": tf.zeros([B, T, M]), "mel_lengths": tf.constant([T, T - 1])}
+    raw = loss_fn(yt, {"mel_output": tf.fill([B, T, M], 40.0)}, training=False)
+    assert float(loss_fn.get_raw_total_loss()) == float(raw) == pytest.approx(100.0)
+    assert float(loss_fn.get_smoothed_total_loss()) == smoothed
+    assert float(loss_fn.get_stability_metrics()["smoothed_total_loss"]) == smoothed

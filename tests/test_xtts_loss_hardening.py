@@ -289,8 +289,11 @@ def test_length_past_its_axis_is_refused_for_every_term(term, mode):
     assert np.isfinite(float(call(yt, yp)))
 
 
-def test_length_past_an_axis_unknown_when_traced_is_refused():
-    """With the sizes unknown when the graph is traced, the same refusal at run time."""
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_length_past_an_axis_unknown_when_traced_is_refused(mode):
+    """With the sizes unknown when the graph is traced (``reduce_retracing``, the
+    MyXTTS trainer's setting, with ``jit_compile=True`` its default), the same
+    refusal when the graph runs, the size read then (under XLA: at compile time)."""
     yt, yp, key, _ = _BOUNDED_TERMS["duration"]
     yt = dict(yt)
     loss_fn = XTTSLoss()
@@ -298,16 +301,23 @@ def test_length_past_an_axis_unknown_when_traced_is_refused():
     def spec(d):
         return {k: tf.TensorSpec([None] * v.shape.rank, v.dtype) for k, v in d.items()}
 
-    call = tf.function(lambda a, b: loss_fn(a, b), input_signature=[spec(yt), spec(yp)])
+    call = tf.function(
+        lambda a, b: loss_fn(a, b),
+        input_signature=[spec(yt), spec(yp)],
+        jit_compile=mode == "xla",
+    )
     call(yt, yp)
     before = _state_snapshot(loss_fn)
     yt[key] = tf.constant([6, 3])
     with pytest.raises(
         tf.errors.InvalidArgumentError,
-        match=r"text_lengths must be at most the size of y_true\[duration_target\] axis 1",
+        match=r"text_lengths\[0\] = 6 is outside \[0, 5\] \(the size of "
+        r"y_true\[duration_target\] axis 1\); text_lengths must be integers no larger than that",
     ):
         call(yt, yp)
-    _assert_state_unchanged(loss_fn, before, "function")
+    _assert_state_unchanged(loss_fn, before, mode)
+    yt[key] = tf.constant([5, 3])  # the axis size itself: fine
+    assert np.isfinite(float(call(yt, yp)))
 
 
 @pytest.mark.parametrize("mode", ["eager", "function", "xla"])
@@ -511,20 +521,37 @@ def test_shapes_checked_against_the_mel_batch(key, shape):
         ("pitch_output", [2, 3, 1], r"y_pred\[pitch_output\] axis 1 \(T\)"),
         ("duration_pred", [2, 7], r"y_pred\[duration_pred\] axis 1 \(U\)"),
         ("mel_output", [2, 5, 3], r"y_pred\[mel_output\] axis 1 \(T\)"),
-        ("stop_tokens", [2, 4, 2], r"y_pred\[stop_tokens\] axis 2 must be 1"),
+        (
+            "stop_tokens",
+            [2, 4, 2],
+            r"y_pred\[stop_tokens\] axis 2 is 2, but the size it must have is 1",
+        ),
+        (
+            "duration_pred",
+            [2, 1],
+            r"y_pred\[duration_pred\] axis 1 \(U\) is 1, but y_true\[duration_target\] axis 1 "
+            r"is 5",
+        ),
     ],
 )
-def test_shapes_unknown_when_traced_are_checked_by_name(key, shape, named):
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_shapes_unknown_when_traced_are_checked_by_name(key, shape, named, mode):
     """With every dimension unknown at trace time (input_signature of Nones, as
-    reduce_retracing makes them), a mismatch is refused when the graph runs,
-    naming the key and both sizes, and the training state is left alone."""
+    reduce_retracing makes them; the MyXTTS trainer's step is also compiled
+    with XLA by default), a mismatch is refused when the graph runs (under XLA,
+    when it compiles), naming the key and both sizes, never broadcast, and the
+    training state is left alone."""
     yt, yp = _pair_with_heads()
     loss_fn = XTTSLoss()
 
     def spec(d):
         return {k: tf.TensorSpec([None] * v.shape.rank, v.dtype) for k, v in d.items()}
 
-    call = tf.function(lambda a, b: loss_fn(a, b), input_signature=[spec(yt), spec(yp)])
+    call = tf.function(
+        lambda a, b: loss_fn(a, b),
+        input_signature=[spec(yt), spec(yp)],
+        jit_compile=mode == "xla",
+    )
     call(yt, yp)  # consistent shapes: fine
     where = yt if key in terms.KNOWN_TRUE_KEYS else yp
     where[key] = tf.zeros(shape, where[key].dtype)
@@ -540,7 +567,8 @@ def test_static_shapes_add_no_run_time_checks():
     yp["stop_tokens"] = tf.fill([2, 4, 1], 0.5)
 
     def count(a, b):
-        return len(terms.check_inputs(a, b))  # traced once: a Python int
+        # Size pairs compared when the graph runs (one check op holds them all).
+        return sum(int(op.inputs[0].shape[0]) for op in terms.check_inputs(a, b))
 
     assert terms.check_inputs(yt, yp) == []  # eager: the static checks only
     assert int(tf.function(count)(yt, yp)) == 0
@@ -549,7 +577,8 @@ def test_static_shapes_add_no_run_time_checks():
     ]
     # Against the mel target: B of 4 keys, T of 3, M of 1; and 2 axes that must be 1.
     assert int(tf.function(count, input_signature=spec)(yt, yp)) == 10
-    assert int(tf.function(count, jit_compile=True, input_signature=spec)(yt, yp)) == 0
+    # Under XLA the same pairs, compared when the function compiles.
+    assert int(tf.function(count, jit_compile=True, input_signature=spec)(yt, yp)) == 10
 
 
 @pytest.mark.parametrize("where", ["extra", "norm"])
@@ -695,3 +724,104 @@ def test_length_bound_holds_in_the_stand_in_checks(monkeypatch, mode, dtype):
     error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
     with pytest.raises(error, match=r"text_lengths must be integers in \[0, 5\]"):
         call(bad)
+
+
+# A prediction and a target whose sizes differ where one is 1 (or the batch is
+# 1) broadcast into each other in the term math: each module function refuses
+# them, naming both arguments.
+_MODULE_BROADCASTS = [
+    (
+        lambda a, b: terms.pitch_loss(a, b),
+        [3, 6],
+        [3, 1],
+        r"target_pitch .*axis 1 \(T\) is 1, but predicted_pitch",
+    ),
+    (
+        lambda a, b: terms.energy_loss(a, b),
+        [3, 6],
+        [1, 6],
+        r"target_energy .*axis 0 \(B\) is 1, but predicted_energy",
+    ),
+    (
+        lambda a, b: terms.duration_loss(a, b, [6, 5, 4]),
+        [3, 6],
+        [3, 1],
+        r"target_durations .*axis 1 \(U\) is 1, but predicted_durations",
+    ),
+    (
+        lambda a, b: terms.speaking_rate_loss(a, b, [6, 5, 4]),
+        [3, 6, 1],
+        [3, 1, 1],
+        r"target_rate .*axis 1 \(U\) is 1, but predicted_rate",
+    ),
+    (
+        lambda a, b: terms.diffusion_loss(a, b),
+        [3, 6, 4],
+        [3, 6, 1],
+        r"target_noise .*axis 2 \(C\) is 1, but predicted_noise",
+    ),
+    (
+        lambda a, b: terms.stop_token_loss(b, a),
+        [3, 6, 1],
+        [3, 1, 1],
+        r"y_pred .*axis 1 \(T\) is 6, but y_true",
+    ),
+]
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("fn, pred_shape, target_shape, named", _MODULE_BROADCASTS)
+def test_module_functions_refuse_shapes_that_would_broadcast(
+    fn, pred_shape, target_shape, named, mode
+):
+    """Statically a ValueError; with sizes unknown when traced, the check op
+    when the graph runs (under XLA, when it compiles): never a number."""
+    pred = tf.fill(pred_shape, 0.5)
+    target = tf.fill(target_shape, 0.25)
+    if mode == "eager":
+        with pytest.raises(ValueError, match=named):
+            fn(pred, target)
+        return
+    specs = [tf.TensorSpec([None] * len(s)) for s in (pred_shape, target_shape)]
+    call = tf.function(fn, jit_compile=mode == "xla", input_signature=specs)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=named.replace(" .*axis", " axis")):
+        call(pred, target)
+    assert np.isfinite(float(call(pred, tf.fill(pred_shape, 0.25))))  # same shapes: fine
+
+
+def test_diffusion_channels_must_agree():
+    yt, yp = _pair(0.5)
+    yt["diffusion_noise_target"] = tf.zeros([2, 4, 7])
+    yp["diffusion_noise_pred"] = tf.zeros([2, 4, 8])
+    with pytest.raises(ValueError, match=r"y_pred\['diffusion_noise_pred'\].*axis 2 \(C\) is 8"):
+        XTTSLoss()(yt, yp)
+    yp["diffusion_noise_pred"] = tf.zeros([2, 4, 7])  # channels need not be the mel bins
+    assert np.isfinite(float(XTTSLoss()(yt, yp)))
+
+
+@pytest.mark.parametrize("key", ["mel_lens", "lengths", "frame_lengths", "mel_len"])
+def test_lengths_under_another_name_are_refused(key):
+    """Lengths under an unknown y_true name would be ignored (every frame,
+    padding included, would count): refused, naming the known length keys."""
+    yt, yp = _pair(0.5)
+    yt[key] = yt.pop("mel_lengths")
+    with pytest.raises(
+        ValueError, match=rf"unknown y_true key '{key}': lengths go in 'mel_lengths'"
+    ):
+        XTTSLoss()(yt, yp)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "uint8", "uint16", "uint32"])
+def test_small_integer_lengths(dtype):
+    """Any integer dtype up to int64 works as lengths (exact), and a bad value is
+    named as for int32; uint64, which could pass int64, is refused by dtype."""
+    yt, yp = _pair(0.5)
+    expected = float(XTTSLoss()(yt, yp))
+    yt["mel_lengths"] = tf.constant([4, 3], dtype)
+    assert float(XTTSLoss()(yt, yp)) == expected
+    yt["mel_lengths"] = tf.constant([9, 3], dtype)
+    with pytest.raises(ValueError, match=r"mel_lengths\[0\] = 9 is outside \[0, 4\]"):
+        XTTSLoss()(yt, yp)
+    yt["mel_lengths"] = tf.constant([4, 3], tf.uint64)
+    with pytest.raises(ValueError, match="mel_lengths must be integer .* got dtype uint64"):
+        XTTSLoss()(yt, yp)

@@ -321,6 +321,61 @@ def mode_contrastive(args):
     return dict(num_replicas=n, single=single, dist=dist)
 
 
+def mode_preset(args):
+    """The original's preset (target noise of 0.05 x the target std): single
+    device vs a 2-CPU MirroredStrategy (split 2 + 2) on random targets, three
+    steps, so the std is the global batch's and each replica adds the noise
+    rows of its own samples. Per step: the total and the mel term."""
+    import tensorflow as tf
+
+    from myxtts.training.losses import XTTSLoss
+    from myxtts_loss import terms
+
+    devices = configure_two_cpus()
+    rng = np.random.default_rng(5)
+    index = terms.TERM_NAMES.index("mel_loss")
+    batches = []
+    for _ in range(3):
+        yt, yp = global_batch(1)
+        # Different scales per shard: a shard-only std would differ from the global one.
+        scale = np.array([0.5, 0.5, 3.0, 3.0], np.float32)[:, None, None]
+        yt["mel_target"] = (rng.standard_normal((GLOBAL_B, T, M)) * scale).astype(np.float32)
+        batches.append((yt, yp))
+
+    single_loss = XTTSLoss.myxtts_original()
+    single = []
+    for yt, yp in batches:
+        total = float(single_loss(yt, yp))
+        single.append(dict(total=total, mel=float(single_loss._state.last_terms.numpy()[index])))
+
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    with strategy.scope():
+        dist_loss = XTTSLoss.myxtts_original()
+    n = strategy.num_replicas_in_sync
+
+    @tf.function
+    def dist_step(yt, yp):
+        def replica_fn():
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            per = GLOBAL_B // n
+            sl = lambda a: tf.convert_to_tensor(a)[rid * per : (rid + 1) * per]  # noqa: E731
+            return dist_loss(*(tf.nest.map_structure(sl, v) for v in (yt, yp)))
+
+        return strategy.run(replica_fn)
+
+    dist = []
+    for yt, yp in batches:
+        totals = strategy.experimental_local_results(dist_step(yt, yp))
+        mels = strategy.experimental_local_results(dist_loss._state.last_terms)
+        dist.append(
+            dict(
+                total=float(sum(float(t) for t in totals)),
+                mel=[float(m.numpy()[index]) for m in mels],
+            )
+        )
+    return dict(num_replicas=n, single=single, dist=dist)
+
+
 def configure_two_cpus():
     import tensorflow as tf
 
@@ -573,6 +628,7 @@ def main():
         "resume": mode_resume,
         "keras_resume": mode_keras_resume,
         "contrastive": mode_contrastive,
+        "preset": mode_preset,
     }[args.mode]
     result = fn(args)
     tmp = args.out + ".tmp"

@@ -165,6 +165,40 @@ std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t fra
   return length_values_error(lengths, batch, frames, "lengths", " (frames of y_true)");
 }
 
+std::string pick_length_limit(int64_t limit, const std::string& note, const int32_t* bounds,
+                              int64_t count, const std::vector<std::string>& bound_notes,
+                              int64_t* limit_out, std::string* note_out) {
+  if (count != int64_t(bound_notes.size()))
+    return "bounds has " + std::to_string(count) + " entries but bound_notes has " +
+           std::to_string(bound_notes.size());
+  *limit_out = limit;
+  *note_out = note;
+  for (int64_t k = 0; k < count; ++k) {
+    if (bounds[k] < 0)
+      return "bounds[" + std::to_string(k) + "] = " + std::to_string(bounds[k]) + " is negative";
+    if (bounds[k] < *limit_out) {
+      *limit_out = bounds[k];
+      *note_out = bound_notes[k];
+    }
+  }
+  return std::string();
+}
+
+std::string size_mismatch_error(const int32_t* sizes, const int32_t* expected, int64_t count,
+                                const std::vector<std::string>& labels,
+                                const std::vector<std::string>& expected_labels) {
+  if (count != int64_t(labels.size()) || count != int64_t(expected_labels.size()))
+    return "sizes has " + std::to_string(count) + " entries but labels has " +
+           std::to_string(labels.size()) + " and expected_labels " +
+           std::to_string(expected_labels.size());
+  for (int64_t i = 0; i < count; ++i) {
+    if (sizes[i] == expected[i]) continue;
+    return labels[i] + " is " + std::to_string(sizes[i]) + ", but " + expected_labels[i] + " is " +
+           std::to_string(expected[i]);
+  }
+  return std::string();
+}
+
 void stage_lengths_int32(const LengthsView& lengths, int64_t batch, int32_t* out) {
   for (int64_t b = 0; b < batch; ++b) out[b] = int32_t(length_at(lengths, b));
 }

@@ -75,6 +75,23 @@ std::string float_length_values_error(const double* values, int64_t batch, int64
 // and the note " (frames of y_true)".
 std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t frames);
 
+// The limit and note a length check applies: `limit` with `note`, or the
+// smallest of `bounds` (axis sizes known only when the graph runs or XLA
+// compiles it) below it, with its entry of `bound_notes` (first on a tie).
+// Returns "" or why the bounds are malformed (a count that does not match the
+// notes, a negative size).
+std::string pick_length_limit(int64_t limit, const std::string& note, const int32_t* bounds,
+                              int64_t count, const std::vector<std::string>& bound_notes,
+                              int64_t* limit_out, std::string* note_out);
+
+// Axis sizes that must agree (known only when the graph runs or XLA compiles
+// it): the first i with sizes[i] != expected[i] gives "<labels[i]> is
+// <sizes[i]>, but <expected_labels[i]> is <expected[i]>"; or "". Also refuses
+// a count that does not match the labels.
+std::string size_mismatch_error(const int32_t* sizes, const int32_t* expected, int64_t count,
+                                const std::vector<std::string>& labels,
+                                const std::vector<std::string>& expected_labels);
+
 // Copies validated host lengths (int32 or int64, values in [0, frames] with
 // frames <= INT32_MAX) to int32, the form the CUDA kernels read. `lengths`
 // must not be empty (data != nullptr).

@@ -1,5 +1,6 @@
 // TensorFlow glue: op registration, shape functions and the CPU/GPU OpKernels
-// of MyxttsOps>MaskedMelLoss, its gradient and MyxttsOps>CheckLengths. The math lives in
+// of MyxttsOps>MaskedMelLoss, its gradient, MyxttsOps>CheckLengths and
+// MyxttsOps>CheckSizes. The math lives in
 // csrc/kernels; this file only validates, allocates and dispatches.
 //
 // GPU kernels are compiled when MYXTTS_OPS_WITH_CUDA is set. The CUDA stream
@@ -132,15 +133,18 @@ zeros; the OpKernel skips it whenever the graph does not consume it).
 
 REGISTER_OP("MyxttsOps>CheckLengths")
     .Input("lengths: T")
+    .Input("bounds: int32")
     .Output("checked: int32")
     .Attr("T: {int32, int64, half, bfloat16, float, double} = DT_INT32")
     .Attr("input_name: string")
     .Attr("note: string = ''")
     .Attr("limit: int >= 0")
+    .Attr("bound_notes: list(string) = []")
     .SetIsStateful()  // a check that must run, like Assert: never pruned or folded
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      ::tensorflow::shape_inference::ShapeHandle lengths;
+      ::tensorflow::shape_inference::ShapeHandle lengths, bounds;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &lengths));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &bounds));
       c->set_output(0, lengths);
       return absl::OkStatus();
     })
@@ -149,8 +153,31 @@ The lengths as int32 once every entry is a whole number in [0, limit]
 (limit <= 2^31 - 1; int32 lengths are passed through unchanged); otherwise an
 InvalidArgument error "<input_name>[b] = v is outside [0, limit]<note>" (or
 "... is not a whole number in [0, limit]<note>" for a fraction, NaN or an
-infinity), v as passed. Its XLA kernel is a custom call, so the check also
-runs inside jit_compile=True, where XLA compiles tf.debugging assertions away.
+infinity), v as passed. bounds: sizes of the axes the lengths index that were
+unknown when the graph was traced; the smallest one below limit is the limit,
+with its entry of bound_notes as the note. Its XLA kernel is a custom call
+(bounds are compile-time constants there), so the check also runs inside
+jit_compile=True, where XLA compiles tf.debugging assertions away.
+)doc");
+
+REGISTER_OP("MyxttsOps>CheckSizes")
+    .Input("sizes: int32")
+    .Input("expected: int32")
+    .Attr("labels: list(string)")
+    .Attr("expected_labels: list(string)")
+    .SetIsStateful()  // a check that must run, like Assert: never pruned or folded
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle sizes;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &sizes));
+      TF_RETURN_IF_ERROR(c->Merge(sizes, c->input(1), &sizes));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Refuses axis sizes that must agree but were unknown when the graph was traced:
+the first i with sizes[i] != expected[i] is an InvalidArgument error
+"<labels[i]> is <sizes[i]>, but <expected_labels[i]> is <expected[i]>". Under
+XLA, where every size is a compile-time constant, the check runs when the
+function compiles (XLA compiles tf.debugging assertions away).
 )doc");
 
 namespace myxtts_ops {
@@ -176,6 +203,7 @@ class CheckLengthsOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_name", &input_name_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("note", &note_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("limit", &limit_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bound_notes", &bound_notes_));
     // The checked lengths are int32.
     OP_REQUIRES(ctx, limit_ <= std::numeric_limits<int32_t>::max(),
                 errors::InvalidArgument("limit must be at most 2^31 - 1, got limit=", limit_));
@@ -186,6 +214,13 @@ class CheckLengthsOp : public OpKernel {
     OP_REQUIRES(ctx, lengths.dims() == 1,
                 errors::InvalidArgument(input_name_, " must have shape [batch], got shape ",
                                         lengths.shape().DebugString()));
+    const Tensor& bounds = ctx->input(1);
+    int64_t limit = limit_;
+    std::string note = note_;
+    OP_REQUIRES_OK(
+        ctx, CheckResult(pick_length_limit(
+                 limit_, note_, bounds.NumElements() > 0 ? bounds.flat<int32_t>().data() : nullptr,
+                 bounds.NumElements(), bound_notes_, &limit, &note)));
     const int64_t batch = lengths.NumElements();
     const T* values = batch > 0 ? lengths.flat<T>().data() : nullptr;
     std::vector<double> as_double;  // float lengths, checked and converted from here
@@ -193,8 +228,7 @@ class CheckLengthsOp : public OpKernel {
       LengthsView view;
       view.data = values;
       view.is_int64 = sizeof(T) == 8;
-      OP_REQUIRES_OK(ctx,
-                     CheckResult(length_values_error(view, batch, limit_, input_name_, note_)));
+      OP_REQUIRES_OK(ctx, CheckResult(length_values_error(view, batch, limit, input_name_, note)));
       if constexpr (std::is_same_v<T, int32_t>) {
         ctx->set_output(0, lengths);
         return;
@@ -203,7 +237,7 @@ class CheckLengthsOp : public OpKernel {
       as_double.resize(batch);
       for (int64_t b = 0; b < batch; ++b) as_double[b] = LengthAsDouble(values[b]);
       OP_REQUIRES_OK(ctx, CheckResult(float_length_values_error(
-                              as_double.data(), batch, limit_, input_name_, note_,
+                              as_double.data(), batch, limit, input_name_, note,
                               /*single_precision=*/!std::is_same_v<T, double>)));
     }
     Tensor* checked = nullptr;
@@ -222,6 +256,34 @@ class CheckLengthsOp : public OpKernel {
   std::string input_name_;
   std::string note_;
   int64_t limit_ = 0;
+  std::vector<std::string> bound_notes_;
+};
+
+// Host sizes on every device (the GPU kernel's are in host memory).
+class CheckSizesOp : public OpKernel {
+ public:
+  explicit CheckSizesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("labels", &labels_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("expected_labels", &expected_labels_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& sizes = ctx->input(0);
+    const Tensor& expected = ctx->input(1);
+    OP_REQUIRES(ctx, sizes.dims() == 1 && sizes.shape() == expected.shape(),
+                errors::InvalidArgument("sizes and expected must be vectors of one length, got ",
+                                        sizes.shape().DebugString(), " and ",
+                                        expected.shape().DebugString()));
+    const int64_t n = sizes.NumElements();
+    OP_REQUIRES_OK(
+        ctx, CheckResult(size_mismatch_error(n > 0 ? sizes.flat<int32_t>().data() : nullptr,
+                                             n > 0 ? expected.flat<int32_t>().data() : nullptr, n,
+                                             labels_, expected_labels_)));
+  }
+
+ private:
+  std::vector<std::string> labels_;
+  std::vector<std::string> expected_labels_;
 };
 
 DType ToKernelDType(DataType t) {
@@ -466,6 +528,7 @@ REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLossGrad").Device(::tensorflow:
                               .Device(::tensorflow::DEVICE_GPU) \
                               .TypeConstraint<T>("T")           \
                               .HostMemory("lengths")            \
+                              .HostMemory("bounds")             \
                               .HostMemory("checked"),           \
                           myxtts_ops::CheckLengthsOp<T>);
 #else
@@ -477,7 +540,14 @@ MYXTTS_OPS_REGISTER_CHECK_LENGTHS(Eigen::half)
 MYXTTS_OPS_REGISTER_CHECK_LENGTHS(Eigen::bfloat16)
 MYXTTS_OPS_REGISTER_CHECK_LENGTHS(float)
 MYXTTS_OPS_REGISTER_CHECK_LENGTHS(double)
+REGISTER_KERNEL_BUILDER(Name("MyxttsOps>CheckSizes").Device(::tensorflow::DEVICE_CPU),
+                        myxtts_ops::CheckSizesOp);
 #if MYXTTS_OPS_WITH_CUDA
+REGISTER_KERNEL_BUILDER(Name("MyxttsOps>CheckSizes")
+                            .Device(::tensorflow::DEVICE_GPU)
+                            .HostMemory("sizes")
+                            .HostMemory("expected"),
+                        myxtts_ops::CheckSizesOp);
 REGISTER_KERNEL_BUILDER(Name("MyxttsOps>MaskedMelLoss")
                             .Device(::tensorflow::DEVICE_GPU)
                             .HostMemory("lengths")

@@ -1,10 +1,10 @@
-// XLA kernels of MyxttsOps>MaskedMelLoss, its gradient and
-// MyxttsOps>CheckLengths: under jit_compile=True each op lowers to exactly one
-// typed-FFI custom call whose
-// target is a handler in csrc/xla/mel_loss_ffi.cc (registered for "Host" and,
-// in CUDA builds, "CUDA"). Shapes, ranks and the state shape are checked here,
-// at compile time, with the OpKernels' checks and messages; length values are
-// checked by the handler at run time.
+// XLA kernels of MyxttsOps>MaskedMelLoss, its gradient, MyxttsOps>CheckLengths
+// and MyxttsOps>CheckSizes: under jit_compile=True each of the first three
+// lowers to exactly one typed-FFI custom call whose target is a handler in
+// csrc/xla/mel_loss_ffi.cc (registered for "Host" and, in CUDA builds,
+// "CUDA"); CheckSizes lowers to nothing. Shapes, ranks, the state shape and
+// axis sizes are checked here, at compile time, with the OpKernels' checks and
+// messages; length values are checked by the handler at run time.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -41,6 +41,7 @@ using ::tensorflow::XlaOpKernelContext;
 constexpr char kForwardOp[] = "MyxttsOps>MaskedMelLoss";
 constexpr char kBackwardOp[] = "MyxttsOps>MaskedMelLossGrad";
 constexpr char kCheckLengthsOp[] = "MyxttsOps>CheckLengths";
+constexpr char kCheckSizesOp[] = "MyxttsOps>CheckSizes";
 
 std::string Register(const char* target, const char* platform, XLA_FFI_Handler* handler) {
   const XLA_FFI_Api* api = ::xla::ffi::GetXlaFfiApi();
@@ -305,12 +306,22 @@ class CheckLengthsXla : public XlaOpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_name", &input_name_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("note", &note_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("limit", &limit_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bound_notes", &bound_notes_));
     OP_REQUIRES(ctx, limit_ <= INT32_MAX,
                 ::tensorflow::errors::InvalidArgument("limit must be at most 2^31 - 1, got limit=",
                                                       limit_));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
+    // The axis sizes in `bounds` are compile-time constants here.
+    std::vector<int64_t> bounds64;
+    OP_REQUIRES_OK(ctx, ctx->ConstantInputAsIntVector(1, &bounds64));
+    const std::vector<int32_t> bounds(bounds64.begin(), bounds64.end());
+    int64_t limit = limit_;
+    std::string note = note_;
+    OP_REQUIRES_OK(
+        ctx, CheckResult(pick_length_limit(limit_, note_, bounds.data(), int64_t(bounds.size()),
+                                           bound_notes_, &limit, &note)));
     auto shape = RowMajorInputShape(ctx, 0);
     OP_REQUIRES_OK(ctx, shape.status());
     OP_REQUIRES(
@@ -338,13 +349,13 @@ class CheckLengthsXla : public XlaOpKernel {
       xla::XlaOp lo, hi;
       if (in_type == xla::S32) {
         lo = xla::ConstantR0<int32_t>(b, 0);
-        hi = xla::ConstantR0<int32_t>(b, int32_t(limit_));
+        hi = xla::ConstantR0<int32_t>(b, int32_t(limit));
       } else if (in_type == xla::S64) {
         lo = xla::ConstantR0<int64_t>(b, 0);
-        hi = xla::ConstantR0<int64_t>(b, limit_);
+        hi = xla::ConstantR0<int64_t>(b, limit);
       } else {
         lo = xla::ConstantR0<double>(b, 0.0);
-        hi = xla::ConstantR0<double>(b, double(limit_));
+        hi = xla::ConstantR0<double>(b, double(limit));
       }
       ctx->SetOutput(0, xla::ConvertElementType(xla::Clamp(lo, operand, hi), xla::S32));
       return;
@@ -353,8 +364,8 @@ class CheckLengthsXla : public XlaOpKernel {
     // How the handler writes a bad float value: as the float32 it was, or as float64.
     const int64_t value_bits = in_type == xla::F64 || is_int ? 64 : 32;
     const std::string attributes = "{input_name = " + MlirString(input_name_) +
-                                   ", note = " + MlirString(note_) +
-                                   ", limit = " + std::to_string(limit_) +
+                                   ", note = " + MlirString(note) +
+                                   ", limit = " + std::to_string(limit) +
                                    " : i64, value_bits = " + std::to_string(value_bits) + " : i64}";
     std::vector<std::pair<xla::ShapeIndex, std::pair<int64_t, xla::ShapeIndex>>> aliasing;
     if (in_type == xla::S32) aliasing.push_back({{}, {0, {}}});
@@ -372,7 +383,37 @@ class CheckLengthsXla : public XlaOpKernel {
   std::string input_name_;
   std::string note_;
   int64_t limit_ = 0;
+  std::vector<std::string> bound_notes_;
   bool for_gpu_;
+};
+
+// Every size is a compile-time constant under XLA, so sizes that disagree
+// fail the compilation with the OpKernel's message; nothing runs on device.
+class CheckSizesXla : public XlaOpKernel {
+ public:
+  explicit CheckSizesXla(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("labels", &labels_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("expected_labels", &expected_labels_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    std::vector<int64_t> sizes64, expected64;
+    OP_REQUIRES_OK(ctx, ctx->ConstantInputAsIntVector(0, &sizes64));
+    OP_REQUIRES_OK(ctx, ctx->ConstantInputAsIntVector(1, &expected64));
+    OP_REQUIRES(ctx, sizes64.size() == expected64.size(),
+                ::tensorflow::errors::InvalidArgument(
+                    "sizes and expected must be vectors of one length, got ", sizes64.size(),
+                    " and ", expected64.size()));
+    const std::vector<int32_t> sizes(sizes64.begin(), sizes64.end());
+    const std::vector<int32_t> expected(expected64.begin(), expected64.end());
+    OP_REQUIRES_OK(
+        ctx, CheckResult(size_mismatch_error(sizes.data(), expected.data(), int64_t(sizes.size()),
+                                             labels_, expected_labels_)));
+  }
+
+ private:
+  std::vector<std::string> labels_;
+  std::vector<std::string> expected_labels_;
 };
 
 ::tensorflow::OpKernel* NewForwardXla(OpKernelConstruction* ctx) {
@@ -383,6 +424,9 @@ class CheckLengthsXla : public XlaOpKernel {
 }
 ::tensorflow::OpKernel* NewCheckLengthsXla(OpKernelConstruction* ctx) {
   return new CheckLengthsXla(ctx);
+}
+::tensorflow::OpKernel* NewCheckSizesXla(OpKernelConstruction* ctx) {
+  return new CheckSizesXla(ctx);
 }
 
 // Through the text listing: the KernelList proto is not safe to walk from
@@ -406,7 +450,8 @@ struct LateXlaKernelRegistration {
       using Factory = ::tensorflow::OpKernel* (*)(OpKernelConstruction*);
       const std::pair<const char*, Factory> kernels[] = {{kForwardOp, NewForwardXla},
                                                          {kBackwardOp, NewBackwardXla},
-                                                         {kCheckLengthsOp, NewCheckLengthsXla}};
+                                                         {kCheckLengthsOp, NewCheckLengthsXla},
+                                                         {kCheckSizesOp, NewCheckSizesXla}};
       for (const auto& [op, factory] : kernels) {
         if (HasKernelFor(op, backend)) continue;
         const ::tensorflow::KernelDef* def =
@@ -425,7 +470,12 @@ REGISTER_XLA_OP(Name("MyxttsOps>MaskedMelLoss").CompileTimeConstantInput("huber_
                 myxtts_ops::MaskedMelLossXla);
 REGISTER_XLA_OP(Name("MyxttsOps>MaskedMelLossGrad").CompileTimeConstantInput("huber_delta"),
                 myxtts_ops::MaskedMelLossGradXla);
-REGISTER_XLA_OP(Name("MyxttsOps>CheckLengths"), myxtts_ops::CheckLengthsXla);
+REGISTER_XLA_OP(Name("MyxttsOps>CheckLengths").CompileTimeConstantInput("bounds"),
+                myxtts_ops::CheckLengthsXla);
+REGISTER_XLA_OP(Name("MyxttsOps>CheckSizes")
+                    .CompileTimeConstantInput("sizes")
+                    .CompileTimeConstantInput("expected"),
+                myxtts_ops::CheckSizesXla);
 
 namespace myxtts_ops {
 namespace {

@@ -31,6 +31,7 @@ _LAZY = {
     "XTTSModelMixin": "myxtts_loss.keras_model",
     "feed_gradient_norm": "myxtts_loss.gradient_norm",
     "XTTSLossMonitor": "myxtts_loss.callbacks",
+    "XTTSLossValidation": "myxtts_loss.callbacks",
     "XTTSLossBackup": "myxtts_loss.callbacks",
     "write_loss_summaries": "myxtts_loss.callbacks",
 }

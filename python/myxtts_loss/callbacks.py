@@ -8,6 +8,10 @@
   state to the epoch logs (so it lands in ``History`` and in the TensorBoard
   callback) and optionally writes summaries every ``every_n_steps`` batches.
   It reads the variables on the host only at those points.
+* :class:`XTTSLossValidation` is a Keras callback that makes validation and
+  ``evaluate`` batches leave the loss's training state alone where the model
+  passes the loss no ``training`` flag (a plain ``keras.Model`` compiled with
+  it; :class:`~myxtts_loss.XTTSModel` needs none).
 * :class:`XTTSLossBackup` is a Keras callback that backs up and restores the
   loss's state next to ``keras.callbacks.BackupAndRestore`` (which saves only
   the model and the optimizer), so an interrupted ``fit`` resumes with the
@@ -21,7 +25,13 @@ import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-__all__ = ["write_loss_summaries", "XTTSLossMonitor", "XTTSLossBackup", "loss_scalars"]
+__all__ = [
+    "write_loss_summaries",
+    "XTTSLossMonitor",
+    "XTTSLossValidation",
+    "XTTSLossBackup",
+    "loss_scalars",
+]
 
 
 def loss_scalars(loss_fn):
@@ -91,6 +101,42 @@ class XTTSLossMonitor(keras.callbacks.Callback):
             logs[f"{self.prefix}_{key}"] = float(stability[key].numpy())
         if self._writer is not None:
             self._writer.flush()
+
+
+class XTTSLossValidation(keras.callbacks.Callback):
+    """Keras callback: validation and ``evaluate`` calls leave the loss's training state alone.
+
+    A plain ``keras.Model`` compiled with an :class:`~myxtts_loss.XTTSLoss`
+    calls it the same way in training and validation (Keras passes a loss no
+    ``training`` flag), so each validation batch would move the adaptive
+    weight's warm-up, cooling and statistics (contract defect 12). This
+    callback turns ``loss_fn.update_state_on_call`` off from
+    ``on_test_begin`` to ``on_test_end``; Keras traces its evaluation step
+    inside that window, so the compiled step makes validation calls::
+
+        model.compile(optimizer="adam", loss=loss_fn)
+        model.fit(ds, validation_data=val_ds, callbacks=[XTTSLossValidation(loss_fn)])
+        model.evaluate(val_ds, callbacks=[XTTSLossValidation(loss_fn)])
+
+    Pass it to every ``fit``/``evaluate`` of that model: the switch is read
+    when a step is traced, and an evaluation step first traced without it
+    keeps making training calls. (:class:`~myxtts_loss.XTTSModel` passes
+    ``training=False`` itself.)
+    """
+
+    def __init__(self, loss_fn):
+        super().__init__()
+        self.loss_fn = loss_fn
+        self._previous = None
+
+    def on_test_begin(self, logs=None):
+        self._previous = self.loss_fn.update_state_on_call
+        self.loss_fn.update_state_on_call = False
+
+    def on_test_end(self, logs=None):
+        if self._previous is not None:
+            self.loss_fn.update_state_on_call = self._previous
+            self._previous = None
 
 
 class XTTSLossBackup(keras.callbacks.Callback):

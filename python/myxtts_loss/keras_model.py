@@ -37,6 +37,7 @@ class XTTSModelMixin:
 
     def compile(self, *args, feed_gradient_norms=True, **kwargs):
         super().compile(*args, **kwargs)
+        self._feeds_gradient_norms = bool(feed_gradient_norms)
         loss_fn = self.xtts_loss
         if (
             loss_fn is not None
@@ -44,6 +45,20 @@ class XTTSModelMixin:
             and getattr(self, "optimizer", None) is not None
         ):
             feed_gradient_norm(self.optimizer, loss_fn)
+
+    # keras.saving: Keras skips compile() when it loads a model whose compile()
+    # is overridden unless the model restores it itself; these two do.
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and not getattr(self, "_feeds_gradient_norms", True):
+            config = dict(config, feed_gradient_norms=False)
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)  # so its saved variables load
 
     @property
     def xtts_loss(self):
@@ -64,5 +79,6 @@ class XTTSModelMixin:
         return tf.add_n(losses) if len(losses) > 1 else total
 
 
+@keras.saving.register_keras_serializable(package="myxtts_loss")
 class XTTSModel(XTTSModelMixin, keras.Model):
     """``keras.Model`` (functional or subclassed) that trains with an XTTSLoss; see module doc."""

@@ -28,6 +28,7 @@ import logging
 import math
 import threading
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -202,6 +203,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         self._extra_specs = {}
         self._call_lock = threading.Lock()
         self._raw_total_tensor = None
+        # Graph -> the registry terms its latest call had active, so the
+        # getters list the same keys inside a tf.function as eagerly.
+        self._active_in_graph = weakref.WeakKeyDictionary()
         self._warned_all_nonfinite = 0
         self.contrastive_loss = terms.ContrastiveSpeakerLoss(
             c.contrastive_temperature, c.contrastive_margin
@@ -616,7 +620,14 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 "growing": growing,
             }
             new_rule, new_w, events = rule.adaptive_weight_step(
-                rule_state, obs, c, st.adaptation_enabled.read_value()
+                rule_state,
+                obs,
+                c,
+                # use_adaptive_weights=False fixes the weight for good (contract
+                # section 4); the switch only acts within adaptive mode.
+                st.adaptation_enabled.read_value()
+                if c.use_adaptive_weights
+                else tf.constant(False),
             )
         else:
             new_w = w
@@ -638,6 +649,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             if name in _TERM_INDEX:
                 vec[_TERM_INDEX[name]] = _finite_or_zero(tf.cast(values[name], f32))
                 act[_TERM_INDEX[name]] = True
+        if not tf.executing_eagerly():
+            self._active_in_graph[tf.compat.v1.get_default_graph()] = [
+                n for n, a in zip(terms.TERM_NAMES, act) if a
+            ]
         updates = {
             "last_terms": tf.stack(vec),
             "last_active": tf.constant(act),
@@ -658,8 +673,6 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             )
             if self.verbose:
                 self._log_change(events["accepted"], new_rule["step_count"], w, new_w)
-        else:
-            updates["last_smoothed_total"] = raw
         # After the returned total, which waits for every input check: a call
         # refused in a graph leaves the training state as it was. Under XLA,
         # where control dependencies do not order in-place variable updates,
@@ -792,7 +805,8 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         return tf.identity(self._state.last_raw_total.read_value())
 
     def get_smoothed_total_loss(self):
-        """The latest call's smoothed total (contract section 4), reported, never differentiated."""
+        """The latest training call's smoothed total (contract section 4), reported, never
+        differentiated (a validation call leaves it, as it leaves the smoothing state)."""
         if not self._has_called():
             return None
         return tf.identity(self._state.last_smoothed_total.read_value())
@@ -800,7 +814,8 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     def get_stability_metrics(self):
         """float32 snapshots: running_mel_loss, running_total_loss, loss_variance,
         loss_stability_score, step_count, nonfinite_steps, spike_count,
-        smoothed_total_loss, all_nonfinite_mel_steps."""
+        smoothed_total_loss, all_nonfinite_mel_steps, spike_reference_total,
+        mel_window_variance (:func:`myxtts_loss.metrics.stability_metrics`)."""
         from myxtts_loss.metrics import stability_metrics
 
         return stability_metrics(self)
@@ -829,6 +844,14 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         """Resume adaptation (ValueError if the base weight is outside the bounds)."""
         self.config.check_base_weight_in_bounds()
         self._state.adaptation_enabled.assign(True)
+        if not self.config.use_adaptive_weights:
+            _LOG.warning(
+                "XTTSLoss: enable_adaptive_weights() on a loss built with "
+                "use_adaptive_weights=False: the switch is set, but the mel weight stays "
+                "%s (build the loss with use_adaptive_weights=True to adapt it)",
+                self.config.mel_loss_weight,
+            )
+            return
         _LOG.info("XTTSLoss: adaptive mel weight enabled")
 
     def reset_stability_state(self):

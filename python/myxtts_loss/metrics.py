@@ -7,7 +7,7 @@ Every value is a fresh tensor (never a live variable), so it formats with
 
 import tensorflow as tf
 
-from myxtts_loss import gradient_norm, terms
+from myxtts_loss import gradient_norm, rule, terms
 
 __all__ = ["latest_terms", "weighted_terms", "stability_metrics", "adaptive_metrics"]
 
@@ -19,7 +19,9 @@ def _snap(x):
 
 
 def _listed_terms(loss_fn):
-    """Registry names to list: the latest call's active terms eagerly, all inside a graph."""
+    """Registry names to list: the latest call's active terms; inside a graph,
+    those of the latest call traced in that graph (every term, as zeros where
+    inactive, in a graph that has not called the loss)."""
     st = loss_fn._state
     if tf.executing_eagerly():
         if not bool(st.has_called.numpy()):
@@ -27,7 +29,8 @@ def _listed_terms(loss_fn):
         active = st.last_active.numpy()
         names = [n for n, a in zip(terms.TERM_NAMES, active) if a]
     else:
-        names = list(terms.TERM_NAMES)
+        traced = loss_fn._active_in_graph.get(tf.compat.v1.get_default_graph())
+        names = list(terms.TERM_NAMES if traced is None else traced)
     if "gradient_participation_loss" not in names:
         names.append("gradient_participation_loss")
     return names
@@ -73,22 +76,39 @@ def weighted_terms(loss_fn):
 
 
 def stability_metrics(loss_fn):
-    """SPEC 4.2 stability metrics plus ``smoothed_total_loss`` and ``all_nonfinite_mel_steps``."""
+    """The stability metrics of the MyXTTS contract (section 5) and SPEC 4.2,
+    plus what the adaptive rule reads.
+
+    ``running_total_loss``, ``loss_variance`` and ``loss_stability_score`` are
+    the contract's: the smoothing's running total, the population variance of
+    its history of raw totals (0 while ``step_count`` <= 10) and
+    ``exp(-loss_variance)``, defined whatever terms are active (the
+    original's were dead without a mel term: defect 7). The rule's own
+    quantities are ``spike_reference_total`` (SPEC 4.1's running total) and
+    ``mel_window_variance`` (the op's window variance, which gates changes).
+    """
     import myxtts_ops.state as layout
 
     st = loss_fn._state
     op_state = st.op_state.read_value()
-    variance = tf.cast(op_state[layout.WINDOW_VARIANCE], _F32)
+    step = st.step_count.read_value()
+    history = st.total_history.read_value()
+    history_variance = tf.reduce_mean(tf.square(history - tf.reduce_mean(history)))
+    variance = tf.where(
+        step > rule.SPIKE_MIN_STEPS, history_variance, tf.zeros_like(history_variance)
+    )
     out = {
         "running_mel_loss": _snap(op_state[layout.RUNNING_MEAN]),
-        "running_total_loss": _snap(st.running_total_loss.read_value()),
-        "loss_variance": variance,
-        "loss_stability_score": tf.exp(-variance),
-        "step_count": _snap(st.step_count.read_value()),
+        "running_total_loss": _snap(st.smoothing_running_total.read_value()),
+        "loss_variance": _snap(variance),
+        "loss_stability_score": tf.exp(-_snap(variance)),
+        "step_count": _snap(step),
         "nonfinite_steps": _snap(st.nonfinite_steps.read_value()),
         "spike_count": _snap(st.spike_count.read_value()),
         "smoothed_total_loss": _snap(st.last_smoothed_total.read_value()),
         "all_nonfinite_mel_steps": _snap(st.all_nonfinite_mel_steps.read_value()),
+        "spike_reference_total": _snap(st.running_total_loss.read_value()),
+        "mel_window_variance": _snap(op_state[layout.WINDOW_VARIANCE]),
     }
     if tf.executing_eagerly():
         loss_fn._warn_all_nonfinite(int(st.all_nonfinite_mel_steps.numpy()))

@@ -55,7 +55,8 @@ class LossState(tf.Module):
                 # Steps whose mel term had valid elements but none finite (its value is then 0).
                 "all_nonfinite_mel_steps": (tf.int64, 0),
                 # Latest call: unweighted term values in registry order, effective mel
-                # weight, raw and smoothed totals (what the getters report).
+                # weight and raw total (what the getters report); the smoothed total
+                # of the latest training call (a validation call has none).
                 "last_terms": (tf.float32, np.zeros([len(term_names)], np.float32)),
                 "last_active": (tf.bool, np.zeros([len(term_names)], bool)),
                 "last_mel_weight": (tf.float32, "base"),
@@ -71,7 +72,6 @@ class LossState(tf.Module):
             "last_active",
             "last_mel_weight",
             "last_raw_total",
-            "last_smoothed_total",
             "has_called",
         )
         self._initial = {}

@@ -108,10 +108,16 @@ def length_check_available():
     return length_check_available()
 
 
-def check_lengths(lengths, name, limit, note):
+def check_lengths(lengths, name, limit, note, bounds=()):
     from myxtts_ops.ops import check_lengths
 
-    return check_lengths(lengths, name, limit=limit, note=note)
+    return check_lengths(lengths, name, limit=limit, note=note, bounds=bounds)
+
+
+def check_sizes(pairs):
+    from myxtts_ops.ops import check_sizes
+
+    return check_sizes(pairs)
 
 
 def _op_message(message):
@@ -128,20 +134,21 @@ def _static_size(value, axis):
 
 
 def _length_limit(bounds):
-    """(static limit, its note, run-time assertions) for ``as_lengths``' ``bounds``.
+    """(static limit, its note, bounds unknown when traced) for ``as_lengths``' ``bounds``.
 
-    The smallest statically known size is the op's limit; a size unknown when
-    a graph is traced gets an assertion instead (never under XLA, where every
-    size is static).
+    The smallest statically known size is the check's limit; the sizes unknown
+    when a graph is traced (``None``, as ``reduce_retracing`` makes them) are
+    returned for the check to read when the graph runs (under XLA: when it
+    compiles, where every size is static).
     """
-    limit, note, checks = MAX_LENGTH, "", []
+    limit, note, dynamic = MAX_LENGTH, "", []
     for label, value, axis in bounds:
         size = _static_size(value, axis)
         if size is not None and size < limit:
             limit, note = size, f" (the size of {label} axis {axis})"
-        elif size is None and not tf.executing_eagerly() and not in_xla():
-            checks.append((label, value, axis))
-    return limit, note, checks
+        elif size is None and not tf.executing_eagerly():
+            dynamic.append((label, value, axis))
+    return limit, note, dynamic
 
 
 def as_lengths(lengths, name, bounds=(), *, invalid=0):
@@ -171,18 +178,31 @@ def as_lengths(lengths, name, bounds=(), *, invalid=0):
             t = tf.reshape(t, [-1])
         else:
             raise ValueError(f"{name} must have shape [batch], got shape {t.shape}")
-    if not (t.dtype.is_integer or t.dtype.is_floating):
+    if not (t.dtype.is_integer or t.dtype.is_floating) or t.dtype == tf.uint64:
         raise ValueError(
-            f"{name} must be integer or integral float lengths, got dtype {t.dtype.name}"
+            f"{name} must be integer (up to int64) or integral float lengths, got dtype "
+            f"{t.dtype.name}"
         )
+    if t.dtype not in (tf.int32, tf.int64) and t.dtype.is_integer:
+        t = tf.cast(t, tf.int64)  # int8, int16, uint8, uint16, uint32: exact
     limit, limit_note, dynamic = _length_limit(bounds)
     rule = f"{name} must be integers in [0, {limit}] (integral floats are accepted)"
     if length_check_available():
+        sizes = [
+            (
+                tf.shape(value)[axis],
+                f" (the size of {label} axis {axis}); {name} must be integers no larger "
+                "than that (integral floats are accepted)",
+            )
+            for label, value, axis in dynamic
+        ]
         try:
-            checked = check_lengths(t, name, limit=limit, note=f"{limit_note}; {rule}")
+            checked = check_lengths(
+                t, name, limit=limit, note=f"{limit_note}; {rule}", bounds=sizes
+            )
         except tf.errors.InvalidArgumentError as exc:  # eagerly: raised at once
             raise ValueError(_op_message(exc.message)) from None
-        return _assert_within(checked, name, dynamic)
+        return checked
     # Stand-ins, where the op cannot run.
     if t.dtype.is_floating and not in_xla():
         try:
@@ -222,8 +242,10 @@ def as_lengths(lengths, name, bounds=(), *, invalid=0):
 
 
 def _assert_within(lengths, name, bounds):
-    """``lengths`` once each is at most the run-time size of every ``bounds`` axis."""
-    if not bounds:
+    """``lengths`` once each is at most the run-time size of every ``bounds`` axis
+    (the stand-in for the check op's ``bounds``; nothing under XLA, where
+    assertions are compiled away)."""
+    if not bounds or in_xla():
         return lengths
     checks = [
         tf.debugging.assert_less_equal(
@@ -742,7 +764,8 @@ def term_value(term, stats):
 # -------------------------------------------------------------- input checks
 # Each key's dimensions as symbols: B batch, T mel frames, M mel bins, U text
 # tokens, H heads, Q and K the attention's frames and tokens (not tied to T
-# and U), D embedding size; 1 a literal 1; "?" anything. A key may allow
+# and U), D embedding size, C the diffusion noise's channels (M in the
+# contract; not tied to the mel term's bins); 1 a literal 1; "?" anything. A key may allow
 # several ranks (the trailing 1 is optional where the terms squeeze it).
 KEY_SHAPES = {
     "mel_target": [("B", "T", "M")],
@@ -766,8 +789,8 @@ KEY_SHAPES = {
     "prosody_speaking_rate": [("B", "U", 1), ("B", "U")],
     "speaker_labels": [("B",)],
     "speaker_embedding": [("B", "D")],
-    "diffusion_noise_target": [("B", "T", "?")],
-    "diffusion_noise_pred": [("B", "T", "?")],
+    "diffusion_noise_target": [("B", "T", "C")],
+    "diffusion_noise_pred": [("B", "T", "C")],
 }
 #: The axes whose positions each length counts, by their KEY_SHAPES symbols.
 LENGTH_SYMBOLS = {"mel_lengths": ("T", "Q"), "text_lengths": ("U", "K")}
@@ -824,18 +847,21 @@ def check_inputs(y_true, y_pred, extra_keys=()):
 
     A key that is not known but close to a known one (``mel_length``,
     ``stop_token``) is a ``ValueError`` naming both: ignoring it would change
-    the loss silently (every frame valid, a term dropped). Keys that look like
-    nothing known are left alone (a model may return more outputs), as are
+    the loss silently (every frame valid, a term dropped); so is an unknown
+    ``y_true`` key that names lengths (``mel_lens``, ``frame_lengths``). Other
+    keys that look like nothing known are left alone (a model may return more
+    outputs, a pipeline more targets), as are
     the ``extra_keys`` of registered extra terms. ``None`` values are refused.
     Static dimensions of every known key are checked against the symbols of
     :data:`KEY_SHAPES` (B: the batch of the first key that fixes it, T the
     mel frames, ...). Dimensions unknown when a graph is traced (``None``, as
-    ``reduce_retracing`` makes them) are checked when it runs: the returned
-    assertions, which the caller runs before using the inputs, name the key
-    and both sizes. Under XLA, which compiles assertions away, there are none;
-    an input of unknown rank is not checked at all.
+    ``reduce_retracing`` makes them) are checked when it runs, by one check op
+    the caller runs before using the inputs, naming the keys and both sizes;
+    under ``jit_compile=True`` (the MyXTTS trainer's default, with
+    ``reduce_retracing``) the same op fails the compilation, where every size
+    is known. An input of unknown rank is not checked at all.
 
-    Returns the list of those assertions (empty eagerly and for static shapes).
+    Returns the list of those checks (empty eagerly and for static shapes).
     """
     for where, d, known, other in (
         ("y_true", y_true, KNOWN_TRUE_KEYS, KNOWN_PRED_KEYS),
@@ -857,54 +883,77 @@ def check_inputs(y_true, y_pred, extra_keys=()):
                     f"unknown {where} key {key!r}: did you mean {close!r}? "
                     f"(known {where} keys: {', '.join(sorted(known))})"
                 )
-    bound = {}  # symbol -> (size, key)
-    seen = {}  # symbol -> [(label, axis, value, static size or None)]
-    for where, d in (("y_true", y_true), ("y_pred", y_pred)):
-        for key, value in d.items():
-            if key not in KEY_SHAPES:
+            if where == "y_true" and "len" in str(key).lower():
+                # Lengths under another name would be ignored: every frame
+                # (padding included) would count, silently.
+                raise ValueError(
+                    f"unknown y_true key {key!r}: lengths go in "
+                    f"{', '.join(repr(k) for k in LENGTH_SYMBOLS)} (known y_true keys: "
+                    f"{', '.join(sorted(known))})"
+                )
+    return check_shapes(
+        [
+            (f"{where}[{key!r}]", f"{where}[{key}]", value, KEY_SHAPES[key])
+            for where, d in (("y_true", y_true), ("y_pred", y_pred))
+            for key, value in d.items()
+            if key in KEY_SHAPES
+        ]
+    )
+
+
+def check_shapes(entries):
+    """Refuse shapes that disagree with their :data:`KEY_SHAPES`-style patterns.
+
+    ``entries``: ``(label, plain label, value, patterns)``, the plain label
+    (without quotes) for the run-time checks' messages. Every symbol names
+    one size across all entries (B the batch of the first entry that fixes
+    it, ...). Static sizes that disagree are a ``ValueError`` naming the input,
+    its shape and where the other size came from; sizes unknown when a graph
+    is traced are left to the returned checks (see :func:`check_inputs`).
+    """
+    bound = {}  # symbol -> (size, label)
+    seen = {}  # symbol -> [(plain label, axis, value, static size or None)]
+    for label, plain, value, patterns in entries:
+        shape = tf.TensorShape(_shape_of(value))
+        if shape.rank is None:
+            continue
+        pattern = next((p for p in patterns if len(p) == shape.rank), None)
+        if pattern is None:
+            allowed = " or ".join("[" + ", ".join(map(str, p)) + "]" for p in patterns)
+            raise ValueError(f"{label} must have shape {allowed}, got {shape}")
+        for axis, (sym, size) in enumerate(zip(pattern, shape.as_list())):
+            if sym != "?":
+                seen.setdefault(sym, []).append((plain, axis, value, size))
+            if size is None or sym == "?":
                 continue
-            shape = tf.TensorShape(_shape_of(value))
-            if shape.rank is None:
-                continue
-            pattern = _key_pattern(key, shape.rank)
-            if pattern is None:
-                allowed = " or ".join("[" + ", ".join(map(str, p)) + "]" for p in KEY_SHAPES[key])
-                raise ValueError(f"{where}[{key!r}] must have shape {allowed}, got {shape}")
-            for axis, (sym, size) in enumerate(zip(pattern, shape.as_list())):
-                if sym != "?":
-                    # No quotes: TF's assertion messages escape them.
-                    seen.setdefault(sym, []).append((f"{where}[{key}]", axis, value, size))
-                if size is None or sym == "?":
-                    continue
-                if sym == 1:
-                    if size != 1:
-                        raise ValueError(
-                            f"{where}[{key!r}] must have shape [{', '.join(map(str, pattern))}], "
-                            f"got {shape}"
-                        )
-                    continue
-                if sym in bound and bound[sym][0] != size:
+            if sym == 1:
+                if size != 1:
                     raise ValueError(
-                        f"{where}[{key!r}] has shape {shape}: its axis {axis} ({sym}) is {size}, "
-                        f"but {bound[sym][1]} gives {sym} = {bound[sym][0]}"
+                        f"{label} must have shape [{', '.join(map(str, pattern))}], got {shape}"
                     )
-                bound.setdefault(sym, (size, f"{where}[{key!r}]"))
+                continue
+            if sym in bound and bound[sym][0] != size:
+                raise ValueError(
+                    f"{label} has shape {shape}: its axis {axis} ({sym}) is {size}, "
+                    f"but {bound[sym][1]} gives {sym} = {bound[sym][0]}"
+                )
+            bound.setdefault(sym, (size, label))
     return _dynamic_shape_checks(seen)
 
 
 def _dynamic_shape_checks(seen):
-    """Run-time equality of each symbol's sizes where one was unknown at trace time."""
-    if tf.executing_eagerly() or in_xla():
+    """Equality of each symbol's sizes where one was unknown at trace time: one
+    check op, run when the graph runs (under XLA, when it compiles, where every
+    size is static); TF assertions where that op cannot run (none under XLA)."""
+    if tf.executing_eagerly():
         return []
-    checks = []
+    pairs = []  # (size, expected, label, expected label)
     for sym, uses in seen.items():
         if sym == 1:  # an axis of size 1 by definition
             for label, axis, value, size in uses:
                 if size is None:
-                    checks.append(
-                        tf.debugging.assert_equal(
-                            tf.shape(value)[axis], 1, message=f"{label} axis {axis} must be 1"
-                        )
+                    pairs.append(
+                        (tf.shape(value)[axis], 1, f"{label} axis {axis}", "the size it must have")
                     )
             continue
         if len(uses) < 2 or all(size is not None for *_, size in uses):
@@ -914,14 +963,28 @@ def _dynamic_shape_checks(seen):
         for label, axis, value, size in uses[1:]:
             if size is not None and ref_size is not None:
                 continue  # both static: checked above
-            checks.append(
-                tf.debugging.assert_equal(
+            pairs.append(
+                (
                     tf.shape(value)[axis],
-                    tf.cast(ref, tf.int32),
-                    message=f"{label} axis {axis} ({sym}) must equal {ref_label} axis {ref_axis}",
+                    ref,
+                    f"{label} axis {axis} ({sym})",
+                    f"{ref_label} axis {ref_axis}",
                 )
             )
-    return checks
+    if not pairs:
+        return []
+    if length_check_available():
+        return [check_sizes(pairs)]
+    if in_xla():
+        return []
+    return [
+        tf.debugging.assert_equal(
+            tf.cast(size, tf.int32),
+            tf.cast(expected, tf.int32),
+            message=f"{label} must equal {expected_label}",
+        )
+        for size, expected, label, expected_label in pairs
+    ]
 
 
 # ------------------------------------------------------ module-level functions
@@ -929,23 +992,62 @@ def _opt_lengths(lengths, name, bounds=()):
     return None if lengths is None else as_lengths(lengths, name, bounds=bounds)
 
 
+#: A module function's lengths: [B], or [B, 1] as a Keras target column.
+_LENGTHS_SHAPES = [("B",), ("B", 1)]
+
+
+def _shape_checked(*entries):
+    """The values of ``entries`` (``(argument name, value, shapes)``, ``shapes``
+    a :data:`KEY_SHAPES` entry), once their shapes agree: a module function's
+    prediction and target never broadcast into each other (a ``[B, 1]``
+    target against a ``[B, U]`` prediction is refused, not averaged)."""
+    present = [(name, value, shapes) for name, value, shapes in entries if value is not None]
+    checks = check_shapes([(name, name, value, shapes) for name, value, shapes in present])
+    values = [value for _, value, _ in entries]
+    if not checks:
+        return values
+    with tf.control_dependencies(checks):
+        return [None if v is None else tf.identity(v) for v in values]
+
+
 def mel_target_noise(y_true, lengths, label_smoothing, seed):
     """Deterministic target noise of the original's mel loss (contract 3.1, our decision):
     ``N(0, (s * std)^2)`` with std over the valid finite target elements,
-    drawn by a stateless RNG from ``seed`` (an int64 ``[2]`` tensor or a pair)."""
+    drawn by a stateless RNG from ``seed`` (an int64 ``[2]`` tensor or a pair).
+
+    Under ``tf.distribute`` with several replicas both are those of the global
+    batch, as on one device: the std over every replica's valid elements (two
+    all-reduces), and each replica's rows of the noise drawn for the whole
+    global batch (its offset from the replicas' batch sizes), so no two
+    replicas add the same noise and a split batch gets the noise it would get
+    whole."""
     t = tf.convert_to_tensor(y_true)
     x = tf.cast(t, _F32)
     finite = tf.math.is_finite(x)
     if lengths is not None:
         valid = _position_mask(lengths, tf.shape(x)[1])[:, :, tf.newaxis]
         finite = tf.logical_and(finite, valid)
-    n = tf.maximum(_count(finite), 1.0)
+    ctx = tf.distribute.get_replica_context()
+    replicas = 1 if ctx is None else int(ctx.num_replicas_in_sync)
+
+    def global_sum(v):
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, v) if replicas > 1 else v
+
+    n = tf.maximum(global_sum(_count(finite)), 1.0)
     xs = tf.stop_gradient(tf.where(finite, x, tf.zeros_like(x)))
-    mean = tf.reduce_sum(xs) / n
-    var = tf.reduce_sum(tf.where(finite, tf.square(xs - mean), tf.zeros_like(xs))) / n
+    mean = global_sum(tf.reduce_sum(xs)) / n
+    var = global_sum(tf.reduce_sum(tf.where(finite, tf.square(xs - mean), tf.zeros_like(xs)))) / n
     sigma = label_smoothing * tf.sqrt(var)
-    noise = standard_normal_noise(tf.shape(x), seed) * sigma
-    return tf.cast(x + noise, t.dtype)
+    shape = tf.shape(x)
+    if replicas > 1:
+        sizes = ctx.all_gather(shape[:1], axis=0)  # [replicas]: each one's batch
+        before = tf.range(replicas) < tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+        offset = tf.reduce_sum(tf.where(before, sizes, tf.zeros_like(sizes)))
+        whole = standard_normal_noise(tf.concat([[tf.reduce_sum(sizes)], shape[1:]], 0), seed)
+        noise = tf.slice(whole, tf.stack([offset, 0, 0]), shape)
+    else:
+        noise = standard_normal_noise(shape, seed)
+    return tf.cast(x + noise * sigma, t.dtype)
 
 
 def common_mel_dtype(y_true, y_pred):
@@ -1025,6 +1127,11 @@ def stop_token_loss(
     y_true, y_pred, lengths=None, positive_weight=5.0, label_smoothing=0.1, from_logits=False
 ):
     """Contract 3.2 (probabilities; ``from_logits=True`` for logits)."""
+    y_true, y_pred, lengths = _shape_checked(
+        ("y_true", y_true, KEY_SHAPES["stop_target"]),
+        ("y_pred", y_pred, KEY_SHAPES["stop_tokens"]),
+        ("lengths", lengths, _LENGTHS_SHAPES),
+    )
     return stats_value(
         stop_stats(
             y_true,
@@ -1039,6 +1146,11 @@ def stop_token_loss(
 
 def attention_loss(attention_weights, text_lengths, mel_lengths):
     """Contract 3.3."""
+    attention_weights, text_lengths, mel_lengths = _shape_checked(
+        ("attention_weights", attention_weights, KEY_SHAPES["attention_weights"]),
+        ("text_lengths", text_lengths, _LENGTHS_SHAPES),
+        ("mel_lengths", mel_lengths, _LENGTHS_SHAPES),
+    )
     return stats_value(
         attention_stats(
             attention_weights,
@@ -1050,6 +1162,11 @@ def attention_loss(attention_weights, text_lengths, mel_lengths):
 
 def duration_loss(predicted_durations, target_durations, text_lengths):
     """Contract 3.4."""
+    predicted_durations, target_durations, text_lengths = _shape_checked(
+        ("predicted_durations", predicted_durations, KEY_SHAPES["duration_pred"]),
+        ("target_durations", target_durations, KEY_SHAPES["duration_target"]),
+        ("text_lengths", text_lengths, _LENGTHS_SHAPES),
+    )
     return stats_value(
         duration_stats(
             predicted_durations,
@@ -1064,6 +1181,11 @@ def duration_loss(predicted_durations, target_durations, text_lengths):
 
 def pitch_loss(predicted_pitch, target_pitch, sequence_lengths=None):
     """Contract 3.5."""
+    predicted_pitch, target_pitch, sequence_lengths = _shape_checked(
+        ("predicted_pitch", predicted_pitch, KEY_SHAPES["pitch_output"]),
+        ("target_pitch", target_pitch, KEY_SHAPES["pitch_target"]),
+        ("sequence_lengths", sequence_lengths, _LENGTHS_SHAPES),
+    )
     return stats_value(
         pitch_stats(
             predicted_pitch,
@@ -1077,6 +1199,11 @@ def pitch_loss(predicted_pitch, target_pitch, sequence_lengths=None):
 
 def energy_loss(predicted_energy, target_energy, sequence_lengths=None):
     """Contract 3.6."""
+    predicted_energy, target_energy, sequence_lengths = _shape_checked(
+        ("predicted_energy", predicted_energy, KEY_SHAPES["energy_output"]),
+        ("target_energy", target_energy, KEY_SHAPES["energy_target"]),
+        ("sequence_lengths", sequence_lengths, _LENGTHS_SHAPES),
+    )
     return stats_value(
         energy_stats(
             predicted_energy,
@@ -1090,6 +1217,11 @@ def energy_loss(predicted_energy, target_energy, sequence_lengths=None):
 
 def diffusion_loss(predicted_noise, target_noise, sequence_lengths=None):
     """Contract 3.7."""
+    predicted_noise, target_noise, sequence_lengths = _shape_checked(
+        ("predicted_noise", predicted_noise, KEY_SHAPES["diffusion_noise_pred"]),
+        ("target_noise", target_noise, KEY_SHAPES["diffusion_noise_target"]),
+        ("sequence_lengths", sequence_lengths, _LENGTHS_SHAPES),
+    )
     return stats_value(
         diffusion_stats(
             predicted_noise,
@@ -1103,6 +1235,11 @@ def diffusion_loss(predicted_noise, target_noise, sequence_lengths=None):
 
 def speaking_rate_loss(predicted_rate, target_rate, text_lengths):
     """Contract 3.8, per-sample normalisation."""
+    predicted_rate, target_rate, text_lengths = _shape_checked(
+        ("predicted_rate", predicted_rate, KEY_SHAPES["prosody_speaking_rate"]),
+        ("target_rate", target_rate, KEY_SHAPES["prosody_speaking_rate_target"]),
+        ("text_lengths", text_lengths, _LENGTHS_SHAPES),
+    )
     return stats_value(
         speaking_rate_stats(
             predicted_rate,
@@ -1114,6 +1251,10 @@ def speaking_rate_loss(predicted_rate, target_rate, text_lengths):
 
 def contrastive_speaker_loss(labels, embeddings, temperature=0.1, margin=0.2):
     """Contract 3.9."""
+    labels, embeddings = _shape_checked(
+        ("labels", labels, KEY_SHAPES["speaker_labels"]),
+        ("embeddings", embeddings, KEY_SHAPES["speaker_embedding"]),
+    )
     return stats_value(contrastive_stats(labels, embeddings, temperature, margin))
 
 

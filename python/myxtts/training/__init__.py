@@ -9,7 +9,9 @@
 * :func:`~myxtts.training.gradient_norm.feed_gradient_norm` -- make an optimizer
   report each step's gradient norm to an XTTSLoss.
 * :class:`~myxtts.training.callbacks.XTTSLossMonitor`,
-  :func:`~myxtts.training.callbacks.write_loss_summaries` -- logging.
+  :func:`~myxtts.training.callbacks.write_loss_summaries` -- logging;
+  :class:`~myxtts.training.callbacks.XTTSLossValidation` -- validation that
+  leaves the training state alone in a plain ``keras.Model``.
 
 Imports are lazy so ``import myxtts.training`` does not import TensorFlow.
 """
@@ -23,6 +25,7 @@ __all__ = [
     "XTTSModelMixin",
     "feed_gradient_norm",
     "XTTSLossMonitor",
+    "XTTSLossValidation",
     "write_loss_summaries",
 ]
 
@@ -34,6 +37,7 @@ _LAZY = {
     "XTTSModelMixin": "myxtts.training.keras_model",
     "feed_gradient_norm": "myxtts.training.gradient_norm",
     "XTTSLossMonitor": "myxtts.training.callbacks",
+    "XTTSLossValidation": "myxtts.training.callbacks",
     "write_loss_summaries": "myxtts.training.callbacks",
 }
 
