@@ -341,8 +341,76 @@ def test_profile_terms_breakdown(capsys):
         "energy_loss",
     } <= terms
     for line in table.splitlines()[2:]:
+        if "< noise" in line:  # below the baseline: no median or share printed
+            continue
         median, p20, p80 = (float(x) for x in line.split()[1:4])
         assert p20 <= median <= p80
+
+
+def test_terms_below_the_baseline_are_not_printed_as_times():
+    """A term that costs less than the baseline graph (a negative difference)
+    is shown as below the noise, with no share, never as a negative time."""
+    from myxtts_ops.tools.term_shares import TermShare, format_term_table
+
+    shares = [
+        TermShare("mel_loss", 1.5, 1.4, 1.6, 0.5),
+        TermShare("tiny", -0.02, -0.07, 0.01, -0.01),
+    ]
+    table = format_term_table(3.0, shares, 2, 10, 4, 3, 1)
+    mel, tiny = table.splitlines()[2:]
+    assert mel.split()[1] == "1.500" and mel.endswith("50.0%")
+    assert "< noise" in tiny and tiny.rstrip().endswith("-") and "-0.020" not in tiny
+
+
+def test_terms_without_the_op_library_use_the_reference(monkeypatch, capsys):
+    """--terms follows --impls: with the op library unavailable, the
+    reference-only profile the error message suggests also times the terms
+    (with the reference implementation) instead of failing in a traceback."""
+    from myxtts_ops import _loader
+
+    def missing():
+        raise _loader.OpLibraryError("the myxtts-ops op library is missing (test)")
+
+    monkeypatch.setattr(_loader, "load_ops", missing)
+    monkeypatch.setattr(myxtts_ops, "load_ops", missing, raising=False)
+    argv = ["profile", "--batch", "2", "--frames", "12", "--mels", "4", "--tokens", "4"]
+    argv += ["--heads", "1", "--repeats", "2", "--warmup", "0", "--bandwidth-mib", "8"]
+    argv += ["--rotate-mib", "1", "--impls", "reference", "--modes", "forward", "--terms"]
+    rc = cli.main(argv)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "XTTSLoss terms" in captured.out and "Traceback" not in captured.err
+
+
+def test_plot_path_without_extension_names_the_file_written(tmp_path, capsys):
+    """matplotlib adds .png to a path without an extension: the tool writes
+    that file and says so (not the path as typed, which never exists)."""
+    impl = "fused" if _fused_available() else "reference"
+    argv = ["demo", "--steps", "1", "--batch", "2", "--frames", "10", "--implementation", impl]
+    assert cli.main(argv + ["--plot", str(tmp_path / "chart")]) == 0
+    assert (tmp_path / "chart.png").is_file() and not (tmp_path / "chart").exists()
+    assert f"wrote {tmp_path / 'chart.png'}" in capsys.readouterr().out
+
+
+def test_demo_summary_leaves_the_injected_steps_out():
+    """The last-10-steps mean does not count the injected spike (a short run
+    has it among the last 10 steps) or the NaN batch."""
+    from myxtts_ops.tools.demo import _summarize
+
+    history = [
+        dict(
+            step=s,
+            mel_loss=82.5 if s == 21 else (3.0 if s <= 11 else 1.0),
+            weight_changes=0,
+            rejected_changes=0,
+            nonfinite_steps=0,
+            spike_count=0,
+            current_mel_weight=2.5,
+        )
+        for s in range(1, 31)
+    ]
+    summary = _summarize(history, 1.0, "reference", nan_step=5, spike_step=21, spike_factor=50.0)
+    assert summary["last_mel_loss"] == 1.0 and summary["first_mel_loss"] == 3.0
 
 
 def test_demo_shortened_end_to_end(tmp_path, capsys):

@@ -125,7 +125,7 @@ class Oracle:
         if finite:
             a = c.loss_smoothing_factor
             if self.rt_init:
-                x = min(total, limit) if check else total
+                x = min(total, limit) if check and self.rt > 0 else total
                 self.rt = (1 - a) * self.rt + a * x
             else:
                 self.rt, self.rt_init = total, True
@@ -898,6 +898,34 @@ def test_negative_totals_are_not_all_spikes():
     oracle = Oracle()
     expected = [oracle.step(L, other=-10.0) for L in losses]
     np.testing.assert_allclose(w_shifted, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["negative_phase", "zero_phase"])
+def test_spike_reference_recovers_from_zero_or_below(case):
+    """A reference at or below 0 (a negative term for the first 100 steps, or
+    a mel loss of exactly 0 for the first 12) has a spike limit at or below
+    0: the positive totals that follow are spikes, and capped at that limit
+    they could never lift the reference again (adaptation would stop for
+    good). They enter whole there, so the reference follows them up, the
+    spikes stop and the weight moves again, as the NumPy model says."""
+    offset = tf.Variable(0.0)
+    loss_fn = XTTSLoss(extra_losses={"offset": (lambda yt, yp: offset.read_value(), 1.0)})
+    step = make_step(loss_fn)
+    losses = alternating(400)
+    if case == "zero_phase":
+        losses = [0.0] * 12 + losses[12:]
+    others = [-10.0 if case == "negative_phase" and s < 100 else 0.0 for s in range(400)]
+    oracle = Oracle()
+    weights, expected = [], []
+    for L, other in zip(losses, others):
+        offset.assign(other)
+        step(float(L), False)
+        weights.append(float(loss_fn.current_mel_weight.numpy()))
+        expected.append(oracle.step(L, other=other))
+    np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    assert int(loss_fn.get_stability_metrics()["spike_count"]) == oracle.spikes
+    assert float(loss_fn.get_stability_metrics()["spike_reference_total"]) > 0
+    assert len([s for s, _ in changes_of(np.array(weights)) if s > 120]) >= 2
 
 
 def test_fixed_weight_mode_ignores_the_switch():

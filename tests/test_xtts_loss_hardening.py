@@ -619,6 +619,10 @@ def test_none_values_are_refused_by_name():
         (dict(reduction="bogus"), "reduction"),
         (dict(dtype="float16"), "dtype"),
         (dict(verbose="yes"), "verbose"),
+        # Finite in float64, inf in the float32 graph (the total would be 0).
+        (dict(stop_loss_weight=1e39), r"stop_loss_weight must be finite in float32"),
+        (dict(gradient_norm_threshold=-1e39), "gradient_norm_threshold"),
+        (dict(adaptive_weight_max_weighted_loss=1e39), "adaptive_weight_max_weighted_loss"),
     ],
 )
 def test_settings_validated_at_construction(kwargs, name):
@@ -825,3 +829,48 @@ def test_small_integer_lengths(dtype):
     yt["mel_lengths"] = tf.constant([4, 3], tf.uint64)
     with pytest.raises(ValueError, match="mel_lengths must be integer .* got dtype uint64"):
         XTTSLoss()(yt, yp)
+
+
+def test_float32_range_settings_accepted_and_huber_delta_is_float64():
+    XTTSLoss(stop_loss_weight=3.4e38, adaptive_weight_max_weighted_loss=3.4e38)
+    XTTSLoss(mel_huber_delta=1e300)  # the fused op takes it as a float64
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_gradient_norm_of_half_and_mixed_gradients(mode):
+    """A list's norm is squared in float32 at least: float16 gradients of norm
+    300 (whose squares overflow float16) are recorded as 300, not dropped as
+    non-finite; float16 and float32 gradients mix; IndexedSlices count their
+    values."""
+    loss_fn = XTTSLoss()
+
+    def observe(a, b, c):
+        sparse = tf.IndexedSlices(c, tf.constant([0, 2]), tf.constant([4]))
+        return loss_fn.observe_gradient_norm([a, None, b, sparse])
+
+    fn = observe if mode == "eager" else tf.function(observe, jit_compile=mode == "xla")
+    got = fn(tf.constant([300.0], tf.float16), tf.constant([400.0]), tf.constant([0.0, 0.0]))
+    assert float(got) == 500.0
+    got = fn(
+        tf.constant([3.0], tf.bfloat16), tf.constant([0.0]), tf.constant([4.0, 12.0], tf.float64)
+    )
+    assert float(got) == 13.0
+    assert loss_fn.gradient_norm_history().numpy().tolist() == [500.0, 13.0]
+    assert int(loss_fn._state.nonfinite_gradient_norms.numpy()) == 0
+
+
+def test_invalid_gradient_norms():
+    """A negative norm is ignored and counted like a non-finite one (it would
+    drag the mean of the previous norms down); a list without gradients
+    records nothing; a norm that is not a real number is a ValueError naming
+    the method."""
+    loss_fn = XTTSLoss()
+    loss_fn.observe_gradient_norm(2.0)
+    loss_fn.observe_gradient_norm(-7.0)
+    assert loss_fn.observe_gradient_norm([]) is None
+    assert loss_fn.observe_gradient_norm([None, None]) is None
+    assert loss_fn.gradient_norm_history().numpy().tolist() == [2.0]
+    assert int(loss_fn._state.nonfinite_gradient_norms.numpy()) == 1
+    for bad in ("large", None, tf.constant("x"), tf.constant(True)):
+        with pytest.raises(ValueError, match=r"observe_gradient_norm\(norm\) takes a real scalar"):
+            loss_fn.observe_gradient_norm(bad)

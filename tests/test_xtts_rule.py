@@ -76,7 +76,7 @@ def np_adaptive(state, obs, c, enabled):
     total = f(new_w * mel + other)
     if clean:
         if rt_init:
-            x = min(total, limit) if check else total
+            x = min(total, limit) if check and rt > 0 else total
             new_rt = f((1 - c.loss_smoothing_factor) * rt + c.loss_smoothing_factor * x)
         else:
             new_rt = total

@@ -97,9 +97,16 @@ def _output_path_error(option: str, path: str, directory: bool = False) -> str |
 
 
 def _check_output_paths(parser, args, options) -> None:
+    import os
+
     for option, directory in options:
-        path = getattr(args, option.lstrip("-"))
+        name = option.lstrip("-")
+        path = getattr(args, name)
         if path is not None:
+            if option == "--plot" and not os.path.splitext(path)[1]:
+                # matplotlib writes PATH.png then: name (and report) that file.
+                path = path + ".png"
+                setattr(args, name, path)
             message = _output_path_error(option, path, directory)
             if message:
                 parser.error(message)
@@ -385,6 +392,11 @@ def _cmd_profile(args, parser) -> int:
                 repeats=config.repeats,
                 seed=config.seed,
                 tf_device=tf_device,
+                # The mel term through the fused op only where it was asked for
+                # (--impls reference,xla runs where the op library cannot load).
+                implementation="fused"
+                if {"fused", "fused_xla"} & set(config.impls)
+                else "reference",
             )
             print()
             print(

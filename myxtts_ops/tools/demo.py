@@ -213,8 +213,11 @@ def _summarize(history, elapsed, implementation, nan_step, spike_step, spike_fac
     def weight_moved_at(step):
         return step in changes
 
-    first = history[: min(10, len(history))]
-    last = history[-min(10, len(history)) :]
+    # The summary's means leave out the steps the demo injects (the NaN batch
+    # and the spike): they say how training went, not what was injected.
+    clean = [h for h in history if h["step"] not in (nan_step, spike_step)] or history
+    first = clean[: min(10, len(clean))]
+    last = clean[-min(10, len(clean)) :]
     return dict(
         steps=len(history),
         seconds=elapsed,
@@ -241,7 +244,7 @@ def _format_summary(s: dict) -> str:
         f"demo: {s['steps']} steps in {s['seconds']:.1f} s "
         f"(XTTSLoss, implementation={s['implementation']}, adaptive weights on)",
         f"  mel loss: {s['first_mel_loss']:.4f} (first 10 steps) -> "
-        f"{s['last_mel_loss']:.4f} (last 10 steps)",
+        f"{s['last_mel_loss']:.4f} (last 10 steps; injected steps left out)",
     ]
     ch = s["weight_changes"]
     desc = ", ".join(f"{c['step']} ({c['direction']} to {c['after']:.4f})" for c in ch) or "none"

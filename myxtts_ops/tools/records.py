@@ -38,7 +38,9 @@ class Record:
     input_sets: int = 1
     bandwidth_gbps: float | None = None
     #: XLA-compiled implementations: work instructions of the step's HLO module
-    #: and how many of them are custom calls (the fused kernels inside XLA).
+    #: and how many of them are custom calls (this library's: the fused
+    #: kernels, and in ``xtts_step`` XTTSLoss's length check, which runs as a
+    #: custom call with the reference too).
     xla_hlo_ops: int | None = None
     xla_custom_calls: int | None = None
 

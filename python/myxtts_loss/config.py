@@ -73,6 +73,10 @@ TERM_WEIGHT_ARGS = tuple(name for name in MYXTTS_ARGS if name.endswith("_loss_we
 
 # Integer settings are compared with int64 step counters in the graph.
 _MAX_INT_SETTING = 2**62
+# Real settings enter the graph as float32, except these (the fused op takes
+# its Huber threshold as a float64).
+_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+_FLOAT64_SETTINGS = frozenset({"mel_huber_delta"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +147,13 @@ class XTTSLossConfig:
             value = float(value)
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {name}={value!r}")
+            if abs(value) > _FLOAT32_MAX and name not in _FLOAT64_SETTINGS:
+                # It becomes inf in the float32 graph (a weight of 1e39 would
+                # make every total 0).
+                raise ValueError(
+                    f"{name} must be finite in float32 (|x| <= {_FLOAT32_MAX:.8g}), "
+                    f"got {name}={value!r}"
+                )
             if lo is not None and (value <= lo if lo_open else value < lo):
                 rel = ">" if lo_open else ">="
                 raise ValueError(f"{name} must be {rel} {lo}, got {name}={value!r}")

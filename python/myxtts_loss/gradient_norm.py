@@ -10,7 +10,7 @@ Keras computes the gradients inside ``Model.train_step`` and hands them to
 method on the optimizer instance (the innermost one when Keras wraps it in a
 ``LossScaleOptimizer`` for mixed precision, so the norm is of the *unscaled*
 gradients, and steps skipped for non-finite scaled gradients report nothing),
-computes ``tf.linalg.global_norm`` of the gradients in the graph and calls
+computes :func:`global_norm` of the gradients in the graph and calls
 ``loss_fn.observe_gradient_norm`` before applying them. Nothing leaves the
 graph. The optimizer's class, configuration and checkpoint are unchanged.
 
@@ -29,6 +29,7 @@ import tensorflow as tf
 __all__ = [
     "GRADIENT_NORM_HISTORY",
     "RING_SIZE",
+    "global_norm",
     "record_norm",
     "gradients_growing",
     "norm_history",
@@ -42,16 +43,32 @@ GRADIENT_NORM_HISTORY = 10
 RING_SIZE = GRADIENT_NORM_HISTORY + 1  # newest + up to 10 previous
 
 
-def record_norm(ring, count, norm):
-    """(ring [RING_SIZE] float32, count int64, norm) -> (ring, count, finite).
+def global_norm(grads):
+    """The float32 L2 norm of ``grads`` (tensors or ``tf.IndexedSlices``, float
+    dtypes, mixed allowed). Half-precision gradients are squared in float32
+    (float16's squares overflow once the norm passes 256, which is exactly the
+    growth the tracker watches for) and the per-tensor sums add in float64."""
+    total = tf.constant(0.0, tf.float64)
+    for g in grads:
+        values = g.values if isinstance(g, tf.IndexedSlices) else tf.convert_to_tensor(g)
+        if values.dtype in (tf.float16, tf.bfloat16):
+            values = tf.cast(values, tf.float32)
+        total += tf.cast(tf.reduce_sum(tf.square(values)), tf.float64)
+    return tf.cast(tf.sqrt(total), tf.float32)
 
-    A non-finite norm leaves the ring and the count unchanged.
+
+def record_norm(ring, count, norm):
+    """(ring [RING_SIZE] float32, count int64, norm) -> (ring, count, valid).
+
+    A norm that is not a finite number >= 0 leaves the ring and the count
+    unchanged (a negative one would pull the mean of the previous norms
+    down and make "growing" fire on an ordinary step).
     """
     norm = tf.cast(tf.reshape(norm, []), tf.float32)
-    finite = tf.math.is_finite(norm)
+    valid = tf.logical_and(tf.math.is_finite(norm), norm >= 0.0)
     slot = tf.math.floormod(count, RING_SIZE)
     updated = tf.where(tf.equal(tf.range(RING_SIZE, dtype=count.dtype), slot), norm, ring)
-    return tf.where(finite, updated, ring), count + tf.cast(finite, count.dtype), finite
+    return tf.where(valid, updated, ring), count + tf.cast(valid, count.dtype), valid
 
 
 def gradients_growing(ring, count, growth_factor, threshold):
@@ -86,7 +103,8 @@ def innermost_optimizer(optimizer):
 
 
 def feed_gradient_norm(optimizer, loss_fn):
-    """Make ``optimizer`` report ``global_norm(grads)`` to ``loss_fn`` on every apply.
+    """Make ``optimizer`` report :func:`global_norm` of its gradients to ``loss_fn`` on
+    every apply.
 
     Idempotent; calling it again with another loss re-targets the feed.
     Returns ``optimizer``.

@@ -725,29 +725,46 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         """Record the gradient norm of the step (a scalar, or a list of gradient tensors).
 
         Call it after computing the gradients of the loss returned by this
-        object; the next call uses it. Non-finite norms are ignored (counted).
-        Under ``tf.distribute`` a list of this replica's gradients is summed
-        over the replicas first, a scalar is averaged, so every replica
-        records the same value. Returns the recorded norm (float32).
+        object; the next call uses it. A norm that is not a finite number >= 0
+        is ignored (counted in ``nonfinite_gradient_norms``); a list with no
+        gradient in it (empty, or all None) records nothing and returns None.
+        A list's norm is :func:`myxtts_loss.gradient_norm.global_norm` (float32,
+        half-precision gradients squared in float32). Under ``tf.distribute``
+        a list of this replica's gradients is summed over the replicas first,
+        a scalar is averaged, so every replica records the same value. Returns
+        the recorded norm (float32).
         """
         st = self._state
         replicas = _replicas_in_sync()
         if isinstance(norm, (list, tuple)):
             grads = [g for g in norm if g is not None]
-            if replicas > 1 and grads:
+            if not grads:
+                return None
+            if replicas > 1:
                 grads = tf.distribute.get_replica_context().all_reduce(
                     tf.distribute.ReduceOp.SUM, grads
                 )
-            norm = tf.linalg.global_norm(grads)
+            norm = gn.global_norm(grads)
+        else:
+            try:
+                t = tf.convert_to_tensor(norm)
+            except (TypeError, ValueError):
+                t = None
+            if t is None or not (t.dtype.is_floating or t.dtype.is_integer):
+                raise ValueError(
+                    "observe_gradient_norm(norm) takes a real scalar or a list of gradients, "
+                    f"got norm={norm!r}"
+                )
+            norm = t
         norm = _scalar(norm, "observe_gradient_norm(norm)", "a scalar or a list of gradients")
         if replicas > 1:
             norm = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, norm)
-        ring, count, finite = gn.record_norm(
+        ring, count, valid = gn.record_norm(
             st.gradient_norms.read_value(), st.gradient_norm_count.read_value(), norm
         )
         st.gradient_norms.assign(ring)
         st.gradient_norm_count.assign(count)
-        st.nonfinite_gradient_norms.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        st.nonfinite_gradient_norms.assign_add(tf.cast(tf.logical_not(valid), tf.int64))
         return norm
 
     def gradient_norm_history(self):
@@ -773,8 +790,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     def get_losses(self):
         """A new dict of float32 snapshots of the latest call's unweighted terms
         (keys as in the contract, ``gradient_participation_loss`` always; extra
-        terms by their names). Empty before the first call. Eagerly only the
-        active terms are listed; inside a graph every registry term is."""
+        terms by their names). Empty before the first call. The latest call's
+        active terms are listed; inside a graph, those of the call traced in
+        that graph (every registry term in a graph that has not called it)."""
         from myxtts_loss.metrics import latest_terms
 
         return latest_terms(self)

@@ -155,10 +155,13 @@ def adaptive_weight_step(state, obs, settings, enabled):
     new_w, accepted, rejected = tf.cond(decide, _decide, _keep)
     new_w = tf.stop_gradient(new_w)
 
-    # 5. Spike reference: EMA of the returned total over clean steps,
-    # a spike's contribution winsorised at the limit.
+    # 5. Spike reference: EMA of the returned total over clean steps, a
+    # spike's contribution winsorised at the limit while the reference is
+    # positive. At or below 0 the limit is too (2 - theta <= 1 x a negative
+    # reference), so a capped spike could never lift the reference again and
+    # every later positive total would be a spike: there spikes enter whole.
     total = new_w * mel + other
-    clipped = tf.where(check_spike, tf.minimum(total, spike_limit), total)
+    clipped = tf.where(tf.logical_and(check_spike, rt > 0.0), tf.minimum(total, spike_limit), total)
     a = c.loss_smoothing_factor
     new_rt = tf.where(clean, tf.where(rt_init, (1.0 - a) * rt + a * clipped, total), rt)
 
