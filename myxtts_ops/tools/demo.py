@@ -304,7 +304,7 @@ def plot_demo(history: list[dict], summary: dict, path: str) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("mel loss (L1)")
     ax.legend(loc="upper right", fontsize=8)
-    axes[1].plot(steps, col("loss_variance"), color="#9467bd")
+    axes[1].plot(steps, col("mel_window_variance"), color="#9467bd")
     threshold = summary["variance_threshold"]
     axes[1].axhline(threshold, color="gray", ls=":", lw=1, label=f"gate threshold ({threshold})")
     axes[1].set_yscale("symlog", linthresh=1e-2)
