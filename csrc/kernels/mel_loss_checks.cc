@@ -184,9 +184,12 @@ std::string pick_length_limit(int64_t limit, const std::string& note, const int3
   return std::string();
 }
 
-std::string size_mismatch_error(const int32_t* sizes, const int32_t* expected, int64_t count,
-                                const std::vector<std::string>& labels,
+std::string size_mismatch_error(const int32_t* sizes, int64_t count, const int32_t* expected,
+                                int64_t expected_count, const std::vector<std::string>& labels,
                                 const std::vector<std::string>& expected_labels) {
+  if (count != expected_count)
+    return "sizes and expected must have one length, got " + std::to_string(count) + " and " +
+           std::to_string(expected_count);
   if (count != int64_t(labels.size()) || count != int64_t(expected_labels.size()))
     return "sizes has " + std::to_string(count) + " entries but labels has " +
            std::to_string(labels.size()) + " and expected_labels " +

@@ -87,9 +87,9 @@ std::string pick_length_limit(int64_t limit, const std::string& note, const int3
 // Axis sizes that must agree (known only when the graph runs or XLA compiles
 // it): the first i with sizes[i] != expected[i] gives "<labels[i]> is
 // <sizes[i]>, but <expected_labels[i]> is <expected[i]>"; or "". Also refuses
-// a count that does not match the labels.
-std::string size_mismatch_error(const int32_t* sizes, const int32_t* expected, int64_t count,
-                                const std::vector<std::string>& labels,
+// vectors of different lengths and a count that does not match the labels.
+std::string size_mismatch_error(const int32_t* sizes, int64_t count, const int32_t* expected,
+                                int64_t expected_count, const std::vector<std::string>& labels,
                                 const std::vector<std::string>& expected_labels);
 
 // Copies validated host lengths (int32 or int64, values in [0, frames] with

@@ -270,14 +270,15 @@ class CheckSizesOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& sizes = ctx->input(0);
     const Tensor& expected = ctx->input(1);
-    OP_REQUIRES(ctx, sizes.dims() == 1 && sizes.shape() == expected.shape(),
-                errors::InvalidArgument("sizes and expected must be vectors of one length, got ",
+    OP_REQUIRES(ctx, sizes.dims() == 1 && expected.dims() == 1,
+                errors::InvalidArgument("sizes and expected must be vectors, got shapes ",
                                         sizes.shape().DebugString(), " and ",
                                         expected.shape().DebugString()));
     const int64_t n = sizes.NumElements();
+    const int64_t m = expected.NumElements();
     OP_REQUIRES_OK(
-        ctx, CheckResult(size_mismatch_error(n > 0 ? sizes.flat<int32_t>().data() : nullptr,
-                                             n > 0 ? expected.flat<int32_t>().data() : nullptr, n,
+        ctx, CheckResult(size_mismatch_error(n > 0 ? sizes.flat<int32_t>().data() : nullptr, n,
+                                             m > 0 ? expected.flat<int32_t>().data() : nullptr, m,
                                              labels_, expected_labels_)));
   }
 

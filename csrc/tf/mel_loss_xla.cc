@@ -400,15 +400,11 @@ class CheckSizesXla : public XlaOpKernel {
     std::vector<int64_t> sizes64, expected64;
     OP_REQUIRES_OK(ctx, ctx->ConstantInputAsIntVector(0, &sizes64));
     OP_REQUIRES_OK(ctx, ctx->ConstantInputAsIntVector(1, &expected64));
-    OP_REQUIRES(ctx, sizes64.size() == expected64.size(),
-                ::tensorflow::errors::InvalidArgument(
-                    "sizes and expected must be vectors of one length, got ", sizes64.size(),
-                    " and ", expected64.size()));
     const std::vector<int32_t> sizes(sizes64.begin(), sizes64.end());
     const std::vector<int32_t> expected(expected64.begin(), expected64.end());
     OP_REQUIRES_OK(
-        ctx, CheckResult(size_mismatch_error(sizes.data(), expected.data(), int64_t(sizes.size()),
-                                             labels_, expected_labels_)));
+        ctx, CheckResult(size_mismatch_error(sizes.data(), int64_t(sizes.size()), expected.data(),
+                                             int64_t(expected.size()), labels_, expected_labels_)));
   }
 
  private:

@@ -92,16 +92,15 @@ def stability_metrics(loss_fn):
     st = loss_fn._state
     op_state = st.op_state.read_value()
     step = st.step_count.read_value()
-    history = st.total_history.read_value()
-    history_variance = tf.reduce_mean(tf.square(history - tf.reduce_mean(history)))
-    variance = tf.where(
-        step > rule.SPIKE_MIN_STEPS, history_variance, tf.zeros_like(history_variance)
+    history_variance = tf.math.reduce_variance(st.total_history.read_value())
+    variance = _snap(
+        tf.where(step > rule.SPIKE_MIN_STEPS, history_variance, tf.zeros_like(history_variance))
     )
     out = {
         "running_mel_loss": _snap(op_state[layout.RUNNING_MEAN]),
         "running_total_loss": _snap(st.smoothing_running_total.read_value()),
-        "loss_variance": _snap(variance),
-        "loss_stability_score": tf.exp(-_snap(variance)),
+        "loss_variance": variance,
+        "loss_stability_score": tf.exp(-variance),
         "step_count": _snap(step),
         "nonfinite_steps": _snap(st.nonfinite_steps.read_value()),
         "spike_count": _snap(st.spike_count.read_value()),

@@ -811,7 +811,12 @@ def length_bounds(key, y_true, y_pred):
 
 def _key_pattern(key, rank):
     """The KEY_SHAPES pattern of ``key`` for an input of ``rank`` (None: no such pattern)."""
-    return next((p for p in KEY_SHAPES.get(key, ()) if len(p) == rank), None)
+    return _pattern_of_rank(KEY_SHAPES.get(key, ()), rank)
+
+
+def _pattern_of_rank(patterns, rank):
+    """The one of ``patterns`` (a KEY_SHAPES entry) with ``rank`` symbols, or None."""
+    return next((p for p in patterns if len(p) == rank), None)
 
 
 def _shape_of(value):
@@ -917,7 +922,7 @@ def check_shapes(entries):
         shape = tf.TensorShape(_shape_of(value))
         if shape.rank is None:
             continue
-        pattern = next((p for p in patterns if len(p) == shape.rank), None)
+        pattern = _pattern_of_rank(patterns, shape.rank)
         if pattern is None:
             allowed = " or ".join("[" + ", ".join(map(str, p)) + "]" for p in patterns)
             raise ValueError(f"{label} must have shape {allowed}, got {shape}")
