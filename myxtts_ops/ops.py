@@ -3,8 +3,6 @@
 import logging
 
 import tensorflow as tf
-from tensorflow.python.framework import ops as tf_ops
-from tensorflow.python.ops import control_flow_util
 
 from myxtts_ops import _loader
 from myxtts_ops.state import STATE_SIZE
@@ -12,6 +10,7 @@ from myxtts_ops.types import MaskedMelLossCounts, MaskedMelLossOutput
 from myxtts_ops.validation import (
     MAX_LENGTH,
     check_static_shapes,
+    in_xla_context,
     lengths_tensor,
     state_tensor,
     validate_args,
@@ -39,13 +38,6 @@ def load_ops():
     is imported, so the loader does not import this module back.)
     """
     return _loader.load_ops()
-
-
-def in_xla_context():
-    """True while tracing a function that XLA will compile (jit_compile=True)."""
-    if tf.executing_eagerly():
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
 
 
 def xla_length_check_available():

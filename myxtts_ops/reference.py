@@ -31,6 +31,7 @@ from myxtts_ops import state as _st
 from myxtts_ops.types import MaskedMelLossCounts, MaskedMelLossOutput
 from myxtts_ops.validation import (
     check_static_shapes,
+    ensure_ranks,
     lengths_tensor,
     state_tensor,
     validate_args,
@@ -204,6 +205,9 @@ def masked_mel_loss(
         if state is not None:
             state = state_tensor(state)
         check_static_shapes(y_true, y_pred, lengths, state)
+        y_true, y_pred, lengths, state = ensure_ranks(
+            y_true=y_true, y_pred=y_pred, lengths=lengths, state=state
+        )
 
         dtype = y_true.dtype
         acc = _acc_dtype(dtype)

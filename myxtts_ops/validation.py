@@ -8,6 +8,8 @@ implementation.
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.ops import control_flow_util
 
 from myxtts_ops import kernels
 from myxtts_ops.state import STATE_SIZE
@@ -121,6 +123,50 @@ def check_static_shapes(y_true, y_pred, lengths=None, state=None):
             raise ValueError(
                 f"state must have shape [{STATE_SIZE}], got state shape={_dims(state.shape)}"
             )
+
+
+def in_xla_context():
+    """True while tracing a function that XLA will compile (jit_compile=True)."""
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
+#: The rank each tensor argument must have: name -> (rank, what its axes are).
+RANKS = {
+    "y_true": (3, "[batch, frames, mels]"),
+    "y_pred": (3, "[batch, frames, mels]"),
+    "lengths": (1, "[batch]"),
+    "state": (1, f"[{STATE_SIZE}]"),
+}
+
+
+def ensure_ranks(**tensors):
+    """Each named tensor (None passes through) checked for its rank in
+    :data:`RANKS` when its rank is unknown at trace time (static ranks are
+    :func:`check_static_shapes`' job). In a graph an assertion names the
+    argument and its shape; under XLA, where assertions compile to nothing,
+    ``tf.ensure_shape`` fails the compilation naming it (only there: in a
+    graph its shape function fails first, naming the function's argument).
+    Returns the tensors in the order given."""
+    xla = in_xla_context()
+    out = []
+    for name, t in tensors.items():
+        if t is not None and t.shape.rank is None:
+            rank, axes = RANKS[name]
+            if xla:
+                t = tf.ensure_shape(tf.identity(t, name=name), [None] * rank)
+            else:
+                check = tf.debugging.Assert(
+                    tf.equal(tf.rank(t), rank),
+                    [f"{name} must have rank {rank} {axes}, got {name} shape", tf.shape(t)],
+                    name=f"{name}_rank",
+                    summarize=8,
+                )
+                with tf.control_dependencies([check]):
+                    t = tf.identity(t)
+        out.append(t)
+    return out
 
 
 # Largest length any implementation accepts: lengths travel to the GPU as int32.

@@ -252,6 +252,29 @@ def test_validation_switch_and_eager_trainer_calls(rng):
     assert int(loss_fn.step_count.numpy()) == 2
 
 
+def test_raw_total_after_graph_calls_and_restores_is_the_latest_call(tmp_path):
+    """Eagerly, get_raw_total_loss() is the latest call's total: a call from a
+    tf.function after an eager one, or a checkpoint restore, makes the eager
+    call's tensor stale, and the restored (or graph) value is returned."""
+    loss_fn = XTTSLoss()
+    step = tf.function(lambda yt, yp: loss_fn(yt, yp))
+    step(*_mel_pair(0.1))  # traced once, before the eager call
+    eager = loss_fn(*_mel_pair(0.2))
+    assert loss_fn.get_raw_total_loss() is eager  # the differentiable tensor itself
+    graph = float(step(*_mel_pair(0.3)))  # no retrace: the eager tensor is stale now
+    assert float(loss_fn.get_raw_total_loss()) == graph != float(eager)
+    ckpt = tf.train.Checkpoint(loss=loss_fn)
+    path = ckpt.write(str(tmp_path / "ckpt"))
+    later = loss_fn(*_mel_pair(0.4))
+    assert loss_fn.get_raw_total_loss() is later
+    ckpt.read(path).assert_consumed()
+    assert float(loss_fn.get_raw_total_loss()) == graph
+    again = loss_fn(*_mel_pair(0.5))  # the next eager call is returned again
+    assert loss_fn.get_raw_total_loss() is again
+    ckpt.read(path)  # the same count and total as saved: the saved value, whichever way
+    assert float(loss_fn.get_raw_total_loss()) == graph
+
+
 # ------------------------------------------- the original's own test behaviours
 def _mel_pair(value, b=2, t=8, m=4):
     return (

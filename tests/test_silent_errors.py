@@ -481,3 +481,31 @@ def test_float_lengths_whole_numbers_convert():
     assert integral_lengths(tf.zeros([0], tf.float32)).shape == [0]
     with pytest.raises(ValueError, match="lengths.*bool"):
         integral_lengths(tf.constant([True]))
+
+
+# ---------------------------------------------------------------------------
+# Arguments of unknown rank at trace time, checked when the graph runs or compiles.
+_RANK_CASES = {
+    "y_true rank 2": ("y_true", [2, 5], [2, 5, 3], [5, 3], None, r"\[2[, ]5\]"),
+    "y_true rank 4": ("y_true", [2, 5, 3, 1], [2, 5, 3, 1], [5, 3], None, r"\[2[, ]5[, ]3"),
+    "lengths rank 2": ("lengths", [2, 5, 3], [2, 5, 3], [[5], [3]], None, r"\[2[, ]1\]"),
+    "state rank 2": ("state", [2, 5, 3], [2, 5, 3], [5, 3], [st.STATE_SIZE, 1], r"1\]"),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("case", list(_RANK_CASES))
+def test_unknown_rank_arguments_are_named(case, impl, jit):
+    """A wrong rank hidden from tracing (input_signature without shapes) is an
+    error naming the argument and its shape, in a graph and under XLA, for the
+    op and its reference alike."""
+    name, true_shape, pred_shape, lengths, state_shape, shape_re = _RANK_CASES[case]
+    fn = {"fused": myxtts_ops.masked_mel_loss, "reference": reference.masked_mel_loss}[impl]
+    args = [tf.ones(true_shape), tf.zeros(pred_shape), tf.constant(lengths)]
+    if state_shape is not None:
+        args.append(tf.zeros(state_shape, tf.float64))
+    signature = [tf.TensorSpec(None, a.dtype) for a in args]
+    run = tf.function(lambda *a: fn(*a).loss, input_signature=signature, jit_compile=jit)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{name}\b.*{shape_re}"):
+        run(*args)

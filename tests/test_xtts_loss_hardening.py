@@ -859,6 +859,26 @@ def test_gradient_norm_of_half_and_mixed_gradients(mode):
     assert int(loss_fn._state.nonfinite_gradient_norms.numpy()) == 0
 
 
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_gradient_norm_of_exploding_gradients_is_finite(mode, rng):
+    """An exploding but finite gradient (float32 elements past 1.8e19, whose
+    squares overflow) records its norm, against float64 NumPy; an inf element
+    still gives a non-finite norm, ignored and counted."""
+    loss_fn = XTTSLoss()
+    observe = loss_fn.observe_gradient_norm
+    fn = observe if mode == "eager" else tf.function(observe, jit_compile=mode == "xla")
+    big = (rng.normal(size=[5, 3]) * 1e20).astype(np.float32)
+    small = rng.normal(size=[7]).astype(np.float32)
+    half = rng.normal(size=[4]).astype(np.float16)
+    want = np.sqrt(sum(np.sum(np.square(x.astype(np.float64))) for x in (big, small, half)))
+    got = fn([tf.constant(big), tf.constant(small), tf.zeros([0]), tf.constant(half)])
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    big[1, 2] = np.inf
+    assert not np.isfinite(float(fn([tf.constant(big), tf.constant(small)])))
+    np.testing.assert_allclose(loss_fn.gradient_norm_history().numpy(), [want], rtol=1e-6)
+    assert int(loss_fn._state.nonfinite_gradient_norms.numpy()) == 1
+
+
 def test_invalid_gradient_norms():
     """A negative norm is ignored and counted like a non-finite one (it would
     drag the mean of the previous norms down); a list without gradients

@@ -47,14 +47,34 @@ def global_norm(grads):
     """The float32 L2 norm of ``grads`` (tensors or ``tf.IndexedSlices``, float
     dtypes, mixed allowed). Half-precision gradients are squared in float32
     (float16's squares overflow once the norm passes 256, which is exactly the
-    growth the tracker watches for) and the per-tensor sums add in float64."""
-    total = tf.constant(0.0, tf.float64)
+    growth the tracker watches for) and the per-tensor sums add in float64.
+    If a square overflows (float32 past about 1.8e19), the sums are taken
+    again with each tensor divided by its largest magnitude, so an exploding
+    but finite gradient reports its norm instead of inf; a non-finite
+    gradient still gives a non-finite norm."""
+    tensors = []
     for g in grads:
         values = g.values if isinstance(g, tf.IndexedSlices) else tf.convert_to_tensor(g)
         if values.dtype in (tf.float16, tf.bfloat16):
             values = tf.cast(values, tf.float32)
-        total += tf.cast(tf.reduce_sum(tf.square(values)), tf.float64)
-    return tf.cast(tf.sqrt(total), tf.float32)
+        tensors.append(values)
+
+    def total(scaled):
+        out = tf.constant(0.0, tf.float64)
+        for v in tensors:
+            if scaled:
+                peak = tf.reduce_max(tf.abs(v))
+                peak = tf.where(peak > 0, peak, tf.ones_like(peak))  # all zeros, or empty
+                square = tf.square(tf.cast(peak, tf.float64))
+                out += tf.cast(tf.reduce_sum(tf.square(v / peak)), tf.float64) * square
+            else:
+                out += tf.cast(tf.reduce_sum(tf.square(v)), tf.float64)
+        return out
+
+    plain = total(scaled=False)
+    # The rescaled pass only runs on a step whose plain sum overflowed.
+    squared = tf.cond(tf.math.is_finite(plain), lambda: plain, lambda: total(scaled=True))
+    return tf.cast(tf.sqrt(squared), tf.float32)
 
 
 def record_norm(ring, count, norm):

@@ -203,6 +203,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         self._extra_specs = {}
         self._call_lock = threading.Lock()
         self._raw_total_tensor = None
+        self._raw_total_stamp = None
         # Graph -> the registry terms its latest call had active, so the
         # getters list the same keys inside a tf.function as eagerly.
         self._active_in_graph = weakref.WeakKeyDictionary()
@@ -659,6 +660,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             "last_mel_weight": new_w,
             "last_raw_total": raw,
             "has_called": tf.constant(True),
+            "call_count": st.call_count.read_value() + 1,
         }
         if training:
             smooth_state, smoothed = rule.smoothing_step(
@@ -686,6 +688,13 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         # get_raw_total_loss() hands this very tensor back while the caller is in the
         # same graph (or eager), so a trainer can differentiate it, as MyXTTS's does.
         self._raw_total_tensor = total
+        # Eagerly, what the state said right after this call: a later call from a
+        # tf.function, or a checkpoint restore, changes it, and the tensor is stale.
+        self._raw_total_stamp = (
+            (st.call_count.read_value(), st.last_raw_total.read_value())
+            if tf.executing_eagerly()
+            else None
+        )
         return total
 
     def _gate_on_checks(self, updates, lengths, mel_out):
@@ -806,21 +815,34 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
 
     def get_raw_total_loss(self):
         """The latest call's raw total: the tensor the call returned (differentiable) when
-        read eagerly after an eager call or inside the graph that made the call, else a
-        float32 snapshot; None before the first call and after
+        read eagerly after an eager call (with no call from a graph and no checkpoint
+        restore since) or inside the graph that made the call, else a float32 snapshot; None before the first call and after
         :meth:`reset_stability_state` (eagerly)."""
         if not self._has_called():
             return None
         t = getattr(self, "_raw_total_tensor", None)
         if t is not None:
             if tf.executing_eagerly() and not hasattr(t, "graph"):
-                return t
+                if self._eager_tensor_is_latest():
+                    return t
             if (
                 not tf.executing_eagerly()
                 and getattr(t, "graph", None) is tf.compat.v1.get_default_graph()
             ):
                 return t
         return tf.identity(self._state.last_raw_total.read_value())
+
+    def _eager_tensor_is_latest(self):
+        """Whether the state still describes the eager call whose tensor is held (no
+        call from a graph and no restore since; a restore that brings back the
+        same count and total brings back this very value)."""
+        stamp = getattr(self, "_raw_total_stamp", None)
+        if stamp is None:
+            return False
+        st = self._state
+        return bool(int(st.call_count.numpy()) == int(stamp[0].numpy())) and (
+            st.last_raw_total.numpy().tobytes() == stamp[1].numpy().tobytes()
+        )
 
     def get_smoothed_total_loss(self):
         """The latest training call's smoothed total (contract section 4), reported, never
@@ -877,6 +899,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         value; the enabled/disabled switch is kept (a manual disable survives a reset)."""
         self._state.reset()
         self._raw_total_tensor = None
+        self._raw_total_stamp = None
         self._warned_all_nonfinite = 0
 
     # ---------------------------------------------------- serialization
