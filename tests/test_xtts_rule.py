@@ -32,7 +32,9 @@ def np_adaptive(state, obs, c, enabled):
     rt, rt_init = f(state["running_total_loss"]), state["running_total_initialized"]
     check = s > 10 and rt_init
     theta = c.max_loss_spike_threshold
-    limit = f((theta if rt >= 0 else 2.0 - theta) * rt)  # above rt by (theta - 1) |rt|
+    # Every constant rounded to float32 first, as the graph does (and NumPy 1.x
+    # would not, promoting float32 x Python float to float64).
+    limit = f(theta if rt >= 0 else 2.0 - theta) * rt  # above rt by (theta - 1) |rt|
     spike = clean and check and total_pre > limit
     passed = (
         clean
@@ -77,7 +79,8 @@ def np_adaptive(state, obs, c, enabled):
     if clean:
         if rt_init:
             x = min(total, limit) if check and rt > 0 else total
-            new_rt = f((1 - c.loss_smoothing_factor) * rt + c.loss_smoothing_factor * x)
+            a = c.loss_smoothing_factor
+            new_rt = f(1 - a) * rt + f(a) * f(x)
         else:
             new_rt = total
     else:

@@ -272,13 +272,17 @@ def test_contrastive_integer_labels_compare_exactly(dtype, rng):
     float32's 24-bit mantissa (2**24 and 2**24 + 1) are two speakers."""
     base = 2**24 if dtype == np.int32 else 2**40
     labels = np.array([base, base + 1, base, base + 1], dtype)
-    emb = rng.normal(0, 1, (4, D))
+    # Each speaker's two rows alike and the speakers orthogonal: two speakers
+    # give -1 / tau = -10, one merged speaker -(4 x 10 + 8 x 0) / 12.
+    a, b = rng.normal(0, 1, (2, D))
+    b -= (a @ b) / (a @ a) * a
+    emb = np.stack([a, b, a, b])
     got = terms.contrastive_speaker_loss(tf.constant(labels), emb.astype(np.float32))
     np.testing.assert_allclose(
         float(got), np_contrastive(labels, emb), rtol=1e-5, atol=CONTRASTIVE_ATOL
     )
     merged = np_contrastive(np.zeros(4), emb)
-    assert abs(float(got) - merged) > 1e-3  # what one merged speaker would give
+    assert abs(float(got) - merged) > 1.0  # what one merged speaker would give
 
 
 @pytest.mark.parametrize("lengths", list(LENGTHS))
@@ -482,8 +486,12 @@ def test_original_preset_matches_contract_numbers(rng):
     valid = np.broadcast_to((np.arange(T)[None, :] < lm[:, None])[..., None], t.shape)
     sigma = 0.05 * t[valid].astype(np.float64).std()
     noisy = t.astype(np.float64) + sigma * z.numpy().astype(np.float64)
-    assert got == pytest.approx(np_mel_batch_huber(noisy, p, lm), rel=1e-5)
-    assert got != pytest.approx(exact, rel=1e-5)
+    model = np_mel_batch_huber(noisy, p, lm)
+    assert got == pytest.approx(model, rel=1e-5)
+    # The noise moves the value by a signed sum, now and then by less than the
+    # tolerance: the noise is visible wherever the model says it moved it.
+    if abs(model - exact) > 1e-4 * abs(exact):
+        assert got != pytest.approx(exact, rel=1e-5)
     # Deterministic noise: same seed and step, same value.
     again = XTTSLoss.myxtts_original(use_adaptive_weights=False, mel_noise_seed=5)
     again({"mel_target": t, "mel_lengths": lm}, {"mel_output": p})
@@ -578,8 +586,10 @@ def test_stop_gradient_matches_autodiff_of_the_formula(rng):
         mask = tf.sequence_mask(lm, T, tf.float32)
         plain = tf.reduce_mean(tf.reduce_sum(e * mask, 1) / np.maximum(lm, 1))
     np.testing.assert_allclose(float(got), float(plain), rtol=1e-6)
+    # Each gradient is a difference of two O(1) terms that crosses zero inside
+    # the drawn range, where the two float32 computations differ by ~1e-7.
     for a, b in zip(tape.gradient(got, [t, p]), tape.gradient(plain, [t, p])):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------- attention term's hand-written gradient
