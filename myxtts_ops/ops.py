@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import tensorflow as tf
 
 from myxtts_ops import _loader
@@ -77,10 +78,10 @@ def check_lengths(lengths, name, limit=MAX_LENGTH, note="", bounds=()):
     t = tf.convert_to_tensor(lengths)
     if isinstance(lengths, (list, tuple)) and t.dtype == tf.float32:
         t = tf.convert_to_tensor(lengths, tf.float64)  # Python floats, exactly as given
-    sizes = [tf.cast(size, tf.int32) for size, _ in bounds]
+    bounds = list(bounds)
     return library.myxtts_ops_check_lengths(
         lengths=t,
-        bounds=tf.stack(sizes) if sizes else tf.zeros([0], tf.int32),
+        bounds=_int32_sizes([size for size, _ in bounds], "bounds"),
         input_name=name,
         note=note,
         limit=limit,
@@ -93,20 +94,52 @@ def check_sizes(pairs):
     """Refuse axis sizes that must agree but are unknown when a graph is traced.
 
     ``pairs``: ``(size, expected, label, expected_label)`` tuples, each size an
-    int32 scalar tensor (``tf.shape(x)[axis]``) or a Python int. Returns the
-    check op (run it before the inputs are used: ``tf.control_dependencies``);
-    the first pair that differs is an ``InvalidArgumentError`` "``label is
-    size, but expected_label is expected``". Under XLA every size is a
-    compile-time constant and the check fails the compilation instead (check
-    :func:`xla_length_check_available` there first).
+    integer scalar tensor (``tf.shape(x)[axis]``; wider than int32, it
+    saturates at ``2**31 - 1``) or a Python int in ``[0, 2**31 - 1]``; any
+    other size is a ``ValueError``. Returns the check op (run it before the
+    inputs are used: ``tf.control_dependencies``); the first pair that
+    differs is an ``InvalidArgumentError`` "``label is size, but
+    expected_label is expected``". Under XLA every size is a compile-time
+    constant and the check fails the compilation instead (check
+    :func:`xla_length_check_available` there first); XLA compiles both
+    branches of a ``tf.cond``, so a check in a branch that would not run
+    fails it too.
     """
     library = _loader.load_ops()
+    pairs = list(pairs)
     return library.myxtts_ops_check_sizes(
-        sizes=tf.stack([tf.cast(p[0], tf.int32) for p in pairs]),
-        expected=tf.stack([tf.cast(p[1], tf.int32) for p in pairs]),
+        sizes=_int32_sizes([p[0] for p in pairs], "sizes"),
+        expected=_int32_sizes([p[1] for p in pairs], "expected sizes"),
         labels=[p[2] for p in pairs],
         expected_labels=[p[3] for p in pairs],
     )
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _int32_sizes(sizes, what):
+    """``sizes`` (Python ints or integer scalar tensors) as one int32 vector for
+    the check ops. A Python int outside ``[0, 2**31 - 1]`` or a size that is not
+    an integer is a ``ValueError``; a wider integer tensor saturates at
+    ``2**31 - 1`` instead of wrapping onto a small size."""
+    out = []
+    for i, size in enumerate(sizes):
+        if isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)):
+            if not 0 <= size <= _INT32_MAX:
+                raise ValueError(f"{what}[{i}] must be in [0, 2**31 - 1], got {size}")
+            out.append(tf.constant(int(size), tf.int32))
+            continue
+        if not (tf.is_tensor(size) and size.dtype.is_integer and size.shape.rank in (None, 0)):
+            raise ValueError(
+                f"{what}[{i}] must be an integer scalar (a Python int or an integer tensor), "
+                f"got {size!r}"
+            )
+        size = tf.reshape(size, []) if size.shape.rank is None else size
+        if size.dtype != tf.int32:
+            size = tf.cast(tf.minimum(tf.cast(size, tf.int64), _INT32_MAX), tf.int32)
+        out.append(size)
+    return tf.stack(out) if out else tf.zeros([0], tf.int32)
 
 
 def _output_dtype(dtype):

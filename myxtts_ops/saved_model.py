@@ -30,13 +30,25 @@ def explain(err):
     found = _OP_NAME.search(message)
     if found is None:
         return None
-    if "not registered" not in message and not isinstance(err, tf.errors.NotFoundError):
+    # The op registered with other inputs than the graph's node: another version's graph.
+    other_signature = "NodeDef expected inputs" in message and "do not match" in message
+    if (
+        "not registered" not in message
+        and not other_signature
+        and not isinstance(err, tf.errors.NotFoundError)
+    ):
         return None
     name = found.group(0)
     from myxtts_ops import _loader
 
     loaded = _loader._library is not None
-    if loaded:
+    if other_signature:
+        hint = (
+            f"The SavedModel's graph uses {name!r} with other inputs than this version of "
+            "myxtts-ops defines: it was written by a different version. Install the version "
+            "that saved it, or re-export the model with this one."
+        )
+    elif loaded:
         hint = (
             f"The myxtts-ops op library is loaded but does not register {name!r}: the "
             "SavedModel was written by a different version of myxtts-ops. Install the "

@@ -385,6 +385,28 @@ def test_helper_explains_an_op_this_build_does_not_have(saved, tmp_path):
     assert isinstance(info.value, RuntimeError)
 
 
+def test_explain_a_node_with_another_versions_inputs():
+    """A graph written when an op had other inputs (CheckLengths before its
+    bounds input) fails to import with TF's NodeDef message; explain() says
+    which op and what to do."""
+    from myxtts_ops import load_ops, saved_model
+
+    load_ops()
+    graph = tf.compat.v1.GraphDef()
+    lengths = graph.node.add(name="L", op="Placeholder")
+    lengths.attr["dtype"].type = tf.int32.as_datatype_enum
+    node = graph.node.add(name="check", op="MyxttsOps>CheckLengths", input=["L"])
+    node.attr["T"].type = tf.int32.as_datatype_enum
+    node.attr["input_name"].s = b"lengths"
+    node.attr["limit"].i = 10
+    with pytest.raises(ValueError) as info, tf.Graph().as_default():
+        tf.graph_util.import_graph_def(graph, name="")
+    better = saved_model.explain(info.value)
+    assert isinstance(better, saved_model.MissingOpError)
+    assert "'MyxttsOps>CheckLengths' with other inputs" in str(better)
+    assert "different version" in str(better)
+
+
 def test_explain_ignores_other_errors():
     from myxtts_ops import saved_model
 

@@ -710,3 +710,30 @@ def test_check_sizes_refuses_sizes_that_differ(mode):
     if mode == "xla":
         hlo = fn.experimental_get_compiler_ir(tf.ones([3]), tf.ones([3, 1]))(stage="hlo")
         assert "custom-call" not in hlo
+
+
+def test_check_op_sizes_never_wrap_and_odd_arguments_are_named():
+    """Sizes reach the int32 ops without wrapping: an int64 size past int32
+    saturates (2**32 + 5 is not 5), a float or out-of-range Python size is a
+    ValueError naming it; no pairs and generators work; the OpKernel checks
+    the rank of bounds itself (eagerly no shape function runs)."""
+    from myxtts_ops.ops import check_lengths, check_sizes, load_ops
+
+    wide = tf.constant(2**32 + 5, tf.int64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a is 2147483647, but b is 5"):
+        check_sizes([(wide, 5, "a", "b")])
+    check_sizes([(tf.constant(5, tf.int64), 5, "a", "b")])
+    check_sizes([])
+    check_sizes(p for p in [(3, 3, "a", "b")])
+    for bad, what in ((3.7, r"sizes\[0\] must be an integer"), (-1, r"sizes\[0\] must be in")):
+        with pytest.raises(ValueError, match=what):
+            check_sizes([(bad, 3, "a", "b")])
+    with pytest.raises(ValueError, match=r"expected sizes\[0\] must be in"):
+        check_sizes([(3, 2**31, "a", "b")])
+    lengths = tf.constant([1, 5])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"n\[1\] = 5 is outside \[0, 4\]"):
+        check_lengths(lengths, "n", limit=9, bounds=(b for b in [(wide, " (w)"), (4, " (f)")]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bounds must be a vector"):
+        load_ops().myxtts_ops_check_lengths(
+            lengths=lengths, bounds=tf.constant(4), input_name="n", limit=9, bound_notes=["x"]
+        )

@@ -215,6 +215,10 @@ class CheckLengthsOp : public OpKernel {
                 errors::InvalidArgument(input_name_, " must have shape [batch], got shape ",
                                         lengths.shape().DebugString()));
     const Tensor& bounds = ctx->input(1);
+    // Eager execution skips the shape function: the rank is checked here too.
+    OP_REQUIRES(ctx, bounds.dims() == 1,
+                errors::InvalidArgument("bounds must be a vector, got shape ",
+                                        bounds.shape().DebugString()));
     int64_t limit = limit_;
     std::string note = note_;
     OP_REQUIRES_OK(
