@@ -123,7 +123,7 @@ class Oracle:
                     self.rejected += 1
         total = self.w * L + other
         if finite:
-            a = c.loss_smoothing_factor
+            a = c.spike_reference_rate
             if self.rt_init:
                 x = min(total, limit) if check and self.rt > 0 else total
                 self.rt = (1 - a) * self.rt + a * x
@@ -236,6 +236,8 @@ def test_spec_trajectory(impl, mode):
         (dict(adaptive_weight_cooling_period=30), [(109, -1), (149, -1), (188, 1), (227, -1)]),
         (dict(adaptive_weight_min_stable_steps=3), [(103, -1), (155, -1), (207, -1)]),
         (dict(adaptive_weight_variance_threshold=0.1), []),  # variance 0.1225: gate never passes
+        # "No smoothing" leaves the spike reference (its own rate) and the rule alone.
+        (dict(loss_smoothing_factor=0.0), [(109, -1), (168, 1), (227, -1)]),
     ],
 )
 def test_gate_settings(settings, expected):
@@ -398,13 +400,21 @@ def test_disable_enable_reset():
     assert changes_of(w) == [(109, -1), (168, 1), (227, -1)]
 
 
-def test_disabled_from_the_start():
+def test_disabled_from_the_start(caplog):
+    """A base weight outside the bounds is fine with adaptation off, and
+    enable_adaptive_weights() there only warns (the weight stays fixed in that
+    mode): no error telling the user to pass use_adaptive_weights=False."""
     loss_fn = XTTSLoss(implementation=DEFAULT_IMPL, use_adaptive_weights=False, mel_loss_weight=7.0)
     w, totals = run(loss_fn, alternating(150))
     assert np.all(w == 7.0)
     assert int(loss_fn.step_count.numpy()) == 150
-    with pytest.raises(ValueError, match="mel_loss_weight"):
+    with caplog.at_level("WARNING", logger="myxtts_loss"):
         loss_fn.enable_adaptive_weights()
+    assert "the mel weight stays 7.0" in caplog.text
+    w, _ = run(loss_fn, alternating(150))
+    assert np.all(w == 7.0)
+    with pytest.raises(ValueError, match="mel_loss_weight"):
+        XTTSLoss(mel_loss_weight=7.0)  # with adaptation on, the bounds hold
 
 
 # ------------------------------------------------------------------ settings

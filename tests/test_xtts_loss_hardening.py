@@ -770,6 +770,12 @@ _MODULE_BROADCASTS = [
         [3, 1, 1],
         r"y_pred .*axis 1 \(T\) is 6, but y_true",
     ),
+    (
+        lambda a, b: terms.mel_loss(b, a, [6, 5, 4]),
+        [3, 6, 4],
+        [3, 6, 1],
+        r"y_pred .*axis 2 \(M\) is 4, but y_true",
+    ),
 ]
 
 
@@ -793,6 +799,19 @@ def test_module_functions_refuse_shapes_that_would_broadcast(
     assert np.isfinite(float(call(pred, tf.fill(pred_shape, 0.25))))  # same shapes: fine
 
 
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_module_mel_loss_checks_the_lengths_batch_before_the_noise(mode):
+    """terms.mel_loss refuses lengths of another batch size naming them, on
+    every path, before the target noise (whose std would broadcast them)."""
+    fn = lambda t, p: terms.mel_loss(t, p, [4, 3, 2])  # noqa: E731
+    if mode != "eager":
+        spec = tf.TensorSpec([None, None, None])
+        fn = tf.function(fn, jit_compile=mode == "xla", input_signature=[spec, spec])
+    error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+    with pytest.raises(error, match=r"lengths .*axis 0 \(B\) is 3, but y_true"):
+        fn(tf.zeros([2, 4, 3]), tf.ones([2, 4, 3]))
+
+
 def test_diffusion_channels_must_agree():
     yt, yp = _pair(0.5)
     yt["diffusion_noise_target"] = tf.zeros([2, 4, 7])
@@ -803,7 +822,7 @@ def test_diffusion_channels_must_agree():
     assert np.isfinite(float(XTTSLoss()(yt, yp)))
 
 
-@pytest.mark.parametrize("key", ["mel_lens", "lengths", "frame_lengths", "mel_len"])
+@pytest.mark.parametrize("key", ["mel_lens", "lengths", "frame_lengths", "mel_len", "frameLens"])
 def test_lengths_under_another_name_are_refused(key):
     """Lengths under an unknown y_true name would be ignored (every frame,
     padding included, would count): refused, naming the known length keys."""
@@ -813,6 +832,15 @@ def test_lengths_under_another_name_are_refused(key):
         ValueError, match=rf"unknown y_true key '{key}': lengths go in 'mel_lengths'"
     ):
         XTTSLoss()(yt, yp)
+
+
+@pytest.mark.parametrize("key", ["silence_mask", "valence_target", "filename", "lenient"])
+def test_extra_targets_with_len_inside_a_word_are_left_alone(key):
+    """Only a key that names lengths by a word of its own is refused: other
+    targets a pipeline carries are left alone, as every unknown key is."""
+    yt, yp = _pair(0.5)
+    yt[key] = tf.zeros([2])
+    assert np.isfinite(float(XTTSLoss()(yt, yp)))
 
 
 @pytest.mark.parametrize("dtype", ["int8", "int16", "uint8", "uint16", "uint32"])

@@ -79,7 +79,7 @@ def np_adaptive(state, obs, c, enabled):
     if clean:
         if rt_init:
             x = min(total, limit) if check and rt > 0 else total
-            a = c.loss_smoothing_factor
+            a = c.spike_reference_rate
             new_rt = f(1 - a) * rt + f(a) * f(x)
         else:
             new_rt = total

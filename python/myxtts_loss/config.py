@@ -117,6 +117,10 @@ class XTTSLossConfig:
     loss_smoothing_factor: float = 0.1
     max_loss_spike_threshold: float = 2.0
     gradient_norm_threshold: float = 5.0
+    # The rate of the rule's spike reference (an average of the returned
+    # totals). Its own setting, so loss_smoothing_factor=0 ("no smoothing")
+    # does not freeze the reference and with it every later step's gate.
+    spike_reference_rate: float = 0.1
 
     # Adaptive mel weight (SPEC 4.1).
     adaptive_weight_max_change_percent: float = 0.05
@@ -200,6 +204,7 @@ class XTTSLossConfig:
         boolean("use_adaptive_weights")
         num("loss_smoothing_factor", lo=0.0, hi=1.0)  # 0: no smoothing (contract section 4)
         num("max_loss_spike_threshold", lo=1.0, lo_open=True)
+        num("spike_reference_rate", lo=0.0, hi=1.0, lo_open=True)
         num("gradient_norm_threshold", lo=0.0)
         num("adaptive_weight_max_change_percent", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         integer("adaptive_weight_cooling_period")

@@ -660,7 +660,6 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             "last_mel_weight": new_w,
             "last_raw_total": raw,
             "has_called": tf.constant(True),
-            "call_count": st.call_count.read_value() + 1,
         }
         if training:
             smooth_state, smoothed = rule.smoothing_step(
@@ -691,7 +690,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         # Eagerly, what the state said right after this call: a later call from a
         # tf.function, or a checkpoint restore, changes it, and the tensor is stale.
         self._raw_total_stamp = (
-            (st.call_count.read_value(), st.last_raw_total.read_value())
+            (st.step_count.read_value(), st.last_raw_total.read_value())
             if tf.executing_eagerly()
             else None
         )
@@ -833,14 +832,15 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         return tf.identity(self._state.last_raw_total.read_value())
 
     def _eager_tensor_is_latest(self):
-        """Whether the state still describes the eager call whose tensor is held (no
-        call from a graph and no restore since; a restore that brings back the
-        same count and total brings back this very value)."""
+        """Whether the state still describes the eager call whose tensor is held: no
+        call from a graph and no restore since, as far as the step count and the
+        raw total's bits tell (a later call or restore that leaves both as they
+        were reports this very value)."""
         stamp = getattr(self, "_raw_total_stamp", None)
         if stamp is None:
             return False
         st = self._state
-        return bool(int(st.call_count.numpy()) == int(stamp[0].numpy())) and (
+        return bool(int(st.step_count.numpy()) == int(stamp[0].numpy())) and (
             st.last_raw_total.numpy().tobytes() == stamp[1].numpy().tobytes()
         )
 
@@ -881,8 +881,12 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         )
 
     def enable_adaptive_weights(self):
-        """Resume adaptation (ValueError if the base weight is outside the bounds)."""
-        self.config.check_base_weight_in_bounds()
+        """Resume adaptation (ValueError if the base weight is outside the bounds). On a
+        loss built with ``use_adaptive_weights=False`` only the switch is set (as the
+        original does), with a warning: the weight stays fixed there, and its base may
+        lie outside the bounds."""
+        if self.config.use_adaptive_weights:
+            self.config.check_base_weight_in_bounds()
         self._state.adaptation_enabled.assign(True)
         if not self.config.use_adaptive_weights:
             _LOG.warning(

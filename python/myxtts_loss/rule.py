@@ -162,7 +162,7 @@ def adaptive_weight_step(state, obs, settings, enabled):
     # every later positive total would be a spike: there spikes enter whole.
     total = new_w * mel + other
     clipped = tf.where(tf.logical_and(check_spike, rt > 0.0), tf.minimum(total, spike_limit), total)
-    a = c.loss_smoothing_factor
+    a = c.spike_reference_rate
     new_rt = tf.where(clean, tf.where(rt_init, (1.0 - a) * rt + a * clipped, total), rt)
 
     one = tf.constant(1, i64)

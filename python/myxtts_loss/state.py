@@ -63,9 +63,6 @@ class LossState(tf.Module):
                 "last_raw_total": (tf.float32, 0.0),
                 "last_smoothed_total": (tf.float32, 0.0),
                 "has_called": (tf.bool, False),
-                # Calls so far, validation included: tells an eager reader whether the
-                # latest call is still the one whose returned tensor it holds.
-                "call_count": (tf.int64, 0),
             }
         )
         self.names = tuple(spec)
@@ -76,7 +73,6 @@ class LossState(tf.Module):
             "last_mel_weight",
             "last_raw_total",
             "has_called",
-            "call_count",
         )
         self._initial = {}
         for name, (dtype, init) in spec.items():

@@ -847,6 +847,16 @@ def _close_key(key, known):
     return best if _edit_distance(key, best) <= 2 else None
 
 
+_LENGTH_WORDS = frozenset({"len", "lens", "length", "lengths"})
+
+
+def _names_lengths(key):
+    """Whether ``key`` names lengths by a word of its own (``mel_lens``,
+    ``frameLengths``), not by a substring (``silence_mask``, ``valence``)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower()
+    return any(w in _LENGTH_WORDS for w in re.split(r"[^a-z0-9]+", words))
+
+
 def check_inputs(y_true, y_pred, extra_keys=()):
     """Refuse misspelt keys and static shapes that disagree with the mel batch.
 
@@ -888,7 +898,7 @@ def check_inputs(y_true, y_pred, extra_keys=()):
                     f"unknown {where} key {key!r}: did you mean {close!r}? "
                     f"(known {where} keys: {', '.join(sorted(known))})"
                 )
-            if where == "y_true" and "len" in str(key).lower():
+            if where == "y_true" and _names_lengths(key):
                 # Lengths under another name would be ignored: every frame
                 # (padding included) would count, silently.
                 raise ValueError(
@@ -1110,6 +1120,12 @@ def mel_loss(
     import myxtts_ops
 
     y_true, y_pred = common_mel_dtype(y_true, y_pred)
+    # Before the noise, whose std would broadcast lengths of another batch size.
+    y_true, y_pred, lengths = _shape_checked(
+        ("y_true", y_true, KEY_SHAPES["mel_target"]),
+        ("y_pred", y_pred, KEY_SHAPES["mel_output"]),
+        ("lengths", lengths, _LENGTHS_SHAPES),
+    )
     lens = _opt_lengths(lengths, "lengths", [("y_pred", y_pred, 1)])
     if label_smoothing:
         y_true = mel_target_noise(
