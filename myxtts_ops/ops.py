@@ -119,12 +119,14 @@ _INT32_MAX = 2**31 - 1
 
 
 def _int32_sizes(sizes, what):
-    """``sizes`` (Python ints or integer scalar tensors) as one int32 vector for
-    the check ops. A Python int outside ``[0, 2**31 - 1]`` or a size that is not
-    an integer is a ``ValueError``; a wider integer tensor saturates at
-    ``2**31 - 1`` instead of wrapping onto a small size."""
+    """``sizes`` (Python or NumPy integers, or integer scalar tensors) as one int32
+    vector for the check ops. A Python int outside ``[0, 2**31 - 1]`` or a size
+    that is not an integer is a ``ValueError``; an integer tensor of another
+    dtype saturates at ``2**31 - 1`` (and below at -1) instead of wrapping."""
     out = []
     for i, size in enumerate(sizes):
+        if isinstance(size, np.ndarray) and size.ndim == 0 and size.dtype.kind in "iu":
+            size = size.item()
         if isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)):
             if not 0 <= size <= _INT32_MAX:
                 raise ValueError(f"{what}[{i}] must be in [0, 2**31 - 1], got {size}")
@@ -137,7 +139,11 @@ def _int32_sizes(sizes, what):
             )
         size = tf.reshape(size, []) if size.shape.rank is None else size
         if size.dtype != tf.int32:
-            size = tf.cast(tf.minimum(tf.cast(size, tf.int64), _INT32_MAX), tf.int32)
+            # Clipped in its own dtype (a cast first could wrap): sizes are >= 0, so
+            # a negative one shows as -1.
+            low = tf.cast(0 if size.dtype.is_unsigned else -1, size.dtype)
+            high = tf.cast(min(_INT32_MAX, size.dtype.max), size.dtype)
+            size = tf.cast(tf.clip_by_value(size, low, high), tf.int32)
         out.append(size)
     return tf.stack(out) if out else tf.zeros([0], tf.int32)
 

@@ -722,7 +722,10 @@ def test_check_op_sizes_never_wrap_and_odd_arguments_are_named():
     wide = tf.constant(2**32 + 5, tf.int64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="a is 2147483647, but b is 5"):
         check_sizes([(wide, 5, "a", "b")])
-    check_sizes([(tf.constant(5, tf.int64), 5, "a", "b")])
+    check_sizes([(tf.constant(5, tf.int64), 5, "a", "b"), (np.array(3), 3, "c", "d")])
+    for dtype, value, shown in ((tf.uint64, 2**63 + 5, 2147483647), (tf.int64, -(2**32) + 5, -1)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"a is {shown}, but b is 5"):
+            check_sizes([(tf.constant(value, dtype), 5, "a", "b")])
     check_sizes([])
     check_sizes(p for p in [(3, 3, "a", "b")])
     for bad, what in ((3.7, r"sizes\[0\] must be an integer"), (-1, r"sizes\[0\] must be in")):

@@ -63,10 +63,12 @@ def global_norm(grads):
         out = tf.constant(0.0, tf.float64)
         for v in tensors:
             if scaled:
-                peak = tf.reduce_max(tf.abs(v))
-                peak = tf.where(peak > 0, peak, tf.ones_like(peak))  # all zeros, or empty
-                square = tf.square(tf.cast(peak, tf.float64))
-                out += tf.cast(tf.reduce_sum(tf.square(v / peak)), tf.float64) * square
+                peak = tf.maximum(tf.reduce_max(tf.abs(v)), 0.0)  # an empty max is -inf
+                unit = tf.where(peak > 0, peak, tf.ones_like(peak))  # all zeros, or empty
+                square = tf.square(tf.cast(unit, tf.float64))
+                part = tf.cast(tf.reduce_sum(tf.square(v / unit)), tf.float64) * square
+                # An inf element stays inf (inf / inf would make it NaN).
+                out += tf.where(tf.math.is_finite(peak), part, tf.cast(peak, tf.float64))
             else:
                 out += tf.cast(tf.reduce_sum(tf.square(v)), tf.float64)
         return out

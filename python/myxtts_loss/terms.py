@@ -847,14 +847,16 @@ def _close_key(key, known):
     return best if _edit_distance(key, best) <= 2 else None
 
 
-_LENGTH_WORDS = frozenset({"len", "lens", "length", "lengths"})
+# A word that ends in len/lens/length/lengths (a number may follow): seqlen,
+# ilens, mel_len2, frameLengths; not silence, valence, filename.
+_LENGTH_WORD = re.compile(r"[a-z]*(len|lens|length|lengths)[0-9]*")
 
 
 def _names_lengths(key):
-    """Whether ``key`` names lengths by a word of its own (``mel_lens``,
-    ``frameLengths``), not by a substring (``silence_mask``, ``valence``)."""
+    """Whether a word of ``key`` names lengths (``mel_lens``, ``ilens``,
+    ``frameLengths``), not a word that merely contains ``len`` (``silence_mask``)."""
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower()
-    return any(w in _LENGTH_WORDS for w in re.split(r"[^a-z0-9]+", words))
+    return any(_LENGTH_WORD.fullmatch(w) for w in re.split(r"[^a-z0-9]+", words))
 
 
 def check_inputs(y_true, y_pred, extra_keys=()):
@@ -903,8 +905,8 @@ def check_inputs(y_true, y_pred, extra_keys=()):
                 # (padding included) would count, silently.
                 raise ValueError(
                     f"unknown y_true key {key!r}: lengths go in "
-                    f"{', '.join(repr(k) for k in LENGTH_SYMBOLS)} (known y_true keys: "
-                    f"{', '.join(sorted(known))})"
+                    f"{', '.join(repr(k) for k in LENGTH_SYMBOLS)}; rename the key if it "
+                    f"holds something else (known y_true keys: {', '.join(sorted(known))})"
                 )
     return check_shapes(
         [
