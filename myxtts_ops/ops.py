@@ -94,9 +94,9 @@ def check_sizes(pairs):
     """Refuse axis sizes that must agree but are unknown when a graph is traced.
 
     ``pairs``: ``(size, expected, label, expected_label)`` tuples, each size an
-    integer scalar tensor (``tf.shape(x)[axis]``; wider than int32, it
-    saturates at ``2**31 - 1``) or a Python int in ``[0, 2**31 - 1]``; any
-    other size is a ``ValueError``. Returns the check op (run it before the
+    integer scalar tensor (``tf.shape(x)[axis]``; of another integer dtype it
+    is clipped to ``[-1, 2**31 - 1]``) or a Python int in ``[0, 2**31 - 1]``;
+    any other size is a ``ValueError``. Returns the check op (run it before the
     inputs are used: ``tf.control_dependencies``); the first pair that
     differs is an ``InvalidArgumentError`` "``label is size, but
     expected_label is expected``". Under XLA every size is a compile-time
@@ -115,9 +115,6 @@ def check_sizes(pairs):
     )
 
 
-_INT32_MAX = 2**31 - 1
-
-
 def _int32_sizes(sizes, what):
     """``sizes`` (Python or NumPy integers, or integer scalar tensors) as one int32
     vector for the check ops. A Python int outside ``[0, 2**31 - 1]`` or a size
@@ -128,7 +125,7 @@ def _int32_sizes(sizes, what):
         if isinstance(size, np.ndarray) and size.ndim == 0 and size.dtype.kind in "iu":
             size = size.item()
         if isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)):
-            if not 0 <= size <= _INT32_MAX:
+            if not 0 <= size <= tf.int32.max:
                 raise ValueError(f"{what}[{i}] must be in [0, 2**31 - 1], got {size}")
             out.append(tf.constant(int(size), tf.int32))
             continue
@@ -142,7 +139,7 @@ def _int32_sizes(sizes, what):
             # Clipped in its own dtype (a cast first could wrap): sizes are >= 0, so
             # a negative one shows as -1.
             low = tf.cast(0 if size.dtype.is_unsigned else -1, size.dtype)
-            high = tf.cast(min(_INT32_MAX, size.dtype.max), size.dtype)
+            high = tf.cast(min(tf.int32.max, size.dtype.max), size.dtype)
             size = tf.cast(tf.clip_by_value(size, low, high), tf.int32)
         out.append(size)
     return tf.stack(out) if out else tf.zeros([0], tf.int32)

@@ -63,6 +63,15 @@ def _dims(shape):
     return shape.as_list() if shape.rank is not None else None
 
 
+#: The rank each tensor argument must have: name -> (rank, what its axes are).
+RANKS = {
+    "y_true": (3, "[batch, frames, mels]"),
+    "y_pred": (3, "[batch, frames, mels]"),
+    "lengths": (1, "[batch]"),
+    "state": (1, f"[{STATE_SIZE}]"),
+}
+
+
 def check_static_shapes(y_true, y_pred, lengths=None, state=None):
     """Trace-time checks of the tensor arguments (already tensors).
 
@@ -81,9 +90,10 @@ def check_static_shapes(y_true, y_pred, lengths=None, state=None):
             f"y_true dtype={y_true.dtype.name} and y_pred dtype={y_pred.dtype.name}"
         )
     for name, t in (("y_true", y_true), ("y_pred", y_pred)):
-        if t.shape.rank is not None and t.shape.rank != 3:
+        rank, axes = RANKS[name]
+        if t.shape.rank is not None and t.shape.rank != rank:
             raise ValueError(
-                f"{name} must have rank 3 [batch, frames, mels], "
+                f"{name} must have rank {rank} {axes}, "
                 f"got {name} shape={_dims(t.shape)} (rank {t.shape.rank})"
             )
     if not y_true.shape.is_compatible_with(y_pred.shape):
@@ -130,15 +140,6 @@ def in_xla_context():
     if tf.executing_eagerly():
         return False
     return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
-
-
-#: The rank each tensor argument must have: name -> (rank, what its axes are).
-RANKS = {
-    "y_true": (3, "[batch, frames, mels]"),
-    "y_pred": (3, "[batch, frames, mels]"),
-    "lengths": (1, "[batch]"),
-    "state": (1, f"[{STATE_SIZE}]"),
-}
 
 
 def ensure_ranks(**tensors):

@@ -815,8 +815,8 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
     def get_raw_total_loss(self):
         """The latest call's raw total: the tensor the call returned (differentiable) when
         read eagerly after an eager call (with no call from a graph and no checkpoint
-        restore since) or inside the graph that made the call, else a float32 snapshot; None before the first call and after
-        :meth:`reset_stability_state` (eagerly)."""
+        restore since) or inside the graph that made the call, else a float32 snapshot;
+        None before the first call and after :meth:`reset_stability_state` (eagerly)."""
         if not self._has_called():
             return None
         t = getattr(self, "_raw_total_tensor", None)
@@ -840,8 +840,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         if stamp is None:
             return False
         st = self._state
-        return bool(int(st.step_count.numpy()) == int(stamp[0].numpy())) and (
-            st.last_raw_total.numpy().tobytes() == stamp[1].numpy().tobytes()
+        step, raw = stamp
+        return (
+            st.step_count.numpy() == step.numpy()
+            and st.last_raw_total.numpy().tobytes() == raw.numpy().tobytes()
         )
 
     def get_smoothed_total_loss(self):
