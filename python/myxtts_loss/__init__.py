@@ -20,6 +20,8 @@ Imports are lazy: ``import myxtts_loss`` does not import TensorFlow.
 """
 
 import importlib
+import importlib.util
+import pkgutil
 
 __version__ = "0.1.0"
 
@@ -54,12 +56,17 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'myxtts_loss' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+        # A submodule as an attribute (myxtts_loss.callbacks.XTTSLossMonitor
+        # after a plain import myxtts_loss), imported on first use like the names.
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'myxtts_loss' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    submodules = {m.name for m in pkgutil.iter_modules(__path__)}
+    return sorted(set(globals()) | set(__all__) | submodules)

@@ -2,7 +2,7 @@
 
 The field names are the ones MyXTTS uses: the 17 keyword arguments of the
 original ``XTTSLoss`` constructor (``mel_loss_weight`` ... ``contrastive_margin``,
-``docs: notes/MYXTTS_COMPAT.md`` section 1) and the ``adaptive_weight_*``
+in its order: :data:`MYXTTS_ARGS`) and the ``adaptive_weight_*``
 names of its training config, plus the settings of this project's terms.
 
 Every setting is validated when the config is created: a wrong type or a

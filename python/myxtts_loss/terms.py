@@ -1033,7 +1033,7 @@ def mel_target_noise(y_true, lengths, label_smoothing, seed):
     drawn by a stateless RNG from ``seed`` (an int64 ``[2]`` tensor or a pair).
 
     Under ``tf.distribute`` with several replicas both are those of the global
-    batch, as on one device: the std over every replica's valid elements (two
+    batch, as on one device: the std over every replica's valid elements (three
     all-reduces), and each replica's rows of the noise drawn for the whole
     global batch (its offset from the replicas' batch sizes), so no two
     replicas add the same noise and a split batch gets the noise it would get
