@@ -172,6 +172,8 @@ def check_lengths(lengths, input_name, limit, note=""):
         CHECK_LENGTHS_TARGET,
         jax.ShapeDtypeStruct(lengths.shape, jnp.int32),
         input_output_aliases={0: 0} if lengths.dtype == jnp.int32 else None,
+        # A check, kept even where nothing reads its result (as TF's lowering).
+        has_side_effect=True,
     )
     return call(
         lengths,

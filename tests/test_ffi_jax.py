@@ -173,6 +173,27 @@ def test_target_names_come_from_the_build():
     }
 
 
+@pytest.mark.parametrize("limit", [2**31, 2**40, -1])
+def test_check_lengths_handler_refuses_a_limit_past_int32(limit):
+    """The checked lengths are int32: a limit outside [0, 2**31 - 1] is refused
+    (2**33 under a limit of 2**40 came back as 0 before)."""
+    with pytest.raises(Exception, match=rf"limit must be in \[0, 2\^31 - 1\].*limit={limit}"):
+        np.asarray(jax_ffi.check_lengths(np.array([2**33, 1], np.int64), "mel_lengths", limit))
+
+
+def test_check_lengths_handler_runs_when_its_result_is_unused():
+    """A check is a side effect: XLA must not drop it from a jitted function
+    that returns the lengths it was given rather than the check's result."""
+
+    def fn(n):
+        jax_ffi.check_lengths(n, "text_lengths", 5)
+        return n * 2
+
+    with pytest.raises(Exception, match=r"text_lengths\[1\] = 6 is outside \[0, 5\]"):
+        np.asarray(jax.jit(fn)(np.array([1, 6], np.int32)))
+    np.testing.assert_array_equal(np.asarray(jax.jit(fn)(np.array([1, 5], np.int32))), [2, 10])
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_check_lengths_handler(jit):
     """The length check's Host handler: int32 lengths unchanged, int64 and float

@@ -293,6 +293,20 @@ def test_dynamic_shape_error_names_the_input():
     assert "outside jit_compile=True" in msg
 
 
+def test_check_lengths_refuses_dynamic_shapes_by_its_own_name():
+    """The length check's static-shape error names the check and its input,
+    not the mel op."""
+    from myxtts_ops.ops import check_lengths
+
+    @tf.function(jit_compile=True)
+    def fn(n, keep):
+        return check_lengths(tf.boolean_mask(n, keep), "text_lengths", limit=7)
+
+    msg = _error_message(fn, tf.constant([1, 2]), tf.constant([True, False]))
+    assert "the length check under XLA needs static shapes, got text_lengths" in msg
+    assert "masked_mel_loss" not in msg
+
+
 # ---------------------------------------------------------------------------
 # Load order: library loaded before, or after, the first XLA compilation.
 _LOAD_ORDER_CHILD = textwrap.dedent(
@@ -584,6 +598,22 @@ def test_check_lengths_op_on_every_path(mode):
         assert "output_to_operand_aliasing" in hlo
     with pytest.raises(ValueError, match="must be rank 1"):
         tf.function(check, jit_compile=mode == "xla")(tf.zeros([2, 2], tf.int32))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_check_lengths_op_refuses_a_limit_past_int32(mode):
+    """The checked lengths are int32: a limit past 2**31 - 1 is refused with
+    the one message every path (and the JAX handler) gives."""
+    from myxtts_ops.ops import check_lengths
+
+    def check(n):
+        return check_lengths(n, "mel_lengths", limit=2**31)
+
+    fn = check if mode == "eager" else tf.function(check, jit_compile=mode == "xla")
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"limit must be in \[0, 2\^31 - 1\].*limit=2147483648"
+    ):
+        fn(tf.constant([1, 2], tf.int64))
 
 
 @pytest.mark.parametrize("mode", ["eager", "function", "xla"])

@@ -165,6 +165,12 @@ std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t fra
   return length_values_error(lengths, batch, frames, "lengths", " (frames of y_true)");
 }
 
+std::string length_limit_error(int64_t limit) {
+  if (limit >= 0 && limit <= std::numeric_limits<int32_t>::max()) return std::string();
+  return "limit must be in [0, 2^31 - 1] (the checked lengths are int32), got limit=" +
+         std::to_string(limit);
+}
+
 std::string pick_length_limit(int64_t limit, const std::string& note, const int32_t* bounds,
                               int64_t count, const std::vector<std::string>& bound_notes,
                               int64_t* limit_out, std::string* note_out) {

@@ -75,6 +75,10 @@ std::string float_length_values_error(const double* values, int64_t batch, int64
 // and the note " (frames of y_true)".
 std::string lengths_error(const LengthsView& lengths, int64_t batch, int64_t frames);
 
+// A length check's limit: "" or why it is refused (the checked lengths are
+// int32, so the limit must lie in [0, 2^31 - 1]).
+std::string length_limit_error(int64_t limit);
+
 // The limit and note a length check applies: `limit` with `note`, or the
 // smallest of `bounds` (axis sizes known only when the graph runs or XLA
 // compiles it) below it, with its entry of `bound_notes` (first on a tie).

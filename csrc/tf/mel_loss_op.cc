@@ -204,9 +204,7 @@ class CheckLengthsOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("note", &note_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("limit", &limit_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bound_notes", &bound_notes_));
-    // The checked lengths are int32.
-    OP_REQUIRES(ctx, limit_ <= std::numeric_limits<int32_t>::max(),
-                errors::InvalidArgument("limit must be at most 2^31 - 1, got limit=", limit_));
+    OP_REQUIRES_OK(ctx, CheckResult(length_limit_error(limit_)));
   }
 
   void Compute(OpKernelContext* ctx) override {

@@ -90,11 +90,15 @@ std::string InputName(XlaOpKernelContext* ctx, int index) {
   return "input " + std::to_string(index);
 }
 
-absl::StatusOr<xla::Shape> RowMajorInputShape(XlaOpKernelContext* ctx, int index) {
+// The row-major shape of operand `index`, which must be static. `what` names
+// the operation and `input` the operand in the error (InputName when empty).
+absl::StatusOr<xla::Shape> RowMajorInputShape(XlaOpKernelContext* ctx, int index,
+                                              const std::string& what = "masked_mel_loss",
+                                              const std::string& input = "") {
   TF_ASSIGN_OR_RETURN(xla::Shape shape, ctx->InputXlaShape(index));
   if (shape.is_dynamic())
     return ::tensorflow::errors::InvalidArgument(
-        "masked_mel_loss under XLA needs static shapes, got ", InputName(ctx, index),
+        what, " under XLA needs static shapes, got ", input.empty() ? InputName(ctx, index) : input,
         " with the dynamic shape ", xla::ShapeUtil::HumanString(shape),
         " (a size known only at run time, e.g. from tf.boolean_mask or tf.unique). Pad or "
         "slice it to a fixed size before the loss, or call the loss outside jit_compile=True.");
@@ -307,9 +311,7 @@ class CheckLengthsXla : public XlaOpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("note", &note_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("limit", &limit_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bound_notes", &bound_notes_));
-    OP_REQUIRES(ctx, limit_ <= INT32_MAX,
-                ::tensorflow::errors::InvalidArgument("limit must be at most 2^31 - 1, got limit=",
-                                                      limit_));
+    OP_REQUIRES_OK(ctx, CheckResult(length_limit_error(limit_)));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
@@ -322,7 +324,7 @@ class CheckLengthsXla : public XlaOpKernel {
     OP_REQUIRES_OK(
         ctx, CheckResult(pick_length_limit(limit_, note_, bounds.data(), int64_t(bounds.size()),
                                            bound_notes_, &limit, &note)));
-    auto shape = RowMajorInputShape(ctx, 0);
+    auto shape = RowMajorInputShape(ctx, 0, "the length check", input_name_);
     OP_REQUIRES_OK(ctx, shape.status());
     OP_REQUIRES(
         ctx, shape->dimensions().size() == 1,

@@ -15,10 +15,14 @@
 //   attributes loss_type ("l1" | "huber"), normalization ("per_sample" |
 //            "global", forward only), use_lengths (lengths is a placeholder
 //            when false), huber_delta (f64), want_grad_y_true (backward only).
-//   check_lengths operand (lengths, s32[B]), result (checked, s32[B], the same
-//            values; XLA aliases it to the operand), attributes input_name and
-//            note (strings of the message), limit (i64): refuses an entry
-//            outside [0, limit] with length_values_error's message.
+//   check_lengths operand (lengths: s32, s64 or f64 [B]; other float types go in
+//            as f64), result (checked, s32[B]: the lengths as int32; XLA aliases
+//            it to an s32 operand), attributes input_name and note (strings of
+//            the message), limit (i64, in [0, 2^31 - 1]), value_bits (i64: 32
+//            when the f64 values were float32 or narrower, so a bad value is
+//            written as passed): refuses an entry that is not a whole number in
+//            [0, limit] with length_values_error's / float_length_values_error's
+//            message.
 // The TF op library registers these handlers with TF's XLA; the pybind module
 // exports them as PyCapsules for other XLA runtimes (JAX).
 #include "xla/mel_loss_ffi.h"
@@ -439,6 +443,8 @@ std::optional<ffi::Error> CheckLengthsBuffers(const ffi::AnyBuffer& lengths,
 std::string CheckHostLengths(ffi::DataType type, const void* host, int64_t batch, int64_t limit,
                              std::string_view input_name, std::string_view note, int64_t value_bits,
                              std::vector<int32_t>* out) {
+  std::string limit_error = length_limit_error(limit);
+  if (!limit_error.empty()) return limit_error;
   const std::string name(input_name), suffix(note);
   if (type == ffi::DataType::F64) {
     const double* v = static_cast<const double*>(host);
