@@ -420,10 +420,13 @@ ffi::Error BackwardCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuff
 // ---------------------------------------------------------------------------
 // The length check: an int32, int64 or float64 [B] operand (the XLA kernel
 // widens every float type to float64), an int32 result of the same shape
-// (aliased to an int32 operand).
+// (aliased to an int32 operand), and a limit the int32 result can hold.
 std::optional<ffi::Error> CheckLengthsBuffers(const ffi::AnyBuffer& lengths,
                                               const ffi::AnyBuffer& checked,
-                                              std::string_view input_name, int64_t* batch) {
+                                              std::string_view input_name, int64_t limit,
+                                              int64_t* batch) {
+  const std::string limit_error = length_limit_error(limit);
+  if (!limit_error.empty()) return Invalid(limit_error);
   const std::string name(input_name);
   const ffi::DataType type = lengths.element_type();
   if (type != ffi::DataType::S32 && type != ffi::DataType::S64 && type != ffi::DataType::F64)
@@ -443,8 +446,6 @@ std::optional<ffi::Error> CheckLengthsBuffers(const ffi::AnyBuffer& lengths,
 std::string CheckHostLengths(ffi::DataType type, const void* host, int64_t batch, int64_t limit,
                              std::string_view input_name, std::string_view note, int64_t value_bits,
                              std::vector<int32_t>* out) {
-  std::string limit_error = length_limit_error(limit);
-  if (!limit_error.empty()) return limit_error;
   const std::string name(input_name), suffix(note);
   if (type == ffi::DataType::F64) {
     const double* v = static_cast<const double*>(host);
@@ -471,7 +472,7 @@ ffi::Error CheckLengthsHost(ffi::AnyBuffer lengths, ffi::Result<ffi::AnyBuffer> 
                             std::string_view input_name, std::string_view note, int64_t limit,
                             int64_t value_bits) {
   int64_t batch = 0;
-  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, &batch)) return *e;
+  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, limit, &batch)) return *e;
   if (batch == 0) return ffi::Error::Success();
   std::vector<int32_t> converted;
   const std::string m = CheckHostLengths(lengths.element_type(), lengths.untyped_data(), batch,
@@ -491,7 +492,7 @@ ffi::Error CheckLengthsCuda(cudaStream_t stream, ffi::AnyBuffer lengths,
                             ffi::Result<ffi::AnyBuffer> checked, std::string_view input_name,
                             std::string_view note, int64_t limit, int64_t value_bits) {
   int64_t batch = 0;
-  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, &batch)) return *e;
+  if (auto e = CheckLengthsBuffers(lengths, *checked, input_name, limit, &batch)) return *e;
   if (batch == 0) return ffi::Error::Success();
   std::vector<int64_t> host(batch);  // 8 bytes per entry: room for every operand type
   std::string err =
