@@ -245,11 +245,14 @@ def test_dynamic_shape_errors(impl):
 
 # ---------------------------------------------------------------------------
 # The pybind11 NumPy module.
+# (shape, lengths, non-finite values put into valid elements): the single
+# element once finite and once not, so neither case hides the other.
 KERNEL_SHAPES = [
-    ((1, 1, 1), [1]),
-    ((3, 7, 5), "random"),
-    ((2, 260, 80), [260, 77]),
-    ((2, 4, 3), None),
+    ((1, 1, 1), [1], 0),
+    ((1, 1, 1), [1], 1),
+    ((3, 7, 5), "random", 2),
+    ((2, 260, 80), [260, 77], 2),
+    ((2, 4, 3), None, 2),
 ]
 
 
@@ -257,10 +260,12 @@ KERNEL_SHAPES = [
 @pytest.mark.parametrize(
     "loss_type,normalization", [("l1", "per_sample"), ("huber", "global"), ("huber", "per_sample")]
 )
-@pytest.mark.parametrize("shape,lengths", KERNEL_SHAPES, ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize(
+    "shape,lengths,nonfinite", KERNEL_SHAPES, ids=lambda v: str(v).replace(" ", "")
+)
 @pytest.mark.parametrize("lengths_dtype", [np.int32, np.int64])
 def test_kernels_forward_backward_vs_oracle(
-    rng, dtype, loss_type, normalization, shape, lengths, lengths_dtype
+    rng, dtype, loss_type, normalization, shape, lengths, nonfinite, lengths_dtype
 ):
     k = _kernels()
     y_true, y_pred, lens = make_inputs(
@@ -269,7 +274,7 @@ def test_kernels_forward_backward_vs_oracle(
         dtype,
         lengths=lengths,
         lengths_dtype=lengths_dtype,
-        nonfinite_valid=2,
+        nonfinite_valid=nonfinite,
         nonfinite_padding=2 if lengths is not None else 0,
         ties=2,
     )

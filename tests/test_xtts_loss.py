@@ -245,13 +245,7 @@ def test_gate_settings(settings, expected):
     weights, _ = run(loss_fn, alternating(240))
     oracle_w = run_oracle(Oracle(**settings), alternating(240))
     np.testing.assert_allclose(weights, oracle_w, rtol=1e-6)
-    got = changes_of(weights)
-    if expected is not None:
-        assert got == expected
-    else:
-        steps = [s for s, _ in got]
-        assert steps and steps[0] >= 102  # warmup 100 + 3 stable steps - 1
-        assert all(b - a >= 50 for a, b in zip(steps, steps[1:]))  # cooling
+    assert changes_of(weights) == expected
 
 
 def test_no_change_before_warmup_or_inside_cooling():

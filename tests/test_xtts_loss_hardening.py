@@ -863,8 +863,20 @@ def test_small_integer_lengths(dtype):
 
 
 def test_float32_range_settings_accepted_and_huber_delta_is_float64():
-    XTTSLoss(stop_loss_weight=3.4e38, adaptive_weight_max_weighted_loss=3.4e38)
-    XTTSLoss(mel_huber_delta=1e300)  # the fused op takes it as a float64
+    loss_fn = XTTSLoss(stop_loss_weight=3.4e38, adaptive_weight_max_weighted_loss=3.4e38)
+    assert loss_fn.config.stop_loss_weight == 3.4e38
+    # The fused op takes the Huber threshold as a float64: 1e300 (inf in
+    # float32) leaves every element in the quadratic part, 0.5 d^2.
+    loss_fn = XTTSLoss(mel_loss_type="huber", mel_huber_delta=1e300)
+    rng = np.random.default_rng(7)
+    yt = rng.standard_normal((2, 5, 3)) * 10
+    yp = rng.standard_normal((2, 5, 3)) * 10
+    lengths = np.array([5, 2])
+    loss_fn({"mel_target": yt, "mel_lengths": lengths}, {"mel_output": yp})
+    per_sample = [np.mean(0.5 * (yp[b, :n] - yt[b, :n]) ** 2) for b, n in enumerate(lengths)]
+    np.testing.assert_allclose(
+        float(loss_fn.get_losses()["mel_loss"]), np.mean(per_sample), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("mode", ["eager", "function", "xla"])
