@@ -195,17 +195,87 @@ def test_input_rotation_covers_the_cache():
     assert workloads.input_sets_for(1, 1, 1, "float16", 1 << 30) == 16  # capped
 
 
-def test_rounds_rotate_over_input_copies():
+def test_records_come_from_their_own_timings_and_rounds_rotate(monkeypatch):
+    """Each record's median, p20, p80 and 'vs reference' are those of its own
+    step's timings (distinct synthetic ones per step, so a record given another
+    step's timings or an inverted ratio fails), and round r runs every step on
+    input copy r (mod the copies)."""
+    seen, synthetic = {}, {}
+
+    def recorded_run(steps, arg_sets, repeats, warmup, device_kind):
+        for step in steps:
+            key = (step.impl, step.mode)
+
+            def recording(*args, fn=step.fn, key=key):
+                seen.setdefault(key, []).append(id(args[0]))
+                return fn(*args)
+
+            step.fn = recording
+        timing.run_interleaved(steps, arg_sets, repeats, warmup, device_kind)
+        for k, step in enumerate(steps):
+            synthetic[(step.impl, step.mode)] = [
+                (k + 1) * 1e-3 * (1 + 0.25 * i) for i in range(repeats)
+            ]
+            step.times = list(synthetic[(step.impl, step.mode)])
+        seen["copies"] = [id(a[0]) for a in arg_sets]
+
+    monkeypatch.setattr(profiler, "run_interleaved", recorded_run)
+    repeats = 5
     config = ProfileConfig(
         batch=2,
         frames=8,
         mels=4,
-        repeats=3,
+        repeats=repeats,
         warmup=0,
-        impls=("reference",),
-        modes=("forward",),
+        impls=("reference", "xla"),
+        modes=("forward", "forward_backward"),
         bandwidth_mib=8,
         rotate_mib=1,
     )
     result = profiler.run_profile(config, progress=False, log=lambda m: None)
-    assert {r.input_sets for r in result.records} == {16}
+    assert not result.failures
+    copies = seen.pop("copies")
+    assert {r.input_sets for r in result.records} == {len(copies)} == {16}
+    assert set(seen) == set(synthetic) and len(seen) == 4
+    for calls in seen.values():
+        assert calls == copies[:repeats]  # round r: copy r, for every step
+    for r in (r for r in result.records if r.impl != "floor"):
+        times_ms = np.asarray(synthetic[(r.impl, r.mode)]) * 1e3
+        p20, p50, p80 = np.percentile(times_ms, [20, 50, 80])
+        assert (r.median_ms, r.p20_ms, r.p80_ms) == pytest.approx((p50, p20, p80), rel=1e-12)
+        assert r.repeats == repeats
+        ref_ms = np.median(np.asarray(synthetic[("reference", r.mode)]) * 1e3)
+        assert r.speedup_vs_reference == pytest.approx(ref_ms / p50, rel=1e-12)
+    assert all(r.speedup_vs_reference == 1.0 for r in result.records if r.impl == "reference")
+
+
+def test_term_shares_subtract_the_baseline_once_per_set(monkeypatch):
+    """measure_term_shares' arithmetic on fixed timings: each graph's time
+    minus the baseline's in the same round, divided by the input sets, in ms;
+    each share against the whole loss's median."""
+    from myxtts_ops.tools import term_shares
+
+    sets = 4
+    times = {
+        "base": [0.010, 0.012, 0.011],
+        "xtts": [0.050, 0.060, 0.047],
+        "mel_loss": [0.018, 0.020, 0.016],
+        "stop_loss": [0.0105, 0.0125, 0.0115],
+    }
+    monkeypatch.setattr(
+        term_shares, "_time_terms", lambda *a, **k: {n: list(v) for n, v in times.items()}
+    )
+    whole, shares = term_shares.measure_term_shares(2, 8, 4, repeats=3, sets=sets)
+    base = np.asarray(times["base"])
+
+    def per_step_ms(name):
+        return (np.asarray(times[name]) - base) / sets * 1e3
+
+    assert whole == pytest.approx(np.median(per_step_ms("xtts")), rel=1e-12)
+    assert whole == pytest.approx(10.0)  # (0.050 - 0.010) / 4 s
+    assert [s.term for s in shares] == ["mel_loss", "stop_loss"]
+    for s in shares:
+        p20, p50, p80 = np.percentile(per_step_ms(s.term), [20, 50, 80])
+        assert (s.median_ms, s.p20_ms, s.p80_ms) == pytest.approx((p50, p20, p80), rel=1e-12)
+        assert s.share == pytest.approx(p50 / whole, rel=1e-12)
+    assert shares[0].median_ms == pytest.approx(2.0) and shares[0].share == pytest.approx(0.2)
