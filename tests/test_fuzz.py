@@ -672,8 +672,11 @@ def graph_cases(draw):
     elif corruption == "shape":
         case["y_pred"] = np.zeros((b, t, m + 1), case["y_pred"].dtype)
         case["bad"].update(["y_true", "y_pred"])
-    state = np.zeros(STATE_SIZE) if case["state64"] is None else case["state64"]
-    case["state64"] = state
+    # A fresh, mid-training or corrupted state (sanitised by the op), as eagerly.
+    state, _, state64 = draw(state_specs(allow_tensor=False, allow_bad=False))
+    if state is None:
+        state = state64 = np.zeros(STATE_SIZE)
+    case["state64"] = state64
     case["state"] = state
     if corruption == "state":
         case["state"] = np.zeros(draw(st.sampled_from([0, 18, 20])))
