@@ -227,6 +227,28 @@ def forward(
     )
 
 
+def coefficient_terms(
+    y_true,
+    y_pred,
+    lengths=None,
+    loss_type="l1",
+    huber_delta=1.0,
+    normalization="per_sample",
+    grad_loss=1.0,
+    grad_per_sample=None,
+):
+    """[B]: |grad_loss * w0_b| + |g_b * w1_b|, the two terms of each sample's
+    gradient coefficient before they are added. They can cancel, so a kernel
+    that adds them in float32 is off by a few float32 roundings of these
+    magnitudes, which may be far above the (small) coefficient itself."""
+    _, counts, _, _ = _sample_stats(
+        np.asarray(y_true), np.asarray(y_pred), lengths, loss_type, huber_delta
+    )
+    w = _weights(counts, normalization)
+    g_b = np.zeros(len(counts)) if grad_per_sample is None else np.asarray(grad_per_sample)
+    return np.abs(float(grad_loss)) * w[0] + np.abs(g_b.astype(np.float64)) * w[1]
+
+
 def backward(
     y_true,
     y_pred,

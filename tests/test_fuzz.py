@@ -590,16 +590,17 @@ def test_op_gradients_match_oracle(case, seed):
         )
         objective = g_loss * out.loss + tf.reduce_sum(g_ps * out.per_sample)
     grad_true, grad_pred = tape.gradient(objective, [y_true, y_pred])
-    want_true, want_pred = oracle.backward(
+    oracle_args = (
         case["y_true"],
         case["y_pred"],
         oracle_lengths(case["lengths"]),
         case["config"]["loss_type"],
         oracle_delta(case, True),
         case["config"]["normalization"],
-        grad_loss=float(g_loss),
-        grad_per_sample=g_ps.astype(np.float64),
     )
+    oracle_kw = dict(grad_loss=float(g_loss), grad_per_sample=g_ps.astype(np.float64))
+    want_true, want_pred = oracle.backward(*oracle_args, **oracle_kw)
+    terms = oracle.coefficient_terms(*oracle_args, **oracle_kw)
     assert grad_true.dtype == y_true.dtype and grad_pred.dtype == y_pred.dtype
     keep = ~flushable(case["y_true"], case["y_pred"], dtype)
     for got, want, what in (
@@ -608,7 +609,7 @@ def test_op_gradients_match_oracle(case, seed):
     ):
         got = got.numpy().astype(np.float64)
         assert np.all(np.isfinite(got)), what
-        assert_grad_close(np.where(keep, got, 0.0), np.where(keep, want, 0.0), dtype, what)
+        assert_grad_close(np.where(keep, got, 0.0), np.where(keep, want, 0.0), dtype, what, terms)
         assert np.all(np.abs(got[~keep]) <= np.abs(want[~keep]) * (1 + 1e-2) + 1e-30), what
 
 
@@ -764,16 +765,17 @@ def test_kernels_backward_matches_oracle(case, seed, threads):
         huber_delta=cfg["huber_delta"],
         num_threads=threads,
     )
-    want_true, want_pred = oracle.backward(
+    oracle_args = (
         case["y_true"],
         case["y_pred"],
         oracle_lengths(case["lengths"]),
         cfg["loss_type"],
         cfg["huber_delta"],
         cfg["normalization"],
-        grad_loss=float(g_loss),
-        grad_per_sample=g_ps.astype(np.float64),
     )
+    oracle_kw = dict(grad_loss=float(g_loss), grad_per_sample=g_ps.astype(np.float64))
+    want_true, want_pred = oracle.backward(*oracle_args, **oracle_kw)
+    terms = oracle.coefficient_terms(*oracle_args, **oracle_kw)
     assert grad_pred.dtype.name == case["y_true"].dtype.name and grad_pred.dtype.isnative
     keep = ~flushable(case["y_true"], case["y_pred"], dtype)
     for got, want, what in (
@@ -781,7 +783,7 @@ def test_kernels_backward_matches_oracle(case, seed, threads):
         (grad_true, want_true, "grad y_true"),
     ):
         got = np.asarray(got).astype(np.float64)
-        assert_grad_close(np.where(keep, got, 0.0), np.where(keep, want, 0.0), dtype, what)
+        assert_grad_close(np.where(keep, got, 0.0), np.where(keep, want, 0.0), dtype, what, terms)
 
 
 def test_empty_list_lengths():
