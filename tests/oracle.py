@@ -227,6 +227,18 @@ def forward(
     )
 
 
+def _coefficients(
+    y_true, y_pred, lengths, loss_type, huber_delta, normalization, grad_loss, grad_per_sample
+):
+    """Per sample: the gradient coefficient grad_loss * w0_b + g_b * w1_b, the
+    magnitudes of its two terms, and the lengths."""
+    _, counts, _, lens = _sample_stats(y_true, y_pred, lengths, loss_type, huber_delta)
+    w = _weights(counts, normalization)
+    g_b = np.zeros(len(counts)) if grad_per_sample is None else np.asarray(grad_per_sample)
+    loss_term, sample_term = float(grad_loss) * w[0], g_b.astype(np.float64) * w[1]
+    return loss_term + sample_term, np.abs(loss_term) + np.abs(sample_term), lens
+
+
 def coefficient_terms(
     y_true,
     y_pred,
@@ -241,12 +253,8 @@ def coefficient_terms(
     gradient coefficient before they are added. They can cancel, so a kernel
     that adds them in float32 is off by a few float32 roundings of these
     magnitudes, which may be far above the (small) coefficient itself."""
-    _, counts, _, _ = _sample_stats(
-        np.asarray(y_true), np.asarray(y_pred), lengths, loss_type, huber_delta
-    )
-    w = _weights(counts, normalization)
-    g_b = np.zeros(len(counts)) if grad_per_sample is None else np.asarray(grad_per_sample)
-    return np.abs(float(grad_loss)) * w[0] + np.abs(g_b.astype(np.float64)) * w[1]
+    args = (lengths, loss_type, huber_delta, normalization, grad_loss, grad_per_sample)
+    return _coefficients(np.asarray(y_true), np.asarray(y_pred), *args)[1]
 
 
 def backward(
@@ -263,15 +271,14 @@ def backward(
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     batch, frames, mels = y_true.shape
-    _, counts, _, lens = _sample_stats(y_true, y_pred, lengths, loss_type, huber_delta)
-    w = _weights(counts, normalization)
-    g_b = np.zeros(batch) if grad_per_sample is None else np.asarray(grad_per_sample, np.float64)
+    args = (lengths, loss_type, huber_delta, normalization, grad_loss, grad_per_sample)
+    coefs, _, lens = _coefficients(y_true, y_pred, *args)
     d_all = _diff(y_true, y_pred)
     ok_all = _counts(y_true, y_pred, loss_type, huber_delta)
     delta = _delta_in_acc(y_true, huber_delta)
     gp = np.zeros((batch, frames, mels), np.float64)
     for b in range(batch):
-        coef = float(grad_loss) * w[0, b] + g_b[b] * w[1, b]
+        coef = coefs[b]
         n = lens[b]
         d = d_all[b, :n]
         ok = ok_all[b, :n]
