@@ -256,6 +256,63 @@ ParallelFor PoolParallelFor(ffi::ThreadPool* pool) {
   };
 }
 
+// The forward call decoded: attributes, dtypes and shapes checked and every
+// pointer taken into *args. One decoder for the Host and CUDA handlers, which
+// differ only in where they check the length values and which kernel they run.
+std::optional<ffi::Error> DecodeForward(
+    const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred, const ffi::AnyBuffer& lengths,
+    const ffi::AnyBuffer& state, const ffi::AnyBuffer& loss, const ffi::AnyBuffer& per_sample,
+    const ffi::AnyBuffer& nonfinite, const ffi::AnyBuffer& new_state, const ffi::AnyBuffer& weights,
+    const ffi::AnyBuffer& active, const ffi::AnyBuffer& valid, std::string_view loss_type,
+    std::string_view normalization, bool use_lengths, double huber_delta, ForwardArgs* args) {
+  Attrs attrs;
+  if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return e;
+  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args->shape, &args->dtype,
+                        &args->lengths))
+    return e;
+  if (auto e = CheckForwardResults(args->dtype, args->shape, state, loss, per_sample, nonfinite,
+                                   new_state, weights, active, valid))
+    return e;
+  args->y_true = y_true.untyped_data();
+  args->y_pred = y_pred.untyped_data();
+  args->state_in = static_cast<const double*>(state.untyped_data());
+  args->config = attrs.config;
+  args->loss = loss.untyped_data();
+  args->per_sample = per_sample.untyped_data();
+  args->nonfinite_count = static_cast<int64_t*>(nonfinite.untyped_data());
+  args->state_out = static_cast<double*>(new_state.untyped_data());
+  args->sample_weights = static_cast<double*>(weights.untyped_data());
+  args->active_count = static_cast<int64_t*>(active.untyped_data());
+  args->valid_count = static_cast<int64_t*>(valid.untyped_data());
+  return std::nullopt;
+}
+
+// The backward call decoded, as DecodeForward.
+std::optional<ffi::Error> DecodeBackward(
+    const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred, const ffi::AnyBuffer& lengths,
+    const ffi::AnyBuffer& weights, const ffi::AnyBuffer& grad_loss,
+    const ffi::AnyBuffer& grad_per_sample, const ffi::AnyBuffer& grad_true,
+    const ffi::AnyBuffer& grad_pred, std::string_view loss_type, bool use_lengths,
+    double huber_delta, bool want_grad_y_true, BackwardArgs* args) {
+  Attrs attrs;
+  if (auto e = ReadAttrs(loss_type, "per_sample", use_lengths, huber_delta, &attrs)) return e;
+  if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args->shape, &args->dtype,
+                        &args->lengths))
+    return e;
+  if (auto e = CheckBackwardBuffers(args->dtype, args->shape, weights, grad_loss, grad_per_sample,
+                                    grad_true, grad_pred, want_grad_y_true))
+    return e;
+  args->y_true = y_true.untyped_data();
+  args->y_pred = y_pred.untyped_data();
+  args->sample_weights = static_cast<const double*>(weights.untyped_data());
+  args->grad_loss = grad_loss.untyped_data();
+  args->grad_per_sample = grad_per_sample.untyped_data();
+  args->config = attrs.config;
+  args->grad_y_true = want_grad_y_true ? grad_true.untyped_data() : nullptr;
+  args->grad_y_pred = grad_pred.untyped_data();
+  return std::nullopt;
+}
+
 // ---------------------------------------------------------------------------
 // Host (XLA:CPU)
 
@@ -268,28 +325,13 @@ ffi::Error ForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuff
                        ffi::Result<ffi::AnyBuffer> /*workspace: CUDA only*/,
                        std::string_view loss_type, std::string_view normalization, bool use_lengths,
                        double huber_delta) {
-  Attrs attrs;
-  if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
   ForwardArgs args;
-  if (auto e =
-          CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
-    return *e;
-  if (auto e = CheckForwardResults(args.dtype, args.shape, state, *loss, *per_sample, *nonfinite,
-                                   *new_state, *weights, *active, *valid))
+  if (auto e = DecodeForward(y_true, y_pred, lengths, state, *loss, *per_sample, *nonfinite,
+                             *new_state, *weights, *active, *valid, loss_type, normalization,
+                             use_lengths, huber_delta, &args))
     return *e;
   if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty())
     return Invalid(m);
-  args.y_true = y_true.untyped_data();
-  args.y_pred = y_pred.untyped_data();
-  args.state_in = static_cast<const double*>(state.untyped_data());
-  args.config = attrs.config;
-  args.loss = loss->untyped_data();
-  args.per_sample = per_sample->untyped_data();
-  args.nonfinite_count = static_cast<int64_t*>(nonfinite->untyped_data());
-  args.state_out = static_cast<double*>(new_state->untyped_data());
-  args.sample_weights = static_cast<double*>(weights->untyped_data());
-  args.active_count = static_cast<int64_t*>(active->untyped_data());
-  args.valid_count = static_cast<int64_t*>(valid->untyped_data());
   mel_loss_forward_cpu(args, PoolParallelFor(&pool));
   return ffi::Error::Success();
 }
@@ -299,25 +341,13 @@ ffi::Error BackwardHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuf
                         ffi::AnyBuffer grad_per_sample, ffi::Result<ffi::AnyBuffer> grad_true,
                         ffi::Result<ffi::AnyBuffer> grad_pred, std::string_view loss_type,
                         bool use_lengths, double huber_delta, bool want_grad_y_true) {
-  Attrs attrs;
-  if (auto e = ReadAttrs(loss_type, "per_sample", use_lengths, huber_delta, &attrs)) return *e;
   BackwardArgs args;
   if (auto e =
-          CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
-    return *e;
-  if (auto e = CheckBackwardBuffers(args.dtype, args.shape, weights, grad_loss, grad_per_sample,
-                                    *grad_true, *grad_pred, want_grad_y_true))
+          DecodeBackward(y_true, y_pred, lengths, weights, grad_loss, grad_per_sample, *grad_true,
+                         *grad_pred, loss_type, use_lengths, huber_delta, want_grad_y_true, &args))
     return *e;
   if (std::string m = lengths_error(args.lengths, args.shape.batch, args.shape.frames); !m.empty())
     return Invalid(m);
-  args.y_true = y_true.untyped_data();
-  args.y_pred = y_pred.untyped_data();
-  args.sample_weights = static_cast<const double*>(weights.untyped_data());
-  args.grad_loss = grad_loss.untyped_data();
-  args.grad_per_sample = grad_per_sample.untyped_data();
-  args.config = attrs.config;
-  args.grad_y_true = want_grad_y_true ? grad_true->untyped_data() : nullptr;
-  args.grad_y_pred = grad_pred->untyped_data();
   mel_loss_backward_cpu(args, PoolParallelFor(&pool));
   return ffi::Error::Success();
 }
@@ -355,27 +385,12 @@ ffi::Error ForwardCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuffe
                        ffi::Result<ffi::AnyBuffer> valid, ffi::Result<ffi::AnyBuffer> workspace,
                        std::string_view loss_type, std::string_view normalization, bool use_lengths,
                        double huber_delta) {
-  Attrs attrs;
-  if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return *e;
   ForwardArgs args;
-  if (auto e =
-          CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
-    return *e;
-  if (auto e = CheckForwardResults(args.dtype, args.shape, state, *loss, *per_sample, *nonfinite,
-                                   *new_state, *weights, *active, *valid))
+  if (auto e = DecodeForward(y_true, y_pred, lengths, state, *loss, *per_sample, *nonfinite,
+                             *new_state, *weights, *active, *valid, loss_type, normalization,
+                             use_lengths, huber_delta, &args))
     return *e;
   if (auto e = CheckDeviceLengths(args.lengths, args.shape, stream)) return *e;
-  args.y_true = y_true.untyped_data();
-  args.y_pred = y_pred.untyped_data();
-  args.state_in = static_cast<const double*>(state.untyped_data());
-  args.config = attrs.config;
-  args.loss = loss->untyped_data();
-  args.per_sample = per_sample->untyped_data();
-  args.nonfinite_count = static_cast<int64_t*>(nonfinite->untyped_data());
-  args.state_out = static_cast<double*>(new_state->untyped_data());
-  args.sample_weights = static_cast<double*>(weights->untyped_data());
-  args.active_count = static_cast<int64_t*>(active->untyped_data());
-  args.valid_count = static_cast<int64_t*>(valid->untyped_data());
   // A result buffer, not ffi::ScratchAllocator: JAX's GPU runtime gives the
   // handler no scratch allocator, and a result is assigned like any other.
   const size_t workspace_bytes = cuda_forward_workspace_size(args.shape);
@@ -395,23 +410,11 @@ ffi::Error BackwardCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuff
                         ffi::AnyBuffer grad_per_sample, ffi::Result<ffi::AnyBuffer> grad_true,
                         ffi::Result<ffi::AnyBuffer> grad_pred, std::string_view loss_type,
                         bool use_lengths, double huber_delta, bool want_grad_y_true) {
-  Attrs attrs;
-  if (auto e = ReadAttrs(loss_type, "per_sample", use_lengths, huber_delta, &attrs)) return *e;
   BackwardArgs args;
   if (auto e =
-          CheckMel(y_true, y_pred, lengths, use_lengths, &args.shape, &args.dtype, &args.lengths))
+          DecodeBackward(y_true, y_pred, lengths, weights, grad_loss, grad_per_sample, *grad_true,
+                         *grad_pred, loss_type, use_lengths, huber_delta, want_grad_y_true, &args))
     return *e;
-  if (auto e = CheckBackwardBuffers(args.dtype, args.shape, weights, grad_loss, grad_per_sample,
-                                    *grad_true, *grad_pred, want_grad_y_true))
-    return *e;
-  args.y_true = y_true.untyped_data();
-  args.y_pred = y_pred.untyped_data();
-  args.sample_weights = static_cast<const double*>(weights.untyped_data());
-  args.grad_loss = grad_loss.untyped_data();
-  args.grad_per_sample = grad_per_sample.untyped_data();
-  args.config = attrs.config;
-  args.grad_y_true = want_grad_y_true ? grad_true->untyped_data() : nullptr;
-  args.grad_y_pred = grad_pred->untyped_data();
   const std::string err = mel_loss_backward_cuda(args, stream);
   return err.empty() ? ffi::Error::Success() : ffi::Error::Internal(err);
 }
