@@ -462,9 +462,10 @@ def test_kernels_empty(shape):
 def test_kernels_bfloat16_is_ml_dtypes():
     k = _kernels()
     y = np.ones((1, 2, 2), ml_dtypes.bfloat16)
+    # Built as bfloat16, not y * 2: older ml_dtypes promote that product to float32.
     gt, gp = k.backward(
         y,
-        y * 2,
+        np.full((1, 2, 2), 2, ml_dtypes.bfloat16),
         None,
         np.array([[0.25], [0.25]]),
         np.float32(1.0),
