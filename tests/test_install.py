@@ -261,6 +261,27 @@ def test_load_refuses_a_driver_older_than_the_build(monkeypatch):
     assert _loader._load() is not None  # CPU-only machine: no check
 
 
+def test_xla_custom_calls_are_built_where_tensorflow_ships_their_headers():
+    """The README's promise: TensorFlow 2.20 and newer ship the XLA FFI headers,
+    and a build against one has the custom calls (jit_compile=True runs the
+    fused op); 2.16 to 2.19 do not ship them, and the build falls back."""
+    import tensorflow as tf
+
+    tf_dir = tf.sysconfig.get_lib()
+    include = tf.sysconfig.get_include()
+    has_headers = all(
+        os.path.exists(os.path.join(include, *path.split("/")))
+        for path in ("tensorflow/compiler/tf2xla/xla_op_kernel.h", "xla/ffi/api/ffi.h")
+    ) and os.path.exists(os.path.join(tf_dir, "libtensorflow_cc.so.2"))
+    minor = tuple(int(p) for p in tf.__version__.split(".")[:2])
+    assert has_headers == (minor >= (2, 20)), (tf.__version__, has_headers)
+    reason = _loader.xla_unavailable_reason()
+    if has_headers:
+        assert reason is None
+    else:
+        assert "no XLA custom calls" in reason
+
+
 # ---------------------------------------------------------------------------
 # AutoGraph
 
