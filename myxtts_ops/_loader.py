@@ -178,7 +178,9 @@ def xla_unavailable_reason():
         except AttributeError:
             _xla_reason = (
                 "this build of myxtts-ops has no XLA custom calls (the TensorFlow it was built "
-                "against lacked the tf2xla/XLA FFI headers or libtensorflow_cc)"
+                "against lacked the tf2xla/XLA FFI headers or libtensorflow_cc; TensorFlow 2.20 "
+                "and newer ship them: upgrade TensorFlow, then reinstall myxtts-ops with "
+                "`pip install --force-reinstall --no-deps .`)"
             )
         else:
             query.restype = ctypes.c_char_p
