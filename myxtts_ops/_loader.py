@@ -178,9 +178,9 @@ def xla_unavailable_reason():
         except AttributeError:
             _xla_reason = (
                 "this build of myxtts-ops has no XLA custom calls (the TensorFlow it was built "
-                "against lacked the tf2xla/XLA FFI headers or libtensorflow_cc; TensorFlow 2.20 "
-                "and newer ship them: upgrade TensorFlow, then reinstall myxtts-ops with "
-                "`pip install --force-reinstall --no-deps .`)"
+                "against lacked XLA's C++ FFI header xla/ffi/api/ffi.h, which TensorFlow ships "
+                "from 2.20 on, or the tf2xla headers or libtensorflow_cc): upgrade TensorFlow "
+                f"to 2.20 or newer, then reinstall myxtts-ops: {_REBUILD}"
             )
         else:
             query.restype = ctypes.c_char_p

@@ -8,8 +8,9 @@
 #
 # One fresh venv per minor (tensorflow-cpu, CPU build, --no-build-isolation so
 # the TensorFlow under test is the one built against), a clean copy of the
-# committed tree, about 3 minutes per minor once pip's cache holds the wheels.
-# Prints one line per minor and exits non-zero if any failed.
+# committed tree (HEAD), about 3 minutes per minor once pip's cache holds the
+# wheels. python3 must be one every minor has wheels for (3.9 to 3.12 for
+# 2.16). Prints one line per minor and exits non-zero if any failed.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/myxtts-tf-versions.XXXXXX")"
@@ -26,9 +27,11 @@ print("\n".join("%d.%d" % (major, m) for m in range(t.OLDEST_SUPPORTED[1], t.NEW
 else
   MINORS=("$@")
 fi
+[ "${#MINORS[@]}" -gt 0 ] || { echo "tf_versions.sh: no TensorFlow minors to test" >&2; exit 1; }
 
 TESTS=(test_fused_op.py test_xtts_loss.py test_install.py test_xla.py test_myxtts_dropin.py)
-git clone -q "$ROOT" "$WORK/src"
+git clone -q "$ROOT" "$WORK/src" || exit 1
+echo "testing $(git -C "$WORK/src" rev-parse --short HEAD) against TensorFlow ${MINORS[*]}"
 SUMMARY=()
 failed=0
 for minor in "${MINORS[@]}"; do
@@ -47,11 +50,12 @@ for minor in "${MINORS[@]}"; do
     MYXTTS_OPS_CUDA=off pip install --quiet --no-build-isolation .
     cd "$WORK"
     python -c 'import tensorflow as tf; from myxtts_ops import _loader
-print("TensorFlow", tf.__version__, "| XLA custom calls:", _loader.xla_unavailable_reason() or "yes")'
-    python -m pytest -q -p no:cacheprovider "${TESTS[@]/#/$WORK/src/tests/}"
+reason = _loader.xla_unavailable_reason()
+print("TensorFlow", tf.__version__, "| XLA custom calls:", "no: " + reason.split(" (")[0] if reason else "yes")'
+    python -m pytest -q -p no:cacheprovider "${TESTS[@]/#/"$WORK/src/tests/"}"
   ) >"$log" 2>&1
   rc=$?
-  result="$(grep -E '^TensorFlow ' "$log" | tail -1) | $(grep -E '(passed|failed|error)' "$log" | tail -1)"
+  result="$(grep -E '^TensorFlow ' "$log" | tail -1) | $(grep -E '^[0-9]+ (passed|failed)|^=+ .*[0-9]+ (passed|failed|errors?)' "$log" | tail -1)"
   if [ "$rc" -ne 0 ]; then
     failed=1
     result="FAILED (exit $rc) $result"

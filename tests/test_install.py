@@ -261,10 +261,11 @@ def test_load_refuses_a_driver_older_than_the_build(monkeypatch):
     assert _loader._load() is not None  # CPU-only machine: no check
 
 
-def test_xla_custom_calls_are_built_where_tensorflow_ships_their_headers():
-    """The README's promise: TensorFlow 2.20 and newer ship the XLA FFI headers,
-    and a build against one has the custom calls (jit_compile=True runs the
-    fused op); 2.16 to 2.19 do not ship them, and the build falls back."""
+def test_op_library_has_xla_custom_calls_where_tensorflow_ships_their_header():
+    """The README's promise: TensorFlow 2.20 and newer ship XLA's C++ FFI header
+    (with the tf2xla headers and libtensorflow_cc: CMake's condition), and a
+    build against one has the custom calls (jit_compile=True runs the fused
+    op); 2.16 to 2.19 do not ship it, and the build falls back."""
     import tensorflow as tf
 
     tf_dir = tf.sysconfig.get_lib()
