@@ -96,6 +96,19 @@ std::string check_grad_shapes(const Dims& sample_weights, const Dims& grad_loss,
   return std::string();
 }
 
+std::string parse_loss_names(std::string_view loss_type, std::string_view normalization,
+                             LossConfig* config) {
+  if (loss_type != "l1" && loss_type != "huber")
+    return "loss_type must be 'l1' or 'huber', got '" + std::string(loss_type) + "'";
+  if (normalization != "per_sample" && normalization != "global")
+    return "normalization must be 'per_sample' or 'global', got '" + std::string(normalization) +
+           "'";
+  config->loss_type = loss_type == "huber" ? LossType::kHuber : LossType::kL1;
+  config->normalization =
+      normalization == "global" ? Normalization::kGlobal : Normalization::kPerSample;
+  return std::string();
+}
+
 std::string huber_delta_error(double delta) {
   // Under denormals-are-zero a subnormal classifies as zero: refused too.
   const int kind = std::fpclassify(delta);

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "mel_loss_kernels.h"
@@ -30,6 +31,12 @@ std::string format_double(double x);
 
 // "[2,3,4]", the way TensorShape::DebugString writes a shape.
 std::string shape_string(const Dims& dims);
+
+// loss_type ("l1" | "huber") and normalization ("per_sample" | "global")
+// into *config (huber_delta is left as it is): the one mapping from the
+// names every entry point takes to the kernels' enums.
+std::string parse_loss_names(std::string_view loss_type, std::string_view normalization,
+                             LossConfig* config);
 
 // huber_delta must be a positive, finite, normal float64.
 std::string huber_delta_error(double delta);

@@ -54,21 +54,8 @@ double huber_delta_value(py::handle obj) {
 LossConfig parse_config(const std::string& loss_type, py::handle huber_delta,
                         const std::string& normalization) {
   LossConfig c;
-  if (loss_type == "l1") {
-    c.loss_type = LossType::kL1;
-  } else if (loss_type == "huber") {
-    c.loss_type = LossType::kHuber;
-  } else {
-    throw py::value_error("loss_type must be 'l1' or 'huber', got '" + loss_type + "'");
-  }
-  if (normalization == "per_sample") {
-    c.normalization = Normalization::kPerSample;
-  } else if (normalization == "global") {
-    c.normalization = Normalization::kGlobal;
-  } else {
-    throw py::value_error("normalization must be 'per_sample' or 'global', got '" + normalization +
-                          "'");
-  }
+  const std::string err = parse_loss_names(loss_type, normalization, &c);
+  if (!err.empty()) throw py::value_error(err);
   c.huber_delta = huber_delta_value(huber_delta);
   return c;
 }

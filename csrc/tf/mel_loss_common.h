@@ -44,10 +44,7 @@ struct OpAttrs {
       return ::tensorflow::errors::InvalidArgument(
           "Tout must be ", ::tensorflow::DataTypeString(expected), " for inputs of type ",
           ::tensorflow::DataTypeString(t), ", got ", ::tensorflow::DataTypeString(tout));
-    config.loss_type = loss_type == "huber" ? LossType::kHuber : LossType::kL1;
-    config.normalization =
-        normalization == "global" ? Normalization::kGlobal : Normalization::kPerSample;
-    return absl::OkStatus();
+    return CheckResult(parse_loss_names(loss_type, normalization, &config));
   }
 };
 

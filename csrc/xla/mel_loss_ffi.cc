@@ -115,25 +115,13 @@ std::string TypeName(ffi::DataType t) {
   }
 }
 
-// The decoded attributes of either custom call.
-struct Attrs {
-  LossConfig config;
-  bool use_lengths = true;
-};
-
+// The attributes of either custom call into *config.
 std::optional<ffi::Error> ReadAttrs(std::string_view loss_type, std::string_view normalization,
-                                    bool use_lengths, double huber_delta, Attrs* attrs) {
-  if (loss_type != "l1" && loss_type != "huber")
-    return Invalid("loss_type must be 'l1' or 'huber', got '" + std::string(loss_type) + "'");
-  if (normalization != "per_sample" && normalization != "global")
-    return Invalid("normalization must be 'per_sample' or 'global', got '" +
-                   std::string(normalization) + "'");
+                                    double huber_delta, LossConfig* config) {
+  if (std::string m = parse_loss_names(loss_type, normalization, config); !m.empty())
+    return Invalid(m);
   if (std::string m = huber_delta_error(huber_delta); !m.empty()) return Invalid(m);
-  attrs->config.loss_type = loss_type == "huber" ? LossType::kHuber : LossType::kL1;
-  attrs->config.normalization =
-      normalization == "global" ? Normalization::kGlobal : Normalization::kPerSample;
-  attrs->config.huber_delta = huber_delta;
-  attrs->use_lengths = use_lengths;
+  config->huber_delta = huber_delta;
   return std::nullopt;
 }
 
@@ -265,8 +253,7 @@ std::optional<ffi::Error> DecodeForward(
     const ffi::AnyBuffer& nonfinite, const ffi::AnyBuffer& new_state, const ffi::AnyBuffer& weights,
     const ffi::AnyBuffer& active, const ffi::AnyBuffer& valid, std::string_view loss_type,
     std::string_view normalization, bool use_lengths, double huber_delta, ForwardArgs* args) {
-  Attrs attrs;
-  if (auto e = ReadAttrs(loss_type, normalization, use_lengths, huber_delta, &attrs)) return e;
+  if (auto e = ReadAttrs(loss_type, normalization, huber_delta, &args->config)) return e;
   if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args->shape, &args->dtype,
                         &args->lengths))
     return e;
@@ -276,7 +263,6 @@ std::optional<ffi::Error> DecodeForward(
   args->y_true = y_true.untyped_data();
   args->y_pred = y_pred.untyped_data();
   args->state_in = static_cast<const double*>(state.untyped_data());
-  args->config = attrs.config;
   args->loss = loss.untyped_data();
   args->per_sample = per_sample.untyped_data();
   args->nonfinite_count = static_cast<int64_t*>(nonfinite.untyped_data());
@@ -294,8 +280,7 @@ std::optional<ffi::Error> DecodeBackward(
     const ffi::AnyBuffer& grad_per_sample, const ffi::AnyBuffer& grad_true,
     const ffi::AnyBuffer& grad_pred, std::string_view loss_type, bool use_lengths,
     double huber_delta, bool want_grad_y_true, BackwardArgs* args) {
-  Attrs attrs;
-  if (auto e = ReadAttrs(loss_type, "per_sample", use_lengths, huber_delta, &attrs)) return e;
+  if (auto e = ReadAttrs(loss_type, "per_sample", huber_delta, &args->config)) return e;
   if (auto e = CheckMel(y_true, y_pred, lengths, use_lengths, &args->shape, &args->dtype,
                         &args->lengths))
     return e;
@@ -307,7 +292,6 @@ std::optional<ffi::Error> DecodeBackward(
   args->sample_weights = static_cast<const double*>(weights.untyped_data());
   args->grad_loss = grad_loss.untyped_data();
   args->grad_per_sample = grad_per_sample.untyped_data();
-  args->config = attrs.config;
   args->grad_y_true = want_grad_y_true ? grad_true.untyped_data() : nullptr;
   args->grad_y_pred = grad_pred.untyped_data();
   return std::nullopt;
