@@ -308,9 +308,7 @@ def masked_mel_loss(
         # T * M elements fit: XLA:CPU reduces int32 faster than int64 (with
         # the non-finite count below, the reference under jit_compile=True
         # runs 1.3x-1.5x faster on the CPU; BENCHMARKS.md).
-        fits_int32 = y_true.shape[1:].is_fully_defined() and (
-            y_true.shape[1] * y_true.shape[2] < 2**31
-        )
+        fits_int32 = ok.shape[1:].is_fully_defined() and ok.shape[1] * ok.shape[2] < 2**31
         count_dtype = tf.int32 if fits_int32 else tf.int64
         counts = tf.cast(tf.reduce_sum(tf.cast(ok, count_dtype), axis=[1, 2]), tf.int64)
         valid_count = tf.reduce_sum(lengths64) * mels
