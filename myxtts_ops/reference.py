@@ -312,9 +312,16 @@ def masked_mel_loss(
         count_dtype = tf.int32 if fits_int32 else tf.int64
         counts = tf.cast(tf.reduce_sum(tf.cast(ok, count_dtype), axis=[1, 2]), tf.int64)
         valid_count = tf.reduce_sum(lengths64) * mels
-        # Every valid element either counts or is non-finite: one reduction
-        # over [B, T, M] fewer than counting the non-finite ones.
-        nonfinite_count = valid_count - tf.reduce_sum(counts)
+        if wrong_size is None:
+            # Shapes known to agree: every valid element either counts or is
+            # non-finite, one reduction over [B, T, M] fewer.
+            nonfinite_count = valid_count - tf.reduce_sum(counts)
+        else:
+            # Sizes unknown when traced: under XLA y_pred may broadcast past
+            # y_true (wrong_size), so count the non-finite ones directly.
+            nonfinite_count = tf.reduce_sum(
+                tf.cast(tf.logical_and(valid, tf.logical_not(finite)), tf.int64)
+            )
 
         active = counts > 0
         active_count = tf.reduce_sum(tf.cast(active, tf.int64))
