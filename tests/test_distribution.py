@@ -191,12 +191,14 @@ def test_preset_target_noise_is_the_global_batch_noise(tmp_path):
     2-CPU MirroredStrategy the std is the global batch's and each replica adds
     its own samples' rows of the global noise, so the mel term and the total
     equal the single device's (a shard-only std, or both replicas drawing the
-    same rows, would not)."""
+    same rows, would not). With an empty sample in the batch, the running mel
+    loss follows the term (the mean over all B) on one device as on two."""
     r = _run_child(tmp_path, "preset")
     assert r["num_replicas"] == 2
     for single, dist in zip(r["single"], r["dist"]):
         np.testing.assert_allclose(dist["mel"], [single["mel"]] * 2, rtol=1e-5)
         np.testing.assert_allclose(dist["total"], single["total"], rtol=1e-5)
+        np.testing.assert_allclose(dist["running_mel"], [single["running_mel"]] * 2, rtol=1e-5)
 
 
 def _free_ports(n):

@@ -507,6 +507,32 @@ def test_original_preset_matches_contract_numbers(rng):
     np.testing.assert_allclose(float(no_noise.get_losses()["mel_loss"]), exact, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_original_preset_statistics_track_its_mel_term(rng, mode):
+    """The preset's mel term is the mean over all B samples (an empty one adds
+    0); the fused op averages over the samples it counted. The running mel
+    loss (the adaptive rule's reference and the variance gate's window) must
+    follow the term, not the op: on a constant batch with an empty sample it
+    settles on the term's value (it settled on twice that with 2 samples, one
+    empty, and the rule kept lowering the weight of a loss that never moved)."""
+    lm = np.array([T, 4, 0])
+    t = rng.normal(0, 1, (B, T, M)).astype(np.float32)
+    p = rng.normal(0, 1, (B, T, M)).astype(np.float32)
+    loss_fn = XTTSLoss.myxtts_original(mel_label_smoothing=0.0)
+    yt, yp = {"mel_target": t, "mel_lengths": lm}, {"mel_output": p}
+    call = {
+        "eager": lambda: loss_fn(yt, yp),
+        "graph": tf.function(lambda: loss_fn(yt, yp)),
+        "xla": tf.function(lambda: loss_fn(yt, yp), jit_compile=True),
+    }[mode]
+    for _ in range(40):
+        call()
+    mel = float(loss_fn.get_losses()["mel_loss"])
+    np.testing.assert_allclose(mel, np_mel_batch_huber(t.astype(np.float64), p, lm), rtol=1e-5)
+    running = float(loss_fn.get_stability_metrics()["running_mel_loss"])
+    np.testing.assert_allclose(running, mel, rtol=1e-6)
+
+
 # ------------------------------------------------- stop term's hand-written gradient
 def np_stop_grads(target, pred, lengths, wpos=5.0, eps=0.1, lo=1e-7):
     """d stop_token_loss / d (target, pred) in float64: (1 / B) (1 / n_b) d elem

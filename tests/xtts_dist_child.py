@@ -325,11 +325,13 @@ def mode_preset(args):
     """The original's preset (target noise of 0.05 x the target std): single
     device vs a 2-CPU MirroredStrategy (split 2 + 2) on random targets, three
     steps, so the std is the global batch's and each replica adds the noise
-    rows of its own samples. Per step: the total and the mel term."""
+    rows of its own samples; one sample is empty. Per step: the total, the mel
+    term and the running mel loss."""
     import tensorflow as tf
 
     from myxtts.training.losses import XTTSLoss
     from myxtts_loss import terms
+    from myxtts_ops import state as layout
 
     devices = configure_two_cpus()
     rng = np.random.default_rng(5)
@@ -340,13 +342,21 @@ def mode_preset(args):
         # Different scales per shard: a shard-only std would differ from the global one.
         scale = np.array([0.5, 0.5, 3.0, 3.0], np.float32)[:, None, None]
         yt["mel_target"] = (rng.standard_normal((GLOBAL_B, T, M)) * scale).astype(np.float32)
+        # An empty sample: the term's mean is over all B, the op's over the others.
+        yt["mel_lengths"] = np.array([6, 4, 0, 3], np.int32)
         batches.append((yt, yp))
 
     single_loss = XTTSLoss.myxtts_original()
     single = []
     for yt, yp in batches:
         total = float(single_loss(yt, yp))
-        single.append(dict(total=total, mel=float(single_loss._state.last_terms.numpy()[index])))
+        single.append(
+            dict(
+                total=total,
+                mel=float(single_loss._state.last_terms.numpy()[index]),
+                running_mel=float(single_loss.get_stability_metrics()["running_mel_loss"]),
+            )
+        )
 
     strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
     with strategy.scope():
@@ -367,10 +377,12 @@ def mode_preset(args):
     for yt, yp in batches:
         totals = strategy.experimental_local_results(dist_step(yt, yp))
         mels = strategy.experimental_local_results(dist_loss._state.last_terms)
+        op_states = strategy.experimental_local_results(dist_loss._state.op_state)
         dist.append(
             dict(
                 total=float(sum(float(t) for t in totals)),
                 mel=[float(m.numpy()[index]) for m in mels],
+                running_mel=[float(s.numpy()[layout.RUNNING_MEAN]) for s in op_states],
             )
         )
     return dict(num_replicas=n, single=single, dist=dist)

@@ -569,10 +569,14 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             nonfinite_mel = tf.cast(total_stats[base + 2], tf.int64)
             valid_mel = tf.cast(total_stats[-1], tf.int64)
             mel32 = tf.cast(mel, f32)
-            if replicas > 1:
-                new_op_state = reference.update_state(old_state, mel, nonfinite_mel, valid_mel)
-            else:
+            # The op's own update tracks the op's loss: the term's value only on
+            # one replica and with the op's normalisation ("batch" divides by
+            # every sample, the op by those with a counted element). Otherwise
+            # the statistics are updated from the term's global value.
+            if replicas == 1 and c.mel_normalization != "batch":
                 new_op_state = mel_out.state
+            else:
+                new_op_state = reference.update_state(old_state, mel, nonfinite_mel, valid_mel)
             # A loss that overflowed from finite inputs must not enter the statistics.
             mel_finite = tf.math.is_finite(mel32)
             # Otherwise the call counts as a non-finite step: steps and
