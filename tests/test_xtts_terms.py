@@ -533,6 +533,47 @@ def test_original_preset_statistics_track_its_mel_term(rng, mode):
     np.testing.assert_allclose(running, mel, rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["eager", "graph", "graph_unknown_shapes", "xla"])
+def test_length_columns_are_lengths(rng, mode):
+    """``mel_lengths`` / ``text_lengths`` as [B, 1] columns (Keras-style
+    targets) give what the [B] vectors give; a [B, 2] column is refused
+    naming the key, also when its last axis is unknown when traced."""
+    lm, lx = np.array([T, 3, 0]), np.array([U, 2, 1])
+    yt = {
+        "mel_target": rng.normal(size=(B, T, M)).astype(np.float32),
+        "mel_lengths": lm.astype(np.float32),
+        "text_lengths": lx.astype(np.float32),
+        "stop_target": (np.arange(T)[None, :, None] == (lm[:, None, None] - 1)).astype(np.float32),
+        "pitch_target": rng.normal(size=(B, T, 1)).astype(np.float32),
+    }
+    yp = {
+        "mel_output": rng.normal(size=(B, T, M)).astype(np.float32),
+        "stop_tokens": rng.uniform(0.1, 0.9, (B, T, 1)).astype(np.float32),
+        "pitch_output": rng.normal(size=(B, T, 1)).astype(np.float32),
+        "attention_weights": rng.uniform(0, 1, (B, H, T, U)).astype(np.float32),
+    }
+    columns = dict(yt, mel_lengths=yt["mel_lengths"][:, None], text_lengths=lx[:, None] * 1.0)
+    vector_loss, column_loss = XTTSLoss(), XTTSLoss()
+    expected = float(vector_loss(yt, yp))
+    if mode == "eager":
+        call = lambda y: column_loss(y, yp)  # noqa: E731
+    elif mode == "graph_unknown_shapes":
+        spec = {k: tf.TensorSpec([None] * np.ndim(v), tf.float32) for k, v in columns.items()}
+        call = tf.function(lambda y: column_loss(y, yp), input_signature=[spec])
+    else:
+        call = tf.function(lambda y: column_loss(y, yp), jit_compile=mode == "xla")
+    columns = {k: tf.constant(v, tf.float32) for k, v in columns.items()}
+    # Equal up to the summation order of the graph's (threaded) reductions.
+    np.testing.assert_allclose(float(call(columns)), expected, rtol=1e-6)
+    got, want = column_loss.get_losses(), vector_loss.get_losses()
+    assert list(got) == list(want)
+    for key in want:
+        np.testing.assert_allclose(float(got[key]), float(want[key]), rtol=1e-6, err_msg=key)
+    wide = dict(columns, mel_lengths=tf.ones([B, 2]))
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="mel_lengths"):
+        call(wide)
+
+
 # ------------------------------------------------- stop term's hand-written gradient
 def np_stop_grads(target, pred, lengths, wpos=5.0, eps=0.1, lo=1e-7):
     """d stop_token_loss / d (target, pred) in float64: (1 / B) (1 / n_b) d elem

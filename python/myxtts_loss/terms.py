@@ -174,10 +174,12 @@ def as_lengths(lengths, name, bounds=(), *, invalid=0):
     """
     t = tf.convert_to_tensor(lengths)
     if t.shape.rank is not None and t.shape.rank != 1:
-        if t.shape.rank == 2 and t.shape[-1] == 1:
-            t = tf.reshape(t, [-1])
+        # A column [B, 1] (Keras-style targets) is the same lengths; a last
+        # axis unknown when traced must be 1 when run (squeeze refuses otherwise).
+        if t.shape.rank == 2 and t.shape[-1] in (1, None):
+            t = tf.squeeze(t, axis=-1)
         else:
-            raise ValueError(f"{name} must have shape [batch], got shape {t.shape}")
+            raise ValueError(f"{name} must have shape [batch] or [batch, 1], got shape {t.shape}")
     if not (t.dtype.is_integer or t.dtype.is_floating) or t.dtype == tf.uint64:
         raise ValueError(
             f"{name} must be integer (up to int64) or integral float lengths, got dtype "
@@ -770,8 +772,8 @@ def term_value(term, stats):
 KEY_SHAPES = {
     "mel_target": [("B", "T", "M")],
     "mel_output": [("B", "T", "M")],
-    "mel_lengths": [("B",)],
-    "text_lengths": [("B",)],
+    "mel_lengths": [("B",), ("B", 1)],
+    "text_lengths": [("B",), ("B", 1)],
     "stop_target": [("B", "T", 1), ("B", "T")],
     "stop_tokens": [("B", "T", 1), ("B", "T")],
     "attention_weights": [("B", "H", "Q", "K")],
