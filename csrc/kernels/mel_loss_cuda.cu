@@ -44,6 +44,15 @@ __host__ __device__ inline int64_t chunks_per_sample(const MelShape& s) {
   return (s.frames * s.mels + kChunk - 1) / kChunk;
 }
 
+// One block per chunk; a grid holds at most 2^31 - 1 blocks in x. Only a
+// batch of more than 2^31 samples reaches it (each has at least one chunk).
+std::string grid_error(int64_t units) {
+  constexpr int64_t kMaxGridX = 2147483647;
+  if (units <= kMaxGridX) return std::string();
+  return "the input needs " + std::to_string(units) + " CUDA blocks (one per sample's chunk of " +
+         std::to_string(kChunk) + " elements), more than a grid's 2^31 - 1: split the batch";
+}
+
 WorkspaceLayout workspace_layout(const MelShape& s) {
   const size_t units = size_t(s.batch * chunks_per_sample(s));
   WorkspaceLayout w;
@@ -352,6 +361,7 @@ std::string launch_forward(const ForwardArgs& a, void* workspace, const void* he
   }
   if (e != cudaSuccess) return std::string("staging the forward header: ") + cudaGetErrorString(e);
   const int64_t units = a.shape.batch * chunks_per_sample(a.shape);
+  if (std::string err = grid_error(units); !err.empty()) return err;
   const unsigned int grid = units > 0 ? unsigned(units) : 1u;
   auto kernel = a.config.loss_type == LossType::kL1 ? forward_kernel<T, LossType::kL1>
                                                     : forward_kernel<T, LossType::kHuber>;
@@ -367,6 +377,7 @@ std::string launch_backward(const BackwardArgs& a, cudaStream_t stream) {
   using A = typename AccType<T>::type;
   const int64_t units = a.shape.batch * chunks_per_sample(a.shape);
   if (units == 0) return std::string();
+  if (std::string err = grid_error(units); !err.empty()) return err;
   auto kernel = a.config.loss_type == LossType::kL1 ? backward_kernel<T, LossType::kL1>
                                                     : backward_kernel<T, LossType::kHuber>;
   kernel<<<unsigned(units), kThreads, 0, stream>>>(
@@ -431,6 +442,9 @@ std::string mel_loss_backward_cuda(const BackwardArgs& args, void* stream) {
   return "unsupported dtype";
 }
 
+// From pageable memory the call returns once the source is staged for the DMA
+// (CUDA's documented synchronisation for such copies), so a caller's local
+// buffer may go out of scope right after it.
 std::string cuda_copy_to_device_async(void* dst, const void* src, size_t bytes, void* stream) {
   const cudaError_t e =
       cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream));

@@ -460,6 +460,7 @@ void cuda_forward(py::object y_true_obj, py::object y_pred_obj, py::object lengt
   expect_type(per_sample, out_t, "per_sample");
   const DeviceArray nonfinite = device_array(nonfinite_obj, "nonfinite_count");
   expect_type(nonfinite, "<i8", "nonfinite_count");
+  check_scalar_shape(nonfinite.shape, "nonfinite_count");
   const DeviceArray new_state = device_array(new_state_obj, "new_state");
   check_vector(new_state.shape, state::kSize, "new_state");
   expect_type(new_state, "<f8", "new_state");
@@ -516,6 +517,7 @@ void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object leng
   expect_type(weights, "<f8", "sample_weights");
   const DeviceArray grad_loss = device_array(grad_loss_obj, "grad_loss");
   expect_type(grad_loss, out_t, "grad_loss");
+  check_scalar_shape(grad_loss.shape, "grad_loss");
   const DeviceArray grad_per_sample = device_array(grad_per_sample_obj, "grad_per_sample");
   check_vector(grad_per_sample.shape, s.batch, "grad_per_sample");
   expect_type(grad_per_sample, out_t, "grad_per_sample");

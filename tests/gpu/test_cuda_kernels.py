@@ -487,6 +487,28 @@ def test_empty_tensors(kernels, lib, dtype, shape):
     assert got["state"][ref.STEPS] == 1 and got["state"][ref.CLEAN_STEPS] == 0
 
 
+@pytest.mark.parametrize("output", ["loss", "nonfinite_count", "grad_loss"])
+def test_scalar_outputs_must_hold_one_element(kernels, lib, output):
+    """An empty (or longer) device array for a one-element output or input is
+    refused naming it, before a kernel writes or reads past its end."""
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 1], np.int32)
+    y_true, y_pred = make_inputs(rng, (2, 3, 4), "float32", lengths)
+    case = Case(kernels, lib, y_true, y_pred, lengths, "float32")
+    wrong = {
+        "loss": ("loss", (0,), "float32"),
+        "nonfinite_count": ("nonfinite", (0,), "int64"),
+        "grad_loss": ("g_loss", (2,), "float32"),
+    }[output]
+    setattr(case, wrong[0], DevBuf(lib, wrong[1], wrong[2], 0))
+    with pytest.raises(ValueError, match=f"{output} must be a scalar"):
+        if output == "grad_loss":
+            case.forward()
+            case.backward()
+        else:
+            case.forward()
+
+
 def test_int32_and_int64_lengths_agree(kernels, lib):
     rng = np.random.default_rng(5)
     shape = (6, 333, 80)
