@@ -126,12 +126,20 @@ def backward(
     huber_delta=1.0,
     want_grad_y_true=True,
 ):
-    """(grad_y_true, grad_y_pred); grad_y_true is empty unless want_grad_y_true."""
+    """(grad_y_true, grad_y_pred); grad_y_true is empty unless want_grad_y_true.
+
+    ``lengths`` go through :func:`check_lengths` first: the CUDA handler takes
+    them as the forward checked them (it clamps, for memory safety, and
+    refuses nothing), so a direct call with an out-of-range length is refused
+    here, as on the host, instead of giving the gradient of other lengths."""
     jax = jax_module()
     import jax.numpy as jnp
 
     use_lengths = lengths is not None
-    if not use_lengths:
+    if use_lengths:
+        frames = y_true.shape[1] if len(y_true.shape) == 3 else np.iinfo(np.int32).max
+        lengths = check_lengths(lengths, "lengths", frames)
+    else:
         lengths = jnp.zeros([0], jnp.int32)
     true_shape = y_true.shape if want_grad_y_true else (0,)
     call = jax.ffi.ffi_call(

@@ -99,6 +99,26 @@ def test_host_handler_refuses_bad_lengths():
         jax.block_until_ready(fwd(y, y, np.array([1, 7], np.int32), np.zeros(kernels.STATE_SIZE)))
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32])
+def test_backward_checks_its_lengths(dtype):
+    """jax_ffi.backward runs the length check first (the CUDA handler only
+    clamps): a bad length is refused by index and value, whole float lengths
+    give the int32 lengths' gradient."""
+    rng = np.random.default_rng(3)
+    y_true = rng.standard_normal((2, 3, 2)).astype(np.float32)
+    y_pred = rng.standard_normal((2, 3, 2)).astype(np.float32)
+    fwd = jax_ffi.forward(y_true, y_pred, np.array([3, 1], np.int32))
+    rest = (fwd[4], np.ones((), np.float32), np.zeros((2,), np.float32))
+    want = jax_ffi.backward(y_true, y_pred, np.array([3, 1], np.int32), *rest)
+    got = jax_ffi.backward(y_true, y_pred, np.array([3, 1], dtype), *rest)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(Exception, match=r"lengths\[1\] = 7 is outside \[0, 3\]"):
+        jax.block_until_ready(
+            jax.jit(jax_ffi.backward)(y_true, y_pred, np.array([1, 7], dtype), *rest)
+        )
+
+
 def test_host_handler_refuses_bad_huber_delta():
     y = np.zeros((2, 3, 2), np.float32)
     with pytest.raises(Exception, match="huber_delta"):

@@ -140,6 +140,18 @@ def test_ffi_through_jax_refuses_bad_lengths(kernels, lib, jax_gpu):
         _run_jax(jax, device, case)
 
 
+def test_ffi_backward_through_jax_refuses_bad_lengths(jax_gpu):
+    """Called directly, the backward refuses an out-of-range length (the CUDA
+    handler itself clamps it: jax_ffi.backward checks the lengths first)."""
+    jax, device = jax_gpu
+    y = jax.device_put(np.zeros((2, 3, 2), np.float32), device)
+    args = [np.zeros((2, 2), np.float64), np.ones((), np.float32), np.zeros((2,), np.float32)]
+    args = [jax.device_put(a, device) for a in args]
+    bad = jax.device_put(np.array([1, 7], np.int32), device)
+    with pytest.raises(Exception, match=r"lengths\[1\] = 7 is outside \[0, 3\]"):
+        jax.block_until_ready(jax.jit(jax_ffi.backward)(y, y, bad, *args))
+
+
 def test_ffi_through_jax_bitwise_deterministic(kernels, lib, jax_gpu):
     jax, device = jax_gpu
     rng = np.random.default_rng(seed_of("ffi_jax_det"))
