@@ -74,6 +74,12 @@ def _scalar(value, what, expected):
     return tf.cast(tf.reshape(t, []), tf.float32)
 
 
+def _op_normalization(mel_normalization):
+    """The fused op's normalisation for the mel term's: "batch" (the mean over
+    all B) is computed from the op's per-sample values, normalised per sample."""
+    return "global" if mel_normalization == "global" else "per_sample"
+
+
 def _finite_or_zero(x):
     return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
 
@@ -437,7 +443,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 [tf.constant(c.mel_noise_seed, tf.int64), self._state.step_count.read_value()]
             )
             mel_true = terms.mel_target_noise(mel_true, lens, c.mel_label_smoothing, seed)
-        op_norm = "global" if c.mel_normalization == "global" else "per_sample"
+        op_norm = _op_normalization(c.mel_normalization)
         out = self._mel_op()(
             mel_true,
             mel_pred,
@@ -570,10 +576,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             valid_mel = tf.cast(total_stats[-1], tf.int64)
             mel32 = tf.cast(mel, f32)
             # The op's own update tracks the op's loss: the term's value only on
-            # one replica and with the op's normalisation ("batch" divides by
-            # every sample, the op by those with a counted element). Otherwise
-            # the statistics are updated from the term's global value.
-            if replicas == 1 and c.mel_normalization != "batch":
+            # one replica and where the op computes the term's normalisation
+            # (not for "batch": every sample against those with a counted
+            # element). Otherwise it is updated from the term's global value.
+            if replicas == 1 and _op_normalization(c.mel_normalization) == c.mel_normalization:
                 new_op_state = mel_out.state
             else:
                 new_op_state = reference.update_state(old_state, mel, nonfinite_mel, valid_mel)
