@@ -21,6 +21,8 @@ OP_NAME = "MyxttsOps>MaskedMelLoss"
 GRAD_OP_NAME = "MyxttsOps>MaskedMelLossGrad"
 CHECK_LENGTHS_OP_NAME = "MyxttsOps>CheckLengths"
 CHECK_SIZES_OP_NAME = "MyxttsOps>CheckSizes"
+STOP_OP_NAME = "MyxttsOps>StopTokenLoss"
+STOP_GRAD_OP_NAME = "MyxttsOps>StopTokenLossGrad"
 ON_XLA_CHOICES = ("fallback", "error")
 
 _log = logging.getLogger("myxtts_ops")
@@ -302,4 +304,61 @@ def _masked_mel_loss_grad_grad(op, *unused_grads):
         "differentiate its fused backward op, which has no gradient. Use "
         "myxtts_ops.reference.masked_mel_loss (plain TF ops, differentiable to any order) "
         "where these are needed."
+    )
+
+
+@tf.autograph.experimental.do_not_convert
+def stop_token_bce(target, pred, lengths, positive_weight, label_smoothing, prob_min):
+    """The weighted BCE of stop probabilities, summed per sample, in one fused op.
+
+    ``target`` and ``pred`` are float32 ``[B, T]``, ``lengths`` int32 ``[B]``
+    with every entry in ``[0, T]`` (else an ``InvalidArgumentError`` naming
+    the entry). The element loss is ``-(w y log pc + (1 - y) log(1 - pc))``
+    with ``y = target (1 - s) + s / 2`` and ``pc = clip(pred, prob_min,
+    1 - prob_min)`` (``w`` = ``positive_weight``, ``s`` = ``label_smoothing``).
+    Returns ``(sums, counts, nonfinite_count)``: per sample, the sum of the
+    element loss over positions ``t < lengths[b]`` whose target and
+    prediction are finite (float32 ``[B]``) and their number (int32 ``[B]``);
+    the positions before the lengths that are not counted (int64 scalar).
+    Differentiable in ``target`` and ``pred`` through ``sums`` (one fused
+    backward op; first order only). Outside XLA only: inside
+    ``jit_compile=True`` XLA fuses the same formula in TF ops by itself
+    (``myxtts_loss.terms``).
+    """
+    library = _loader.load_ops()
+    return library.myxtts_ops_stop_token_loss(
+        target=target,
+        pred=pred,
+        lengths=lengths,
+        positive_weight=float(positive_weight),
+        label_smoothing=float(label_smoothing),
+        prob_min=float(prob_min),
+    )
+
+
+@tf.RegisterGradient(STOP_OP_NAME)
+def _stop_token_bce_grad(op, grad_sums, *unused_grads):
+    """Fused backward: one op writes the gradients of the target and the prediction."""
+    if grad_sums is None:
+        grad_sums = tf.zeros_like(op.outputs[0])
+    library = _loader.load_ops()
+    grad_target, grad_pred = library.myxtts_ops_stop_token_loss_grad(
+        target=op.inputs[0],
+        pred=op.inputs[1],
+        lengths=op.inputs[2],
+        grad_sums=grad_sums,
+        positive_weight=op.get_attr("positive_weight"),
+        label_smoothing=op.get_attr("label_smoothing"),
+        prob_min=op.get_attr("prob_min"),
+    )
+    return [grad_target, grad_pred, None]
+
+
+@tf.RegisterGradient(STOP_GRAD_OP_NAME)
+def _stop_token_bce_grad_grad(op, *unused_grads):
+    """As :func:`_masked_mel_loss_grad_grad`, for the stop-token op."""
+    raise HigherOrderGradientError(
+        "myxtts_ops.ops.stop_token_bce supports first-order (reverse-mode) gradients only; "
+        "the stop term computed in TF ops (under jit_compile=True) is differentiable to any "
+        "order."
     )

@@ -70,9 +70,10 @@ if [[ $DRY_RUN -eq 1 ]]; then
     if command -v "$2" > /dev/null 2>&1; then echo "ok    $1: $(command -v "$2")"
     else echo "note  $1 not found here (needed on the GPU machine)"; fi
   }
-  for f in CMakeLists.txt csrc/kernels/mel_loss_cuda.cu csrc/python/kernels_module.cc \
-           scripts/sanitize_driver.py scripts/sass_check.py benchmarks/gpu_bench.py \
-           tests/gpu/conftest.py tests/gpu/test_cuda_kernels.py; do
+  for f in CMakeLists.txt csrc/kernels/mel_loss_cuda.cu csrc/kernels/stop_loss_cuda.cu \
+           csrc/python/kernels_module.cc scripts/sanitize_driver.py scripts/sass_check.py \
+           benchmarks/gpu_bench.py tests/gpu/conftest.py tests/gpu/test_cuda_kernels.py \
+           tests/gpu/test_stop_cuda.py; do
     check "file $f" test -f "$f"
   done
   for opt in MYXTTS_BUILD_TF_OP MYXTTS_BUILD_PYBIND MYXTTS_OPS_CUDA; do

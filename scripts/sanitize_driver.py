@@ -5,7 +5,7 @@
     compute-sanitizer --tool initcheck --error-exitcode 99 python3 scripts/sanitize_driver.py
     python3 scripts/sanitize_driver.py --count-launches
 
-Runs every dtype on odd shapes (1x1x1, shapes that are not multiples of the
+Runs the masked mel loss in every dtype, and the stop-token loss, on odd shapes (1x1x1, shapes that are not multiples of the
 block or vector width, several chunks per sample, lengths 0 / T / None,
 int32 / int64, unaligned start addresses) with the framework memory pools
 turned off, so every array is its own cudaMalloc and an access one element
@@ -208,6 +208,45 @@ def run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, stream_ptr, 
         raise SystemExit(1)
 
 
+STOP_CASES = [((1, 1), 0), ((3, 7), 1), ((4, 1031), 3), ((2, 4099), 2)]
+STOP_CONFIG = dict(positive_weight=5.0, label_smoothing=0.1, prob_min=1e-7)
+
+
+def run_stop_case(k, lib, rng, shape, off, stream_ptr):
+    """The stop-token kernels on one shape (lengths 0, T and between; a NaN),
+    compared with the CPU kernels."""
+    B, T = shape
+    t_h = (rng.random(shape) < 0.2).astype(np.float32)
+    p_h = rng.uniform(0.0, 1.0, shape).astype(np.float32)
+    p_h.reshape(-1)[-1] = np.nan
+    L = rng.integers(0, T + 1, size=B).astype(np.int32)
+    L[0] = T
+    if B > 1:
+        L[-1] = 0
+    g_h = np.linspace(-1.0, 1.0, B).astype(np.float32)
+    t, p, Ld, g = upload(lib, t_h, off), upload(lib, p_h, off), upload(lib, L), upload(lib, g_h)
+    sums, counts, nf = lib.empty((B,), "float32"), lib.empty((B,), "int32"), lib.empty((), "int64")
+    gt_buf, gp_buf = (
+        lib.empty((t_h.size + off,), "float32"),
+        lib.empty((t_h.size + off,), "float32"),
+    )
+    gt, gp = gt_buf[off:].reshape(shape), gp_buf[off:].reshape(shape)
+    lib.synchronize()
+    k.cuda_stop_forward(t, p, Ld, sums, counts, nf, stream=stream_ptr, **STOP_CONFIG)
+    k.cuda_stop_backward(t, p, Ld, g, gt, gp, stream=stream_ptr, **STOP_CONFIG)
+    lib.synchronize()
+    want = k.stop_forward(t_h, p_h, L, **STOP_CONFIG)
+    w_t, w_p = k.stop_backward(t_h, p_h, L, g_h, **STOP_CONFIG)
+    ok = np.allclose(lib.to_host(sums), want["sums"], rtol=2e-6, atol=1e-5)
+    ok &= np.array_equal(lib.to_host(counts), want["counts"])
+    ok &= int(lib.to_host(nf)) == int(want["nonfinite_count"])
+    ok &= bool(np.allclose(lib.to_host(gt), w_t, rtol=2e-6, atol=1e-6))
+    ok &= bool(np.allclose(lib.to_host(gp), w_p, rtol=2e-6, atol=1e-6))
+    if not ok:
+        print(f"MISMATCH stop loss {shape} offset={off}")
+        raise SystemExit(1)
+
+
 def count_launches(k, lib):
     rng = np.random.default_rng(0)
     s = lib.new_stream()
@@ -295,6 +334,11 @@ def main(argv=None) -> int:
                 print(f"case {dtype} {shape} {kind} offset={off} {loss_type} {norm}", flush=True)
             run_case(k, lib, rng, dtype, shape, kind, off, loss_type, norm, ptr if i % 2 else 0)
             n += 1
+    for i, (shape, off) in enumerate(STOP_CASES):
+        if args.verbose:
+            print(f"case stop loss {shape} offset={off}", flush=True)
+        run_stop_case(k, lib, rng, shape, off, ptr if i % 2 else 0)
+        n += 1
     print(f"sanitize_driver: {n} forward+backward cases OK")
     return 0
 

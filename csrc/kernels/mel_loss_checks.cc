@@ -55,6 +55,36 @@ std::string shape_string(const Dims& dims) {
   return s + "]";
 }
 
+std::string check_stop_shapes(const Dims& target, const Dims& pred, const Dims& lengths) {
+  if (target.size() != 2)
+    return cat("stop_target must have shape [batch, frames], got ", shape_string(target));
+  if (pred != target)
+    return cat("stop_tokens must have the shape of stop_target ", shape_string(target), ", got ",
+               shape_string(pred));
+  if (lengths.size() != 1 || lengths[0] != target[0])
+    return cat("stop lengths must have shape [", target[0], "], got ", shape_string(lengths));
+  return std::string();
+}
+
+std::string stop_lengths_error(const int32_t* lengths, int64_t batch, int64_t frames) {
+  for (int64_t b = 0; b < batch; ++b) {
+    if (lengths[b] < 0 || lengths[b] > frames)
+      return cat("stop lengths[", b, "] = ", lengths[b], " is outside [0, ", frames,
+                 "] (the stop_tokens frames)");
+  }
+  return std::string();
+}
+
+std::string stop_config_error(float positive_weight, float label_smoothing, float prob_min) {
+  if (!std::isfinite(positive_weight))
+    return cat("positive_weight must be finite, got ", format_double(positive_weight));
+  if (!std::isfinite(label_smoothing))
+    return cat("label_smoothing must be finite, got ", format_double(label_smoothing));
+  if (!(prob_min > 0.0f && prob_min < 0.5f))
+    return cat("prob_min must be in (0, 0.5), got ", format_double(prob_min));
+  return std::string();
+}
+
 std::string check_huber_delta_shape(const Dims& huber_delta) {
   if (huber_delta.empty()) return std::string();
   return cat("huber_delta must be a scalar, got shape ", shape_string(huber_delta));

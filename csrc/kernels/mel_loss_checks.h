@@ -53,6 +53,14 @@ std::string mel_shape_error(int64_t batch, int64_t frames, int64_t mels);
 std::string check_mel_shapes(const Dims& y_true, const Dims& y_pred, const Dims& lengths,
                              bool use_lengths, MelShape* shape);
 std::string check_state_shape(const Dims& state);
+
+// The stop-token op's inputs (every entry point's one rule): stop_target and
+// stop_tokens of one shape [batch, frames], lengths [batch]; then every length
+// in [0, frames]. Empty string when they are fine.
+std::string check_stop_shapes(const Dims& target, const Dims& pred, const Dims& lengths);
+std::string stop_lengths_error(const int32_t* lengths, int64_t batch, int64_t frames);
+// positive_weight and label_smoothing finite, prob_min in (0, 0.5).
+std::string stop_config_error(float positive_weight, float label_smoothing, float prob_min);
 // Inputs of the gradient op that come from the forward and from upstream.
 std::string check_grad_shapes(const Dims& sample_weights, const Dims& grad_loss,
                               const Dims& grad_per_sample, int64_t batch);

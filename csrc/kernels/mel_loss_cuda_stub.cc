@@ -1,6 +1,7 @@
-// Stand-in for mel_loss_cuda.cu in builds without CUDA: every CUDA entry
+// Stand-in for mel_loss_cuda.cu and stop_loss_cuda.cu in builds without CUDA: every CUDA entry
 // point reports that the library was built without it.
 #include "mel_loss_kernels.h"
+#include "stop_loss_kernels.h"
 
 namespace myxtts_ops {
 namespace {
@@ -20,5 +21,7 @@ std::string mel_loss_backward_cuda(const BackwardArgs&, void*) { return kNoCuda;
 std::string cuda_copy_to_device_async(void*, const void*, size_t, void*) { return kNoCuda; }
 std::string cuda_copy_to_host(void*, const void*, size_t, void*) { return kNoCuda; }
 std::string cuda_copy_on_device(void*, const void*, size_t, void*) { return kNoCuda; }
+std::string stop_loss_forward_cuda(const StopForwardArgs&, void*) { return kNoCuda; }
+std::string stop_loss_backward_cuda(const StopBackwardArgs&, void*) { return kNoCuda; }
 
 }  // namespace myxtts_ops

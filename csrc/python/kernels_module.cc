@@ -14,6 +14,7 @@
 
 #include "kernels/mel_loss_checks.h"
 #include "kernels/mel_loss_kernels.h"
+#include "kernels/stop_loss_kernels.h"
 #if MYXTTS_OPS_WITH_FFI
 #include "xla/mel_loss_ffi.h"
 #endif
@@ -540,6 +541,173 @@ void cuda_backward(py::object y_true_obj, py::object y_pred_obj, py::object leng
   check(mel_loss_backward_cuda(args, strm));
 }
 
+// ---------------------------------------------------------------------------
+// The stop-token loss kernels (float32, int32 lengths).
+StopLossConfig stop_config(float positive_weight, float label_smoothing, float prob_min) {
+  const std::string err = stop_config_error(positive_weight, label_smoothing, prob_min);
+  if (!err.empty()) throw py::value_error(err);
+  StopLossConfig c;
+  c.positive_weight = positive_weight;
+  c.label_smoothing = label_smoothing;
+  c.prob_min = prob_min;
+  return c;
+}
+
+void expect_numpy_dtype(const py::array& a, const char* want, const char* name) {
+  if (dtype_name(a) != want)
+    throw py::value_error(std::string(name) + " must be " + want + ", got " + dtype_name(a));
+}
+
+// target, pred and lengths checked by the one rule of mel_loss_checks.h.
+StopShape numpy_stop_inputs(const py::array& target, const py::array& pred,
+                            const py::array& lengths) {
+  expect_numpy_dtype(target, "float32", "stop_target");
+  expect_numpy_dtype(pred, "float32", "stop_tokens");
+  expect_numpy_dtype(lengths, "int32", "stop lengths");
+  const std::string err = check_stop_shapes(shape_of(target), shape_of(pred), shape_of(lengths));
+  if (!err.empty()) throw py::value_error(err);
+  StopShape s{target.shape(0), target.shape(1)};
+  const std::string bad =
+      stop_lengths_error(static_cast<const int32_t*>(lengths.data()), s.batch, s.frames);
+  if (!bad.empty()) throw py::value_error(bad);
+  return s;
+}
+
+py::dict numpy_stop_forward(py::object target_obj, py::object pred_obj, py::object lengths_obj,
+                            float positive_weight, float label_smoothing, float prob_min,
+                            int64_t num_threads) {
+  const int threads = checked_num_threads(num_threads);
+  const py::array target = contiguous(target_obj), pred = contiguous(pred_obj),
+                  lengths = contiguous(lengths_obj);
+  StopForwardArgs args;
+  args.shape = numpy_stop_inputs(target, pred, lengths);
+  args.config = stop_config(positive_weight, label_smoothing, prob_min);
+  args.target = static_cast<const float*>(target.data());
+  args.pred = static_cast<const float*>(pred.data());
+  args.lengths = static_cast<const int32_t*>(lengths.data());
+  py::array_t<float> sums(args.shape.batch);
+  py::array_t<int32_t> counts(args.shape.batch);
+  py::array_t<int64_t> nonfinite(std::vector<int64_t>{});
+  args.sums = sums.mutable_data();
+  args.counts = counts.mutable_data();
+  args.nonfinite = nonfinite.mutable_data();
+  {
+    py::gil_scoped_release release;
+    stop_loss_forward_cpu(args, thread_pool(threads));
+  }
+  py::dict out;
+  out["sums"] = sums;
+  out["counts"] = counts;
+  out["nonfinite_count"] = nonfinite;
+  return out;
+}
+
+py::tuple numpy_stop_backward(py::object target_obj, py::object pred_obj, py::object lengths_obj,
+                              py::object grad_sums_obj, float positive_weight,
+                              float label_smoothing, float prob_min, int64_t num_threads) {
+  const int threads = checked_num_threads(num_threads);
+  const py::array target = contiguous(target_obj), pred = contiguous(pred_obj),
+                  lengths = contiguous(lengths_obj), grad_sums = contiguous(grad_sums_obj);
+  StopBackwardArgs args;
+  args.shape = numpy_stop_inputs(target, pred, lengths);
+  expect_numpy_dtype(grad_sums, "float32", "grad_sums");
+  check_vector(shape_of(grad_sums), args.shape.batch, "grad_sums");
+  args.config = stop_config(positive_weight, label_smoothing, prob_min);
+  args.target = static_cast<const float*>(target.data());
+  args.pred = static_cast<const float*>(pred.data());
+  args.lengths = static_cast<const int32_t*>(lengths.data());
+  args.grad_sums = static_cast<const float*>(grad_sums.data());
+  const std::vector<int64_t> shape{args.shape.batch, args.shape.frames};
+  py::array_t<float> g_target(shape), g_pred(shape);
+  args.grad_target = g_target.mutable_data();
+  args.grad_pred = g_pred.mutable_data();
+  {
+    py::gil_scoped_release release;
+    stop_loss_backward_cpu(args, thread_pool(threads));
+  }
+  return py::make_tuple(g_target, g_pred);
+}
+
+// Device arrays: the same rules, the lengths read back once (one small copy).
+StopShape device_stop_inputs(const DeviceArray& target, const DeviceArray& pred,
+                             const DeviceArray& lengths, void* stream) {
+  expect_type(target, "<f4", "stop_target");
+  expect_type(pred, "<f4", "stop_tokens");
+  expect_type(lengths, "<i4", "stop lengths");
+  const std::string err = check_stop_shapes(target.shape, pred.shape, lengths.shape);
+  if (!err.empty()) throw py::value_error(err);
+  StopShape s{target.shape[0], target.shape[1]};
+  std::vector<int32_t> host(s.batch);
+  if (s.batch > 0) check(cuda_copy_to_host(host.data(), lengths.ptr, s.batch * 4, stream));
+  const std::string bad = stop_lengths_error(host.data(), s.batch, s.frames);
+  if (!bad.empty()) throw py::value_error(bad);
+  return s;
+}
+
+void cuda_stop_forward(py::object target_obj, py::object pred_obj, py::object lengths_obj,
+                       py::object sums_obj, py::object counts_obj, py::object nonfinite_obj,
+                       float positive_weight, float label_smoothing, float prob_min,
+                       uintptr_t stream) {
+  require_cuda();
+  void* strm = reinterpret_cast<void*>(stream);
+  const DeviceArray target = device_array(target_obj, "stop_target");
+  const DeviceArray pred = device_array(pred_obj, "stop_tokens");
+  const DeviceArray lengths = device_array(lengths_obj, "stop lengths");
+  StopForwardArgs args;
+  args.shape = device_stop_inputs(target, pred, lengths, strm);
+  args.config = stop_config(positive_weight, label_smoothing, prob_min);
+  const DeviceArray sums = device_array(sums_obj, "sums");
+  expect_type(sums, "<f4", "sums");
+  check_vector(sums.shape, args.shape.batch, "sums");
+  const DeviceArray counts = device_array(counts_obj, "counts");
+  expect_type(counts, "<i4", "counts");
+  check_vector(counts.shape, args.shape.batch, "counts");
+  const DeviceArray nonfinite = device_array(nonfinite_obj, "nonfinite_count");
+  expect_type(nonfinite, "<i8", "nonfinite_count");
+  check_scalar_shape(nonfinite.shape, "nonfinite_count");
+  args.target = static_cast<const float*>(target.ptr);
+  args.pred = static_cast<const float*>(pred.ptr);
+  args.lengths = static_cast<const int32_t*>(lengths.ptr);
+  args.sums = static_cast<float*>(sums.ptr);
+  args.counts = static_cast<int32_t*>(counts.ptr);
+  args.nonfinite = static_cast<int64_t*>(nonfinite.ptr);
+  check(stop_loss_forward_cuda(args, strm));
+}
+
+void cuda_stop_backward(py::object target_obj, py::object pred_obj, py::object lengths_obj,
+                        py::object grad_sums_obj, py::object grad_target_obj,
+                        py::object grad_pred_obj, float positive_weight, float label_smoothing,
+                        float prob_min, uintptr_t stream) {
+  require_cuda();
+  void* strm = reinterpret_cast<void*>(stream);
+  const DeviceArray target = device_array(target_obj, "stop_target");
+  const DeviceArray pred = device_array(pred_obj, "stop_tokens");
+  const DeviceArray lengths = device_array(lengths_obj, "stop lengths");
+  StopBackwardArgs args;
+  args.shape = device_stop_inputs(target, pred, lengths, strm);
+  args.config = stop_config(positive_weight, label_smoothing, prob_min);
+  const DeviceArray grad_sums = device_array(grad_sums_obj, "grad_sums");
+  expect_type(grad_sums, "<f4", "grad_sums");
+  check_vector(grad_sums.shape, args.shape.batch, "grad_sums");
+  const DeviceArray grad_pred = device_array(grad_pred_obj, "grad_pred");
+  expect_type(grad_pred, "<f4", "grad_pred");
+  if (grad_pred.shape != target.shape)
+    throw py::value_error("grad_pred must have the shape of stop_target");
+  args.target = static_cast<const float*>(target.ptr);
+  args.pred = static_cast<const float*>(pred.ptr);
+  args.lengths = static_cast<const int32_t*>(lengths.ptr);
+  args.grad_sums = static_cast<const float*>(grad_sums.ptr);
+  args.grad_pred = static_cast<float*>(grad_pred.ptr);
+  if (!grad_target_obj.is_none()) {
+    const DeviceArray grad_target = device_array(grad_target_obj, "grad_target");
+    expect_type(grad_target, "<f4", "grad_target");
+    if (grad_target.shape != target.shape)
+      throw py::value_error("grad_target must have the shape of stop_target");
+    args.grad_target = static_cast<float*>(grad_target.ptr);
+  }
+  check(stop_loss_backward_cuda(args, strm));
+}
+
 size_t workspace_size(int64_t batch, int64_t frames, int64_t mels) {
   const std::string err = mel_shape_error(batch, frames, mels);
   if (!err.empty()) throw py::value_error(err);
@@ -591,6 +759,25 @@ PYBIND11_MODULE(kernels, m) {
         py::arg("huber_delta") = 1.0, py::arg("stream") = 0, py::arg("dtype") = py::none(),
         py::arg("check_lengths") = true,
         "CUDA backward on device arrays, one kernel launch on `stream`.");
+  m.def("stop_forward", &numpy_stop_forward, py::arg("target"), py::arg("pred"), py::arg("lengths"),
+        py::kw_only(), py::arg("positive_weight"), py::arg("label_smoothing"), py::arg("prob_min"),
+        py::arg("num_threads") = 0,
+        "Stop-token loss forward on float32 NumPy arrays [B, T] and int32 lengths [B]. Returns "
+        "a dict: sums, counts, nonfinite_count.");
+  m.def("stop_backward", &numpy_stop_backward, py::arg("target"), py::arg("pred"),
+        py::arg("lengths"), py::arg("grad_sums"), py::kw_only(), py::arg("positive_weight"),
+        py::arg("label_smoothing"), py::arg("prob_min"), py::arg("num_threads") = 0,
+        "Stop-token loss backward on NumPy arrays. Returns (grad_target, grad_pred).");
+  m.def("cuda_stop_forward", &cuda_stop_forward, py::arg("target"), py::arg("pred"),
+        py::arg("lengths"), py::arg("sums"), py::arg("counts"), py::arg("nonfinite_count"),
+        py::kw_only(), py::arg("positive_weight"), py::arg("label_smoothing"), py::arg("prob_min"),
+        py::arg("stream") = 0,
+        "Stop-token loss forward on CUDA device arrays (float32, int32 lengths), on `stream`.");
+  m.def("cuda_stop_backward", &cuda_stop_backward, py::arg("target"), py::arg("pred"),
+        py::arg("lengths"), py::arg("grad_sums"), py::arg("grad_target"), py::arg("grad_pred"),
+        py::kw_only(), py::arg("positive_weight"), py::arg("label_smoothing"), py::arg("prob_min"),
+        py::arg("stream") = 0,
+        "Stop-token loss backward on CUDA device arrays; grad_target may be None.");
 #if MYXTTS_OPS_WITH_FFI
   // The custom-call target names, for runtimes that call the handlers (JAX).
   m.attr("FFI_FORWARD_TARGET") = kFfiForwardTarget;

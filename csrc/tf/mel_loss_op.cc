@@ -18,14 +18,10 @@
 #include "kernels/mel_loss_checks.h"
 #include "kernels/mel_loss_kernels.h"
 #include "tf/mel_loss_common.h"
+#include "tf/tf_device.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/lib/core/threadpool.h"
-#if MYXTTS_OPS_WITH_CUDA
-#include "tensorflow/core/framework/device_base.h"
-#include "xla/stream_executor/stream.h"
-#endif
 
 namespace myxtts_ops {
 namespace {
@@ -332,30 +328,6 @@ LengthsView ViewLengths(const Tensor& lengths, bool use_lengths) {
 absl::Status CheckLengths(const LengthsView& lengths, const MelShape& shape) {
   return CheckResult(lengths_error(lengths, shape.batch, shape.frames));
 }
-
-// One contiguous block of work units per pool thread: the kernel is memory
-// bound and its units are equal, so finer, adaptive blocks only add
-// scheduling overhead.
-ParallelFor TfParallelFor(OpKernelContext* ctx) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return [pool](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
-    const int64_t threads = std::max<int64_t>(1, pool->NumThreads());
-    const int64_t block = std::max<int64_t>(1, (n + threads - 1) / threads);
-    // The constructor, not SchedulingParams::Fixed(), which TF 2.16 lacks.
-    using Pool = ::tsl::thread::ThreadPool;
-    pool->ParallelFor(
-        n, Pool::SchedulingParams(Pool::SchedulingStrategy::kFixedBlockSize, {}, block), fn);
-  };
-}
-
-enum class Device { kCpu, kGpu };
-
-#if MYXTTS_OPS_WITH_CUDA
-// The cudaStream_t TF runs this op's device work on (never the default stream).
-void* GpuStream(OpKernelContext* ctx) {
-  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
-}
-#endif
 
 // --------------------------------------------------------------------------
 class MaskedMelLossOp : public OpKernel {

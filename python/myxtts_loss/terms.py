@@ -353,6 +353,8 @@ def stop_stats(target, pred, lengths, positive_weight=5.0, label_smoothing=0.1, 
     target = _squeeze_last(_as_float(target), "stop_target")
     pred = _squeeze_last(_as_float(pred), "stop_tokens")
     if not from_logits:
+        if not in_xla():
+            return _fused_stop_stats(target, pred, lengths, positive_weight, label_smoothing)
         return _stop_probability_stats(target, pred, lengths, positive_weight, label_smoothing)
     finite, (y, p) = _sanitise(target, pred)
     y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
@@ -360,8 +362,30 @@ def stop_stats(target, pred, lengths, positive_weight=5.0, label_smoothing=0.1, 
     return per_sample_stats(elem, finite, lengths)
 
 
+def _fused_stop_stats(target, pred, lengths, positive_weight, label_smoothing):
+    """The probability form of :func:`stop_stats` outside XLA: the element loss,
+    its masking and its per-sample sums in one fused op (and one backward op),
+    where the TF ops of :func:`_stop_probability_stats` are some twenty-five
+    ``[B, T]`` kernels. Inside ``jit_compile=True`` XLA fuses those itself."""
+    from myxtts_ops.ops import stop_token_bce
+
+    shape = tf.shape(pred)
+    op_lengths = tf.fill(shape[:1], shape[1]) if lengths is None else lengths
+    sums, counts_int, nonfinite = stop_token_bce(
+        target, pred, op_lengths, positive_weight, label_smoothing, STOP_PROB_MIN
+    )
+    counts = tf.cast(counts_int, _F32)
+    if lengths is None:
+        # The plain mean over every counted element (as per_sample_stats).
+        num, den = tf.reduce_sum(sums), tf.reduce_sum(counts)
+    else:
+        # Per-sample means summed, over B (an empty sample adds 0).
+        num, den = tf.reduce_sum(tf.math.divide_no_nan(sums, counts)), tf.cast(shape[0], _F32)
+    return TermStats(num, den, tf.cast(nonfinite, _F32))
+
+
 def _stop_probability_stats(target, pred, lengths, positive_weight, label_smoothing):
-    """The probability form of :func:`stop_stats` with a hand-written gradient.
+    """The probability form of :func:`stop_stats` inside XLA, with a hand-written gradient.
 
     The same values as autodiff of the formula, in about half the graph ops:
     autodiff's backward is some twenty element-wise ops on ``[B, T]`` (each

@@ -1,0 +1,41 @@
+// TF glue shared by the OpKernels of every op: the CPU thread pool as the
+// kernels' ParallelFor, and the CUDA stream TF gives the op.
+#pragma once
+
+#include <algorithm>
+#include <functional>
+
+#include "kernels/mel_loss_kernels.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+#if MYXTTS_OPS_WITH_CUDA
+#include "tensorflow/core/framework/device_base.h"
+#include "xla/stream_executor/stream.h"
+#endif
+
+namespace myxtts_ops {
+
+// One contiguous block of work units per pool thread: the kernels' units are
+// equal, so finer, adaptive blocks only add scheduling overhead.
+inline ParallelFor TfParallelFor(::tensorflow::OpKernelContext* ctx) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [pool](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
+    const int64_t threads = std::max<int64_t>(1, pool->NumThreads());
+    const int64_t block = std::max<int64_t>(1, (n + threads - 1) / threads);
+    // The constructor, not SchedulingParams::Fixed(), which TF 2.16 lacks.
+    using Pool = ::tsl::thread::ThreadPool;
+    pool->ParallelFor(
+        n, Pool::SchedulingParams(Pool::SchedulingStrategy::kFixedBlockSize, {}, block), fn);
+  };
+}
+
+enum class Device { kCpu, kGpu };
+
+#if MYXTTS_OPS_WITH_CUDA
+// The cudaStream_t TF runs this op's device work on (never the default stream).
+inline void* GpuStream(::tensorflow::OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+#endif
+
+}  // namespace myxtts_ops

@@ -1,0 +1,273 @@
+"""The fused stop-token op (``myxtts_ops.ops.stop_token_bce``) that XTTSLoss's
+stop term runs outside XLA, against independent float64 references.
+
+Values against a NumPy model of contract 3.2; gradients against float64 TF
+autodiff of the plain formula (no hand-written derivative); both with
+lengths 0 / full / mixed, odd shapes, NaN/Inf in valid positions and in
+padding, and the clip bounds. The term's two paths (the fused op outside
+XLA, TF ops inside ``jit_compile=True``) are checked to agree, and bad input
+is refused naming the input and the value.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpu import oracle64
+from myxtts_ops.ops import HigherOrderGradientError, stop_token_bce
+
+POS_WEIGHT, SMOOTHING, PROB_MIN = 5.0, 0.1, 1e-7
+# The clip bounds as the float32 inputs are clipped (1 - 1e-7 is 1 - 2**-23 in
+# float32, whose log(1 - p) differs from float64's by 1e-3 relative).
+CLIP_LO = float(np.float32(PROB_MIN))
+CLIP_HI = float(np.float32(1.0) - np.float32(PROB_MIN))
+
+
+def _inputs(rng, batch, frames, lengths_mode, poison):
+    target = (rng.random((batch, frames)) < 0.2).astype(np.float32)
+    pred = rng.uniform(0.001, 0.999, (batch, frames)).astype(np.float32)
+    if lengths_mode == "full":
+        lengths = np.full(batch, frames, np.int32)
+    elif lengths_mode == "zero":
+        lengths = np.zeros(batch, np.int32)
+    else:
+        lengths = rng.integers(0, frames + 1, batch).astype(np.int32)
+        lengths[0] = frames
+        if batch > 1:
+            lengths[-1] = 0
+    valid = np.arange(frames)[None, :] < lengths[:, None]
+    for where in poison:
+        cells = np.argwhere(valid if where == "valid" else ~valid)
+        for b, t in cells[rng.permutation(len(cells))[:3]]:
+            arr = target if rng.random() < 0.5 else pred
+            arr[b, t] = rng.choice([np.nan, np.inf, -np.inf])
+    return target, pred, lengths
+
+
+def _numpy_model(target, pred, lengths, weights=None):
+    """Contract 3.2 in float64 (tests/gpu/oracle64.py, shared with the CUDA suite)."""
+    weights = np.ones(len(lengths)) if weights is None else weights
+    return oracle64.stop_bce(target, pred, lengths, weights, POS_WEIGHT, SMOOTHING, PROB_MIN)
+
+
+def _autodiff_grads(target, pred, lengths, weights):
+    """d sum_b weights[b] * sums[b] / d (target, pred) by float64 TF autodiff."""
+    t = tf.constant(target, tf.float64)
+    p = tf.constant(pred, tf.float64)
+    valid = tf.sequence_mask(lengths, target.shape[1])
+    ok = valid & tf.math.is_finite(t) & tf.math.is_finite(p)
+    with tf.GradientTape() as tape:
+        tape.watch([t, p])
+        ts = tf.where(ok, t, 0.0)
+        ps = tf.where(ok, p, 0.5)
+        pc = tf.clip_by_value(ps, CLIP_LO, CLIP_HI)
+        y = ts * (1.0 - SMOOTHING) + 0.5 * SMOOTHING
+        elem = -(POS_WEIGHT * y * tf.math.log(pc) + (1.0 - y) * tf.math.log(1.0 - pc))
+        sums = tf.reduce_sum(tf.where(ok, elem, 0.0), axis=1)
+        total = tf.reduce_sum(sums * weights)
+    return [g.numpy() for g in tape.gradient(total, [t, p])]
+
+
+def _op_and_grads(target, pred, lengths, weights, graph):
+    def run(t, p, n):
+        with tf.GradientTape() as tape:
+            tape.watch([t, p])
+            sums, counts, nonfinite = stop_token_bce(t, p, n, POS_WEIGHT, SMOOTHING, PROB_MIN)
+            total = tf.reduce_sum(sums * weights)
+        return sums, counts, nonfinite, tape.gradient(total, [t, p])
+
+    fn = tf.function(run) if graph else run
+    out = fn(tf.constant(target), tf.constant(pred), tf.constant(lengths))
+    return tf.nest.map_structure(lambda x: x.numpy(), out)
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("poison", [(), ("valid",), ("padding",), ("valid", "padding")])
+@pytest.mark.parametrize("lengths_mode", ["full", "zero", "mixed"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (5, 37), (4, 1001)])
+def test_values_and_gradients_match_float64_references(rng, shape, lengths_mode, poison, graph):
+    target, pred, lengths = _inputs(rng, *shape, lengths_mode, poison)
+    weights = rng.uniform(-2.0, 2.0, shape[0]).astype(np.float32)
+    sums, counts, nonfinite, (g_target, g_pred) = _op_and_grads(
+        target, pred, lengths, weights, graph
+    )
+    ref = _numpy_model(target, pred, lengths, weights)
+    np.testing.assert_array_equal(counts, ref.counts)
+    assert nonfinite == ref.nonfinite
+    np.testing.assert_allclose(sums, ref.sums, rtol=2e-6, atol=1e-5)
+    ref_g_target, ref_g_pred = _autodiff_grads(target, pred, lengths, weights)
+    for got, want, oracle, name in (
+        (g_target, ref_g_target, ref.grad_target, "target"),
+        (g_pred, ref_g_pred, ref.grad_pred, "pred"),
+    ):
+        assert np.isfinite(got).all(), name
+        scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+        # The CUDA suite's oracle gradients (hand-derived) agree with autodiff.
+        np.testing.assert_allclose(oracle, want, rtol=1e-9, atol=1e-12 * scale, err_msg=name)
+    # Padding and uncounted positions get exactly 0.
+    valid = np.arange(shape[1])[None, :] < lengths[:, None]
+    assert not g_pred[~valid].any() and not g_target[~valid].any()
+
+
+def test_clip_bounds_pass_no_gradient_to_the_prediction():
+    target = np.array([[1.0, 0.0, 1.0, 0.0]], np.float32)
+    pred = np.array([[0.0, 1.0, 0.5, 0.25]], np.float32)
+    lengths = np.array([4], np.int32)
+    sums, counts, _, (g_target, g_pred) = _op_and_grads(
+        target, pred, lengths, np.ones(1, np.float32), graph=False
+    )
+    np.testing.assert_allclose(sums, _numpy_model(target, pred, lengths).sums, rtol=2e-6)
+    assert counts[0] == 4
+    assert g_pred[0, 0] == 0.0 and g_pred[0, 1] == 0.0
+    assert g_pred[0, 2] != 0.0 and g_pred[0, 3] != 0.0
+    ref_g_target, ref_g_pred = _autodiff_grads(target, pred, lengths, np.ones(1))
+    np.testing.assert_allclose(g_target, ref_g_target, rtol=1e-5)
+    np.testing.assert_allclose(g_pred, ref_g_pred, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
+def test_empty_inputs(shape):
+    target = np.zeros(shape, np.float32)
+    lengths = np.zeros(shape[0], np.int32)
+    sums, counts, nonfinite, (g_target, g_pred) = _op_and_grads(
+        target, target, lengths, np.ones(shape[0], np.float32), graph=True
+    )
+    assert sums.shape == (shape[0],) and not sums.any() and not counts.any()
+    assert nonfinite == 0
+    assert g_target.shape == shape and g_pred.shape == shape
+
+
+def test_repeated_calls_are_bitwise_identical(rng):
+    target, pred, lengths = _inputs(rng, 16, 2049, "mixed", ("valid",))
+    first = _op_and_grads(target, pred, lengths, np.ones(16, np.float32), graph=True)
+    for _ in range(3):
+        again = _op_and_grads(target, pred, lengths, np.ones(16, np.float32), graph=True)
+        for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(again)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize(
+    "lengths, message",
+    [
+        ([4, -1], r"stop lengths\[1\] = -1 is outside \[0, 4\]"),
+        ([5, 0], r"stop lengths\[0\] = 5 is outside \[0, 4\]"),
+    ],
+)
+def test_out_of_range_lengths_are_refused(lengths, message, graph):
+    x = tf.fill([2, 4], 0.5)
+    n = tf.constant(lengths, tf.int32)
+
+    def call():
+        return stop_token_bce(x, x, n, POS_WEIGHT, SMOOTHING, PROB_MIN)[0]
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        (tf.function(call) if graph else call)()
+
+
+def test_mismatched_shapes_are_refused():
+    sig = [tf.TensorSpec(None, tf.float32)] * 2 + [tf.TensorSpec(None, tf.int32)]
+
+    @tf.function(input_signature=sig)
+    def call(t, p, n):
+        return stop_token_bce(t, p, n, POS_WEIGHT, SMOOTHING, PROB_MIN)[0]
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"stop_tokens must have the shape"):
+        call(tf.zeros([2, 4]), tf.zeros([2, 5]), tf.constant([1, 1]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"stop lengths must have shape \[2\]"):
+        call(tf.zeros([2, 4]), tf.zeros([2, 4]), tf.constant([1, 1, 1]))
+
+
+def test_second_order_gradient_is_refused_by_name():
+    x = tf.fill([2, 4], 0.25)
+    n = tf.constant([4, 2])
+    with pytest.raises(HigherOrderGradientError, match="first-order"):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                total = tf.reduce_sum(stop_token_bce(x, x, n, POS_WEIGHT, SMOOTHING, PROB_MIN)[0])
+            grad = inner.gradient(total, x)
+        outer.gradient(grad, x)
+
+
+@pytest.mark.parametrize("with_lengths", [True, False])
+def test_stop_term_outside_xla_equals_inside(rng, with_lengths):
+    """XTTSLoss's stop term: the fused op (plain graph) and TF ops (XLA) agree."""
+    from myxtts_loss import terms
+
+    target, pred, lengths = _inputs(rng, 6, 53, "mixed", ("valid", "padding"))
+    args = [tf.constant(target), tf.constant(pred), tf.constant(lengths)]
+
+    def term(t, p, n):
+        with tf.GradientTape() as tape:
+            tape.watch([t, p])
+            stats = terms.stop_stats(t, p, n if with_lengths else None)
+            value = stats.num / stats.den
+        return value, stats.nonfinite, tape.gradient(value, [t, p])
+
+    plain = tf.function(term, jit_compile=False)(*args)
+    compiled = tf.function(term, jit_compile=True)(*args)
+    np.testing.assert_allclose(plain[0], compiled[0], rtol=1e-6)
+    assert plain[1].numpy() == compiled[1].numpy()
+    for a, b in zip(plain[2], compiled[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _kernels_module():
+    return pytest.importorskip("myxtts_ops.kernels")
+
+
+def test_numpy_kernels_module_equals_the_tf_op(rng):
+    """The pybind11 module runs the same CPU kernels: bitwise the op's outputs."""
+    kernels = _kernels_module()
+    target, pred, lengths = _inputs(rng, 7, 333, "mixed", ("valid", "padding"))
+    weights = rng.uniform(-1, 1, 7).astype(np.float32)
+    sums, counts, nonfinite, (g_target, g_pred) = _op_and_grads(
+        target, pred, lengths, weights, graph=True
+    )
+    config = dict(positive_weight=POS_WEIGHT, label_smoothing=SMOOTHING, prob_min=PROB_MIN)
+    for threads in (1, 3):
+        out = kernels.stop_forward(target, pred, lengths, num_threads=threads, **config)
+        np.testing.assert_array_equal(out["sums"], sums)
+        np.testing.assert_array_equal(out["counts"], counts)
+        assert int(out["nonfinite_count"]) == nonfinite
+        gt, gp = kernels.stop_backward(
+            target, pred, lengths, weights, num_threads=threads, **config
+        )
+        np.testing.assert_array_equal(gt, g_target)
+        np.testing.assert_array_equal(gp, g_pred)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(lengths=np.array([3, 5], np.int32)), r"stop lengths\[1\] = 5 is outside \[0, 4\]"),
+        (dict(lengths=np.array([3], np.int32)), r"stop lengths must have shape \[2\]"),
+        (dict(lengths=np.array([3, 1], np.int64)), r"stop lengths must be int32"),
+        (dict(pred=np.zeros([2, 5], np.float32)), r"stop_tokens must have the shape"),
+        (dict(target=np.zeros([2, 4], np.float64)), r"stop_target must be float32"),
+        (dict(prob_min=0.5), r"prob_min must be in \(0, 0.5\), got 0.5"),
+        (dict(positive_weight=float("nan")), r"positive_weight must be finite, got nan"),
+    ],
+)
+def test_numpy_kernels_module_refuses_bad_input_by_name(change, message):
+    kernels = _kernels_module()
+    args = dict(
+        target=np.zeros([2, 4], np.float32),
+        pred=np.full([2, 4], 0.5, np.float32),
+        lengths=np.array([3, 1], np.int32),
+        positive_weight=POS_WEIGHT,
+        label_smoothing=SMOOTHING,
+        prob_min=PROB_MIN,
+    )
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        kernels.stop_forward(**args)
+
+
+def test_op_refuses_a_bad_setting_by_name():
+    x = tf.fill([1, 2], 0.5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"prob_min must be in \(0, 0.5\)"):
+        stop_token_bce(x, x, tf.constant([2]), POS_WEIGHT, SMOOTHING, 0.0)
