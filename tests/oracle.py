@@ -23,6 +23,7 @@ rule for a corrupted incoming state are written here independently.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -289,3 +290,44 @@ def backward(
             g = np.where(np.abs(d) <= delta, d, delta * sign)
         gp[b, :n] = np.where(ok, coef * g, 0.0)
     return -gp, gp
+
+
+# ---------------------------------------------------------------------------
+# The stop-token loss (MyXTTS contract 3.2, probabilities), float32 inputs.
+class StopOutputs(NamedTuple):
+    sums: np.ndarray  # float64 [B]
+    counts: np.ndarray  # int64 [B]
+    nonfinite: int
+    grad_target: np.ndarray  # float64 [B, T]: d sum_b grad_sums[b] sums[b] / d target
+    grad_pred: np.ndarray
+
+
+def stop_bce(target, pred, lengths, grad_sums, positive_weight, label_smoothing, prob_min):
+    """Per-sample sums of the weighted BCE over the counted positions (t < L,
+    target and prediction finite) and their gradients, in float64. The clip
+    bounds are the float32 values the kernels compare with (1 - 1e-7 is
+    1 - 2**-23 in float32); a prediction outside them has no gradient."""
+    t = np.asarray(target, np.float64)
+    p = np.asarray(pred, np.float64)
+    frames = t.shape[1]
+    lo = float(np.float32(prob_min))
+    hi = float(np.float32(1.0) - np.float32(prob_min))
+    valid = np.arange(frames)[None, :] < np.asarray(lengths)[:, None]
+    ok = valid & np.isfinite(t) & np.isfinite(p)
+    ts = np.where(ok, t, 0.0)
+    ps = np.where(ok, p, 0.5)
+    pc = np.clip(ps, lo, hi)
+    y = ts * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    log_p, log_q = np.log(pc), np.log(1.0 - pc)
+    elem = -(positive_weight * y * log_p + (1.0 - y) * log_q)
+    g = np.asarray(grad_sums, np.float64)[:, None]
+    d_pred = (1.0 - y) / (1.0 - pc) - positive_weight * y / pc
+    d_true = -(1.0 - label_smoothing) * (positive_weight * log_p - log_q)
+    inside = (ps >= lo) & (ps <= hi)
+    return StopOutputs(
+        np.where(ok, elem, 0.0).sum(axis=1),
+        ok.sum(axis=1),
+        int((valid & ~ok).sum()),
+        np.where(ok, g * d_true, 0.0),
+        np.where(ok & inside, g * d_pred, 0.0),
+    )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpu import oracle64
+import oracle
 from myxtts_ops.ops import HigherOrderGradientError, stop_token_bce
 
 POS_WEIGHT, SMOOTHING, PROB_MIN = 5.0, 0.1, 1e-7
@@ -45,9 +45,9 @@ def _inputs(rng, batch, frames, lengths_mode, poison):
 
 
 def _numpy_model(target, pred, lengths, weights=None):
-    """Contract 3.2 in float64 (tests/gpu/oracle64.py, shared with the CUDA suite)."""
+    """Contract 3.2 in float64 (tests/oracle.py, shared with the CUDA suite)."""
     weights = np.ones(len(lengths)) if weights is None else weights
-    return oracle64.stop_bce(target, pred, lengths, weights, POS_WEIGHT, SMOOTHING, PROB_MIN)
+    return oracle.stop_bce(target, pred, lengths, weights, POS_WEIGHT, SMOOTHING, PROB_MIN)
 
 
 def _autodiff_grads(target, pred, lengths, weights):
@@ -96,7 +96,7 @@ def test_values_and_gradients_match_float64_references(rng, shape, lengths_mode,
     assert nonfinite == ref.nonfinite
     np.testing.assert_allclose(sums, ref.sums, rtol=2e-6, atol=1e-5)
     ref_g_target, ref_g_pred = _autodiff_grads(target, pred, lengths, weights)
-    for got, want, oracle, name in (
+    for got, want, derived, name in (
         (g_target, ref_g_target, ref.grad_target, "target"),
         (g_pred, ref_g_pred, ref.grad_pred, "pred"),
     ):
@@ -104,7 +104,7 @@ def test_values_and_gradients_match_float64_references(rng, shape, lengths_mode,
         scale = max(1.0, float(np.abs(want).max(initial=0.0)))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
         # The CUDA suite's oracle gradients (hand-derived) agree with autodiff.
-        np.testing.assert_allclose(oracle, want, rtol=1e-9, atol=1e-12 * scale, err_msg=name)
+        np.testing.assert_allclose(derived, want, rtol=1e-9, atol=1e-12 * scale, err_msg=name)
     # Padding and uncounted positions get exactly 0.
     valid = np.arange(shape[1])[None, :] < lengths[:, None]
     assert not g_pred[~valid].any() and not g_target[~valid].any()

@@ -1,5 +1,5 @@
 """CUDA kernels of the stop-token loss (myxtts_ops.kernels.cuda_stop_*) against
-the float64 oracle (oracle64.stop_bce) and the CPU kernels.
+the float64 oracle (tests/oracle.py: stop_bce) and the CPU kernels.
 
 Runs on a CUDA machine with CuPy or PyTorch (no TensorFlow); skipped elsewhere.
 Output buffers start poisoned with 0xFF bytes (NaN, -1) and at unaligned
@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from . import oracle64 as ref
+import oracle as ref  # tests/oracle.py (tests/ is on sys.path: tests/conftest.py)
+
 from .conftest import DevBuf
 
 CONFIG = dict(positive_weight=5.0, label_smoothing=0.1, prob_min=1e-7)
