@@ -24,7 +24,9 @@ Rows:
    of row 3;
 5. with ``--breakdown``, where row 2's plain-graph cost goes: XTTSLoss without
    the stop term and/or without its training-state updates (``training=False``
-   skips the adaptive rule, smoothing and state writes), each against row 1.
+   skips the adaptive rule, smoothing and state writes), each against row 1;
+   and the stop term alone through the fused stop-token op against the same
+   term in TF ops (``stop_stats(fused=False)``, what XLA compiles).
 """
 
 import argparse
@@ -73,7 +75,7 @@ BREAKDOWN = (
 
 def measure(args):
     import myxtts_ops
-    from myxtts_loss import XTTSLoss
+    from myxtts_loss import XTTSLoss, terms
 
     rng = np.random.default_rng(0)
     results = {}
@@ -117,6 +119,19 @@ def measure(args):
                 return forward_backward(lambda p: loss_fn(yt, p, training=training), yp)
 
             graphs[name] = step_graph(part, base_inputs)
+        # The stop term alone, fused op against the TF ops XLA compiles.
+        for name, fused in (("stop_fused", True), ("stop_tf_ops", False)):
+
+            def stop_term(k, yt, yp, fused=fused):
+                lens = tf.cast(yt["mel_lengths"], tf.int32)
+
+                def value(p):
+                    s = terms.stop_stats(yt["stop_target"], p["stop_tokens"], lens, fused=fused)
+                    return s.num / s.den
+
+                return forward_backward(value, {"stop_tokens": yp["stop_tokens"]})
+
+            graphs[name] = step_graph(stop_term, base_inputs)
     raw = {
         k: np.asarray(v) for k, v in interleaved_seconds(graphs, args.repeats * args.rounds).items()
     }
@@ -141,6 +156,18 @@ def measure(args):
             for name, _, _ in BREAKDOWN
         }
         results["breakdown"]["mel_stop"] = results["mel_stop"]["ratio"]
+        stop_ms = {n: (raw[n] - base) / args.sets for n in ("stop_fused", "stop_tf_ops")}
+        results["stop_term"] = {
+            "fused_ms": float(np.median(stop_ms["stop_fused"])) * 1e3,
+            "tf_ops_ms": float(np.median(stop_ms["stop_tf_ops"])) * 1e3,
+            "tf_ops_over_fused": float(np.median(stop_ms["stop_tf_ops"] / stop_ms["stop_fused"])),
+            "tf_ops_over_fused_p20": float(
+                np.percentile(stop_ms["stop_tf_ops"] / stop_ms["stop_fused"], 20)
+            ),
+            "tf_ops_over_fused_p80": float(
+                np.percentile(stop_ms["stop_tf_ops"] / stop_ms["stop_fused"], 80)
+            ),
+        }
 
     # Every head at realistic shapes.
     del base_inputs, graphs
@@ -206,6 +233,14 @@ def to_markdown(results, args):
             "|---|---|---|",
             f"| mel | {d['mel_no_updates']:.2f} | {d['mel']:.2f} |",
             f"| mel + stop | {d['mel_stop_no_updates']:.2f} | {d['mel_stop']:.2f} |",
+        ]
+        st = results["stop_term"]
+        lines += [
+            "",
+            "The stop term alone (forward + backward, plain step graph): fused stop-token op "
+            f"{st['fused_ms']:.3f} ms, the same term in TF ops (its XLA form) "
+            f"{st['tf_ops_ms']:.3f} ms per step: {st['tf_ops_over_fused']:.2f}x (p20 "
+            f"{st['tf_ops_over_fused_p20']:.2f}, p80 {st['tf_ops_over_fused_p80']:.2f}).",
         ]
     return "\n".join(lines) + "\n"
 

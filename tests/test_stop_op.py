@@ -194,25 +194,29 @@ def test_second_order_gradient_is_refused_by_name():
 
 @pytest.mark.parametrize("with_lengths", [True, False])
 def test_stop_term_outside_xla_equals_inside(rng, with_lengths):
-    """XTTSLoss's stop term: the fused op (plain graph) and TF ops (XLA) agree."""
+    """XTTSLoss's stop term: the fused op (plain graph) and TF ops (XLA, and
+    ``fused=False`` in the plain graph) agree."""
     from myxtts_loss import terms
 
     target, pred, lengths = _inputs(rng, 6, 53, "mixed", ("valid", "padding"))
     args = [tf.constant(target), tf.constant(pred), tf.constant(lengths)]
 
-    def term(t, p, n):
+    def term(t, p, n, fused=True):
         with tf.GradientTape() as tape:
             tape.watch([t, p])
-            stats = terms.stop_stats(t, p, n if with_lengths else None)
+            stats = terms.stop_stats(t, p, n if with_lengths else None, fused=fused)
             value = stats.num / stats.den
         return value, stats.nonfinite, tape.gradient(value, [t, p])
 
     plain = tf.function(term, jit_compile=False)(*args)
-    compiled = tf.function(term, jit_compile=True)(*args)
-    np.testing.assert_allclose(plain[0], compiled[0], rtol=1e-6)
-    assert plain[1].numpy() == compiled[1].numpy()
-    for a, b in zip(plain[2], compiled[2]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for other in (
+        tf.function(term, jit_compile=True)(*args),
+        tf.function(lambda *a: term(*a, fused=False))(*args),
+    ):
+        np.testing.assert_allclose(plain[0], other[0], rtol=1e-6)
+        assert plain[1].numpy() == other[1].numpy()
+        for a, b in zip(plain[2], other[2]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def _kernels_module():

@@ -38,3 +38,5 @@ def test_terms_bench_tiny(tmp_path):
     assert "jit_compile=True" in md and "| stop_loss |" in md
     assert set(results["breakdown"]) == {"mel_no_updates", "mel", "mel_stop_no_updates", "mel_stop"}
     assert "| mel + stop |" in md
+    assert set(results["stop_term"]) >= {"fused_ms", "tf_ops_ms", "tf_ops_over_fused"}
+    assert "The stop term alone" in md

@@ -348,12 +348,25 @@ def stats_value(stats, clip=None):
 STOP_PROB_MIN = 1e-7
 
 
-def stop_stats(target, pred, lengths, positive_weight=5.0, label_smoothing=0.1, from_logits=False):
-    """Contract 3.2: weighted BCE on probabilities (or logits), per-sample mean over t < L."""
+def stop_stats(
+    target,
+    pred,
+    lengths,
+    positive_weight=5.0,
+    label_smoothing=0.1,
+    from_logits=False,
+    *,
+    fused=True,
+):
+    """Contract 3.2: weighted BCE on probabilities (or logits), per-sample mean over t < L.
+
+    ``fused``: probabilities go through the fused stop-token op where it runs
+    (outside XLA); ``False`` computes them with TF ops everywhere (what XLA
+    compiles; benchmarks compare the two)."""
     target = _squeeze_last(_as_float(target), "stop_target")
     pred = _squeeze_last(_as_float(pred), "stop_tokens")
     if not from_logits:
-        if not in_xla():
+        if fused and not in_xla():
             return _fused_stop_stats(target, pred, lengths, positive_weight, label_smoothing)
         return _stop_probability_stats(target, pred, lengths, positive_weight, label_smoothing)
     finite, (y, p) = _sanitise(target, pred)
