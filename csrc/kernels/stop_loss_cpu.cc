@@ -2,8 +2,8 @@
 // positions (forward) and one over all positions (backward), a sample per
 // work unit. The element math is plain arithmetic (stop_loss_math.h), so the
 // loops vectorise; on x86-64 they are also built for x86-64-v3 (AVX2) and
-// the loader picks that copy where the CPU has it: there the two logs of an
-// element cost about a quarter of the baseline SSE2 copy's. Both copies are
+// the loader picks that copy where the CPU has it: it takes about half the
+// time of the baseline SSE2 copy (BENCHMARKS.md). Both copies are
 // built without FMA contraction (CMakeLists.txt), so they give the same bits.
 #include <algorithm>
 
