@@ -275,3 +275,14 @@ def test_op_refuses_a_bad_setting_by_name():
     x = tf.fill([1, 2], 0.5)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"prob_min must be in \(0, 0.5\)"):
         stop_token_bce(x, x, tf.constant([2]), POS_WEIGHT, SMOOTHING, 0.0)
+
+
+def test_long_rows_keep_float32_accuracy(rng):
+    """A row of 300001 positions: its sum is accumulated in float32 chunks
+    joined in double, so it stays within float32's relative error."""
+    target, pred, lengths = _inputs(rng, 2, 300001, "full", ())
+    lengths[1] = 250000
+    sums, counts, _, _ = _op_and_grads(target, pred, lengths, np.ones(2, np.float32), graph=True)
+    ref = _numpy_model(target, pred, lengths)
+    np.testing.assert_array_equal(counts, ref.counts)
+    np.testing.assert_allclose(sums, ref.sums, rtol=2e-6)

@@ -22,6 +22,10 @@ namespace {
 // reassociating float additions, so the result does not depend on the
 // partition (the lanes are combined in a fixed order, in double).
 constexpr int kLanes = 16;
+// Positions per float accumulation: each lane sums at most kChunk / kLanes
+// element losses before the chunk's sum joins the row's in double, so a long
+// row keeps float32's relative error of a few hundred additions.
+constexpr int64_t kChunk = 4096;
 // Rough cost of one position, in the units ParallelFor's hint expects.
 constexpr int64_t kForwardCost = 60;
 constexpr int64_t kBackwardCost = 30;
@@ -30,9 +34,10 @@ int64_t clamp_length(int32_t length, int64_t frames) {
   return std::min<int64_t>(std::max<int32_t>(length, 0), frames);
 }
 
+// Sum and count of the counted positions among [0, n) of one chunk.
 MXO_CPU_CLONES
-void forward_row(const float* __restrict t, const float* __restrict p, int64_t n,
-                 const StopLossConfig c, float* sum_out, int32_t* count_out) {
+double forward_chunk(const float* __restrict t, const float* __restrict p, int64_t n,
+                     const StopLossConfig c, int32_t* count_out) {
   float acc[kLanes] = {};
   int32_t cnt[kLanes] = {};
   int64_t i = 0;
@@ -56,6 +61,19 @@ void forward_row(const float* __restrict t, const float* __restrict p, int64_t n
   for (int l = 0; l < kLanes; ++l) {
     sum += double(acc[l]);
     count += cnt[l];
+  }
+  *count_out = count;
+  return sum;
+}
+
+void forward_row(const float* t, const float* p, int64_t n, const StopLossConfig& c, float* sum_out,
+                 int32_t* count_out) {
+  double sum = 0.0;
+  int32_t count = 0;
+  for (int64_t lo = 0; lo < n; lo += kChunk) {
+    int32_t chunk_count = 0;
+    sum += forward_chunk(t + lo, p + lo, std::min(kChunk, n - lo), c, &chunk_count);
+    count += chunk_count;
   }
   *sum_out = float(sum);
   *count_out = count;
