@@ -286,3 +286,30 @@ def test_long_rows_keep_float32_accuracy(rng):
     ref = _numpy_model(target, pred, lengths)
     np.testing.assert_array_equal(counts, ref.counts)
     np.testing.assert_allclose(sums, ref.sums, rtol=2e-6)
+
+
+def _stop_ops_in_graph(fn, *args):
+    graph = tf.function(fn).get_concrete_function(*args).graph
+    return [op.type for op in graph.get_operations() if "StopTokenLoss" in op.type]
+
+
+def test_the_term_uses_the_fused_op_only_outside_xla_without_a_gpu(monkeypatch):
+    from myxtts_loss import terms
+
+    args = (tf.fill([2, 5], 0.5), tf.fill([2, 5], 0.25), tf.constant([5, 2]))
+
+    def value(t, p, n):
+        stats = terms.stop_stats(t, p, n)
+        return stats.num / stats.den
+
+    assert terms.fused_stop_op_used()
+    assert _stop_ops_in_graph(value, *args) == ["MyxttsOps>StopTokenLoss"]
+    # A process that sees a GPU keeps the TF-ops form (the CUDA kernels have
+    # not run on a GPU yet), as does fused=False.
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["/GPU:0"])
+    assert not terms.fused_stop_op_used()
+    assert _stop_ops_in_graph(value, *args) == []
+    monkeypatch.undo()
+    assert (
+        _stop_ops_in_graph(lambda t, p, n: terms.stop_stats(t, p, n, fused=False).num, *args) == []
+    )

@@ -96,6 +96,16 @@ def in_xla():
     return in_xla_context()
 
 
+def fused_stop_op_used():
+    """Whether :func:`stop_stats` (``fused=True``) runs the fused stop-token op
+    here: outside XLA (inside, XLA fuses the TF ops itself) and where no GPU is
+    visible. The op's CUDA kernels are built and have a GPU test suite
+    (``tests/gpu/test_stop_cuda.py``) that has not run yet, so a training step
+    that may run on a GPU keeps the TF-ops form, whose GPU kernels are
+    TensorFlow's."""
+    return not in_xla() and not tf.config.list_logical_devices("GPU")
+
+
 def xla_length_check_available():
     from myxtts_ops.ops import xla_length_check_available
 
@@ -360,13 +370,13 @@ def stop_stats(
 ):
     """Contract 3.2: weighted BCE on probabilities (or logits), per-sample mean over t < L.
 
-    ``fused``: probabilities go through the fused stop-token op where it runs
-    (outside XLA); ``False`` computes them with TF ops everywhere (what XLA
-    compiles; benchmarks compare the two)."""
+    ``fused``: probabilities go through the fused stop-token op where
+    :func:`fused_stop_op_used` says so; ``False`` computes them with TF ops
+    everywhere (what XLA compiles; benchmarks compare the two)."""
     target = _squeeze_last(_as_float(target), "stop_target")
     pred = _squeeze_last(_as_float(pred), "stop_tokens")
     if not from_logits:
-        if fused and not in_xla():
+        if fused and fused_stop_op_used():
             return _fused_stop_stats(target, pred, lengths, positive_weight, label_smoothing)
         return _stop_probability_stats(target, pred, lengths, positive_weight, label_smoothing)
     finite, (y, p) = _sanitise(target, pred)
