@@ -313,3 +313,38 @@ def test_the_term_uses_the_fused_op_only_outside_xla_without_a_gpu(monkeypatch):
     assert (
         _stop_ops_in_graph(lambda t, p, n: terms.stop_stats(t, p, n, fused=False).num, *args) == []
     )
+
+
+def test_a_reference_loss_keeps_the_stop_term_in_tf_ops(monkeypatch):
+    """``implementation="reference"`` is the loss without this project's loss
+    ops (what runs where the op library cannot load): its stop term is the
+    TF-ops form even where the fused op would be used, and it runs with the
+    library made unloadable."""
+    from myxtts_loss import XTTSLoss
+    from myxtts_ops import _loader
+
+    y_true = {
+        "mel_target": tf.fill([2, 5, 3], 0.5),
+        "stop_target": tf.constant([[0.0, 0, 0, 0, 1], [0, 1, 0, 0, 0]]),
+        "mel_lengths": tf.constant([5, 2]),
+    }
+    y_pred = {"mel_output": tf.fill([2, 5, 3], 0.25), "stop_tokens": tf.fill([2, 5, 1], 0.3)}
+
+    def value(loss):
+        return lambda: loss(y_true, y_pred, training=False)
+
+    fused, reference = XTTSLoss(), XTTSLoss(implementation="reference")
+    fused_graph = tf.function(value(fused)).get_concrete_function().graph
+    assert any("StopTokenLoss" in op.type for op in fused_graph.get_operations())
+    graph = tf.function(value(reference)).get_concrete_function().graph
+    assert not [op.type for op in graph.get_operations() if "StopTokenLoss" in op.type]
+
+    expected = float(fused(y_true, y_pred, training=False))
+
+    def missing():
+        raise _loader.OpLibraryError("the myxtts-ops op library is missing (test)")
+
+    monkeypatch.setattr(_loader, "load_ops", missing)
+    np.testing.assert_allclose(
+        float(reference(y_true, y_pred, training=False)), expected, rtol=1e-5
+    )

@@ -384,8 +384,12 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         """Keras ``Loss.call`` API: same as calling the loss."""
         return self._compute(y_true, y_pred, None, self.update_state_on_call)
 
+    def _fused_ops(self):
+        """Whether the terms run this project's ops (``implementation="fused"``)."""
+        return self.implementation == "fused"
+
     def _mel_op(self):
-        if self.implementation == "reference":
+        if not self._fused_ops():
             from myxtts_ops import reference
 
             return reference.masked_mel_loss
@@ -490,7 +494,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 )
             else:
                 out[term.name] = lambda term=term: terms.term_value(
-                    term, term.stats(y_true, y_pred, lengths, c)
+                    term, term.stats(y_true, y_pred, lengths, c, self._fused_ops())
                 )
         return out
 
@@ -518,7 +522,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                     y_true, y_pred, lengths, old_state
                 )
             else:
-                stats[term.name] = term.stats(y_true, y_pred, lengths, c)
+                stats[term.name] = term.stats(y_true, y_pred, lengths, c, self._fused_ops())
             weights[term.name] = 1.0 if term.weight is None else getattr(c, term.weight)
             clips[term.name] = term.clip
         for name, fn in self._extra_fns.items():

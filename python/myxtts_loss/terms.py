@@ -651,8 +651,10 @@ def participation_stats(y_true, y_pred):
 class Term:
     """One loss term: active when every key of ``true_keys``/``pred_keys`` is present.
 
-    ``stats(y_true, y_pred, lengths, config) -> TermStats``; ``lengths`` maps
-    ``"mel_lengths"``/``"text_lengths"`` to int32 tensors (or None).
+    ``stats(y_true, y_pred, lengths, config, fused) -> TermStats``; ``lengths`` maps
+    ``"mel_lengths"``/``"text_lengths"`` to int32 tensors (or None); ``fused``:
+    whether the loss may run this project's ops (``implementation="fused"``);
+    ``False`` keeps the term in TF ops (the reference, which needs no op library).
     ``weight``: the config field of its weight (None: coefficient 1).
     ``clip``: bounds of the batch value (applied after the reduction).
     """
@@ -680,13 +682,14 @@ TERMS = (
         ("stop_tokens",),
         ("mel_lengths",),
         "stop_loss_weight",
-        lambda yt, yp, ln, c: stop_stats(
+        lambda yt, yp, ln, c, fused: stop_stats(
             yt["stop_target"],
             yp["stop_tokens"],
             ln["mel_lengths"],
             c.stop_positive_weight,
             c.stop_label_smoothing,
             c.stop_from_logits,
+            fused=fused,
         ),
     ),
     Term(
@@ -695,7 +698,7 @@ TERMS = (
         ("attention_weights",),
         (),
         "attention_loss_weight",
-        lambda yt, yp, ln, c: attention_stats(
+        lambda yt, yp, ln, c, fused: attention_stats(
             yp["attention_weights"], ln["text_lengths"], ln["mel_lengths"]
         ),
     ),
@@ -705,7 +708,7 @@ TERMS = (
         ("duration_pred",),
         (),
         "duration_loss_weight",
-        lambda yt, yp, ln, c: duration_stats(
+        lambda yt, yp, ln, c, fused: duration_stats(
             yp["duration_pred"], yt["duration_target"], ln["text_lengths"]
         ),
         clip=(0.0, 25.0),
@@ -716,7 +719,7 @@ TERMS = (
         ("pitch_output",),
         (),
         "pitch_loss_weight",
-        lambda yt, yp, ln, c: pitch_stats(
+        lambda yt, yp, ln, c, fused: pitch_stats(
             yp["pitch_output"], yt["pitch_target"], ln["mel_lengths"]
         ),
     ),
@@ -726,7 +729,7 @@ TERMS = (
         ("energy_output",),
         (),
         "energy_loss_weight",
-        lambda yt, yp, ln, c: energy_stats(
+        lambda yt, yp, ln, c, fused: energy_stats(
             yp["energy_output"], yt["energy_target"], ln["mel_lengths"]
         ),
     ),
@@ -736,7 +739,7 @@ TERMS = (
         ("prosody_pitch",),
         (),
         "prosody_pitch_loss_weight",
-        lambda yt, yp, ln, c: pitch_stats(
+        lambda yt, yp, ln, c, fused: pitch_stats(
             yp["prosody_pitch"],
             yt["prosody_pitch_target"],
             ln["text_lengths"],
@@ -749,7 +752,7 @@ TERMS = (
         ("prosody_energy",),
         (),
         "prosody_energy_loss_weight",
-        lambda yt, yp, ln, c: energy_stats(
+        lambda yt, yp, ln, c, fused: energy_stats(
             yp["prosody_energy"],
             yt["prosody_energy_target"],
             ln["text_lengths"],
@@ -762,7 +765,7 @@ TERMS = (
         ("prosody_speaking_rate",),
         (),
         "speaking_rate_loss_weight",
-        lambda yt, yp, ln, c: speaking_rate_stats(
+        lambda yt, yp, ln, c, fused: speaking_rate_stats(
             yp["prosody_speaking_rate"], yt["prosody_speaking_rate_target"], ln["text_lengths"]
         ),
     ),
@@ -772,7 +775,7 @@ TERMS = (
         ("speaker_embedding",),
         (),
         "voice_similarity_loss_weight",
-        lambda yt, yp, ln, c: contrastive_stats(
+        lambda yt, yp, ln, c, fused: contrastive_stats(
             yt["speaker_labels"],
             yp["speaker_embedding"],
             c.contrastive_temperature,
@@ -785,7 +788,7 @@ TERMS = (
         ("diffusion_noise_pred",),
         ("mel_lengths",),
         "diffusion_loss_weight",
-        lambda yt, yp, ln, c: diffusion_stats(
+        lambda yt, yp, ln, c, fused: diffusion_stats(
             yp["diffusion_noise_pred"], yt["diffusion_noise_target"], ln["mel_lengths"]
         ),
     ),
@@ -795,7 +798,7 @@ TERMS = (
         (),
         (),
         None,
-        lambda yt, yp, ln, c: participation_stats(yt, yp),
+        lambda yt, yp, ln, c, fused: participation_stats(yt, yp),
         always=True,
     ),
 )
