@@ -17,10 +17,10 @@ import oracle
 from myxtts_ops.ops import HigherOrderGradientError, stop_token_bce
 
 POS_WEIGHT, SMOOTHING, PROB_MIN = 5.0, 0.1, 1e-7
-# The clip bounds as the float32 inputs are clipped (1 - 1e-7 is 1 - 2**-23 in
-# float32, whose log(1 - p) differs from float64's by 1e-3 relative).
-CLIP_LO = float(np.float32(PROB_MIN))
-CLIP_HI = float(np.float32(1.0) - np.float32(PROB_MIN))
+CONFIG = dict(positive_weight=POS_WEIGHT, label_smoothing=SMOOTHING, prob_min=PROB_MIN)
+# The smallest accepted prob_min: 2**-24, the smallest float32 with
+# 1 - prob_min < 1 (below it the upper clip bound is 1 and log(1 - pc) log(0)).
+SMALLEST_PROB_MIN = 2.0**-24
 
 
 def _inputs(rng, batch, frames, lengths_mode, poison):
@@ -44,14 +44,20 @@ def _inputs(rng, batch, frames, lengths_mode, poison):
     return target, pred, lengths
 
 
-def _numpy_model(target, pred, lengths, weights=None):
+def _numpy_model(target, pred, lengths, weights=None, config=CONFIG):
     """Contract 3.2 in float64 (tests/oracle.py, shared with the CUDA suite)."""
     weights = np.ones(len(lengths)) if weights is None else weights
-    return oracle.stop_bce(target, pred, lengths, weights, POS_WEIGHT, SMOOTHING, PROB_MIN)
+    return oracle.stop_bce(target, pred, lengths, weights, **config)
 
 
-def _autodiff_grads(target, pred, lengths, weights):
-    """d sum_b weights[b] * sums[b] / d (target, pred) by float64 TF autodiff."""
+def _autodiff_grads(target, pred, lengths, weights, config=CONFIG):
+    """d sum_b weights[b] * sums[b] / d (target, pred) by float64 TF autodiff,
+    with the clip bounds the float32 inputs are clipped to (1 - 1e-7 is
+    1 - 2**-23 in float32, whose log(1 - p) differs from float64's by 1e-3
+    relative)."""
+    w, s = config["positive_weight"], config["label_smoothing"]
+    lo = float(np.float32(config["prob_min"]))
+    hi = float(np.float32(1.0) - np.float32(config["prob_min"]))
     t = tf.constant(target, tf.float64)
     p = tf.constant(pred, tf.float64)
     valid = tf.sequence_mask(lengths, target.shape[1])
@@ -60,19 +66,19 @@ def _autodiff_grads(target, pred, lengths, weights):
         tape.watch([t, p])
         ts = tf.where(ok, t, 0.0)
         ps = tf.where(ok, p, 0.5)
-        pc = tf.clip_by_value(ps, CLIP_LO, CLIP_HI)
-        y = ts * (1.0 - SMOOTHING) + 0.5 * SMOOTHING
-        elem = -(POS_WEIGHT * y * tf.math.log(pc) + (1.0 - y) * tf.math.log(1.0 - pc))
+        pc = tf.clip_by_value(ps, lo, hi)
+        y = ts * (1.0 - s) + 0.5 * s
+        elem = -(w * y * tf.math.log(pc) + (1.0 - y) * tf.math.log(1.0 - pc))
         sums = tf.reduce_sum(tf.where(ok, elem, 0.0), axis=1)
         total = tf.reduce_sum(sums * weights)
     return [g.numpy() for g in tape.gradient(total, [t, p])]
 
 
-def _op_and_grads(target, pred, lengths, weights, graph):
+def _op_and_grads(target, pred, lengths, weights, graph, config=CONFIG):
     def run(t, p, n):
         with tf.GradientTape() as tape:
             tape.watch([t, p])
-            sums, counts, nonfinite = stop_token_bce(t, p, n, POS_WEIGHT, SMOOTHING, PROB_MIN)
+            sums, counts, nonfinite = stop_token_bce(t, p, n, **config)
             total = tf.reduce_sum(sums * weights)
         return sums, counts, nonfinite, tape.gradient(total, [t, p])
 
@@ -124,6 +130,79 @@ def test_clip_bounds_pass_no_gradient_to_the_prediction():
     ref_g_target, ref_g_pred = _autodiff_grads(target, pred, lengths, np.ones(1))
     np.testing.assert_allclose(g_target, ref_g_target, rtol=1e-5)
     np.testing.assert_allclose(g_pred, ref_g_pred, rtol=1e-5)
+
+
+# Settings other than the term's: positive weights below and above 1, no and
+# strong smoothing, the smallest accepted prob_min and wide clip bounds.
+OTHER_SETTINGS = [
+    dict(positive_weight=2.5, label_smoothing=0.0, prob_min=SMALLEST_PROB_MIN),
+    dict(positive_weight=1.0, label_smoothing=0.3, prob_min=1e-3),
+    dict(positive_weight=0.5, label_smoothing=0.05, prob_min=0.25),
+    dict(positive_weight=-1.5, label_smoothing=1.0, prob_min=6e-8),
+]
+
+
+def _edge_predictions(rng, batch, frames, prob_min):
+    """Predictions at 0 and 1, outside [0, 1], at and beside the float32 clip
+    bounds, and inside, with targets 0 and 1."""
+    lo = np.float32(prob_min)
+    hi = np.float32(1.0) - lo
+    edges = np.array(
+        [
+            0.0,
+            1.0,
+            -0.5,
+            1.5,
+            -1e30,
+            1e30,
+            lo,
+            hi,
+            np.nextafter(lo, np.float32(1)),
+            np.nextafter(hi, np.float32(0)),
+            np.nextafter(lo, np.float32(0)),
+            0.5,
+        ],
+        np.float32,
+    )
+    pred = rng.choice(edges, (batch, frames)).astype(np.float32)
+    inside = rng.random((batch, frames)) < 0.3
+    pred[inside] = rng.uniform(lo, hi, inside.sum()).astype(np.float32)
+    target = (rng.random((batch, frames)) < 0.4).astype(np.float32)
+    return target, pred
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize(
+    "config",
+    OTHER_SETTINGS,
+    ids=lambda c: "w{positive_weight}-s{label_smoothing}-lo{prob_min:g}".format(**c),
+)
+def test_other_settings_and_edge_predictions_match_float64_references(rng, config, graph):
+    target, pred = _edge_predictions(rng, 5, 41, config["prob_min"])
+    lengths = np.array([41, 0, 17, 40, 1], np.int32)
+    weights = rng.uniform(-2.0, 2.0, 5).astype(np.float32)
+    sums, counts, nonfinite, (g_target, g_pred) = _op_and_grads(
+        target, pred, lengths, weights, graph, config
+    )
+    ref = _numpy_model(target, pred, lengths, weights, config)
+    np.testing.assert_array_equal(counts, ref.counts)
+    assert nonfinite == 0
+    assert np.isfinite(sums).all() and np.isfinite(g_pred).all() and np.isfinite(g_target).all()
+    np.testing.assert_allclose(sums, ref.sums, rtol=2e-6, atol=1e-5)
+    ref_g_target, ref_g_pred = _autodiff_grads(target, pred, lengths, weights, config)
+    for got, want, derived, name in (
+        (g_target, ref_g_target, ref.grad_target, "target"),
+        (g_pred, ref_g_pred, ref.grad_pred, "pred"),
+    ):
+        scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+        np.testing.assert_allclose(derived, want, rtol=1e-9, atol=1e-12 * scale, err_msg=name)
+    kernels = _kernels_module()
+    out = kernels.stop_forward(target, pred, lengths, **config)
+    np.testing.assert_array_equal(out["sums"], sums)
+    gt, gp = kernels.stop_backward(target, pred, lengths, weights, **config)
+    np.testing.assert_array_equal(gt, g_target)
+    np.testing.assert_array_equal(gp, g_pred)
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
@@ -219,6 +298,26 @@ def test_stop_term_outside_xla_equals_inside(rng, with_lengths):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+_PROB_MIN_RULE = r"prob_min must be in \[5\.9604645e-08, 0\.5\) \(2\^-24 is the smallest with 1 - prob_min < 1 in float32\), got "
+_END = r"(?![\w.+-])"  # the value ends there (TF may append the op's name)
+# prob_min values every entry point refuses, with the value the message
+# prints: the float32 the setting is, subnormals included (TF's kernels run
+# with denormals-are-zero, under which a plain comparison reads them as 0).
+BAD_PROB_MINS = [
+    (0.0, _PROB_MIN_RULE + "0" + _END),
+    (1e-40, _PROB_MIN_RULE + "1e-40" + _END),
+    (
+        float(np.nextafter(np.float32(SMALLEST_PROB_MIN), np.float32(0))),
+        _PROB_MIN_RULE + "5\\.960464e-08" + _END,
+    ),
+    (2.9e-8, _PROB_MIN_RULE + "2\\.9e-08" + _END),
+    (-1e-7, _PROB_MIN_RULE + "-1e-07" + _END),
+    (0.5, _PROB_MIN_RULE + "0\\.5" + _END),
+    (float("nan"), _PROB_MIN_RULE + "nan" + _END),
+    (float("inf"), _PROB_MIN_RULE + "inf" + _END),
+]
+
+
 def _kernels_module():
     return pytest.importorskip("myxtts_ops.kernels")
 
@@ -231,14 +330,13 @@ def test_numpy_kernels_module_equals_the_tf_op(rng):
     sums, counts, nonfinite, (g_target, g_pred) = _op_and_grads(
         target, pred, lengths, weights, graph=True
     )
-    config = dict(positive_weight=POS_WEIGHT, label_smoothing=SMOOTHING, prob_min=PROB_MIN)
     for threads in (1, 3):
-        out = kernels.stop_forward(target, pred, lengths, num_threads=threads, **config)
+        out = kernels.stop_forward(target, pred, lengths, num_threads=threads, **CONFIG)
         np.testing.assert_array_equal(out["sums"], sums)
         np.testing.assert_array_equal(out["counts"], counts)
         assert int(out["nonfinite_count"]) == nonfinite
         gt, gp = kernels.stop_backward(
-            target, pred, lengths, weights, num_threads=threads, **config
+            target, pred, lengths, weights, num_threads=threads, **CONFIG
         )
         np.testing.assert_array_equal(gt, g_target)
         np.testing.assert_array_equal(gp, g_pred)
@@ -252,9 +350,10 @@ def test_numpy_kernels_module_equals_the_tf_op(rng):
         (dict(lengths=np.array([3, 1], np.int64)), r"stop lengths must be int32"),
         (dict(pred=np.zeros([2, 5], np.float32)), r"stop_tokens must have the shape"),
         (dict(target=np.zeros([2, 4], np.float64)), r"stop_target must be float32"),
-        (dict(prob_min=0.5), r"prob_min must be in \(0, 0.5\), got 0.5"),
         (dict(positive_weight=float("nan")), r"positive_weight must be finite, got nan"),
-    ],
+        (dict(label_smoothing=float("-inf")), r"label_smoothing must be finite, got -inf"),
+    ]
+    + [(dict(prob_min=value), message) for value, message in BAD_PROB_MINS],
 )
 def test_numpy_kernels_module_refuses_bad_input_by_name(change, message):
     kernels = _kernels_module()
@@ -271,10 +370,31 @@ def test_numpy_kernels_module_refuses_bad_input_by_name(change, message):
         kernels.stop_forward(**args)
 
 
-def test_op_refuses_a_bad_setting_by_name():
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("value, message", BAD_PROB_MINS)
+def test_op_refuses_a_bad_prob_min_by_name(value, message, graph):
     x = tf.fill([1, 2], 0.5)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"prob_min must be in \(0, 0.5\)"):
-        stop_token_bce(x, x, tf.constant([2]), POS_WEIGHT, SMOOTHING, 0.0)
+
+    def call():
+        return stop_token_bce(x, x, tf.constant([2]), POS_WEIGHT, SMOOTHING, value)[0]
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        (tf.function(call) if graph else call)()
+
+
+def test_the_smallest_prob_min_keeps_both_bounds_finite():
+    """At prob_min = 2**-24 the clip bounds are 2**-24 and 1 - 2**-24, so a
+    prediction of 0 or 1 costs a finite loss with a finite target gradient."""
+    config = dict(CONFIG, prob_min=SMALLEST_PROB_MIN)
+    target = np.array([[1.0, 0.0, 0.0, 1.0]], np.float32)
+    pred = np.array([[0.0, 1.0, 0.0, 1.0]], np.float32)
+    lengths = np.array([4], np.int32)
+    sums, _, _, (g_target, g_pred) = _op_and_grads(
+        target, pred, lengths, np.ones(1, np.float32), graph=True, config=config
+    )
+    ref = _numpy_model(target, pred, lengths, config=config)
+    np.testing.assert_allclose(sums, ref.sums, rtol=2e-6)
+    assert np.isfinite(g_target).all() and not g_pred.any()
 
 
 def test_long_rows_keep_float32_accuracy(rng):

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #if defined(__SSE__)
@@ -45,6 +46,7 @@ std::string format_shortest(T x) {
 }  // namespace
 
 std::string format_double(double x) { return format_shortest(x); }
+std::string format_float(float x) { return format_shortest(x); }
 
 std::string shape_string(const Dims& dims) {
   std::string s = "[";
@@ -77,11 +79,20 @@ std::string stop_lengths_error(const int32_t* lengths, int64_t batch, int64_t fr
 
 std::string stop_config_error(float positive_weight, float label_smoothing, float prob_min) {
   if (!std::isfinite(positive_weight))
-    return cat("positive_weight must be finite, got ", format_double(positive_weight));
+    return cat("positive_weight must be finite, got ", format_float(positive_weight));
   if (!std::isfinite(label_smoothing))
-    return cat("label_smoothing must be finite, got ", format_double(label_smoothing));
-  if (!(prob_min > 0.0f && prob_min < 0.5f))
-    return cat("prob_min must be in (0, 0.5), got ", format_double(prob_min));
+    return cat("label_smoothing must be finite, got ", format_float(label_smoothing));
+  // A positive float's bits order as its value; a negative one or a NaN
+  // falls outside the range as an unsigned integer.
+  const auto bits = [](float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof(u));
+    return u;
+  };
+  if (!(bits(prob_min) >= bits(kMinStopProbMin) && bits(prob_min) < bits(0.5f)))
+    return cat("prob_min must be in [", format_float(kMinStopProbMin),
+               ", 0.5) (2^-24 is the smallest with 1 - prob_min < 1 in float32), got ",
+               format_float(prob_min));
   return std::string();
 }
 

@@ -28,6 +28,7 @@ constexpr double kMaxHuberDelta = 1.7976931348623157e308;
 // Shortest decimal text that reads back as `x` ("1e-320", "nan", "-inf").
 // Right under denormals-are-zero too (TF sets it for op kernels).
 std::string format_double(double x);
+std::string format_float(float x);
 
 // "[2,3,4]", the way TensorShape::DebugString writes a shape.
 std::string shape_string(const Dims& dims);
@@ -59,7 +60,15 @@ std::string check_state_shape(const Dims& state);
 // in [0, frames]. Empty string when they are fine.
 std::string check_stop_shapes(const Dims& target, const Dims& pred, const Dims& lengths);
 std::string stop_lengths_error(const int32_t* lengths, int64_t batch, int64_t frames);
-// positive_weight and label_smoothing finite, prob_min in (0, 0.5).
+// Smallest accepted stop prob_min: 2^-24, the smallest float32 with
+// 1 - prob_min < 1, so both clip bounds keep log finite (below it the upper
+// bound rounds to 1 and log(1 - pc) is log(0)). Normal, so denormals-are-zero
+// (set for TF's op kernels) cannot turn it into 0.
+constexpr float kMinStopProbMin = 0x1p-24f;
+
+// positive_weight and label_smoothing finite, prob_min in [kMinStopProbMin,
+// 0.5) (compared on the bits, so a subnormal is refused under
+// denormals-are-zero too and the message prints its true value).
 std::string stop_config_error(float positive_weight, float label_smoothing, float prob_min);
 // Inputs of the gradient op that come from the forward and from upstream.
 std::string check_grad_shapes(const Dims& sample_weights, const Dims& grad_loss,

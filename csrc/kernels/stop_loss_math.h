@@ -22,12 +22,13 @@ struct StopLossConfig {
 // loops vectorise (std::isfinite does not).
 MXO_HD bool stop_finite(float x) { return (float_to_bits(x) & 0x7f800000u) != 0x7f800000u; }
 
-// Natural log of a positive normal float (the clipped probabilities are in
-// [1e-7, 1 - 1e-7]): exponent and mantissa from the bits, then the Cephes
-// minimax polynomial on [sqrt(1/2) - 1, sqrt(2) - 1], within 1e-7 relative.
-// Plain arithmetic and bit operations, so the CPU loops vectorise (libm's
-// logf is a call per element, several times slower here) and CPU and GPU
-// compute the same function.
+// Natural log of a positive normal float (the clipped probabilities and
+// their complements are at least prob_min >= 2^-24, mel_loss_checks.h):
+// exponent and mantissa from the bits, then the Cephes minimax polynomial on
+// [sqrt(1/2) - 1, sqrt(2) - 1], within 1e-7 relative. Plain arithmetic and
+// bit operations, so the CPU loops vectorise (libm's logf is a call per
+// element, several times slower here) and CPU and GPU compute the same
+// function.
 MXO_HD float stop_log(float x) {
   uint32_t bits = float_to_bits(x);
   int e = int(bits >> 23) - 126;

@@ -447,22 +447,16 @@ class MaskedMelLossGradOp : public OpKernel {
       return;
     }
 #if MYXTTS_OPS_WITH_CUDA
-    void* stream = GpuStream(ctx);
     Tensor device_lengths;
     if (attrs_.use_lengths) {
       // Host lengths -> int32 on the device (validated above, so they fit).
       std::vector<int32_t> staged(shape.batch);
       stage_lengths_int32(host_lengths, shape.batch, staged.data());
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT32, TensorShape({shape.batch}),
-                                             &device_lengths));
-      void* dst = const_cast<char*>(device_lengths.tensor_data().data());
-      const std::string err =
-          cuda_copy_to_device_async(dst, staged.data(), staged.size() * sizeof(int32_t), stream);
-      OP_REQUIRES(ctx, err.empty(), errors::Internal(err));
-      args.lengths.data = dst;
+      OP_REQUIRES_OK(ctx, CopyStagedToDevice(ctx, staged, &device_lengths));
+      args.lengths.data = device_lengths.tensor_data().data();
       args.lengths.is_int64 = false;
     }
-    const std::string err = mel_loss_backward_cuda(args, stream);
+    const std::string err = mel_loss_backward_cuda(args, GpuStream(ctx));
     OP_REQUIRES(ctx, err.empty(), errors::Internal(err));
 #endif
   }

@@ -121,13 +121,10 @@ absl::Status CheckInputs(const Tensor& target, const Tensor& pred, const Tensor&
 
 #if MYXTTS_OPS_WITH_CUDA
 // The checked host lengths, copied to the device on the op's stream.
-absl::Status StageLengths(OpKernelContext* ctx, const Tensor& lengths, Tensor* device_lengths,
-                          void* stream) {
-  TF_RETURN_IF_ERROR(ctx->allocate_temp(::tensorflow::DT_INT32, lengths.shape(), device_lengths));
-  const std::string err =
-      cuda_copy_to_device_async(const_cast<char*>(device_lengths->tensor_data().data()),
-                                lengths.tensor_data().data(), lengths.TotalBytes(), stream);
-  return err.empty() ? absl::OkStatus() : errors::Internal(err);
+absl::Status StageLengths(OpKernelContext* ctx, const Tensor& lengths, Tensor* device_lengths) {
+  const int32_t* host = lengths.flat<int32_t>().data();
+  return CopyStagedToDevice(ctx, std::vector<int32_t>(host, host + lengths.NumElements()),
+                            device_lengths);
 }
 #endif
 
@@ -160,11 +157,10 @@ class StopTokenLossOp : public OpKernel {
       return;
     }
 #if MYXTTS_OPS_WITH_CUDA
-    void* stream = GpuStream(ctx);
     Tensor device_lengths;
-    OP_REQUIRES_OK(ctx, StageLengths(ctx, lengths, &device_lengths, stream));
+    OP_REQUIRES_OK(ctx, StageLengths(ctx, lengths, &device_lengths));
     args.lengths = device_lengths.flat<int32_t>().data();
-    const std::string err = stop_loss_forward_cuda(args, stream);
+    const std::string err = stop_loss_forward_cuda(args, GpuStream(ctx));
     OP_REQUIRES(ctx, err.empty(), errors::Internal(err));
 #endif
   }
@@ -206,11 +202,10 @@ class StopTokenLossGradOp : public OpKernel {
       return;
     }
 #if MYXTTS_OPS_WITH_CUDA
-    void* stream = GpuStream(ctx);
     Tensor device_lengths;
-    OP_REQUIRES_OK(ctx, StageLengths(ctx, lengths, &device_lengths, stream));
+    OP_REQUIRES_OK(ctx, StageLengths(ctx, lengths, &device_lengths));
     args.lengths = device_lengths.flat<int32_t>().data();
-    const std::string err = stop_loss_backward_cuda(args, stream);
+    const std::string err = stop_loss_backward_cuda(args, GpuStream(ctx));
     OP_REQUIRES(ctx, err.empty(), errors::Internal(err));
 #endif
   }

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "kernels/mel_loss_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -35,6 +37,21 @@ enum class Device { kCpu, kGpu };
 // The cudaStream_t TF runs this op's device work on (never the default stream).
 inline void* GpuStream(::tensorflow::OpKernelContext* ctx) {
   return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+
+// `staged` (pageable host memory, so the copy has read it when the call
+// returns) into a new int32 device tensor, queued on the op's stream. Callers
+// copy TF's host inputs here first: those may be pinned, and an async copy
+// from pinned memory reads it after Compute returns, when TF may reuse it.
+inline absl::Status CopyStagedToDevice(::tensorflow::OpKernelContext* ctx,
+                                       const std::vector<int32_t>& staged,
+                                       ::tensorflow::Tensor* device_tensor) {
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(
+      ::tensorflow::DT_INT32, ::tensorflow::TensorShape({int64_t(staged.size())}), device_tensor));
+  const std::string err =
+      cuda_copy_to_device_async(const_cast<char*>(device_tensor->tensor_data().data()),
+                                staged.data(), staged.size() * sizeof(int32_t), GpuStream(ctx));
+  return err.empty() ? absl::OkStatus() : ::tensorflow::errors::Internal(err);
 }
 #endif
 
