@@ -316,6 +316,9 @@ def stop_token_bce(target, pred, lengths, positive_weight, label_smoothing, prob
     the entry). The element loss is ``-(w y log pc + (1 - y) log(1 - pc))``
     with ``y = target (1 - s) + s / 2`` and ``pc = clip(pred, prob_min,
     1 - prob_min)`` (``w`` = ``positive_weight``, ``s`` = ``label_smoothing``).
+    ``positive_weight`` and ``label_smoothing`` must be finite and
+    ``prob_min`` in ``[2**-24, 0.5)`` (2**-24 is the smallest float32 with
+    ``1 - prob_min < 1``), else an ``InvalidArgumentError`` naming the value.
     Returns ``(sums, counts, nonfinite_count)``: per sample, the sum of the
     element loss over positions ``t < lengths[b]`` whose target and
     prediction are finite (float32 ``[B]``) and their number (int32 ``[B]``);
