@@ -91,7 +91,10 @@ def np_rate(p, t, lx):
 
 
 def np_diffusion(p, t, lengths):
-    return np_per_sample((p - t) ** 2, lengths)
+    # An element whose float32 square overflows (|p - t| >= 2**64) counts as
+    # non-finite, as an element whose loss overflows does in the mel op.
+    d = p - t
+    return np_per_sample(np.where(np.abs(d) < 2.0**64, d**2, np.nan), lengths)
 
 
 # The contrastive loss is a difference of means of cosines / tau (|s| <= 10):
@@ -466,6 +469,113 @@ def test_gradient_participation_and_all_terms_in_xtts_loss(rng):
     assert list(weighted)[:2] == ["mel_loss", "mel_weight"]
     assert list(weighted)[-2:] == ["gradient_participation_loss", "raw_total_loss"]
     np.testing.assert_allclose(float(weighted["raw_total_loss"]), total, rtol=1e-6)
+
+
+def _overflow_case(rng):
+    """Stop, pitch and diffusion terms with mixed lengths and a prosody
+    speaking-rate prediction without its target (the participation term)."""
+    lm = np.array([T, 4, 0])
+    y_true = {
+        "stop_target": (np.arange(T)[None, :, None] == (lm[:, None, None] - 1)).astype(np.float32),
+        "mel_lengths": lm.astype(np.float32),
+        "pitch_target": rng.normal(0, 2, (B, T, 1)).astype(np.float32),
+        "diffusion_noise_target": rng.normal(0, 1, (B, T, M)).astype(np.float32),
+    }
+    y_pred = {
+        "stop_tokens": rng.uniform(0.05, 0.95, (B, T, 1)).astype(np.float32),
+        "pitch_output": rng.normal(0, 2, (B, T, 1)).astype(np.float32),
+        "diffusion_noise_pred": rng.normal(0, 1, (B, T, M)).astype(np.float32),
+        "prosody_speaking_rate": rng.normal(0, 1, (B, U, 1)).astype(np.float32),
+    }
+    return lm, y_true, y_pred
+
+
+def _np_terms(lm, y_true, y_pred):
+    d = lambda k: y_true[k].astype(np.float64)  # noqa: E731
+    q = lambda k: y_pred[k].astype(np.float64)  # noqa: E731
+    return {
+        "stop_loss": np_stop(d("stop_target"), q("stop_tokens"), lm),
+        "pitch_loss": np_pitch(q("pitch_output"), d("pitch_target"), lm),
+        "diffusion_loss": np_diffusion(q("diffusion_noise_pred"), d("diffusion_noise_target"), lm),
+        "gradient_participation_loss": 1e-6 * np.mean(q("prosody_speaking_rate") ** 2),
+    }
+
+
+def _total_and_grads(loss_fn, y_true, y_pred, mode):
+    y_true = {k: tf.constant(v) for k, v in y_true.items()}
+    y_pred = {k: tf.constant(v) for k, v in y_pred.items()}
+
+    def step(yt, yp):
+        with tf.GradientTape() as tape:
+            tape.watch(yp)
+            total = loss_fn(yt, yp)
+        return total, tape.gradient(total, yp)
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    total, grads = step(y_true, y_pred)
+    return float(total), {k: g.numpy() for k, g in grads.items()}
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+@pytest.mark.parametrize("overflow", ["diffusion_element", "participation_value", "weighted_pitch"])
+def test_an_overflowing_term_is_dropped_alone(overflow, mode, rng):
+    """Contract 3.11-3.12: each weighted term is sanitised on its own. A term
+    whose weighted value overflows float32 (its reduction or its weight) adds
+    0 and no gradient while the others stay; a diffusion element whose square
+    overflows is left out as a non-finite element (as in the mel op). The
+    step counts as non-finite either way, and every gradient is finite."""
+    lm, y_true, y_pred = _overflow_case(rng)
+    settings = dict(use_adaptive_weights=False)
+    if overflow == "diffusion_element":
+        # 3e38 - (-3e38) overflows too: no gradient may turn into inf * 0.
+        y_pred["diffusion_noise_pred"][0, 1, 2] = 3e19
+        y_pred["diffusion_noise_pred"][1, 0, 0] = 3e38
+        y_true["diffusion_noise_target"][1, 0, 0] = -3e38
+    elif overflow == "participation_value":
+        y_pred["prosody_speaking_rate"][2, 3, 0] = 3e19  # its square is inf
+    else:
+        # Every pitch error at its clip (5): 3e38 x 5 is inf.
+        y_pred["pitch_output"][:] = 50.0
+        y_true["pitch_target"][:] = -50.0
+        settings["pitch_loss_weight"] = 3e38
+    loss_fn = XTTSLoss(**settings)
+    total, grads = _total_and_grads(loss_fn, y_true, y_pred, mode)
+    expected = _np_terms(lm, y_true, y_pred)
+    c = loss_fn.config
+    weights = {
+        "stop_loss": c.stop_loss_weight,
+        "pitch_loss": c.pitch_loss_weight,
+        "diffusion_loss": c.diffusion_loss_weight,
+        "gradient_participation_loss": 1.0,
+    }
+    dropped = {
+        "diffusion_element": None,
+        "participation_value": "gradient_participation_loss",
+        "weighted_pitch": "pitch_loss",
+    }[overflow]
+    want = sum(weights[k] * v for k, v in expected.items() if k != dropped)
+    np.testing.assert_allclose(total, want, rtol=2e-5)
+    np.testing.assert_allclose(float(loss_fn.get_raw_total_loss()), want, rtol=2e-5)
+    for name, g in grads.items():
+        assert np.isfinite(g).all(), name
+    if overflow == "diffusion_element":
+        g = grads["diffusion_noise_pred"]
+        assert g[0, 1, 2] == 0 and g[1, 0, 0] == 0 and g[0, 0, 0] != 0
+    elif overflow == "participation_value":
+        assert not grads["prosody_speaking_rate"].any()
+    else:
+        assert not grads["pitch_output"].any() and grads["stop_tokens"].any()
+    assert int(loss_fn.get_stability_metrics()["nonfinite_steps"]) == 1
+
+
+def test_mel_loss_function_of_an_empty_batch_is_zero():
+    """The module function's batch mean over B = 0 samples is 0, with lengths or without."""
+    empty = np.zeros([0, T, M], np.float32)
+    for lengths in (np.zeros(0, np.float32), None):
+        for huber in (True, False):
+            got = terms.mel_loss(empty, empty, lengths, use_huber_loss=huber)
+            assert float(got) == 0.0, (lengths, huber)
 
 
 def test_empty_dicts_give_zero():

@@ -605,16 +605,26 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             all_bad = tf.constant(False)
             mel_finite = tf.constant(True)
 
+        # Contract 3.11-3.12: each weighted term is sanitised on its own. One
+        # whose weighted value is not finite in float32 (its reduction or its
+        # weight overflowed) adds 0 and no gradient; the others stay, and the
+        # step counts as non-finite (finite_all).
+        zero_out = tf.constant(0.0, ldt)
         other = tf.constant(0.0, f32)
-        other_out = tf.constant(0.0, ldt)
+        other_out = zero_out
+        finite_all = tf.logical_and(tf.equal(nonfinite_total, 0.0), mel_finite)
         for name in names:
             if name == "mel_loss":
                 continue
-            other = other + weights[name] * values[name]
-            other_out = other_out + tf.cast(weights[name] * outs[name], ldt)
-        finite_all = tf.logical_and(tf.equal(nonfinite_total, 0.0), mel_finite)
-        for name in names:
-            finite_all = tf.logical_and(finite_all, tf.math.is_finite(values[name]))
+            contribution = weights[name] * values[name]
+            kept = tf.math.is_finite(contribution)
+            other = other + tf.where(kept, contribution, 0.0)
+            other_out = other_out + tf.where(
+                kept, tf.cast(weights[name] * outs[name], ldt), zero_out
+            )
+            finite_all = tf.logical_and(finite_all, kept)
+        if "mel_loss" in values:
+            finite_all = tf.logical_and(finite_all, tf.math.is_finite(values["mel_loss"]))
 
         w = st.current_mel_weight.read_value()
         if training:
@@ -649,8 +659,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         new_w = sg(new_w)
 
         if mel_out is not None:
-            total = tf.cast(new_w, ldt) * outs["mel_loss"] + other_out
-            raw = new_w * mel32 + other
+            mel_contribution = new_w * mel32
+            kept = tf.math.is_finite(mel_contribution)
+            total = tf.where(kept, tf.cast(new_w, ldt) * outs["mel_loss"], zero_out) + other_out
+            raw = tf.where(kept, mel_contribution, 0.0) + other
         else:
             total = other_out
             raw = other

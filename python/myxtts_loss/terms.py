@@ -587,10 +587,18 @@ def speaking_rate_stats(pred, target, text_lengths):
 
 
 def diffusion_stats(pred, target, lengths):
-    """Contract 3.7: squared error, mean over the last axis, per-sample mean over t < L."""
+    """Contract 3.7: squared error, mean over the last axis, per-sample mean over t < L.
+
+    An element whose square overflows float32 (|error| >= 2**64) counts as
+    non-finite, as one whose loss overflows does in the mel op: left out of
+    the mean and of the gradient.
+    """
     pred, target = _as_float(pred), _as_float(target)
     finite, (p, t) = _sanitise(pred, target)
-    return per_sample_stats(tf.square(p - t), finite, lengths)
+    d = p - t
+    fits = tf.abs(d) < 2.0**64
+    d = tf.where(fits, d, tf.zeros_like(d))
+    return per_sample_stats(tf.square(d), tf.logical_and(finite, fits), lengths)
 
 
 def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2):
@@ -1195,7 +1203,10 @@ def mel_loss(
     )
     if lens is None:
         return out.loss
-    return tf.reduce_sum(out.per_sample) / tf.cast(tf.size(out.per_sample), out.per_sample.dtype)
+    # The batch mean; 0 for an empty batch.
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(out.per_sample), tf.cast(tf.size(out.per_sample), out.per_sample.dtype)
+    )
 
 
 def stop_token_loss(
