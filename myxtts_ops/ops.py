@@ -328,6 +328,11 @@ def stop_token_bce(target, pred, lengths, positive_weight, label_smoothing, prob
     ``jit_compile=True`` XLA fuses the same formula in TF ops by itself
     (``myxtts_loss.terms``).
     """
+    # A tensor first: an eager call would convert an int64 array to the op's
+    # int32 by wrapping it, before the op could refuse a length out of range.
+    lengths = tf.convert_to_tensor(lengths)
+    if lengths.dtype != tf.int32:
+        raise TypeError(f"stop lengths must be int32, got {lengths.dtype.name}")
     library = _loader.load_ops()
     return library.myxtts_ops_stop_token_loss(
         target=target,

@@ -245,6 +245,17 @@ def test_out_of_range_lengths_are_refused(lengths, message, graph):
         (tf.function(call) if graph else call)()
 
 
+@pytest.mark.parametrize(
+    "lengths", [np.array([4, 2**32 + 1], np.int64), [4, 2**32 + 1]], ids=["int64", "list"]
+)
+def test_lengths_that_are_not_int32_are_refused_not_wrapped(lengths):
+    """An eager call would convert them to the op's int32 by wrapping 2**32 + 1
+    to 1: refused by their type first."""
+    x = tf.fill([2, 4], 0.5)
+    with pytest.raises(TypeError, match="stop lengths must be int32, got int64"):
+        stop_token_bce(x, x, lengths, POS_WEIGHT, SMOOTHING, PROB_MIN)
+
+
 def test_mismatched_shapes_are_refused():
     sig = [tf.TensorSpec(None, tf.float32)] * 2 + [tf.TensorSpec(None, tf.int32)]
 

@@ -337,6 +337,11 @@ class MaskedMelLossOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    ComputeOrExhausted(ctx, [&] { ComputeImpl(ctx); });
+  }
+
+ private:
+  void ComputeImpl(OpKernelContext* ctx) {
     const Tensor& y_true = ctx->input(0);
     const Tensor& y_pred = ctx->input(1);
     const Tensor& lengths = ctx->input(2);
@@ -395,7 +400,6 @@ class MaskedMelLossOp : public OpKernel {
 #endif
   }
 
- private:
   OpAttrs attrs_;
   Device device_;
 };
@@ -407,6 +411,11 @@ class MaskedMelLossGradOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    ComputeOrExhausted(ctx, [&] { ComputeImpl(ctx); });
+  }
+
+ private:
+  void ComputeImpl(OpKernelContext* ctx) {
     const Tensor& y_true = ctx->input(0);
     const Tensor& y_pred = ctx->input(1);
     const Tensor& lengths = ctx->input(2);
@@ -461,7 +470,6 @@ class MaskedMelLossGradOp : public OpKernel {
 #endif
   }
 
- private:
   OpAttrs attrs_;
   Device device_;
 };

@@ -136,6 +136,11 @@ class StopTokenLossOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    ComputeOrExhausted(ctx, [&] { ComputeImpl(ctx); });
+  }
+
+ private:
+  void ComputeImpl(OpKernelContext* ctx) {
     const Tensor& target = ctx->input(0);
     const Tensor& pred = ctx->input(1);
     const Tensor& lengths = ctx->input(2);
@@ -165,7 +170,6 @@ class StopTokenLossOp : public OpKernel {
 #endif
   }
 
- private:
   StopLossConfig config_;
 };
 
@@ -177,6 +181,11 @@ class StopTokenLossGradOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    ComputeOrExhausted(ctx, [&] { ComputeImpl(ctx); });
+  }
+
+ private:
+  void ComputeImpl(OpKernelContext* ctx) {
     const Tensor& target = ctx->input(0);
     const Tensor& pred = ctx->input(1);
     const Tensor& lengths = ctx->input(2);
@@ -210,7 +219,6 @@ class StopTokenLossGradOp : public OpKernel {
 #endif
   }
 
- private:
   StopLossConfig config_;
 };
 

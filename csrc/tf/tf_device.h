@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,22 @@ inline ParallelFor TfParallelFor(::tensorflow::OpKernelContext* ctx) {
 }
 
 enum class Device { kCpu, kGpu };
+
+// Runs an OpKernel's work with a failed host allocation (the kernels'
+// per-sample buffers, the staged lengths: a size the batch sets) turned into
+// a ResourceExhausted error. An exception must not cross TF's frames: there it
+// ends the process.
+template <typename Work>
+void ComputeOrExhausted(::tensorflow::OpKernelContext* ctx, Work&& work) {
+  try {
+    work();
+  } catch (const std::bad_alloc&) {
+    ctx->SetStatus(::tensorflow::errors::ResourceExhausted(
+        ctx->op_kernel().type_string(), ": out of host memory for its per-sample buffers (batch ",
+        ctx->num_inputs() > 0 && ctx->input(0).dims() > 0 ? ctx->input(0).dim_size(0) : 0,
+        "); use a smaller batch"));
+  }
+}
 
 #if MYXTTS_OPS_WITH_CUDA
 // The cudaStream_t TF runs this op's device work on (never the default stream).
