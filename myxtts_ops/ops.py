@@ -179,8 +179,7 @@ def masked_mel_loss(
         float32 or float64).
       lengths: int32/int64 ``[B]`` valid frames per sample, or None (all T).
       state: float64 ``[STATE_SIZE]`` running statistics, or None (fresh).
-      loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (finite, at
-        least 2**-126, the smallest normal float32).
+      loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (> 0).
       normalization: ``"per_sample"`` (mean of per-sample means) or
         ``"global"`` (sum over all valid elements / their count).
       on_xla: inside an XLA-compiled function (``jit_compile=True``) the op runs

@@ -151,12 +151,11 @@ std::string parse_loss_names(std::string_view loss_type, std::string_view normal
 }
 
 std::string huber_delta_error(double delta) {
-  // Under denormals-are-zero a subnormal compares as zero: refused too.
-  if (delta >= kMinHuberDelta && delta <= kMaxHuberDelta) return std::string();
-  return "huber_delta must be finite and at least " + format_double(kMinHuberDelta) +
-         " (the smallest normal float32: float32 and narrower inputs compute with it in float32), "
-         "got " +
-         format_double(delta);
+  // Under denormals-are-zero a subnormal classifies as zero: refused too.
+  const int kind = std::fpclassify(delta);
+  if (kind == FP_NORMAL && !std::signbit(delta) && delta <= kMaxHuberDelta) return std::string();
+  return "huber_delta must be a positive, finite, normal float64 (at least " +
+         format_double(kMinHuberDelta) + "), got " + format_double(delta);
 }
 
 std::string mel_shape_error(int64_t batch, int64_t frames, int64_t mels) {

@@ -19,11 +19,10 @@ namespace myxtts_ops {
 
 using Dims = std::vector<int64_t>;
 
-// Smallest accepted huber_delta: the smallest normal float32. The kernels of
-// float16/bfloat16/float32 inputs compute with delta as a float32, and TF runs
-// kernels with denormals flushed to zero, where a smaller delta acts as 0; the
-// one rule holds for float64 inputs too.
-constexpr double kMinHuberDelta = 1.1754943508222875e-38;
+// Smallest accepted huber_delta: the smallest normal float64. TensorFlow runs
+// CPU kernels with denormals flushed to zero, where a subnormal delta would
+// act as 0, so subnormals are refused everywhere.
+constexpr double kMinHuberDelta = 2.2250738585072014e-308;
 constexpr double kMaxHuberDelta = 1.7976931348623157e308;
 
 // Shortest decimal text that reads back as `x` ("1e-320", "nan", "-inf").
@@ -40,7 +39,7 @@ std::string shape_string(const Dims& dims);
 std::string parse_loss_names(std::string_view loss_type, std::string_view normalization,
                              LossConfig* config);
 
-// huber_delta must be a finite float64 in [kMinHuberDelta, kMaxHuberDelta].
+// huber_delta must be a positive, finite, normal float64.
 std::string huber_delta_error(double delta);
 std::string check_huber_delta_shape(const Dims& huber_delta);
 
