@@ -336,19 +336,27 @@ _THREAD_LIMIT_SCRIPT = textwrap.dedent(
     "asan" in os.environ.get("LD_PRELOAD", ""),
     reason="AddressSanitizer reserves terabytes of address space",
 )
-def test_thread_that_cannot_start_raises_instead_of_aborting():
+def _address_limit_child(script, timeout, skip_reason):
+    """stdout of ``script`` run in a child that sets an address-space limit;
+    the test is skipped when the child printed NO ERROR (the limit did not bite)."""
     proc = subprocess.run(
-        [sys.executable, "-c", _THREAD_LIMIT_SCRIPT],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         env=child_env(),
-        timeout=120,
+        timeout=timeout,
         cwd=TESTS_DIR,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    if "NO ERROR" in out:
-        pytest.skip("every thread started under the address-space limit")
+    if "NO ERROR" in proc.stdout:
+        pytest.skip(skip_reason)
+    return proc.stdout
+
+
+def test_thread_that_cannot_start_raises_instead_of_aborting():
+    out = _address_limit_child(
+        _THREAD_LIMIT_SCRIPT, 120, "every thread started under the address-space limit"
+    )
     assert "RAISED could not start worker thread" in out and "num_threads" in out, out
     assert "AFTER 2.0" in out, out
 
@@ -388,18 +396,9 @@ def test_host_memory_running_out_in_the_op_raises_instead_of_crashing():
     """A failed host allocation inside the op (its per-sample buffers) is a
     ResourceExhaustedError naming the op and the batch: an exception that
     crossed TF's frames ended the process."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _HOST_MEMORY_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=300,
-        cwd=TESTS_DIR,
+    out = _address_limit_child(
+        _HOST_MEMORY_SCRIPT, 300, "the buffers fitted under the address-space limit"
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    if "NO ERROR" in out:
-        pytest.skip("the buffers fitted under the address-space limit")
     assert "} MyxttsOps>MaskedMelLoss: out of host memory" in out, out
     assert "(batch 134217728)" in out and "AFTER 1.0" in out, out
 
