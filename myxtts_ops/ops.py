@@ -179,7 +179,8 @@ def masked_mel_loss(
         float32 or float64).
       lengths: int32/int64 ``[B]`` valid frames per sample, or None (all T).
       state: float64 ``[STATE_SIZE]`` running statistics, or None (fresh).
-      loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (> 0).
+      loss_type: ``"l1"`` or ``"huber"``; huber_delta: Huber threshold (finite, at
+        least 2**-126, the smallest normal float32).
       normalization: ``"per_sample"`` (mean of per-sample means) or
         ``"global"`` (sum over all valid elements / their count).
       on_xla: inside an XLA-compiled function (``jit_compile=True``) the op runs
@@ -317,8 +318,8 @@ def stop_token_bce(target, pred, lengths, positive_weight, label_smoothing, prob
     with ``y = target (1 - s) + s / 2`` and ``pc = clip(pred, prob_min,
     1 - prob_min)`` (``w`` = ``positive_weight``, ``s`` = ``label_smoothing``).
     ``positive_weight`` and ``label_smoothing`` must be finite and
-    ``prob_min`` in ``[2**-24, 0.5)`` (2**-24 is the smallest float32 with
-    ``1 - prob_min < 1``), else an ``InvalidArgumentError`` naming the value.
+    ``prob_min`` in ``[2**-24, 0.5)`` (2**-24 is the float32 spacing below 1,
+    so the upper clip bound ``1 - prob_min`` stays below 1), else an ``InvalidArgumentError`` naming the value.
     Returns ``(sums, counts, nonfinite_count)``: per sample, the sum of the
     element loss over positions ``t < lengths[b]`` whose target and
     prediction are finite (float32 ``[B]``) and their number (int32 ``[B]``);

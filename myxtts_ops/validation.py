@@ -25,7 +25,7 @@ def validate_args(loss_type, huber_delta, normalization):
     Returns ``(loss_type, huber_delta, normalization)`` with ``huber_delta`` as
     a Python float. Raises ``ValueError`` naming the argument and bad value.
     huber_delta follows the one rule of ``csrc/kernels/mel_loss_checks.h``
-    (a positive, finite, normal float64; not a bool), checked by the kernels
+    (finite, at least the smallest normal float32; not a bool), checked by the kernels
     module, so Python refuses exactly what the op would.
     """
     if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:

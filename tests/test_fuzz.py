@@ -35,9 +35,10 @@ accepted. What is generated:
   big-endian float64 (accepted), NumPy float32 / int32 / bool / complex and a
   float32 tf.Tensor (rejected), wrong sizes ([18], [20], [0], [1, 19]);
 * loss_type l1 / huber and normalization per_sample / global, plus unknown
-  strings and non-strings; huber_delta valid (1e-3 .. 100), 0, negative, NaN,
-  +Inf, True, subnormal (1e-320: refused), 1e-50 (0 once narrowed to float32:
-  valid, Huber then 0);
+  strings and non-strings; huber_delta valid (2**-126, the smallest normal
+  float32, and 1e-3 .. 100), 0, negative, NaN, +Inf, True, subnormal (1e-320)
+  and normal float64 below 2**-126 (1e-39, 1e-50: 0 once narrowed to float32
+  with denormals flushed, so refused for every dtype);
 * gradients (GradientTape through the registered fused backward, and
   ``kernels.backward``) with random upstream gradients for loss and per_sample.
 
@@ -278,12 +279,16 @@ def state_specs(draw, allow_tensor=True, allow_bad=True):
     return bad, True, None
 
 
+#: The smallest huber_delta every dtype accepts: the smallest normal float32.
+SMALLEST_HUBER_DELTA = float(np.finfo(np.float32).tiny)
+
+
 @st.composite
 def config_specs(draw, allow_bad=True, kernels=False):
     bad = set()
     loss_type = draw(st.sampled_from(["l1", "huber"]))
     normalization = draw(st.sampled_from(["per_sample", "global"]))
-    delta = draw(st.sampled_from([1.0, 0.5, 2.0, 1e-3, 100.0, 0.123456789, 1e-50]))
+    delta = draw(st.sampled_from([1.0, 0.5, 2.0, 1e-3, 100.0, 0.123456789, SMALLEST_HUBER_DELTA]))
     if allow_bad:
         which = draw(st.sampled_from(["loss_type", "normalization", "huber_delta"]))
         if which == "loss_type":
@@ -306,6 +311,10 @@ def config_specs(draw, allow_bad=True, kernels=False):
                         True,
                         1e-320,
                         5e-324,
+                        # Normal float64 but below the float32 minimum: acts as 0
+                        # in float32 kernels with denormals flushed.
+                        1e-39,
+                        1e-50,
                     ]
                 )
             )

@@ -406,8 +406,10 @@ def test_host_memory_running_out_in_the_op_raises_instead_of_crashing():
 # ---------------------------------------------------------------------------
 # 11. Unclear errors.
 @pytest.mark.parametrize("impl", ["fused", "reference", "kernels"])
-@pytest.mark.parametrize("delta", [1e-320, 5e-324, float("inf"), -1e-308, float("nan")])
-def test_huber_delta_subnormal_refused_naming_the_value(impl, delta):
+@pytest.mark.parametrize(
+    "delta", [1e-39, 1.1754942e-38, 1e-320, 5e-324, float("inf"), -1e-308, float("nan")]
+)
+def test_huber_delta_below_the_smallest_normal_float32_refused_naming_the_value(impl, delta):
     y = np.ones((1, 2, 3), np.float32)
     with pytest.raises(ValueError, match=rf"huber_delta.*got {delta!r}"):
         IMPLS[impl](y, y, loss_type="huber", huber_delta=delta)
@@ -430,12 +432,15 @@ def test_huber_delta_raw_op_names_the_value():
         )
 
 
-def test_normal_huber_delta_accepted():
-    y = np.zeros((1, 1, 2), np.float32)
-    out = myxtts_ops.masked_mel_loss(
-        y, np.ones_like(y), loss_type="huber", huber_delta=2.2250738585072014e-308
-    )
-    assert float(out.loss) >= 0.0
+@pytest.mark.parametrize("impl", ["fused", "reference", "kernels"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_smallest_huber_delta_is_the_smallest_normal_float32(impl, dtype):
+    """At huber_delta = FLT_MIN every element past it is linear: |d| = 1e30
+    costs delta * (1e30 - delta / 2), not 0 (a delta flushed to zero)."""
+    delta = float(np.finfo(np.float32).tiny)
+    y = np.zeros((1, 1, 2), dtype)
+    out = IMPLS[impl](y, np.full_like(y, 1e30), loss_type="huber", huber_delta=delta)
+    np.testing.assert_allclose(float(out["loss"]), delta * 1e30, rtol=1e-6)
 
 
 def test_second_order_gradient_raises_clear_error():

@@ -18,8 +18,8 @@ from myxtts_ops.ops import HigherOrderGradientError, stop_token_bce
 
 POS_WEIGHT, SMOOTHING, PROB_MIN = 5.0, 0.1, 1e-7
 CONFIG = dict(positive_weight=POS_WEIGHT, label_smoothing=SMOOTHING, prob_min=PROB_MIN)
-# The smallest accepted prob_min: 2**-24, the smallest float32 with
-# 1 - prob_min < 1 (below it the upper clip bound is 1 and log(1 - pc) log(0)).
+# The smallest accepted prob_min: 2**-24, the float32 spacing below 1 (from
+# 2**-25 down the upper clip bound 1 - prob_min rounds to 1: log(1 - pc) log(0)).
 SMALLEST_PROB_MIN = 2.0**-24
 
 
@@ -309,7 +309,10 @@ def test_stop_term_outside_xla_equals_inside(rng, with_lengths):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-_PROB_MIN_RULE = r"prob_min must be in \[5\.9604645e-08, 0\.5\) \(2\^-24 is the smallest with 1 - prob_min < 1 in float32\), got "
+_PROB_MIN_RULE = (
+    r"prob_min must be in \[5\.9604645e-08, 0\.5\) \(at least 2\^-24, the float32 spacing "
+    r"below 1, so that the upper clip bound 1 - prob_min stays below 1\), got "
+)
 _END = r"(?![\w.+-])"  # the value ends there (TF may append the op's name)
 # prob_min values every entry point refuses, with the value the message
 # prints: the float32 the setting is, subnormals included (TF's kernels run

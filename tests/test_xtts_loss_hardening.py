@@ -614,6 +614,11 @@ def test_none_values_are_refused_by_name():
         (dict(contrastive_temperature=0.0), "contrastive_temperature"),
         (dict(stop_from_logits=1), "stop_from_logits"),
         (dict(mel_huber_delta=1e-320), "mel_huber_delta"),
+        # A normal float64 that narrows to a flushed subnormal float32 in the op.
+        (
+            dict(mel_huber_delta=1e-39),
+            r"mel_huber_delta must be .* at least 1.1754943508222875e-38",
+        ),
         (dict(mel_normalization=None), "mel_normalization"),
         (dict(mel_loss_weigth=2.0), "did you mean mel_loss_weight"),
         (dict(reduction="bogus"), "reduction"),
@@ -628,6 +633,31 @@ def test_none_values_are_refused_by_name():
 def test_settings_validated_at_construction(kwargs, name):
     with pytest.raises(ValueError, match=name):
         XTTSLoss(**kwargs)
+
+
+def test_the_smallest_normal_float32_is_a_valid_mel_huber_delta():
+    assert XTTSLoss(mel_huber_delta=float(np.finfo(np.float32).tiny)).config.mel_huber_delta > 0
+
+
+@pytest.mark.parametrize("weight", [1e39, -3.5e38, 1e300])
+def test_an_extra_term_weight_beyond_float32_is_refused_by_name(weight):
+    """inf in the float32 graph: the term would add 0 and its gradient be 0 * inf = NaN."""
+    loss_fn = XTTSLoss()
+    with pytest.raises(
+        ValueError, match=r"'bonus': weight must be finite in float32 .*" + re.escape(repr(weight))
+    ):
+        loss_fn.add_loss_term("bonus", lambda yt, yp: tf.constant(1.0), weight)
+
+
+def test_the_largest_float32_extra_term_weight_keeps_every_gradient_finite():
+    loss_fn = XTTSLoss(use_adaptive_weights=False)
+    loss_fn.add_loss_term("bonus", lambda yt, yp: tf.reduce_mean(yp["mel_output"]), -3.4e38)
+    yt, yp = _pair(0.5)
+    pred = tf.Variable(yp["mel_output"])
+    with tf.GradientTape() as tape:
+        total = loss_fn(yt, dict(yp, mel_output=pred))
+    grad = tape.gradient(total, pred).numpy()
+    assert np.isfinite(float(total)) and np.all(np.isfinite(grad))
 
 
 def test_numbers_are_normalised_and_keras_reductions_accepted():

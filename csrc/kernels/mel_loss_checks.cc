@@ -91,7 +91,8 @@ std::string stop_config_error(float positive_weight, float label_smoothing, floa
   };
   if (!(bits(prob_min) >= bits(kMinStopProbMin) && bits(prob_min) < bits(0.5f)))
     return cat("prob_min must be in [", format_float(kMinStopProbMin),
-               ", 0.5) (2^-24 is the smallest with 1 - prob_min < 1 in float32), got ",
+               ", 0.5) (at least 2^-24, the float32 spacing below 1, so that the upper clip "
+               "bound 1 - prob_min stays below 1), got ",
                format_float(prob_min));
   return std::string();
 }
@@ -151,11 +152,12 @@ std::string parse_loss_names(std::string_view loss_type, std::string_view normal
 }
 
 std::string huber_delta_error(double delta) {
-  // Under denormals-are-zero a subnormal classifies as zero: refused too.
-  const int kind = std::fpclassify(delta);
-  if (kind == FP_NORMAL && !std::signbit(delta) && delta <= kMaxHuberDelta) return std::string();
-  return "huber_delta must be a positive, finite, normal float64 (at least " +
-         format_double(kMinHuberDelta) + "), got " + format_double(delta);
+  // Under denormals-are-zero a subnormal compares as zero: refused too.
+  if (delta >= kMinHuberDelta && delta <= kMaxHuberDelta) return std::string();
+  return "huber_delta must be finite and at least " + format_double(kMinHuberDelta) +
+         " (the smallest normal float32: float32 and narrower inputs compute with it in float32), "
+         "got " +
+         format_double(delta);
 }
 
 std::string mel_shape_error(int64_t batch, int64_t frames, int64_t mels) {

@@ -19,10 +19,11 @@ namespace myxtts_ops {
 
 using Dims = std::vector<int64_t>;
 
-// Smallest accepted huber_delta: the smallest normal float64. TensorFlow runs
-// CPU kernels with denormals flushed to zero, where a subnormal delta would
-// act as 0, so subnormals are refused everywhere.
-constexpr double kMinHuberDelta = 2.2250738585072014e-308;
+// Smallest accepted huber_delta: the smallest normal float32. The kernels of
+// float16/bfloat16/float32 inputs compute with delta as a float32, and TF runs
+// kernels with denormals flushed to zero, where a smaller delta acts as 0; the
+// one rule holds for float64 inputs too.
+constexpr double kMinHuberDelta = 1.1754943508222875e-38;
 constexpr double kMaxHuberDelta = 1.7976931348623157e308;
 
 // Shortest decimal text that reads back as `x` ("1e-320", "nan", "-inf").
@@ -39,7 +40,7 @@ std::string shape_string(const Dims& dims);
 std::string parse_loss_names(std::string_view loss_type, std::string_view normalization,
                              LossConfig* config);
 
-// huber_delta must be a positive, finite, normal float64.
+// huber_delta must be a finite float64 in [kMinHuberDelta, kMaxHuberDelta].
 std::string huber_delta_error(double delta);
 std::string check_huber_delta_shape(const Dims& huber_delta);
 
@@ -60,10 +61,10 @@ std::string check_state_shape(const Dims& state);
 // in [0, frames]. Empty string when they are fine.
 std::string check_stop_shapes(const Dims& target, const Dims& pred, const Dims& lengths);
 std::string stop_lengths_error(const int32_t* lengths, int64_t batch, int64_t frames);
-// Smallest accepted stop prob_min: 2^-24, the smallest float32 with
-// 1 - prob_min < 1, so both clip bounds keep log finite (below it the upper
-// bound rounds to 1 and log(1 - pc) is log(0)). Normal, so denormals-are-zero
-// (set for TF's op kernels) cannot turn it into 0.
+// Smallest accepted stop prob_min: 2^-24, the spacing of float32 just below
+// 1, so the upper clip bound 1 - prob_min is below 1 and log(1 - pc) finite
+// (from 2^-25 down, 1 - prob_min rounds to 1 and log(1 - pc) is log(0)).
+// Normal, so denormals-are-zero (set for TF's op kernels) cannot turn it into 0.
 constexpr float kMinStopProbMin = 0x1p-24f;
 
 // positive_weight and label_smoothing finite, prob_min in [kMinStopProbMin,

@@ -742,8 +742,9 @@ PYBIND11_MODULE(kernels, m) {
         py::arg("mels"),
         "Bytes of device workspace cuda_forward needs (the same for every dtype).");
   m.def("check_huber_delta", &huber_delta_value, py::arg("huber_delta"),
-        "huber_delta as a float if it is a positive, finite, normal float64 number (not a "
-        "bool); raises ValueError naming the value otherwise. The one huber_delta rule.");
+        "huber_delta as a float if it is a finite real number (not a bool) of at least the "
+        "smallest normal float32; raises ValueError naming the value otherwise. The one "
+        "huber_delta rule.");
   m.def("cuda_forward", &cuda_forward, py::arg("y_true"), py::arg("y_pred"), py::arg("lengths"),
         py::arg("state"), py::arg("loss"), py::arg("per_sample"), py::arg("nonfinite_count"),
         py::arg("new_state"), py::arg("sample_weights"), py::arg("workspace"), py::kw_only(),

@@ -37,7 +37,9 @@ enum class Device { kCpu, kGpu };
 // Runs an OpKernel's work with a failed host allocation (the kernels'
 // per-sample buffers, the staged lengths: a size the batch sets) turned into
 // a ResourceExhausted error. An exception must not cross TF's frames: there it
-// ends the process.
+// ends the process. Safe because the kernels allocate only between parallel
+// loops, never inside one; an allocation failure inside TF's own ParallelFor
+// scheduling (blocks already running on this frame's buffers) is not covered.
 template <typename Work>
 void ComputeOrExhausted(::tensorflow::OpKernelContext* ctx, Work&& work) {
   try {

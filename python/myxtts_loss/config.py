@@ -15,6 +15,7 @@ import dataclasses
 import math
 import numbers
 
+from myxtts_ops import kernels as op_kernels
 from myxtts_ops import types as op_types
 
 __all__ = [
@@ -75,7 +76,9 @@ TERM_WEIGHT_ARGS = tuple(name for name in MYXTTS_ARGS if name.endswith("_loss_we
 _MAX_INT_SETTING = 2**62
 # Real settings enter the graph as float32, except these (the fused op takes
 # its Huber threshold as a float64).
-_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+#: The largest finite float32 (numpy.finfo(numpy.float32).max): real settings
+#: and term weights beyond it become inf in the float32 graph.
+FLOAT32_MAX = 3.4028234663852886e38
 _FLOAT64_SETTINGS = frozenset({"mel_huber_delta"})
 
 
@@ -151,11 +154,11 @@ class XTTSLossConfig:
             value = float(value)
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {name}={value!r}")
-            if abs(value) > _FLOAT32_MAX and name not in _FLOAT64_SETTINGS:
+            if abs(value) > FLOAT32_MAX and name not in _FLOAT64_SETTINGS:
                 # It becomes inf in the float32 graph (a weight of 1e39 would
                 # make every total 0).
                 raise ValueError(
-                    f"{name} must be finite in float32 (|x| <= {_FLOAT32_MAX:.8g}), "
+                    f"{name} must be finite in float32 (|x| <= {FLOAT32_MAX:.8g}), "
                     f"got {name}={value!r}"
                 )
             if lo is not None and (value <= lo if lo_open else value < lo):
@@ -193,8 +196,11 @@ class XTTSLossConfig:
         num("contrastive_temperature", lo=0.0, lo_open=True)
         num("contrastive_margin")
         choice("mel_loss_type", LOSS_TYPES)
-        # The op's own bound: a positive normal float32.
-        num("mel_huber_delta", lo=1.1754944e-38)
+        num("mel_huber_delta")
+        try:  # the op's own rule (csrc/kernels/mel_loss_checks.h), from the kernels module
+            op_kernels.check_huber_delta(self.mel_huber_delta)
+        except ValueError as err:
+            raise ValueError(f"mel_{err}") from None
         choice("mel_normalization", NORMALIZATIONS)
         num("mel_label_smoothing", lo=0.0, hi=1.0)
         integer("mel_noise_seed", lo=0)

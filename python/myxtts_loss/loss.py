@@ -38,6 +38,7 @@ from tensorflow.python.trackable.autotrackable import AutoTrackable
 from myxtts_loss import gradient_norm as gn
 from myxtts_loss import rule, terms
 from myxtts_loss.config import (
+    FLOAT32_MAX,
     IMPLEMENTATIONS,
     MYXTTS_ARGS,
     XTTSLossConfig,
@@ -321,6 +322,12 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         weight = float(weight)
         if not math.isfinite(weight):
             raise ValueError(f"loss term {name!r}: weight must be finite, got weight={weight!r}")
+        if abs(weight) > FLOAT32_MAX:
+            # inf in the float32 graph: the term would add 0 and its gradient 0 * inf.
+            raise ValueError(
+                f"loss term {name!r}: weight must be finite in float32 "
+                f"(|x| <= {FLOAT32_MAX:.8g}), got weight={weight!r}"
+            )
         self._extra_fns[name] = fn
         self._extra_weights[name] = weight
         self._extra_specs[name] = (fn, weight)
