@@ -240,6 +240,43 @@ def test_term_against_numpy(name, lengths, nonfinite, rng):
             assert np.all(grad.numpy()[~np.isfinite(bad_pred)] == 0)
 
 
+@pytest.mark.parametrize("name", CASES + ["attention", "contrastive"])
+def test_module_functions_compute_float64_inputs_in_float64(name, rng):
+    """Contract 6: plain functions, no cast down. float64 inputs give a float64
+    value (and gradient) that matches the float64 model past float32's
+    precision; float32 inputs still give float32."""
+    lm, lx = LENGTHS["mixed"]
+    if name == "attention":
+        logits = rng.normal(0, 1, (B, H, T, U))
+        pred = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        fn, expected = (lambda p, t: terms.attention_loss(p, lx, lm)), np_attention(pred, lx, lm)
+        tgt = None
+    elif name == "contrastive":
+        labels = np.array([0, 1, 0, 2, 1])
+        pred = rng.normal(0, 1, (5, D))
+        fn, expected = (lambda p, t: terms.contrastive_speaker_loss(labels, p)), None
+        expected = np_contrastive(labels, pred)
+        tgt = None
+    else:
+        fn, model, pred, tgt, _ = _case(name, rng, lm, lx)
+        pred = pred.astype(np.float64) * (1 + 1e-9)  # bits float32 does not have
+        tgt = tgt.astype(np.float64)
+        expected = model(pred, tgt)
+    p = tf.constant(pred)
+    with tf.GradientTape() as tape:
+        tape.watch(p)
+        got = fn(p, None if tgt is None else tf.constant(tgt))
+    assert got.dtype == tf.float64, got.dtype
+    np.testing.assert_allclose(float(got), expected, rtol=1e-11, atol=1e-13)
+    grad = tape.gradient(got, p)
+    assert grad is not None and grad.dtype == tf.float64
+    assert np.all(np.isfinite(grad.numpy()))
+    p32 = tf.constant(pred.astype(np.float32))
+    got32 = fn(p32, None if tgt is None else tf.constant(tgt.astype(np.float32)))
+    assert got32.dtype == tf.float32
+    np.testing.assert_allclose(float(got32), expected, rtol=2e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("lengths,nonfinite", LENGTHS_NONFINITE)
 def test_attention_against_numpy(lengths, nonfinite, rng):
     lm, lx = LENGTHS[lengths]

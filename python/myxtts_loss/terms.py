@@ -286,6 +286,19 @@ def _as_float(x, dtype=_F32):
     return tf.cast(tf.convert_to_tensor(x), dtype)
 
 
+def compute_dtype(*values):
+    """What a module function computes in: float64 when one of its float
+    inputs is float64 (contract 6: plain functions, no cast down), else
+    float32 (half precision included). XTTSLoss's terms stay in float32."""
+    for x in values:
+        if x is None:
+            continue
+        dtype = x.dtype if hasattr(x, "dtype") else tf.convert_to_tensor(x).dtype
+        if tf.as_dtype(dtype) == tf.float64:
+            return tf.float64
+    return _F32
+
+
 def _squeeze_last(x, name):
     """[B, N, 1] -> [B, N] (rank-2 inputs are kept)."""
     if x.shape.rank == 3:
@@ -336,11 +349,11 @@ def per_sample_stats(elem, finite, lengths):
     ok = tf.logical_and(valid, finite)
     axes = list(range(1, elem.shape.rank))
     sums = tf.reduce_sum(tf.where(ok, elem, zero), axis=axes)
-    counts = tf.reduce_sum(tf.cast(ok, _F32), axis=axes)
+    counts = tf.reduce_sum(tf.cast(ok, elem.dtype), axis=axes)
     per_sample = tf.math.divide_no_nan(sums, counts)
     return TermStats(
         tf.reduce_sum(per_sample),
-        tf.cast(tf.shape(elem)[0], _F32),
+        tf.cast(tf.shape(elem)[0], elem.dtype),
         _count(tf.logical_and(valid, tf.logical_not(finite))),
     )
 
@@ -367,16 +380,18 @@ def stop_stats(
     from_logits=False,
     *,
     fused=True,
+    dtype=_F32,
 ):
     """Contract 3.2: weighted BCE on probabilities (or logits), per-sample mean over t < L.
 
     ``fused``: probabilities go through the fused stop-token op where
     :func:`fused_stop_op_used` says so; ``False`` computes them with TF ops
-    everywhere (what XLA compiles; benchmarks compare the two)."""
-    target = _squeeze_last(_as_float(target), "stop_target")
-    pred = _squeeze_last(_as_float(pred), "stop_tokens")
+    everywhere (what XLA compiles; benchmarks compare the two). ``dtype``:
+    what it computes in (the fused op is float32)."""
+    target = _squeeze_last(_as_float(target, dtype), "stop_target")
+    pred = _squeeze_last(_as_float(pred, dtype), "stop_tokens")
     if not from_logits:
-        if fused and fused_stop_op_used():
+        if fused and dtype == _F32 and fused_stop_op_used():
             return _fused_stop_stats(target, pred, lengths, positive_weight, label_smoothing)
         return _stop_probability_stats(target, pred, lengths, positive_weight, label_smoothing)
     finite, (y, p) = _sanitise(target, pred)
@@ -429,7 +444,7 @@ def _stop_probability_stats(target, pred, lengths, positive_weight, label_smooth
     counts_int = tf.reduce_sum(tf.cast(ok, tf.int32), axis=1)
     # Valid positions that do not count, from [B] integers (exact, no [B, T] op).
     nonfinite = tf.cast(valid_count - tf.reduce_sum(counts_int), _F32)
-    counts = tf.cast(counts_int, _F32)
+    counts = tf.cast(counts_int, pred.dtype)
     # num from the per-sample sums of the element loss, and d num / d elem.
     if lengths is None:
         # No lengths: the plain mean over every counted element, as
@@ -445,7 +460,7 @@ def _stop_probability_stats(target, pred, lengths, positive_weight, label_smooth
             return tf.reduce_sum(tf.math.divide_no_nan(sums, counts))
 
         elem_weight = tf.math.divide_no_nan(tf.ones_like(counts), counts)[:, tf.newaxis]
-        den = tf.cast(tf.shape(pred)[0], _F32)
+        den = tf.cast(tf.shape(pred)[0], pred.dtype)
     lo = STOP_PROB_MIN
     scale, shift = 1.0 - label_smoothing, 0.5 * label_smoothing
 
@@ -476,7 +491,7 @@ def _stop_probability_stats(target, pred, lengths, positive_weight, label_smooth
     return TermStats(total(target, pred), den, nonfinite)
 
 
-def attention_stats(weights, text_lengths, mel_lengths):
+def attention_stats(weights, text_lengths, mel_lengths, dtype=_F32):
     """Contract 3.3: KL(prior || mean-over-heads attention) per valid (t, j) pair,
     per-sample sum / valid pairs clipped to [0, 200], then the mean over B.
 
@@ -488,7 +503,7 @@ def attention_stats(weights, text_lengths, mel_lengths):
     heads, where autodiff would chain some ten [B, T, U] ops through the
     selects and clips (about a quarter of the term's cost at [32, 4, 1000, 150]).
     """
-    a = _as_float(weights)
+    a = _as_float(weights, dtype)
     if a.shape.rank != 4:
         raise ValueError(
             f"attention_weights must have shape [batch, heads, frames, tokens], got {a.shape}"
@@ -496,11 +511,11 @@ def attention_stats(weights, text_lengths, mel_lengths):
     abar = tf.reduce_mean(a, axis=1)  # [B, Tq, Tk]
     shape = tf.shape(abar)
     tq, tk = shape[1], shape[2]
-    lx = tf.cast(text_lengths, _F32)
-    lm = tf.cast(mel_lengths, _F32)
+    lx = tf.cast(text_lengths, dtype)
+    lm = tf.cast(mel_lengths, dtype)
     ratio = tf.maximum(lx - 1.0, 1.0) / tf.maximum(lm - 1.0, 1.0)  # [B]
-    mu = ratio[:, tf.newaxis] * tf.cast(tf.range(tq), _F32)[tf.newaxis, :]  # [B, Tq]
-    j = tf.cast(tf.range(tk), _F32)
+    mu = ratio[:, tf.newaxis] * tf.cast(tf.range(tq), dtype)[tf.newaxis, :]  # [B, Tq]
+    j = tf.cast(tf.range(tk), dtype)
     prior = tf.exp(tf.square(mu[:, :, tf.newaxis] - j) * -0.25)  # = -(x^2) / 4 exactly
     prior = prior / (tf.reduce_sum(prior, axis=-1, keepdims=True) + 1e-8)
     prior = tf.clip_by_value(prior, 1e-8, 1.0 - 1e-8)
@@ -511,8 +526,8 @@ def attention_stats(weights, text_lengths, mel_lengths):
     )
     ok = tf.logical_and(valid, tf.math.is_finite(abar))
     counts_int = tf.reduce_sum(tf.cast(ok, tf.int32), axis=[1, 2])
-    counts = tf.maximum(tf.cast(counts_int, _F32), 1.0)
-    heads = tf.cast(tf.shape(a)[1], _F32)
+    counts = tf.maximum(tf.cast(counts_int, dtype), 1.0)
+    heads = tf.cast(tf.shape(a)[1], dtype)
     # Valid pairs that do not count, from [B] integers (exact, no [B, T, U] op).
     valid_pairs = tf.minimum(mel_lengths, tq) * tf.minimum(text_lengths, tk)
     nonfinite = tf.cast(tf.reduce_sum(valid_pairs) - tf.reduce_sum(counts_int), _F32)
@@ -541,20 +556,20 @@ def attention_stats(weights, text_lengths, mel_lengths):
 
         return tf.reduce_sum(per_sample), grad
 
-    return TermStats(total(a, abar), tf.cast(shape[0], _F32), nonfinite)
+    return TermStats(total(a, abar), tf.cast(shape[0], dtype), nonfinite)
 
 
-def duration_stats(pred, target, text_lengths):
+def duration_stats(pred, target, text_lengths, dtype=_F32):
     """Contract 3.4: squared clipped log-duration error, per-sample mean (clip of the value: [0, 25])."""
-    pred, target = _as_float(pred), _as_float(target)
+    pred, target = _as_float(pred, dtype), _as_float(target, dtype)
     finite, (p, d) = _sanitise(pred, target)
     delta = tf.clip_by_value(tf.math.log1p(tf.nn.relu(p)) - tf.math.log1p(tf.nn.relu(d)), -5.0, 5.0)
     return per_sample_stats(tf.square(delta), finite, text_lengths)
 
 
-def _compressed_stats(pred, target, lengths, compress, clip, names):
-    pred = _squeeze_last(_as_float(pred), names[0])
-    target = _squeeze_last(_as_float(target), names[1])
+def _compressed_stats(pred, target, lengths, compress, clip, names, dtype):
+    pred = _squeeze_last(_as_float(pred, dtype), names[0])
+    target = _squeeze_last(_as_float(target, dtype), names[1])
     finite, (p, t) = _sanitise(pred, target)
     elem = tf.clip_by_value(tf.abs(compress(p) - compress(t)), 0.0, clip)
     return per_sample_stats(elem, finite, lengths)
@@ -568,32 +583,32 @@ def _relu_log(x):
     return tf.math.log1p(tf.nn.relu(x))
 
 
-def pitch_stats(pred, target, lengths, names=("pitch_output", "pitch_target")):
+def pitch_stats(pred, target, lengths, names=("pitch_output", "pitch_target"), dtype=_F32):
     """Contract 3.5: |c(pred) - c(target)| clipped at 5, c(x) = sign(x) log(1 + |x|)."""
-    return _compressed_stats(pred, target, lengths, _signed_log, 5.0, names)
+    return _compressed_stats(pred, target, lengths, _signed_log, 5.0, names, dtype)
 
 
-def energy_stats(pred, target, lengths, names=("energy_output", "energy_target")):
+def energy_stats(pred, target, lengths, names=("energy_output", "energy_target"), dtype=_F32):
     """Contract 3.6: |g(pred) - g(target)| clipped at 8, g(x) = log(1 + relu(x))."""
-    return _compressed_stats(pred, target, lengths, _relu_log, 8.0, names)
+    return _compressed_stats(pred, target, lengths, _relu_log, 8.0, names, dtype)
 
 
-def speaking_rate_stats(pred, target, text_lengths):
+def speaking_rate_stats(pred, target, text_lengths, dtype=_F32):
     """Contract 3.8 with the per-sample normalisation (the original's B x B broadcast is defect 10)."""
-    pred = _squeeze_last(_as_float(pred), "prosody_speaking_rate")
-    target = _squeeze_last(_as_float(target), "prosody_speaking_rate_target")
+    pred = _squeeze_last(_as_float(pred, dtype), "prosody_speaking_rate")
+    target = _squeeze_last(_as_float(target, dtype), "prosody_speaking_rate_target")
     finite, (p, t) = _sanitise(pred, target)
     return per_sample_stats(tf.clip_by_value(tf.abs(p - t), 0.0, 10.0), finite, text_lengths)
 
 
-def diffusion_stats(pred, target, lengths):
+def diffusion_stats(pred, target, lengths, dtype=_F32):
     """Contract 3.7: squared error, mean over the last axis, per-sample mean over t < L.
 
     An element whose square overflows float32 (|error| >= 2**64) counts as
     non-finite, as one whose loss overflows does in the mel op: left out of
     the mean and of the gradient.
     """
-    pred, target = _as_float(pred), _as_float(target)
+    pred, target = _as_float(pred, dtype), _as_float(target, dtype)
     finite, (p, t) = _sanitise(pred, target)
     d = p - t
     fits = tf.abs(d) < 2.0**64
@@ -601,7 +616,7 @@ def diffusion_stats(pred, target, lengths):
     return per_sample_stats(tf.square(d), tf.logical_and(finite, fits), lengths)
 
 
-def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2):
+def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2, dtype=_F32):
     """Contract 3.9 (ContrastiveSpeakerLoss), over the pairs of the global batch.
 
     The term is not a sum over samples (its pairs span the batch), so under
@@ -612,7 +627,7 @@ def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2):
     gives each replica's embeddings their single-device gradient.
     ``nonfinite`` counts this replica's non-finite rows.
     """
-    e = _as_float(embeddings)
+    e = _as_float(embeddings, dtype)
     labels = tf.convert_to_tensor(labels)
     # Integer ids compare as they are (through float32, ids past 2**24 would
     # merge); float ones (Keras casts y_true to float32) are rounded in their dtype.
@@ -635,8 +650,8 @@ def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2):
     pair_ok = tf.logical_and(row_ok[:, tf.newaxis], row_ok[tf.newaxis, :])
     not_self = tf.logical_not(tf.eye(b, dtype=tf.bool))
     same = tf.equal(labels[:, tf.newaxis], labels[tf.newaxis, :])
-    pos = tf.cast(tf.logical_and(tf.logical_and(same, not_self), pair_ok), _F32)
-    neg = tf.cast(tf.logical_and(tf.logical_and(tf.logical_not(same), not_self), pair_ok), _F32)
+    pos = tf.cast(tf.logical_and(tf.logical_and(same, not_self), pair_ok), dtype)
+    neg = tf.cast(tf.logical_and(tf.logical_and(tf.logical_not(same), not_self), pair_ok), dtype)
     value = -tf.reduce_sum(sim * pos) / tf.maximum(tf.reduce_sum(pos), 1.0) + tf.reduce_sum(
         tf.nn.relu(sim * neg - margin) * neg
     ) / tf.maximum(tf.reduce_sum(neg), 1.0)
@@ -1226,6 +1241,7 @@ def stop_token_loss(
             positive_weight,
             label_smoothing,
             from_logits,
+            dtype=compute_dtype(y_true, y_pred),
         )
     )
 
@@ -1242,6 +1258,7 @@ def attention_loss(attention_weights, text_lengths, mel_lengths):
             attention_weights,
             as_lengths(text_lengths, "text_lengths", [("attention_weights", attention_weights, 3)]),
             as_lengths(mel_lengths, "mel_lengths", [("attention_weights", attention_weights, 2)]),
+            dtype=compute_dtype(attention_weights),
         )
     )
 
@@ -1260,6 +1277,7 @@ def duration_loss(predicted_durations, target_durations, text_lengths):
             as_lengths(
                 text_lengths, "text_lengths", [("predicted_durations", predicted_durations, 1)]
             ),
+            dtype=compute_dtype(predicted_durations, target_durations),
         ),
         (0.0, 25.0),
     )
@@ -1279,6 +1297,7 @@ def pitch_loss(predicted_pitch, target_pitch, sequence_lengths=None):
             _opt_lengths(
                 sequence_lengths, "sequence_lengths", [("predicted_pitch", predicted_pitch, 1)]
             ),
+            dtype=compute_dtype(predicted_pitch, target_pitch),
         )
     )
 
@@ -1297,6 +1316,7 @@ def energy_loss(predicted_energy, target_energy, sequence_lengths=None):
             _opt_lengths(
                 sequence_lengths, "sequence_lengths", [("predicted_energy", predicted_energy, 1)]
             ),
+            dtype=compute_dtype(predicted_energy, target_energy),
         )
     )
 
@@ -1315,6 +1335,7 @@ def diffusion_loss(predicted_noise, target_noise, sequence_lengths=None):
             _opt_lengths(
                 sequence_lengths, "sequence_lengths", [("predicted_noise", predicted_noise, 1)]
             ),
+            dtype=compute_dtype(predicted_noise, target_noise),
         )
     )
 
@@ -1331,6 +1352,7 @@ def speaking_rate_loss(predicted_rate, target_rate, text_lengths):
             predicted_rate,
             target_rate,
             as_lengths(text_lengths, "text_lengths", [("predicted_rate", predicted_rate, 1)]),
+            dtype=compute_dtype(predicted_rate, target_rate),
         )
     )
 
@@ -1341,7 +1363,9 @@ def contrastive_speaker_loss(labels, embeddings, temperature=0.1, margin=0.2):
         ("labels", labels, KEY_SHAPES["speaker_labels"]),
         ("embeddings", embeddings, KEY_SHAPES["speaker_embedding"]),
     )
-    return stats_value(contrastive_stats(labels, embeddings, temperature, margin))
+    return stats_value(
+        contrastive_stats(labels, embeddings, temperature, margin, dtype=compute_dtype(embeddings))
+    )
 
 
 def _keras_loss_base():
