@@ -277,6 +277,43 @@ def test_module_functions_compute_float64_inputs_in_float64(name, rng):
     np.testing.assert_allclose(float(got32), expected, rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("fn", [terms.pitch_loss, terms.energy_loss, terms.diffusion_loss])
+def test_float64_without_lengths_counts_exactly_past_2_24_elements(fn):
+    """The plain mean's count is taken in the inputs' dtype: 2**24 + 1 elements
+    in float32 would count as 2**24 (a relative error of 6e-8)."""
+    n = 2**24 + 1
+    shape = (1, n, 1) if fn is not terms.diffusion_loss else (1, 1, n)
+    pred, target = np.ones(shape), np.zeros(shape)
+    per_element = {terms.pitch_loss: np.log(2.0), terms.energy_loss: np.log(2.0)}.get(fn, 1.0)
+    got = fn(pred, target)
+    assert got.dtype == tf.float64
+    np.testing.assert_allclose(float(got), per_element, rtol=1e-14)
+
+
+def test_tensor_settings_meet_float64_inputs(rng):
+    """float32 tensor settings are cast to the inputs' dtype, not mixed with it."""
+    lm, _ = LENGTHS["mixed"]
+    t = (np.arange(T)[None, :, None] == (lm[:, None, None] - 1)).astype(np.float64)
+    p = rng.uniform(0.01, 0.99, (B, T, 1))
+    for from_logits in (False, True):
+        plain = terms.stop_token_loss(t, p, lm, 5.0, float(np.float32(0.1)), from_logits)
+        tensors = terms.stop_token_loss(
+            t, p, lm, tf.constant(5.0), tf.constant(0.1), from_logits=from_logits
+        )
+        assert tensors.dtype == tf.float64
+        np.testing.assert_allclose(float(tensors), float(plain), rtol=1e-14)
+    np.testing.assert_allclose(
+        float(terms.stop_token_loss(t, p, lm)), np_stop(t, p, lm), rtol=1e-11
+    )
+    labels, emb = np.array([0, 1, 0, 2, 1]), rng.normal(0, 1, (5, D))
+    got = terms.contrastive_speaker_loss(labels, emb, tf.constant(0.1), tf.constant(0.2))
+    assert got.dtype == tf.float64
+    tau, margin = float(np.float32(0.1)), float(np.float32(0.2))  # the tensors' values
+    np.testing.assert_allclose(
+        float(got), np_contrastive(labels, emb, tau, margin), rtol=1e-11, atol=1e-13
+    )
+
+
 @pytest.mark.parametrize("lengths,nonfinite", LENGTHS_NONFINITE)
 def test_attention_against_numpy(lengths, nonfinite, rng):
     lm, lx = LENGTHS[lengths]

@@ -74,11 +74,11 @@ TERM_WEIGHT_ARGS = tuple(name for name in MYXTTS_ARGS if name.endswith("_loss_we
 
 # Integer settings are compared with int64 step counters in the graph.
 _MAX_INT_SETTING = 2**62
-# Real settings enter the graph as float32, except these (the fused op takes
-# its Huber threshold as a float64).
 #: The largest finite float32 (numpy.finfo(numpy.float32).max): real settings
 #: and term weights beyond it become inf in the float32 graph.
 FLOAT32_MAX = 3.4028234663852886e38
+# Real settings enter the graph as float32, except these (the fused op takes
+# its Huber threshold as a float64).
 _FLOAT64_SETTINGS = frozenset({"mel_huber_delta"})
 
 

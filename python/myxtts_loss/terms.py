@@ -286,6 +286,12 @@ def _as_float(x, dtype=_F32):
     return tf.cast(tf.convert_to_tensor(x), dtype)
 
 
+def _setting(x, dtype):
+    """A loss setting in ``dtype``: a tensor is cast (a float32 tensor setting
+    must not meet float64 inputs uncast); a Python number stays one."""
+    return tf.cast(x, dtype) if tf.is_tensor(x) else x
+
+
 def compute_dtype(*values):
     """What a module function computes in: float64 when one of its float
     inputs is float64 (contract 6: plain functions, no cast down), else
@@ -339,7 +345,7 @@ def per_sample_stats(elem, finite, lengths):
         ok = finite
         return TermStats(
             tf.reduce_sum(tf.where(ok, elem, zero)),
-            _count(ok),
+            tf.reduce_sum(tf.cast(ok, elem.dtype)),  # exact past 2**24 elements in float64
             _count(tf.logical_not(finite)),
         )
     valid = _position_mask(lengths, tf.shape(elem)[1])
@@ -394,6 +400,9 @@ def stop_stats(
         if fused and dtype == _F32 and fused_stop_op_used():
             return _fused_stop_stats(target, pred, lengths, positive_weight, label_smoothing)
         return _stop_probability_stats(target, pred, lengths, positive_weight, label_smoothing)
+    positive_weight, label_smoothing = (
+        _setting(x, dtype) for x in (positive_weight, label_smoothing)
+    )
     finite, (y, p) = _sanitise(target, pred)
     y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
     elem = tf.nn.weighted_cross_entropy_with_logits(labels=y, logits=p, pos_weight=positive_weight)
@@ -433,6 +442,9 @@ def _stop_probability_stats(target, pred, lengths, positive_weight, label_smooth
     selected out, never multiplied, so a NaN there reaches neither the value
     nor the gradient.
     """
+    positive_weight, label_smoothing = (
+        _setting(x, pred.dtype) for x in (positive_weight, label_smoothing)
+    )
     n = tf.shape(pred)[1]
     finite = tf.logical_and(tf.math.is_finite(target), tf.math.is_finite(pred))
     if lengths is None:
@@ -604,14 +616,14 @@ def speaking_rate_stats(pred, target, text_lengths, dtype=_F32):
 def diffusion_stats(pred, target, lengths, dtype=_F32):
     """Contract 3.7: squared error, mean over the last axis, per-sample mean over t < L.
 
-    An element whose square overflows float32 (|error| >= 2**64) counts as
-    non-finite, as one whose loss overflows does in the mel op: left out of
-    the mean and of the gradient.
+    An element whose square overflows its dtype (|error| >= 2**64 in float32,
+    2**512 in float64) counts as non-finite, as one whose loss overflows does
+    in the mel op: left out of the mean and of the gradient.
     """
     pred, target = _as_float(pred, dtype), _as_float(target, dtype)
     finite, (p, t) = _sanitise(pred, target)
     d = p - t
-    fits = tf.abs(d) < 2.0**64
+    fits = tf.abs(d) < 2.0 ** (np.finfo(dtype.as_numpy_dtype).maxexp // 2)
     d = tf.where(fits, d, tf.zeros_like(d))
     return per_sample_stats(tf.square(d), tf.logical_and(finite, fits), lengths)
 
@@ -628,6 +640,7 @@ def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2, dtype=_F3
     ``nonfinite`` counts this replica's non-finite rows.
     """
     e = _as_float(embeddings, dtype)
+    temperature, margin = _setting(temperature, dtype), _setting(margin, dtype)
     labels = tf.convert_to_tensor(labels)
     # Integer ids compare as they are (through float32, ids past 2**24 would
     # merge); float ones (Keras casts y_true to float32) are rounded in their dtype.
