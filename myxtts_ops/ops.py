@@ -319,7 +319,8 @@ def stop_token_bce(target, pred, lengths, positive_weight, label_smoothing, prob
     1 - prob_min)`` (``w`` = ``positive_weight``, ``s`` = ``label_smoothing``).
     ``positive_weight`` and ``label_smoothing`` must be finite and
     ``prob_min`` in ``[2**-24, 0.5)`` (2**-24 is the float32 spacing below 1,
-    so the upper clip bound ``1 - prob_min`` stays below 1), else an ``InvalidArgumentError`` naming the value.
+    so the upper clip bound ``1 - prob_min`` stays below 1), else an
+    ``InvalidArgumentError`` naming the value.
     Returns ``(sums, counts, nonfinite_count)``: per sample, the sum of the
     element loss over positions ``t < lengths[b]`` whose target and
     prediction are finite (float32 ``[B]``) and their number (int32 ``[B]``);

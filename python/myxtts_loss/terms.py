@@ -329,8 +329,8 @@ def _position_mask(lengths, n):
     return tf.range(n)[tf.newaxis, :] < lengths[:, tf.newaxis]
 
 
-def _count(mask):
-    return tf.reduce_sum(tf.cast(mask, _F32))
+def _count(mask, dtype=_F32):
+    return tf.reduce_sum(tf.cast(mask, dtype))
 
 
 # ------------------------------------------------------------- reductions
@@ -345,7 +345,7 @@ def per_sample_stats(elem, finite, lengths):
         ok = finite
         return TermStats(
             tf.reduce_sum(tf.where(ok, elem, zero)),
-            tf.reduce_sum(tf.cast(ok, elem.dtype)),  # exact past 2**24 elements in float64
+            _count(ok, elem.dtype),  # exact past 2**24 elements in float64
             _count(tf.logical_not(finite)),
         )
     valid = _position_mask(lengths, tf.shape(elem)[1])
@@ -396,13 +396,13 @@ def stop_stats(
     what it computes in (the fused op is float32)."""
     target = _squeeze_last(_as_float(target, dtype), "stop_target")
     pred = _squeeze_last(_as_float(pred, dtype), "stop_tokens")
+    positive_weight, label_smoothing = (
+        _setting(x, dtype) for x in (positive_weight, label_smoothing)
+    )
     if not from_logits:
         if fused and dtype == _F32 and fused_stop_op_used():
             return _fused_stop_stats(target, pred, lengths, positive_weight, label_smoothing)
         return _stop_probability_stats(target, pred, lengths, positive_weight, label_smoothing)
-    positive_weight, label_smoothing = (
-        _setting(x, dtype) for x in (positive_weight, label_smoothing)
-    )
     finite, (y, p) = _sanitise(target, pred)
     y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
     elem = tf.nn.weighted_cross_entropy_with_logits(labels=y, logits=p, pos_weight=positive_weight)
@@ -442,9 +442,6 @@ def _stop_probability_stats(target, pred, lengths, positive_weight, label_smooth
     selected out, never multiplied, so a NaN there reaches neither the value
     nor the gradient.
     """
-    positive_weight, label_smoothing = (
-        _setting(x, pred.dtype) for x in (positive_weight, label_smoothing)
-    )
     n = tf.shape(pred)[1]
     finite = tf.logical_and(tf.math.is_finite(target), tf.math.is_finite(pred))
     if lengths is None:
@@ -1168,7 +1165,7 @@ def common_mel_dtype(y_true, y_pred):
     y_true, y_pred = tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
     if y_true.dtype == y_pred.dtype:
         return y_true, y_pred
-    wide = tf.float64 if tf.float64 in (y_true.dtype, y_pred.dtype) else tf.float32
+    wide = compute_dtype(y_true, y_pred)
     return tf.cast(y_true, wide), tf.cast(y_pred, wide)
 
 
