@@ -324,6 +324,45 @@ def test_gradient_growth(newest, expect_change):
         np.testing.assert_allclose(float(m["avg_gradient_norm"]), np.mean(norms[-10:]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_growing_flag_follows_the_recorded_norms(mode, tmp_path):
+    """A call reads one stored flag; it must be the tracker's pure function of
+    the ring after every recorded norm (valid or not), back to False on reset,
+    and restored with the ring from a checkpoint."""
+    from myxtts_loss import gradient_norm as gn
+
+    loss_fn = XTTSLoss(implementation=DEFAULT_IMPL)
+    c = loss_fn.config
+    observe = loss_fn.observe_gradient_norm
+    if mode == "function":
+        observe = tf.function(observe)
+    rng = np.random.default_rng(7)
+    seen = set()
+    for i in range(60):
+        norm = float(rng.choice([1.0, 2.0, 30.0, -1.0, np.nan])) * float(rng.uniform(0.5, 1.5))
+        observe(tf.constant(norm, tf.float32))
+        st = loss_fn._state
+        expected = bool(
+            gn.gradients_growing(
+                st.gradient_norms.read_value(),
+                st.gradient_norm_count.read_value(),
+                c.adaptive_weight_gradient_growth_factor,
+                c.gradient_norm_threshold,
+            )
+        )
+        assert bool(loss_fn._gradients_growing()) == expected, (i, norm)
+        seen.add(expected)
+    assert seen == {True, False}  # both values were reached
+    while not bool(loss_fn._gradients_growing()):
+        observe(tf.constant(1000.0))
+    ckpt = tf.train.Checkpoint(loss=loss_fn).save(str(tmp_path / "ckpt"))
+    loss_fn.reset_stability_state()
+    assert not bool(loss_fn._gradients_growing())
+    restored = XTTSLoss(implementation=DEFAULT_IMPL)
+    tf.train.Checkpoint(loss=restored).restore(ckpt).assert_consumed()
+    assert bool(restored._gradients_growing())
+
+
 def test_single_norm_is_not_growing_and_nonfinite_norms_are_ignored():
     loss_fn = XTTSLoss(implementation=DEFAULT_IMPL)
     loss_fn.observe_gradient_norm(100.0)

@@ -541,19 +541,17 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             weights[name] = self._extra_weights[name]
             clips[name] = None
 
-        # 3. Reduce: identity on one replica, one all-reduce otherwise.
+        # 3. Reduce: identity on one replica, one all-reduce of them stacked otherwise.
         names = list(stats)
-        vector = [tf.cast(sg(x), f64) for name in names for x in stats[name]]
+        total_stats = [tf.cast(sg(x), f64) for name in names for x in stats[name]]
         if mel_valid is not None:
-            vector.append(tf.cast(mel_valid, f64))
-        if vector:
-            local = tf.stack(vector)
-            if replicas > 1:
-                total_stats = tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, local
+            total_stats.append(tf.cast(mel_valid, f64))
+        if total_stats and replicas > 1:
+            total_stats = tf.unstack(
+                tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, tf.stack(total_stats)
                 )
-            else:
-                total_stats = local
+            )
         # 4. Finalise: global values, and this replica's differentiable share.
         ldt = mel_out.loss.dtype if mel_out is not None else f32
         values, outs = {}, {}
@@ -633,15 +631,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         if "mel_loss" in values:
             finite_all = tf.logical_and(finite_all, tf.math.is_finite(values["mel_loss"]))
 
-        w = st.current_mel_weight.read_value()
         if training:
             rule_state = st.read(rule.RULE_STATE)
-            growing = gn.gradients_growing(
-                st.gradient_norms.read_value(),
-                st.gradient_norm_count.read_value(),
-                c.adaptive_weight_gradient_growth_factor,
-                c.gradient_norm_threshold,
-            )
+            w = rule_state["current_mel_weight"]
             obs = {
                 "mel": mel32,
                 "other": other,
@@ -649,7 +641,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 "has_valid": has_valid,
                 "running_mean": tf.cast(new_op_state[op_layout.RUNNING_MEAN], f32),
                 "window_variance": tf.cast(new_op_state[op_layout.WINDOW_VARIANCE], f32),
-                "growing": growing,
+                "growing": st.gradients_growing.read_value(),
             }
             new_rule, new_w, events = rule.adaptive_weight_step(
                 rule_state,
@@ -662,7 +654,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 else tf.constant(False),
             )
         else:
-            new_w = w
+            w = new_w = st.current_mel_weight.read_value()
         new_w = sg(new_w)
 
         if mel_out is not None:
@@ -805,6 +797,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         )
         st.gradient_norms.assign(ring)
         st.gradient_norm_count.assign(count)
+        st.gradients_growing.assign(self._growing(ring, count))
         st.nonfinite_gradient_norms.assign_add(tf.cast(tf.logical_not(valid), tf.int64))
         return norm
 
@@ -813,14 +806,15 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         st = self._state
         return gn.norm_history(st.gradient_norms.read_value(), st.gradient_norm_count.read_value())
 
-    def _gradients_growing(self):
-        st = self._state
+    def _growing(self, ring, count):
+        c = self.config
         return gn.gradients_growing(
-            st.gradient_norms.read_value(),
-            st.gradient_norm_count.read_value(),
-            self.config.adaptive_weight_gradient_growth_factor,
-            self.config.gradient_norm_threshold,
+            ring, count, c.adaptive_weight_gradient_growth_factor, c.gradient_norm_threshold
         )
+
+    def _gradients_growing(self):
+        """Whether the recorded norms say gradients are growing (what the next call uses)."""
+        return self._state.gradients_growing.read_value()
 
     # ------------------------------------------------------------ getters
     def _has_called(self):

@@ -52,6 +52,9 @@ class LossState(tf.Module):
                 "gradient_norms": (tf.float32, np.zeros([gradient_norm.RING_SIZE], np.float32)),
                 "gradient_norm_count": (tf.int64, 0),
                 "nonfinite_gradient_norms": (tf.int64, 0),
+                # gradient_norm.gradients_growing of the ring, updated with it when a
+                # norm is recorded (a call reads one flag, not the ring's dozen ops).
+                "gradients_growing": (tf.bool, False),
                 # Steps whose mel term had valid elements but none finite (its value is then 0).
                 "all_nonfinite_mel_steps": (tf.int64, 0),
                 # Latest call: unweighted term values in registry order, effective mel
