@@ -353,8 +353,8 @@ def test_growing_flag_follows_the_recorded_norms(mode, tmp_path):
         assert bool(loss_fn._gradients_growing()) == expected, (i, norm)
         seen.add(expected)
     assert seen == {True, False}  # both values were reached
-    while not bool(loss_fn._gradients_growing()):
-        observe(tf.constant(1000.0))
+    observe(tf.constant(1000.0))  # over 1.5x the mean of norms drawn at most 45
+    assert bool(loss_fn._gradients_growing())
     ckpt = tf.train.Checkpoint(loss=loss_fn).save(str(tmp_path / "ckpt"))
     loss_fn.reset_stability_state()
     assert not bool(loss_fn._gradients_growing())
