@@ -797,7 +797,12 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         )
         st.gradient_norms.assign(ring)
         st.gradient_norm_count.assign(count)
-        st.gradients_growing.assign(self._growing(ring, count))
+        c = self.config
+        st.gradients_growing.assign(
+            gn.gradients_growing(
+                ring, count, c.adaptive_weight_gradient_growth_factor, c.gradient_norm_threshold
+            )
+        )
         st.nonfinite_gradient_norms.assign_add(tf.cast(tf.logical_not(valid), tf.int64))
         return norm
 
@@ -805,12 +810,6 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         """The observed norms still held (oldest first), as a float32 tensor."""
         st = self._state
         return gn.norm_history(st.gradient_norms.read_value(), st.gradient_norm_count.read_value())
-
-    def _growing(self, ring, count):
-        c = self.config
-        return gn.gradients_growing(
-            ring, count, c.adaptive_weight_gradient_growth_factor, c.gradient_norm_threshold
-        )
 
     def _gradients_growing(self):
         """Whether the recorded norms say gradients are growing (what the next call uses)."""
