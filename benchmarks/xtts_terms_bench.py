@@ -25,8 +25,12 @@ Rows:
 5. with ``--breakdown``, where row 2's plain-graph cost goes: XTTSLoss without
    the stop term and/or without its training-state updates (``training=False``
    skips the adaptive rule, smoothing and state writes), each against row 1;
-   and the stop term alone through the fused stop-token op against the same
-   term in TF ops (``stop_stats(fused=False)``, what XLA compiles).
+   the two fused ops alone (mel op + stop-token op, no XTTSLoss: the floor of
+   any loss with these two terms); what one scalar TF op costs when, like the
+   weight decision, it stands between the op's forward and its backward (the
+   op with a stand-in decision of ``CHAIN_OPS`` scalar ops against the op
+   alone); and the stop term alone through the fused stop-token op against
+   the same term in TF ops (``stop_stats(fused=False)``, what XLA compiles).
 """
 
 import argparse
@@ -71,6 +75,9 @@ BREAKDOWN = (
     ("mel", False, True),
     ("mel_stop_no_updates", True, False),
 )
+
+#: Scalar ops in the stand-in weight decision of the --breakdown per-op row.
+CHAIN_OPS = 300
 
 
 def measure(args):
@@ -132,6 +139,33 @@ def measure(args):
                 return forward_backward(value, {"stop_tokens": yp["stop_tokens"]})
 
             graphs[name] = step_graph(stop_term, base_inputs)
+
+        def fused_ops_only(k, yt, yp):
+            lens = tf.cast(yt["mel_lengths"], tf.int32)
+
+            def value(p):
+                mel = myxtts_ops.masked_mel_loss(yt["mel_target"], p["mel_output"], lens).loss
+                s = terms.stop_stats(yt["stop_target"], p["stop_tokens"], lens, fused=True)
+                return mel + s.num / s.den
+
+            return forward_backward(value, yp)
+
+        def op_with_decision(k, yt, yp):
+            # A stand-in for the weight decision: CHAIN_OPS scalar ops from the
+            # forward's loss to a weight that scales it, so the backward waits.
+            lens = tf.cast(yt["mel_lengths"], tf.int32)
+
+            def value(p):
+                mel = myxtts_ops.masked_mel_loss(yt["mel_target"], p["mel_output"], lens).loss
+                w = tf.stop_gradient(mel)
+                for _ in range(CHAIN_OPS // 3):  # Greater, Mul, SelectV2
+                    w = tf.where(w > 1e30, w * 0.5, w)
+                return tf.where(w > 1e30, 0.5, 1.0) * mel
+
+            return forward_backward(value, {"mel_output": yp["mel_output"]})
+
+        graphs["fused_ops_only"] = step_graph(fused_ops_only, base_inputs)
+        graphs["op_with_decision"] = step_graph(op_with_decision, base_inputs)
     raw = {
         k: np.asarray(v) for k, v in interleaved_seconds(graphs, args.repeats * args.rounds).items()
     }
@@ -156,6 +190,16 @@ def measure(args):
             for name, _, _ in BREAKDOWN
         }
         results["breakdown"]["mel_stop"] = results["mel_stop"]["ratio"]
+        results["breakdown"]["fused_ops_only"] = float(
+            np.median((raw["fused_ops_only"] - base) / args.sets / op_steps)
+        )
+        per_op_us = (raw["op_with_decision"] - raw["op"]) / args.sets / CHAIN_OPS * 1e6
+        results["scalar_op_us"] = {
+            "median": float(np.median(per_op_us)),
+            "p20": float(np.percentile(per_op_us, 20)),
+            "p80": float(np.percentile(per_op_us, 80)),
+            "chain_ops": CHAIN_OPS,
+        }
         stop_ms = {n: (raw[n] - base) / args.sets for n in ("stop_fused", "stop_tf_ops")}
         results["stop_term"] = {
             "fused_ms": float(np.median(stop_ms["stop_fused"])) * 1e3,
@@ -233,6 +277,16 @@ def to_markdown(results, args):
             "|---|---|---|",
             f"| mel | {d['mel_no_updates']:.2f} | {d['mel']:.2f} |",
             f"| mel + stop | {d['mel_stop_no_updates']:.2f} | {d['mel_stop']:.2f} |",
+            "",
+            f"The two fused ops alone (mel op + stop-token op, no XTTSLoss; the floor of any "
+            f"loss with these terms): {d['fused_ops_only']:.2f}.",
+        ]
+        so = results["scalar_op_us"]
+        lines += [
+            "",
+            f"One scalar TF op between the op's forward and its backward (a stand-in weight "
+            f"decision of {so['chain_ops']} ops against the op alone): {so['median']:.2f} us "
+            f"per op (p20 {so['p20']:.2f}, p80 {so['p80']:.2f}).",
         ]
         st = results["stop_term"]
         lines += [

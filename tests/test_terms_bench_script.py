@@ -1,6 +1,8 @@
 """The XTTSLoss terms benchmark (benchmarks/xtts_terms_bench.py) runs end to end at
 a tiny shape and writes every row BENCHMARKS.md quotes: the plain step graph,
-the XLA-compiled one (the MyXTTS trainer's default) and the per-term shares.
+the XLA-compiled one (the MyXTTS trainer's default), the per-term shares and
+the --breakdown rows (parts removed, the two fused ops alone, the cost of one
+scalar op between the op's forward and backward, the stop term alone).
 Timings are not checked (they are measured in benchmarks, not asserted)."""
 
 import json
@@ -36,7 +38,15 @@ def test_terms_bench_tiny(tmp_path):
     assert "stop_loss" in results["all_heads"]["per_term_ms"]
     md = (tmp_path / "terms.md").read_text()
     assert "jit_compile=True" in md and "| stop_loss |" in md
-    assert set(results["breakdown"]) == {"mel_no_updates", "mel", "mel_stop_no_updates", "mel_stop"}
-    assert "| mel + stop |" in md
+    assert set(results["breakdown"]) == {
+        "mel_no_updates",
+        "mel",
+        "mel_stop_no_updates",
+        "mel_stop",
+        "fused_ops_only",
+    }
+    assert "| mel + stop |" in md and "The two fused ops alone" in md
+    assert set(results["scalar_op_us"]) == {"median", "p20", "p80", "chain_ops"}
+    assert "One scalar TF op between" in md
     assert set(results["stop_term"]) >= {"fused_ms", "tf_ops_ms", "tf_ops_over_fused"}
     assert "The stop term alone" in md
