@@ -400,6 +400,12 @@ def test_all_18_constructor_arguments_and_module_functions():
     from myxtts.training.losses import XTTSLoss as Seed  # noqa: F401
 
     assert Seed is XTTSLoss
+    # Contract section 6: MyXTTS's myxtts/training/__init__.py exports these three.
+    import myxtts.training
+
+    for name in ("XTTSLoss", "mel_loss", "stop_token_loss"):
+        assert name in myxtts.training.__all__
+        assert getattr(myxtts.training, name) is getattr(myxtts_loss, name)
 
 
 def test_stop_tokens_are_probabilities_by_default(rng):

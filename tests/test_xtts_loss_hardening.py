@@ -29,6 +29,13 @@ def _pair(value, b=2, t=4, m=3):
     )
 
 
+def _in_mode(loss_fn, mode):
+    """``loss_fn(y_true, y_pred)`` eagerly, in a ``tf.function`` or compiled with XLA."""
+    if mode == "eager":
+        return loss_fn
+    return tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
+
+
 def _state_snapshot(loss_fn):
     """Every state variable's value, by name (extra-loss variables included)."""
     return {v.name: np.array(v.numpy()) for v in loss_fn.state_variables}
@@ -176,11 +183,7 @@ def test_lengths_must_be_integral(mode, bad, shown):
     by the length check's op, with one message (name, index, value as passed):
     under XLA (assertions compile away) it is a custom call."""
     loss_fn = XTTSLoss()
-    call = (
-        loss_fn
-        if mode == "eager"
-        else tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
-    )
+    call = _in_mode(loss_fn, mode)
     yt, yp = _pair(0.5)
     yt["mel_lengths"] = tf.constant([4.0, 3.0])  # integral floats (Keras casts lengths): fine
     assert float(call(yt, yp)) == pytest.approx(1.25)
@@ -200,11 +203,7 @@ def test_mel_length_beyond_frames_leaves_the_state(mode):
     """A length the fused op refuses (beyond the frames) is refused on every
     path and, outside XLA, leaves every state variable as it was."""
     loss_fn = XTTSLoss(extra_losses={"aux": lambda yt, yp: tf.reduce_mean(yp["mel_output"])})
-    call = (
-        loss_fn
-        if mode == "eager"
-        else tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
-    )
+    call = _in_mode(loss_fn, mode)
     yt, yp = _pair_with_heads()
     call(yt, yp)
     before = _state_snapshot(loss_fn)
@@ -267,11 +266,7 @@ def test_length_past_its_axis_is_refused_for_every_term(term, mode):
     yt, yp, key, (bounded, axis) = _BOUNDED_TERMS[term]
     yt = dict(yt)
     loss_fn = XTTSLoss()
-    call = (
-        loss_fn
-        if mode == "eager"
-        else tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
-    )
+    call = _in_mode(loss_fn, mode)
     assert np.isfinite(float(call(yt, yp)))
     before = _state_snapshot(loss_fn)
     size = (yp | yt)[bounded].shape[axis]
@@ -395,11 +390,7 @@ def test_text_lengths_refused_on_every_path(mode, bad, shown):
     length check's custom call; the refused call leaves every state variable
     as it was."""
     loss_fn = XTTSLoss()
-    call = (
-        loss_fn
-        if mode == "eager"
-        else tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
-    )
+    call = _in_mode(loss_fn, mode)
     yt, yp = _pair_with_heads()
     good = float(call(yt, yp))
     before = _state_snapshot(loss_fn)
@@ -419,11 +410,7 @@ def test_unused_text_lengths_are_checked_too(mode):
     """text_lengths given with no term that reads them (mel only) are still
     checked, under XLA too (the check's custom call is never pruned)."""
     loss_fn = XTTSLoss()
-    call = (
-        loss_fn
-        if mode == "eager"
-        else tf.function(lambda a, b: loss_fn(a, b), jit_compile=mode == "xla")
-    )
+    call = _in_mode(loss_fn, mode)
     yt, yp = _pair(0.5)
     yt["text_lengths"] = tf.constant([2, 3])
     assert float(call(yt, yp)) == pytest.approx(1.25)
@@ -967,3 +954,128 @@ def test_invalid_gradient_norms():
     for bad in ("large", None, tf.constant("x"), tf.constant(True)):
         with pytest.raises(ValueError, match=r"observe_gradient_norm\(norm\) takes a real scalar"):
             loss_fn.observe_gradient_norm(bad)
+
+
+# ------------------------------------------------------------------ inputs no term can read
+def _mel_pair(b=2, t=4, m=3):
+    return {"mel_target": tf.zeros([b, t, m])}, {"mel_output": tf.ones([b, t, m])}
+
+
+def _bad_inputs(case):
+    """(y_true, y_pred, message) for one input no term can read as it is."""
+    yt, yp = _mel_pair()
+    if case == "complex":
+        yp["mel_output"] = tf.complex(tf.ones([2, 4, 3]), tf.ones([2, 4, 3]))
+        return yt, yp, r"y_pred\['mel_output'\] must hold real numbers .* got complex64"
+    if case == "string":
+        yt["pitch_target"], yt["mel_lengths"] = tf.ones([2, 4, 1]), tf.constant([4, 3])
+        yp["pitch_output"] = tf.fill([2, 4, 1], "a")
+        return yt, yp, r"y_pred\['pitch_output'\] must hold real numbers .* got string"
+    if case == "bool":
+        yt["stop_target"] = tf.zeros([2, 4, 1], tf.bool)
+        yp["stop_tokens"] = tf.fill([2, 4, 1], 0.5)
+        return yt, yp, r"y_true\['stop_target'\] must hold real numbers .* got bool"
+    if case == "no_heads":
+        yt["mel_lengths"], yt["text_lengths"] = tf.constant([4, 3]), tf.constant([5, 5])
+        yp["attention_weights"] = tf.zeros([2, 0, 4, 5])
+        return yt, yp, r"y_pred\['attention_weights'\] has shape \(2, 0, 4, 5\): its axis 1 \(H"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("case", ["complex", "string", "bool", "no_heads"])
+def test_inputs_no_term_can_read_are_refused(case, mode):
+    """A complex input (a cast would drop its imaginary part and give a number),
+    a string or bool one, and attention weights over no heads (a NaN mean for
+    every pair, the term silently 0) are ValueErrors naming the input, on every
+    path, before any state is written."""
+    loss_fn = XTTSLoss()
+    call = _in_mode(loss_fn, mode)
+    yt, yp, message = _bad_inputs(case)
+    before = _state_snapshot(loss_fn)
+    with pytest.raises(ValueError, match=message):
+        call(yt, yp)
+    _assert_state_unchanged(loss_fn, before, mode)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_tuples_for_y_true_and_y_pred_are_refused(mode):
+    """A tuple is neither MyXTTS's dict nor one mel tensor: eagerly it would
+    stack into a tensor of another shape, traced it failed converting symbolic
+    tensors. Both paths name what was passed."""
+    loss_fn = XTTSLoss()
+    call = _in_mode(loss_fn, mode)
+    yt, yp = _mel_pair()
+    pair = (yt["mel_target"], yt["mel_target"]), (yp["mel_output"], yp["mel_output"])
+    with pytest.raises(ValueError, match=r"y_true must be a dict of tensors .* got a tuple"):
+        call(*pair)
+
+
+@pytest.mark.parametrize("kind", ["ragged", "sparse"])
+def test_ragged_and_sparse_inputs_are_refused(kind):
+    ragged = tf.ragged.constant([[[1.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]]], ragged_rank=1)
+    value = ragged if kind == "ragged" else ragged.to_sparse()
+    name = "RaggedTensor" if kind == "ragged" else "SparseTensor"
+    with pytest.raises(
+        ValueError, match=rf"y_true\['mel_target'\] must be a dense tensor, got a {name}"
+    ):
+        XTTSLoss()({"mel_target": value}, {"mel_output": tf.zeros([2, 2, 2])})
+
+
+def test_an_input_of_unknown_rank_is_refused_naming_it():
+    """A rank hidden from tracing (an input_signature without shapes) used to
+    fail inside a term with a TypeError naming nothing; it is refused when the
+    step is traced, naming the input."""
+    yt = {"duration_target": tf.ones([2, 5]), "text_lengths": tf.constant([5, 3])}
+    yp = {"duration_pred": tf.zeros([2, 5])}
+    signature = [
+        {k: tf.TensorSpec(v.shape, v.dtype) for k, v in yt.items()},
+        {"duration_pred": tf.TensorSpec(None)},
+    ]
+    loss_fn = XTTSLoss()
+    step = tf.function(lambda a, b: loss_fn(a, b), input_signature=signature)
+    with pytest.raises(ValueError, match=r"y_pred\['duration_pred'\] has a rank unknown when"):
+        step(yt, yp)
+    known = [signature[0], {"duration_pred": tf.TensorSpec([None, None])}]
+    got = tf.function(lambda a, b: loss_fn(a, b), input_signature=known)(yt, yp)
+    assert np.isfinite(float(got))
+
+
+def test_mel_lengths_given_twice_are_refused():
+    """The mel_lengths argument used to replace y_true['mel_lengths'] silently."""
+    yt, yp = _mel_pair()
+    yt["mel_lengths"] = tf.constant([4, 3])
+    loss_fn = XTTSLoss()
+    with pytest.raises(ValueError, match=r"mel lengths given twice"):
+        loss_fn(yt, yp, mel_lengths=tf.constant([1, 1]))
+    mel_only = {"mel_target": yt["mel_target"]}
+    assert float(loss_fn(mel_only, yp, mel_lengths=tf.constant([4, 3]))) == float(
+        XTTSLoss()(yt, yp)
+    )
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize(
+    "labels, shown",
+    [
+        ([np.nan, np.nan, 1.0], "nan is not a whole number"),
+        ([np.inf, -np.inf, 1.0], "inf is not a whole number"),
+        ([0.4, 0.6, 1.0], "0.4 is not a whole number"),
+        ([-1.0, 2.0, 1.0], "-1 is outside"),
+    ],
+    ids=["nan", "inf", "fraction", "negative"],
+)
+def test_float_speaker_labels_must_be_ids(labels, shown, mode):
+    """Float speaker labels (Keras casts y_true to float32) must be whole
+    numbers in [0, 2**31 - 1]: a cast merged NaNs or infinities into one
+    speaker (and differently under XLA) and rounded 0.4 and 0.6 silently.
+    Whole-number labels give the value of the same integer ids."""
+    emb = tf.random.stateless_normal([3, 4], [1, 2])
+    loss_fn = XTTSLoss()
+    call = _in_mode(loss_fn, mode)
+    want = float(XTTSLoss()({"speaker_labels": tf.constant([7, 8, 1])}, {"speaker_embedding": emb}))
+    got = call({"speaker_labels": tf.constant([7.0, 8.0, 1.0])}, {"speaker_embedding": emb})
+    assert float(got) == want
+    error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+    with pytest.raises(error, match=rf"speaker_labels\[0\] = {re.escape(shown)}"):
+        call({"speaker_labels": tf.constant(labels)}, {"speaker_embedding": emb})

@@ -416,8 +416,22 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         if true_is_dict:
             y_true, y_pred = dict(y_true), dict(y_pred)
         else:
+            for where, value in (("y_true", y_true), ("y_pred", y_pred)):
+                if isinstance(value, (tuple, list)):
+                    # Eagerly it would stack into one tensor of another shape;
+                    # traced, it would fail converting symbolic tensors.
+                    raise ValueError(
+                        f"{where} must be a dict of tensors (as the MyXTTS trainer passes) "
+                        f"or one mel tensor, got a "
+                        f"{type(value).__name__}"
+                    )
             y_true, y_pred = {"mel_target": y_true}, {"mel_output": y_pred}
         if mel_lengths is not None:
+            if "mel_lengths" in y_true:
+                raise ValueError(
+                    "mel lengths given twice: as the mel_lengths argument and as "
+                    "y_true['mel_lengths']; give one"
+                )
             y_true["mel_lengths"] = mel_lengths
         extra_keys = set()  # keys only extra terms know about: not checked for spelling
         if self._extra_fns:
@@ -430,6 +444,8 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                     for d in (y_true, y_pred)
                 )
         if ("mel_target" in y_true) != ("mel_output" in y_pred):
+            # Unlike the other terms (off while a key is missing, as in the
+            # original): a misnamed mel key would silently remove the main term.
             missing = "y_pred['mel_output']" if "mel_target" in y_true else "y_true['mel_target']"
             raise ValueError(
                 f"the mel term needs both mel_target and mel_output; {missing} is missing"

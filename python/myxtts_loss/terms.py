@@ -640,9 +640,11 @@ def contrastive_stats(labels, embeddings, temperature=0.1, margin=0.2, dtype=_F3
     temperature, margin = _setting(temperature, dtype), _setting(margin, dtype)
     labels = tf.convert_to_tensor(labels)
     # Integer ids compare as they are (through float32, ids past 2**24 would
-    # merge); float ones (Keras casts y_true to float32) are rounded in their dtype.
+    # merge). Float ones (Keras casts y_true to float32) must be whole numbers
+    # in [0, 2**31 - 1], checked as lengths are: a cast would merge NaN, inf
+    # or 2.5 into some speaker silently, and differently under XLA.
     if not labels.dtype.is_integer:
-        labels = tf.round(labels)
+        labels = as_lengths(labels, "speaker_labels")
     labels = tf.cast(labels, tf.int64)
     row_ok = tf.reduce_all(tf.math.is_finite(e), axis=-1)
     nonfinite = _count(tf.logical_not(row_ok))
@@ -961,7 +963,11 @@ def check_inputs(y_true, y_pred, extra_keys=()):
     the caller runs before using the inputs, naming the keys and both sizes;
     under ``jit_compile=True`` (the MyXTTS trainer's default, with
     ``reduce_retracing``) the same op fails the compilation, where every size
-    is known. An input of unknown rank is not checked at all.
+    is known. Every known input must be a dense tensor (or array) of real
+    numbers whose rank is known when traced: a ragged or sparse tensor, a
+    complex, string or bool dtype, or an unknown rank is a ``ValueError``
+    naming the input (a cast would drop an imaginary part, or a term would
+    fail deep inside with a message naming none).
 
     Returns the list of those checks (empty eagerly and for static shapes).
     """
@@ -972,6 +978,8 @@ def check_inputs(y_true, y_pred, extra_keys=()):
         for key, value in d.items():
             if value is None:
                 raise ValueError(f"{where}[{key!r}] is None: omit absent inputs instead")
+            if key in known:
+                _check_real_dense(f"{where}[{key!r}]", value)
             if key in known or key in extra_keys:
                 continue
             if key in other:
@@ -993,6 +1001,13 @@ def check_inputs(y_true, y_pred, extra_keys=()):
                     f"{', '.join(repr(k) for k in LENGTH_SYMBOLS)}; rename the key if it "
                     f"holds something else (known y_true keys: {', '.join(sorted(known))})"
                 )
+    heads = y_pred.get("attention_weights")
+    if heads is not None and tf.TensorShape(_shape_of(heads))[1:2].as_list() == [0]:
+        # A mean over no heads is NaN for every pair: the term would drop them all.
+        raise ValueError(
+            f"y_pred['attention_weights'] has shape {tf.TensorShape(_shape_of(heads))}: "
+            "its axis 1 (H, the heads) must be at least 1"
+        )
     return check_shapes(
         [
             (f"{where}[{key!r}]", f"{where}[{key}]", value, KEY_SHAPES[key])
@@ -1001,6 +1016,29 @@ def check_inputs(y_true, y_pred, extra_keys=()):
             if key in KEY_SHAPES
         ]
     )
+
+
+def _check_real_dense(label, value):
+    """Refuse what no term can read as it is: see :func:`check_inputs`."""
+    if isinstance(value, (tf.RaggedTensor, tf.SparseTensor, tf.compat.v1.SparseTensorValue)):
+        raise ValueError(
+            f"{label} must be a dense tensor, got a {type(value).__name__}: pad it "
+            "(RaggedTensor.to_tensor(), tf.sparse.to_dense) and give the lengths"
+        )
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:  # Python numbers or lists: as TensorFlow converts them
+        dtype = tf.convert_to_tensor(value).dtype
+    dtype = tf.as_dtype(dtype)
+    if not (dtype.is_floating or dtype.is_integer):
+        raise ValueError(
+            f"{label} must hold real numbers (a float or integer dtype), got {dtype.name}"
+        )
+    if tf.TensorShape(_shape_of(value)).rank is None:
+        raise ValueError(
+            f"{label} has a rank unknown when the step is traced: give the step an "
+            "input_signature with the ranks of its inputs (sizes may stay None), or "
+            "tf.ensure_shape the input"
+        )
 
 
 def check_shapes(entries):

@@ -12,6 +12,9 @@
   :func:`~myxtts.training.callbacks.write_loss_summaries` -- logging;
   :class:`~myxtts.training.callbacks.XTTSLossValidation` -- validation that
   leaves the training state alone in a plain ``keras.Model``.
+* :func:`~myxtts.training.losses.mel_loss`,
+  :func:`~myxtts.training.losses.stop_token_loss` -- the module functions
+  MyXTTS's own ``myxtts.training`` exports.
 
 Imports are lazy so ``import myxtts.training`` does not import TensorFlow.
 """
@@ -27,6 +30,8 @@ __all__ = [
     "XTTSLossMonitor",
     "XTTSLossValidation",
     "write_loss_summaries",
+    "mel_loss",
+    "stop_token_loss",
 ]
 
 _LAZY = {
@@ -39,6 +44,9 @@ _LAZY = {
     "XTTSLossMonitor": "myxtts.training.callbacks",
     "XTTSLossValidation": "myxtts.training.callbacks",
     "write_loss_summaries": "myxtts.training.callbacks",
+    # The module functions MyXTTS's own myxtts/training/__init__.py exports.
+    "mel_loss": "myxtts.training.losses",
+    "stop_token_loss": "myxtts.training.losses",
 }
 
 
