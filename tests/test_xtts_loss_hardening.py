@@ -1079,3 +1079,26 @@ def test_float_speaker_labels_must_be_ids(labels, shown, mode):
     error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
     with pytest.raises(error, match=rf"speaker_labels\[0\] = {re.escape(shown)}"):
         call({"speaker_labels": tf.constant(labels)}, {"speaker_embedding": emb})
+
+
+_REAL = tf.fill([2, 4, 1], 0.5)
+_COMPLEX = tf.complex(_REAL, 100.0 * tf.ones_like(_REAL))
+
+
+@pytest.mark.parametrize(
+    "fn, args, name",
+    [
+        (terms.mel_loss, (_REAL, _COMPLEX), "y_pred"),
+        (terms.stop_token_loss, (_COMPLEX, _REAL), "y_true"),
+        (terms.pitch_loss, (_COMPLEX, _REAL), "predicted_pitch"),
+        (terms.duration_loss, (_REAL[..., 0], _COMPLEX[..., 0], [4, 2]), "target_durations"),
+        (terms.diffusion_loss, (_COMPLEX, _REAL), "predicted_noise"),
+    ],
+    ids=["mel", "stop", "pitch", "duration", "diffusion"],
+)
+def test_module_functions_refuse_complex_inputs(fn, args, name):
+    """The module functions read their arguments as XTTSLoss reads its inputs:
+    a complex one (whose imaginary part a cast would drop, giving 0.0) is a
+    ValueError naming the argument."""
+    with pytest.raises(ValueError, match=rf"^{name} must hold real numbers .* got complex64"):
+        fn(*args)

@@ -1140,8 +1140,12 @@ def _shape_checked(*entries):
     """The values of ``entries`` (``(argument name, value, shapes)``, ``shapes``
     a :data:`KEY_SHAPES` entry), once their shapes agree: a module function's
     prediction and target never broadcast into each other (a ``[B, 1]``
-    target against a ``[B, U]`` prediction is refused, not averaged)."""
+    target against a ``[B, U]`` prediction is refused, not averaged), and once
+    each is a dense tensor of real numbers of known rank (as
+    :func:`check_inputs` requires of XTTSLoss's inputs)."""
     present = [(name, value, shapes) for name, value, shapes in entries if value is not None]
+    for name, value, _ in present:
+        _check_real_dense(name, value)
     checks = check_shapes([(name, name, value, shapes) for name, value, shapes in present])
     values = [value for _, value, _ in entries]
     if not checks:
@@ -1244,13 +1248,14 @@ def mel_loss(
     target noise of :func:`mel_target_noise` (``seed``: int)."""
     import myxtts_ops
 
-    y_true, y_pred = common_mel_dtype(y_true, y_pred)
-    # Before the noise, whose std would broadcast lengths of another batch size.
+    # Before the noise, whose std would broadcast lengths of another batch
+    # size, and before the common dtype, whose cast would drop an imaginary part.
     y_true, y_pred, lengths = _shape_checked(
         ("y_true", y_true, KEY_SHAPES["mel_target"]),
         ("y_pred", y_pred, KEY_SHAPES["mel_output"]),
         ("lengths", lengths, _LENGTHS_SHAPES),
     )
+    y_true, y_pred = common_mel_dtype(y_true, y_pred)
     lens = _opt_lengths(lengths, "lengths", [("y_pred", y_pred, 1)])
     if label_smoothing:
         y_true = mel_target_noise(
