@@ -26,8 +26,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import setuptools
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+
+# pyproject.toml's license is an SPDX string, which setuptools reads from 77 on
+# (older ones refuse the file with a schema error naming no fix). pip's isolated
+# build gets a new one; --no-build-isolation and build_ext use the environment's.
+_MIN_SETUPTOOLS = 77
+if int(setuptools.__version__.split(".")[0]) < _MIN_SETUPTOOLS:
+    sys.exit(
+        f"myxtts-ops needs setuptools>={_MIN_SETUPTOOLS} to build, this environment has "
+        f"{setuptools.__version__}: pip install 'setuptools>={_MIN_SETUPTOOLS}'"
+    )
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "build_backend"))

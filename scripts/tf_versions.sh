@@ -43,7 +43,7 @@ for minor in "${MINORS[@]}"; do
     python3 -m venv "$venv"
     . "$venv/bin/activate"
     python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet "tensorflow-cpu==$minor.*" "setuptools>=70" wheel cmake ninja \
+    python -m pip install --quiet "tensorflow-cpu==$minor.*" "setuptools>=77" wheel cmake ninja \
       pybind11 pytest hypothesis psutil
     cd "$WORK/src"
     rm -rf build

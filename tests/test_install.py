@@ -90,6 +90,40 @@ def test_installed_wheel_names_tensorflow_only_in_its_extras():
 # CMake build trees: configured afresh when their tools moved, pruned when gone
 
 
+def test_installed_wheel_states_its_license_as_an_spdx_expression():
+    metadata = importlib.metadata.metadata("myxtts-ops")
+    assert metadata.get("License-Expression") == "Apache-2.0"
+
+
+def test_setup_py_names_the_setuptools_it_needs(tmp_path):
+    """setuptools before 77 refuses pyproject.toml's SPDX license string with a
+    schema error that names no fix; setup.py says which version it needs
+    before that (a stub setuptools 65 stands in for an old environment's)."""
+    stub = tmp_path / "setuptools"
+    (stub / "command").mkdir(parents=True)
+    (stub / "__init__.py").write_text(
+        "__version__ = '65.5.0'\n"
+        "class Extension:\n    pass\n"
+        "def find_packages(*a, **k):\n    return []\n"
+        "def setup(**k):\n    raise AssertionError('setup() reached')\n"
+    )
+    (stub / "command" / "__init__.py").write_text("")
+    (stub / "command" / "build_ext.py").write_text("class build_ext:\n    pass\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, os.path.join(_ROOT, "setup.py"), "--version"],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "myxtts-ops needs setuptools>=77 to build, this environment has 65.5.0" in proc.stderr
+    assert "setup() reached" not in proc.stderr
+
+
 def test_build_tree_key_follows_what_is_compiled_not_where_the_tools_are():
     base = cmake_tree.build_configuration({"MYXTTS_OPS_CUDA": "off"})
     key = cmake_tree.configuration_key(base)
