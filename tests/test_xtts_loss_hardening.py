@@ -1102,3 +1102,12 @@ def test_module_functions_refuse_complex_inputs(fn, args, name):
     ValueError naming the argument."""
     with pytest.raises(ValueError, match=rf"^{name} must hold real numbers .* got complex64"):
         fn(*args)
+
+
+def test_module_attention_loss_refuses_no_heads():
+    """The module function reads attention weights through the same shape
+    check as XTTSLoss: over no heads it is a ValueError, not a silent 0."""
+    with pytest.raises(
+        ValueError, match=r"^attention_weights has shape \(2, 0, 4, 5\): its axis 1 \(H\) must be"
+    ):
+        terms.attention_loss(tf.zeros([2, 0, 4, 5]), tf.constant([5, 5]), tf.constant([4, 4]))

@@ -422,8 +422,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                     # traced, it would fail converting symbolic tensors.
                     raise ValueError(
                         f"{where} must be a dict of tensors (as the MyXTTS trainer passes) "
-                        f"or one mel tensor, got a "
-                        f"{type(value).__name__}"
+                        f"or one mel tensor, got a {type(value).__name__}"
                     )
             y_true, y_pred = {"mel_target": y_true}, {"mel_output": y_pred}
         if mel_lengths is not None:

@@ -1001,13 +1001,6 @@ def check_inputs(y_true, y_pred, extra_keys=()):
                     f"{', '.join(repr(k) for k in LENGTH_SYMBOLS)}; rename the key if it "
                     f"holds something else (known y_true keys: {', '.join(sorted(known))})"
                 )
-    heads = y_pred.get("attention_weights")
-    if heads is not None and tf.TensorShape(_shape_of(heads))[1:2].as_list() == [0]:
-        # A mean over no heads is NaN for every pair: the term would drop them all.
-        raise ValueError(
-            f"y_pred['attention_weights'] has shape {tf.TensorShape(_shape_of(heads))}: "
-            "its axis 1 (H, the heads) must be at least 1"
-        )
     return check_shapes(
         [
             (f"{where}[{key!r}]", f"{where}[{key}]", value, KEY_SHAPES[key])
@@ -1019,7 +1012,7 @@ def check_inputs(y_true, y_pred, extra_keys=()):
 
 
 def _check_real_dense(label, value):
-    """Refuse what no term can read as it is: see :func:`check_inputs`."""
+    """Refuse what no term can read as it is (rank and sizes: :func:`check_shapes`)."""
     if isinstance(value, (tf.RaggedTensor, tf.SparseTensor, tf.compat.v1.SparseTensorValue)):
         raise ValueError(
             f"{label} must be a dense tensor, got a {type(value).__name__}: pad it "
@@ -1033,12 +1026,10 @@ def _check_real_dense(label, value):
         raise ValueError(
             f"{label} must hold real numbers (a float or integer dtype), got {dtype.name}"
         )
-    if tf.TensorShape(_shape_of(value)).rank is None:
-        raise ValueError(
-            f"{label} has a rank unknown when the step is traced: give the step an "
-            "input_signature with the ranks of its inputs (sizes may stay None), or "
-            "tf.ensure_shape the input"
-        )
+
+
+#: Symbols whose static size may not be 0, and why.
+_AT_LEAST_ONE = {"H": "a mean over no heads is NaN for every pair, which the term drops"}
 
 
 def check_shapes(entries):
@@ -1048,7 +1039,8 @@ def check_shapes(entries):
     (without quotes) for the run-time checks' messages. Every symbol names
     one size across all entries (B the batch of the first entry that fixes
     it, ...). Static sizes that disagree are a ``ValueError`` naming the input,
-    its shape and where the other size came from; sizes unknown when a graph
+    its shape and where the other size came from, as are an unknown rank and a
+    static 0 for a symbol of :data:`_AT_LEAST_ONE`; sizes unknown when a graph
     is traced are left to the returned checks (see :func:`check_inputs`).
     """
     bound = {}  # symbol -> (size, label)
@@ -1056,7 +1048,11 @@ def check_shapes(entries):
     for label, plain, value, patterns in entries:
         shape = tf.TensorShape(_shape_of(value))
         if shape.rank is None:
-            continue
+            raise ValueError(
+                f"{label} has a rank unknown when the step is traced: give the step an "
+                "input_signature with the ranks of its inputs (sizes may stay None), or "
+                "tf.ensure_shape the input"
+            )
         pattern = _pattern_of_rank(patterns, shape.rank)
         if pattern is None:
             allowed = " or ".join("[" + ", ".join(map(str, p)) + "]" for p in patterns)
@@ -1066,6 +1062,11 @@ def check_shapes(entries):
                 seen.setdefault(sym, []).append((plain, axis, value, size))
             if size is None or sym == "?":
                 continue
+            if size == 0 and sym in _AT_LEAST_ONE:
+                raise ValueError(
+                    f"{label} has shape {shape}: its axis {axis} ({sym}) must be at least 1 "
+                    f"({_AT_LEAST_ONE[sym]})"
+                )
             if sym == 1:
                 if size != 1:
                     raise ValueError(
