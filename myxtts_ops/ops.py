@@ -23,6 +23,8 @@ CHECK_LENGTHS_OP_NAME = "MyxttsOps>CheckLengths"
 CHECK_SIZES_OP_NAME = "MyxttsOps>CheckSizes"
 STOP_OP_NAME = "MyxttsOps>StopTokenLoss"
 STOP_GRAD_OP_NAME = "MyxttsOps>StopTokenLossGrad"
+RULE_OP_NAME = "MyxttsOps>AdaptiveWeightStep"
+SMOOTHING_OP_NAME = "MyxttsOps>SmoothingStep"
 ON_XLA_CHOICES = ("fallback", "error")
 
 _log = logging.getLogger("myxtts_ops")
@@ -371,4 +373,42 @@ def _stop_token_bce_grad_grad(op, *unused_grads):
         "myxtts_ops.ops.stop_token_bce supports first-order (reverse-mode) gradients only; "
         "the stop term computed in TF ops (under jit_compile=True) is differentiable to any "
         "order."
+    )
+
+
+# The decision ops' outputs are state and events, never differentiated.
+tf.no_gradient(RULE_OP_NAME)
+tf.no_gradient(SMOOTHING_OP_NAME)
+
+
+@tf.autograph.experimental.do_not_convert
+def adaptive_weight_rule(state, observations, enabled, **settings):
+    """One call of the adaptive mel weight rule as one CPU op (``MyxttsOps>AdaptiveWeightStep``).
+
+    ``state`` and ``observations`` are dicts of scalar tensors named as the
+    op's inputs, ``enabled`` a bool scalar, ``settings`` the op's attributes.
+    Returns the op's outputs (``new_<field>`` for each state field, ``weight``,
+    ``clean``, ``spike``, ``accepted``, ``rejected``). XTTSLoss calls it
+    through :func:`myxtts_loss.rule.adaptive_weight_step` (``fused=True``),
+    which defines the rule and sets every attribute.
+    """
+    library = _loader.load_ops()
+    return library.myxtts_ops_adaptive_weight_step(
+        **state, **observations, enabled=enabled, **settings
+    )
+
+
+@tf.autograph.experimental.do_not_convert
+def smoothing_rule(total_history, running_total, raw_total, step, **settings):
+    """One call of the reported smoothed total as one CPU op (``MyxttsOps>SmoothingStep``);
+    :func:`myxtts_loss.rule.smoothing_step` (``fused=True``) defines it and sets
+    every attribute. Returns ``(new_total_history, new_smoothing_running_total,
+    smoothed)``."""
+    library = _loader.load_ops()
+    return library.myxtts_ops_smoothing_step(
+        total_history=total_history,
+        smoothing_running_total=running_total,
+        raw_total=raw_total,
+        step=step,
+        **settings,
     )

@@ -5,6 +5,9 @@
 * ``smoothing_step`` against a NumPy model of the MyXTTS contract's section 4
   smoothing (history of 10 raw totals, EMA with d = min(n/500, 0.95), spike damping);
 * a 400-step smoothing trajectory matches the original's documented rules.
+
+Each runs the TF-ops form and the C++ op form (``fused=True``);
+tests/test_rule_op.py compares the two with each other.
 """
 
 import dataclasses
@@ -150,9 +153,10 @@ def _tf_obs(obs):
         ),
     ],
 )
-def test_adaptive_step_matches_numpy_model(settings, rng):
+@pytest.mark.parametrize("fused", [False, True], ids=["tf_ops", "op"])
+def test_adaptive_step_matches_numpy_model(settings, fused, rng):
     c = CFG.replace(**settings)
-    step = tf.function(lambda st, ob, en: rule.adaptive_weight_step(st, ob, c, en))
+    step = tf.function(lambda st, ob, en: rule.adaptive_weight_step(st, ob, c, en, fused=fused))
     decided = 0
     # At least 400 random cases, and as many more as it takes (up to 4000) for
     # ten of them to reach the decision, whatever the seed.
@@ -176,11 +180,14 @@ def test_adaptive_step_matches_numpy_model(settings, rng):
     assert decided >= 10  # the random cases do reach the decision
 
 
-def test_adaptive_step_is_pure():
+@pytest.mark.parametrize("fused", [False, True], ids=["tf_ops", "op"])
+def test_adaptive_step_is_pure(fused):
     """No variables are read or written: the same inputs give the same outputs, and the
     function traces to a graph without variable ops."""
     state, obs, _ = _random_case(np.random.default_rng(1))
-    fn = tf.function(lambda st, ob: rule.adaptive_weight_step(st, ob, CFG, tf.constant(True)))
+    fn = tf.function(
+        lambda st, ob: rule.adaptive_weight_step(st, ob, CFG, tf.constant(True), fused=fused)
+    )
     graph = fn.get_concrete_function(_tf_state(state), _tf_obs(obs)).graph
     kinds = {op.type for op in graph.get_operations()}
     assert not kinds & {"ReadVariableOp", "AssignVariableOp", "VarHandleOp", "AssignAddVariableOp"}
@@ -212,14 +219,15 @@ def np_smoothing(history, rt, c_raw, n, alpha=0.1, theta=2.0):
     return history, rt, out if math.isfinite(out) else c
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["tf_ops", "op"])
 @pytest.mark.parametrize("alpha", [0.1, 0.0])
-def test_smoothing_trajectory_matches_numpy_model(alpha, rng):
+def test_smoothing_trajectory_matches_numpy_model(alpha, fused, rng):
     """alpha = 0 is the contract's "no smoothing": the raw total on every
     call, spikes included, and neither the history nor the EMA written."""
     cfg = dataclasses.replace(CFG, loss_smoothing_factor=alpha)
     hist_np, rt_np = [0.0] * 10, 0.0
     state = {"total_history": tf.zeros([10]), "smoothing_running_total": tf.constant(0.0)}
-    step = tf.function(lambda st, c, n: rule.smoothing_step(st, c, n, cfg))
+    step = tf.function(lambda st, c, n: rule.smoothing_step(st, c, n, cfg, fused=fused))
     damped = 0
     for n in range(1, 401):
         c = float(rng.uniform(0.5, 1.5))

@@ -395,6 +395,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         """Whether the terms run this project's ops (``implementation="fused"``)."""
         return self.implementation == "fused"
 
+    def _fused_rule(self):
+        """Whether the decision and the smoothing run as their ops (rule.rule_op_used)."""
+        return self._fused_ops() and rule.rule_op_used()
+
     def _mel_op(self):
         if not self._fused_ops():
             from myxtts_ops import reference
@@ -667,6 +671,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 st.adaptation_enabled.read_value()
                 if c.use_adaptive_weights
                 else tf.constant(False),
+                fused=self._fused_rule(),
             )
         else:
             w = new_w = st.current_mel_weight.read_value()
@@ -703,7 +708,11 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         }
         if training:
             smooth_state, smoothed = rule.smoothing_step(
-                st.read(rule.SMOOTHING_STATE), raw, new_rule["step_count"], c
+                st.read(rule.SMOOTHING_STATE),
+                raw,
+                new_rule["step_count"],
+                c,
+                fused=self._fused_rule(),
             )
             updates.update(new_rule)
             updates.update(smooth_state)

@@ -10,17 +10,27 @@ and :mod:`myxtts_loss.loss` wires the two together.
 * :func:`smoothing_step` -- the reported (never differentiated) smoothed total
   of the MyXTTS contract, section 4, with its step counter advancing on every
   call (contract defect 7 fixed).
+
+Each is defined here in TF ops, with every setting and constant. With
+``fused=True`` the same function runs as one C++ op
+(``csrc/kernels/adaptive_rule.h``), which receives those settings and
+constants as attributes and repeats the float32 operations in the same order:
+in a plain graph the TF-ops form is some ninety scalar ops standing between the
+mel op's forward and its backward. :func:`rule_op_used` says where XTTSLoss
+runs the op.
 """
 
 import tensorflow as tf
 
 __all__ = [
+    "OBSERVATIONS",
     "RULE_STATE",
     "SMOOTHING_STATE",
     "SPIKE_MIN_STEPS",
     "SMOOTHING_WINDOW",
     "adaptive_weight_step",
     "all_of",
+    "rule_op_used",
     "smoothing_step",
 ]
 
@@ -30,6 +40,9 @@ SPIKE_MIN_STEPS = 10
 SMOOTHING_WINDOW = 10
 _RATIO_EPS = 1e-8
 _RATIO_MIN, _RATIO_MAX = 0.1, 10.0
+#: The smoothing's running total decays with d = min(step / 500, 0.95) (contract section 4).
+_SMOOTHING_DECAY_STEPS, _SMOOTHING_DECAY_MAX = 500.0, 0.95
+_SMOOTHING_EPS = 1e-8
 
 #: Fields of the adaptive-rule state: name -> (dtype, initial value; "base" = base weight).
 RULE_STATE = {
@@ -44,6 +57,17 @@ RULE_STATE = {
     "spike_count": (tf.int64, 0),
     "weight_changes": (tf.int64, 0),
     "rejected_changes": (tf.int64, 0),
+}
+
+#: The observations of one call (see :func:`adaptive_weight_step`), in the op's order.
+OBSERVATIONS = {
+    "mel": tf.float32,
+    "other": tf.float32,
+    "finite": tf.bool,
+    "has_valid": tf.bool,
+    "running_mean": tf.float32,
+    "window_variance": tf.float32,
+    "growing": tf.bool,
 }
 
 #: Fields of the smoothing state.
@@ -62,7 +86,18 @@ def all_of(conditions):
     return out
 
 
-def adaptive_weight_step(state, obs, settings, enabled):
+def rule_op_used():
+    """Whether XTTSLoss runs :func:`adaptive_weight_step` and :func:`smoothing_step`
+    as their C++ ops here: outside XLA (inside, XLA compiles the TF ops into
+    the step's computation) and where no GPU is visible (the ops have CPU
+    kernels only, and on a GPU their inputs would cross to the host on every
+    step)."""
+    from myxtts_ops.ops import in_xla_context
+
+    return not in_xla_context() and not tf.config.list_logical_devices("GPU")
+
+
+def adaptive_weight_step(state, obs, settings, enabled, *, fused=False):
     """One call of SPEC 4.1.
 
     Args:
@@ -76,12 +111,16 @@ def adaptive_weight_step(state, obs, settings, enabled):
         after this call), ``growing`` (bool: gradients are growing).
       settings: an :class:`~myxtts_loss.config.XTTSLossConfig`.
       enabled: bool tensor, the manual on/off switch.
+      fused: run the C++ op (``MyxttsOps>AdaptiveWeightStep``, CPU only, not
+        under XLA) instead of the TF ops; the same function, bit for bit.
 
     Returns:
       ``(new_state, weight, events)``: the new state dict, the float32 weight
       for this call's total, and a dict of bool events ``clean``, ``spike``,
       ``accepted``, ``rejected``.
     """
+    if fused:
+        return _adaptive_weight_step_op(state, obs, settings, enabled)
     c = settings
     i64 = tf.int64
     mel = tf.cast(obs["mel"], tf.float32)
@@ -184,7 +223,47 @@ def adaptive_weight_step(state, obs, settings, enabled):
     return new_state, new_w, events
 
 
-def smoothing_step(state, raw_total, step, settings):
+def _adaptive_weight_step_op(state, obs, settings, enabled):
+    """:func:`adaptive_weight_step` as one op; every setting and constant from here."""
+    from myxtts_ops.ops import adaptive_weight_rule
+
+    c = settings
+    theta = c.max_loss_spike_threshold
+    a = c.spike_reference_rate
+    # Observations are data for the decision, never differentiated through it.
+    observations = {
+        name: tf.stop_gradient(tf.cast(obs[name], dtype)) for name, dtype in OBSERVATIONS.items()
+    }
+    out = adaptive_weight_rule(
+        {name: state[name] for name in RULE_STATE},
+        observations,
+        enabled,
+        # The TF form's Python numbers, as the float32 / int64 constants it makes of them.
+        spike_factor_nonnegative=theta,
+        spike_factor_negative=2.0 - theta,
+        spike_min_steps=SPIKE_MIN_STEPS,
+        min_warmup_steps=int(c.adaptive_weight_min_warmup_steps),
+        cooling_period=int(c.adaptive_weight_cooling_period),
+        min_stable_steps=int(c.adaptive_weight_min_stable_steps),
+        variance_threshold=c.adaptive_weight_variance_threshold,
+        ratio_eps=_RATIO_EPS,
+        ratio_min=_RATIO_MIN,
+        ratio_max=_RATIO_MAX,
+        loss_high_ratio=c.adaptive_weight_loss_high_ratio,
+        loss_low_ratio=c.adaptive_weight_loss_low_ratio,
+        min_weight=c.adaptive_weight_min_weight,
+        max_weight=c.adaptive_weight_max_weight,
+        max_change_percent=c.adaptive_weight_max_change_percent,
+        max_weighted_loss=c.adaptive_weight_max_weighted_loss,
+        reference_rate=a,
+        reference_keep=1.0 - a,
+    )
+    new_state = {name: getattr(out, "new_" + name) for name in RULE_STATE}
+    events = {name: getattr(out, name) for name in ("clean", "spike", "accepted", "rejected")}
+    return new_state, out.weight, events
+
+
+def smoothing_step(state, raw_total, step, settings, *, fused=False):
     """The smoothed total of the MyXTTS contract (section 4, "Smoothing").
 
     Args:
@@ -197,11 +276,36 @@ def smoothing_step(state, raw_total, step, settings):
     Returns ``(new_state, smoothed)``. The history is what the original
     writes, so the values match its eager trajectory whenever its step counter
     advances (adaptation on and a mel term present).
+
+    ``fused``: as for :func:`adaptive_weight_step` (``MyxttsOps>SmoothingStep``);
+    the history's mean may differ in the last bit, as the op adds in index
+    order where ``tf.reduce_mean`` may not.
     """
     alpha = settings.loss_smoothing_factor
     theta = settings.max_loss_spike_threshold
     if alpha == 0:  # the contract's Python check: no smoothing, no damping, nothing written
         return dict(state), tf.cast(raw_total, tf.float32)
+    if fused:
+        from myxtts_ops.ops import smoothing_rule
+
+        out = smoothing_rule(
+            state["total_history"],
+            state["smoothing_running_total"],
+            tf.cast(raw_total, tf.float32),
+            step,
+            alpha=alpha,
+            keep=1.0 - alpha,
+            theta=theta,
+            decay_steps=_SMOOTHING_DECAY_STEPS,
+            decay_max=_SMOOTHING_DECAY_MAX,
+            eps=_SMOOTHING_EPS,
+            damp_after=SPIKE_MIN_STEPS,
+        )
+        new_state = {
+            "total_history": out.new_total_history,
+            "smoothing_running_total": out.new_smoothing_running_total,
+        }
+        return new_state, out.smoothed
     c = tf.cast(raw_total, tf.float32)
     c = tf.where(tf.math.is_finite(c), c, tf.zeros_like(c))
     hist = state["total_history"]
@@ -211,11 +315,11 @@ def smoothing_step(state, raw_total, step, settings):
     slot = tf.math.floormod(step - 1, SMOOTHING_WINDOW)
     hist = tf.where(tf.equal(tf.range(SMOOTHING_WINDOW, dtype=tf.int64), slot), c, hist)
     n = tf.cast(step, tf.float32)
-    d = tf.minimum(n / 500.0, 0.95)
+    d = tf.minimum(n / _SMOOTHING_DECAY_STEPS, _SMOOTHING_DECAY_MAX)
     new_rt = d * rt + (1.0 - d) * c
     new_rt = tf.where(tf.math.is_finite(new_rt), new_rt, c)
     avg = tf.reduce_mean(hist)
-    rho = c / (avg + 1e-8)
+    rho = c / (avg + _SMOOTHING_EPS)
     rho = tf.where(tf.math.is_finite(rho), rho, tf.ones_like(rho))
     damped = c * tf.minimum(theta / rho, 1.0)
     blended = (1.0 - alpha) * c + alpha * new_rt
