@@ -38,6 +38,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,8 +242,8 @@ def to_markdown(results, args):
     a = results["all_heads"]
     lines = [
         f"Machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, TF {tf.__version__}. "
-        f"Command: `python benchmarks/xtts_terms_bench.py --repeats {args.repeats} "
-        f"--rounds {args.rounds}`. Per-step medians inside a step graph (forward + backward); "
+        f"Command: `python benchmarks/xtts_terms_bench.py {args.command_line}`. "
+        "Per-step medians inside a step graph (forward + backward); "
         f"graphs called in turn; load average during the run: {os.getloadavg()[0]:.1f}.",
         "",
         f"| [B, T, M] = [{r['batch']}, {r['frames']}, {r['mels']}] float32 | ms per step | ratio |",
@@ -319,6 +320,8 @@ def main(argv=None):
     )
     p.add_argument("--out", default=None, help="write <out>.json and <out>.md")
     args = p.parse_args(argv)
+    # The run's own arguments, for the record (--breakdown and --out included).
+    args.command_line = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results = measure(args)
     md = to_markdown(results, args)
     print(md)

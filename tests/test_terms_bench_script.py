@@ -38,6 +38,8 @@ def test_terms_bench_tiny(tmp_path):
     assert "stop_loss" in results["all_heads"]["per_term_ms"]
     md = (tmp_path / "terms.md").read_text()
     assert "jit_compile=True" in md and "| stop_loss |" in md
+    # The record names the command as run, every argument included.
+    assert f"xtts_terms_bench.py {args} --repeats 2 --rounds 1 --breakdown --out {out}`" in md
     assert set(results["breakdown"]) == {
         "mel_no_updates",
         "mel",
