@@ -1,4 +1,6 @@
-"""The fused masked mel loss op: Python wrapper and gradient registration."""
+"""Python wrappers of the library's ops and their gradient registrations: the
+fused masked mel loss (and its XLA path), the length and size checks, the
+fused stop-token loss, and the adaptive-weight rule and smoothing ops."""
 
 import logging
 
@@ -412,3 +414,11 @@ def smoothing_rule(total_history, running_total, raw_total, step, **settings):
         step=step,
         **settings,
     )
+
+
+def host_kernels_used():
+    """Whether ops that run on the CPU only here are used: outside XLA (which
+    compiles their TF-ops form instead) and where no GPU is visible. The rule
+    ops have CPU kernels only; the stop-token op's CUDA kernels have not run
+    on a GPU yet (``myxtts_loss.terms.fused_stop_op_used``)."""
+    return not in_xla_context() and not tf.config.list_logical_devices("GPU")

@@ -4,11 +4,10 @@ the rule's definition in TF ops (myxtts_loss.rule), which they repeat:
 * the op's inputs and outputs are RULE_STATE's and OBSERVATIONS' fields, in order;
 * bit for bit the same new state, weight and events over random states and
   observations (NaN, inf, negative running totals, every gate, both bounds) and
-  settings, and the same smoothing (eagerly; the history's mean and, against
-  Grappler's rewrite of the TF ops, the running total up to their last bit);
+  settings, and the same smoothing, eagerly and in a tf.function;
 * where XTTSLoss runs them (rule_op_used): plain graphs and eager on the CPU,
   never under XLA; an XTTSLoss trajectory is the same with the ops or the TF ops;
-* a non-scalar input is refused, naming it.
+* a non-scalar input is refused.
 """
 
 import numpy as np
@@ -122,11 +121,15 @@ def test_op_matches_tf_ops_bit_for_bit(settings, rng):
 
     step = tf.function(both)
     seen = {e: 0 for e in EVENTS}
-    for _ in range(600):
+    for case in range(600):
         state, obs, enabled = _random_case(rng)
         if settings:
             state["step_count"] = int(rng.integers(0, 12))
             state["last_weight_change_step"] = int(rng.integers(0, state["step_count"] + 1))
+        if case % 50 == 49:  # int64 ends: both forms wrap
+            for k in ("step_count", "consecutive_stable_steps", "spike_count", "nonfinite_steps"):
+                state[k] = int(np.iinfo(np.int64).max)
+            state["last_weight_change_step"] = int(np.iinfo(np.int64).min)
         (ts, tw, te), (os_, ow, oe) = step(*_tensors(state, obs), tf.constant(enabled))
         where = f"{state} {obs} enabled={enabled}"
         np.testing.assert_array_equal(_bits(ow.numpy()), _bits(tw.numpy()), err_msg=where)
@@ -144,30 +147,34 @@ def test_op_matches_tf_ops_bit_for_bit(settings, rng):
 
 @pytest.mark.parametrize("alpha", [0.1, 0.6])
 def test_smoothing_op_matches_tf_ops(alpha, rng):
-    """Eagerly, the TF ops are their definition: the op gives the same bits but
-    for the smoothed value, whose history mean the op sums in index order. In a
-    tf.function Grappler rewrites the TF ops' division by a constant, so they
-    differ from their own eager results in the last bit; the op does not."""
+    """The same bits eagerly and in a tf.function, where Grappler may rewrite the
+    TF form's divisions by a constant (which is why that form divides in
+    float64 and rounds once), over histories that put rho on both sides of
+    theta, with cancellation, NaN, inf and negative totals."""
     cfg = CFG.replace(loss_smoothing_factor=alpha, max_loss_spike_threshold=1.5)
-    graph = tf.function(lambda st, raw, n: rule.smoothing_step(st, raw, n, cfg, fused=False))
+    graph = tf.function(
+        lambda st, raw, n: tuple(
+            rule.smoothing_step(st, raw, n, cfg, fused=f) for f in (False, True)
+        )
+    )
     state = {"total_history": tf.zeros([10]), "smoothing_running_total": tf.constant(0.0)}
+    damped = 0
     for n in range(1, 400):
-        raw = float(rng.choice([rng.uniform(0.5, 1.5), rng.uniform(10, 50), np.nan, np.inf, -1.0]))
+        raw = float(rng.choice([rng.uniform(0.5, 1.5), rng.uniform(1.4, 3.0), rng.uniform(10, 50)]))
+        raw = {97: np.nan, 98: np.inf, 99: -1.0, 150: 1e8, 152: -1e8}.get(n, raw)
         args = (state, tf.constant(raw, tf.float32), tf.constant(n, tf.int64))
-        ts, tout = rule.smoothing_step(*args, cfg)
-        os_, oout = rule.smoothing_step(*args, cfg, fused=True)
-        for k in rule.SMOOTHING_STATE:
-            np.testing.assert_array_equal(
-                _bits(os_[k].numpy()), _bits(ts[k].numpy()), err_msg=f"{k} at step {n}"
-            )
-        np.testing.assert_allclose(oout.numpy(), tout.numpy(), rtol=1e-6, atol=1e-5, err_msg=f"{n}")
-        # Against the rewritten TF ops: an ulp of the inputs (up to 50 here),
-        # which cancellation can make a large relative difference near 0.
-        gs, gout = graph(*args)
-        pairs = ((oout, gout), (os_["smoothing_running_total"], gs["smoothing_running_total"]))
-        for got, want in pairs:
-            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-5)
+        forms = [rule.smoothing_step(*args, cfg, fused=f) for f in (False, True)]
+        forms += list(graph(*args))
+        (ts, tout), *others = forms
+        for os_, oout in others:
+            for k in rule.SMOOTHING_STATE:
+                np.testing.assert_array_equal(
+                    _bits(os_[k].numpy()), _bits(ts[k].numpy()), err_msg=f"{k} at step {n}"
+                )
+            np.testing.assert_array_equal(_bits(oout.numpy()), _bits(tout.numpy()), f"step {n}")
+        damped += int(n > 10 and np.isfinite(raw) and float(tout) != raw)
         state = ts
+    assert damped > 0
 
 
 @pytest.mark.skipif(tf.config.list_logical_devices("GPU"), reason="a GPU is visible")
@@ -207,7 +214,7 @@ def test_xtts_loss_runs_the_ops_in_a_plain_graph_only():
 def test_xtts_loss_trajectory_is_the_same_with_the_ops(monkeypatch):
     """300 training calls of one XTTSLoss with the ops and one with the TF ops, on
     the same inputs (weights moving, spikes, non-finite steps): the same state
-    after every call, the smoothed total up to its last bit."""
+    and smoothed total after every call."""
     rng = np.random.default_rng(7)
     settings = dict(
         adaptive_weight_min_warmup_steps=5,
@@ -240,10 +247,9 @@ def test_xtts_loss_trajectory_is_the_same_with_the_ops(monkeypatch):
         for name in rule.RULE_STATE:
             a, b = getattr(with_ops._state, name), getattr(with_tf_ops._state, name)  # noqa: SLF001
             np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"{name} at {step}")
-        np.testing.assert_allclose(
+        np.testing.assert_array_equal(
             with_ops.get_smoothed_total_loss().numpy(),
             with_tf_ops.get_smoothed_total_loss().numpy(),
-            rtol=1e-6,
         )
         changes = int(with_ops._state.weight_changes.numpy())  # noqa: SLF001
     assert changes >= 3
@@ -253,7 +259,9 @@ def test_non_scalar_input_is_refused():
     state, obs, _ = _random_case(np.random.default_rng(3))
     st, ob = _tensors(state, obs)
     ob["mel"] = tf.constant([1.0, 2.0])
-    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank|scalar"):
+    with pytest.raises(
+        (tf.errors.InvalidArgumentError, ValueError), match="'mel' must be a scalar|rank 0"
+    ):
         rule.adaptive_weight_step(st, ob, CFG, tf.constant(True), fused=True)
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank|vector"):
         rule.smoothing_step(

@@ -7,8 +7,9 @@
 //
 // myxtts_loss.rule holds the rule's definition in TF ops (what XLA compiles)
 // and every setting and constant: they arrive here as op attributes, so this
-// header states none of them. Every step is the float32 operation, in the
-// order, of that definition (compiled with -ffp-contract=off: no fused
+// header states none of them. Every step is the operation of that definition,
+// in its order and precision (float32; float64 for the history's sum and the
+// divisions by a constant), compiled with -ffp-contract=off (no fused
 // multiply-add), so both give the same bits; tests/test_rule_op.py compares
 // them.
 #pragma once
@@ -74,9 +75,19 @@ struct Events {
   bool rejected = false;
 };
 
-// TensorFlow's Maximum / Minimum: a NaN operand gives NaN.
-MXO_HD float tf_max(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
-MXO_HD float tf_min(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
+// TensorFlow's Maximum / Minimum: a NaN operand comes back as it is.
+MXO_HD float tf_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+MXO_HD float tf_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
+// int64 + and -, wrapping as TensorFlow's do (signed overflow is undefined in C++).
+MXO_HD int64_t wrap_add(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
+}
+MXO_HD int64_t wrap_sub(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) - static_cast<uint64_t>(b));
+}
+// The float32 nearest to a / b, both widened to double: what the TF form's
+// float64 division of a constant rounded to float32 gives.
+MXO_HD float div_rounded(double a, double b) { return static_cast<float>(a / b); }
 // tf.clip_by_value: minimum with the upper bound, then maximum with the lower.
 MXO_HD float tf_clip(float x, float lo, float hi) { return tf_max(tf_min(x, hi), lo); }
 
@@ -85,7 +96,7 @@ MXO_HD float adaptive_weight_step(const State& state, const Observations& obs, c
                                   State* out, Events* events) {
   const float mel = obs.mel;
   const float other = obs.other;
-  const int64_t s = state.step_count + 1;
+  const int64_t s = wrap_add(state.step_count, 1);
   const float w = state.current_mel_weight;
   const float rt = state.running_total_loss;
   const bool rt_init = state.running_total_initialized;
@@ -102,9 +113,9 @@ MXO_HD float adaptive_weight_step(const State& state, const Observations& obs, c
 
   // 2. Gate.
   const bool passed = clean && !spike && obs.enabled && s >= c.min_warmup_steps &&
-                      s - state.last_weight_change_step >= c.cooling_period &&
+                      wrap_sub(s, state.last_weight_change_step) >= c.cooling_period &&
                       obs.window_variance < c.variance_threshold;
-  const int64_t consec = passed ? state.consecutive_stable_steps + 1 : 0;
+  const int64_t consec = passed ? wrap_add(state.consecutive_stable_steps, 1) : 0;
   const bool decide = passed && consec >= c.min_stable_steps;
 
   // 3.-4. Direction, candidate and its validation.
@@ -152,10 +163,10 @@ MXO_HD float adaptive_weight_step(const State& state, const Observations& obs, c
   out->consecutive_stable_steps = accepted ? 0 : consec;
   out->running_total_loss = new_rt;
   out->running_total_initialized = rt_init || clean;
-  out->nonfinite_steps = state.nonfinite_steps + (finite ? 0 : 1);
-  out->spike_count = state.spike_count + (spike ? 1 : 0);
-  out->weight_changes = state.weight_changes + (accepted ? 1 : 0);
-  out->rejected_changes = state.rejected_changes + (rejected ? 1 : 0);
+  out->nonfinite_steps = wrap_add(state.nonfinite_steps, finite ? 0 : 1);
+  out->spike_count = wrap_add(state.spike_count, spike ? 1 : 0);
+  out->weight_changes = wrap_add(state.weight_changes, accepted ? 1 : 0);
+  out->rejected_changes = wrap_add(state.rejected_changes, rejected ? 1 : 0);
   events->clean = clean;
   events->spike = spike;
   events->accepted = accepted;
@@ -174,24 +185,18 @@ struct SmoothingSettings {
 };
 
 // One call of the smoothing: `history` (`window` slots) and `running` are
-// updated in place; returns the smoothed total. The history's mean is summed
-// in index order (TensorFlow's reduce_mean may add in another order: the two
-// can differ in the last bit of this reported value).
+// updated in place; returns the smoothed total.
 MXO_HD float smoothing_step(float raw_total, int64_t step, const SmoothingSettings& c,
                             float* history, int64_t window, float* running) {
   const float value = std::isfinite(raw_total) ? raw_total : 0.0f;
-  int64_t slot = (step - 1) % window;
+  int64_t slot = wrap_sub(step, 1) % window;
   if (slot < 0) slot += window;  // floormod
-  float sum = 0.0f;
   for (int64_t i = 0; i < window; ++i) {
-    float h = std::isfinite(history[i]) ? history[i] : 0.0f;
-    if (i == slot) h = value;
-    history[i] = h;
-    sum += h;
+    const float h = std::isfinite(history[i]) ? history[i] : 0.0f;
+    history[i] = i == slot ? value : h;
   }
   const float rt = std::isfinite(*running) ? *running : 0.0f;
-  const float n = static_cast<float>(step);
-  const float d = tf_min(n / c.decay_steps, c.decay_max);
+  const float d = tf_min(div_rounded(static_cast<double>(step), c.decay_steps), c.decay_max);
   const float old_part = d * rt;
   const float one_minus_d = 1.0f - d;
   const float new_part = one_minus_d * value;
@@ -199,7 +204,9 @@ MXO_HD float smoothing_step(float raw_total, int64_t step, const SmoothingSettin
   if (!std::isfinite(new_rt)) new_rt = value;
   *running = new_rt;
 
-  const float avg = sum / static_cast<float>(window);
+  double sum = 0.0;  // in float64, as the TF form (exact for totals of like size)
+  for (int64_t i = 0; i < window; ++i) sum += static_cast<double>(history[i]);
+  const float avg = div_rounded(sum, static_cast<double>(window));
   float rho = value / (avg + c.eps);
   if (!std::isfinite(rho)) rho = 1.0f;
   const float damped = value * tf_min(c.theta / rho, 1.0f);

@@ -1,7 +1,7 @@
 // TensorFlow glue of MyxttsOps>AdaptiveWeightStep and MyxttsOps>SmoothingStep:
 // registration, shape functions and the CPU OpKernels around the pure
 // functions of csrc/kernels/adaptive_rule.h. XTTSLoss runs them in plain
-// graphs on the CPU (myxtts_loss.rule.fused_rule_op_used); inside
+// graphs and eagerly on the CPU (myxtts_loss.rule.rule_op_used); inside
 // jit_compile=True, and where a GPU is visible, it runs the same rule in TF ops.
 // Every setting is an attribute set by myxtts_loss.rule, the rule's one source.
 #include <string>
@@ -138,11 +138,18 @@ namespace {
 template <typename T>
 absl::Status Scalar(OpKernelContext* ctx, int index, T* value) {
   const Tensor& t = ctx->input(index);
-  // The shape function refuses non-scalars first, naming the node; this
-  // guards the kernel should a caller bypass it.
-  if (t.dims() != 0)
-    return errors::InvalidArgument(ctx->op_kernel().type_string(), ": input ", index,
-                                   " must be a scalar, got shape ", t.shape().DebugString());
+  // The shape function refuses non-scalars first; this guards the kernel
+  // should a caller bypass it.
+  if (t.dims() != 0) {
+    const ::tensorflow::OpDef* op_def = nullptr;
+    std::string name = std::to_string(index);
+    if (::tensorflow::OpRegistry::Global()
+            ->LookUpOpDef(ctx->op_kernel().type_string(), &op_def)
+            .ok())
+      name = op_def->input_arg(index).name();
+    return errors::InvalidArgument(ctx->op_kernel().type_string(), ": input '", name,
+                                   "' must be a scalar, got shape ", t.shape().DebugString());
+  }
   *value = t.scalar<T>()();
   return absl::OkStatus();
 }

@@ -91,10 +91,13 @@ def rule_op_used():
     as their C++ ops here: outside XLA (inside, XLA compiles the TF ops into
     the step's computation) and where no GPU is visible (the ops have CPU
     kernels only, and on a GPU their inputs would cross to the host on every
-    step)."""
-    from myxtts_ops.ops import in_xla_context
+    step). The choice is made when the call is traced: a ``tf.function``
+    traced outside XLA and then called from a ``jit_compile=True`` function
+    holds the ops, which XLA cannot compile; trace the loss inside the
+    compiled step (as Keras and the MyXTTS trainer do)."""
+    from myxtts_ops.ops import host_kernels_used
 
-    return not in_xla_context() and not tf.config.list_logical_devices("GPU")
+    return host_kernels_used()
 
 
 def adaptive_weight_step(state, obs, settings, enabled, *, fused=False):
@@ -125,6 +128,7 @@ def adaptive_weight_step(state, obs, settings, enabled, *, fused=False):
     i64 = tf.int64
     mel = tf.cast(obs["mel"], tf.float32)
     other = tf.cast(obs["other"], tf.float32)
+    window_variance = tf.cast(obs["window_variance"], tf.float32)
     s = state["step_count"] + 1
     w = state["current_mel_weight"]
     rt, rt_init = state["running_total_loss"], state["running_total_initialized"]
@@ -151,7 +155,7 @@ def adaptive_weight_step(state, obs, settings, enabled, *, fused=False):
             enabled,
             s >= c.adaptive_weight_min_warmup_steps,
             s - state["last_weight_change_step"] >= c.adaptive_weight_cooling_period,
-            obs["window_variance"] < c.adaptive_weight_variance_threshold,
+            window_variance < c.adaptive_weight_variance_threshold,
         ]
     )
     consec = tf.where(passed, state["consecutive_stable_steps"] + 1, tf.constant(0, i64))
@@ -277,9 +281,8 @@ def smoothing_step(state, raw_total, step, settings, *, fused=False):
     writes, so the values match its eager trajectory whenever its step counter
     advances (adaptation on and a mel term present).
 
-    ``fused``: as for :func:`adaptive_weight_step` (``MyxttsOps>SmoothingStep``);
-    the history's mean may differ in the last bit, as the op adds in index
-    order where ``tf.reduce_mean`` may not.
+    ``fused``: as for :func:`adaptive_weight_step` (``MyxttsOps>SmoothingStep``,
+    the same bits).
     """
     alpha = settings.loss_smoothing_factor
     theta = settings.max_loss_spike_threshold
@@ -314,11 +317,17 @@ def smoothing_step(state, raw_total, step, settings, *, fused=False):
     rt = tf.where(tf.math.is_finite(rt), rt, tf.zeros_like(rt))
     slot = tf.math.floormod(step - 1, SMOOTHING_WINDOW)
     hist = tf.where(tf.equal(tf.range(SMOOTHING_WINDOW, dtype=tf.int64), slot), c, hist)
-    n = tf.cast(step, tf.float32)
-    d = tf.minimum(n / _SMOOTHING_DECAY_STEPS, _SMOOTHING_DECAY_MAX)
+    # Divisions by a constant in float64, rounded once to float32: Grappler may
+    # turn x / k into x * (1 / k) in a graph, and this way the float32 result
+    # is the correctly rounded quotient either way (the op's too).
+    n = tf.cast(step, tf.float64)
+    d = tf.minimum(tf.cast(n / _SMOOTHING_DECAY_STEPS, tf.float32), _SMOOTHING_DECAY_MAX)
     new_rt = d * rt + (1.0 - d) * c
     new_rt = tf.where(tf.math.is_finite(new_rt), new_rt, c)
-    avg = tf.reduce_mean(hist)
+    # The mean from a float64 sum: exact while the totals lie within 2**29 of
+    # one another, so the order a kernel (or Grappler's rewrite) adds in does
+    # not matter, and one bit of the mean can move rho across theta.
+    avg = tf.cast(tf.reduce_sum(tf.cast(hist, tf.float64)) / SMOOTHING_WINDOW, tf.float32)
     rho = c / (avg + _SMOOTHING_EPS)
     rho = tf.where(tf.math.is_finite(rho), rho, tf.ones_like(rho))
     damped = c * tf.minimum(theta / rho, 1.0)

@@ -103,7 +103,9 @@ def fused_stop_op_used():
     (``tests/gpu/test_stop_cuda.py``) that has not run yet, so a training step
     that may run on a GPU keeps the TF-ops form, whose GPU kernels are
     TensorFlow's."""
-    return not in_xla() and not tf.config.list_logical_devices("GPU")
+    from myxtts_ops.ops import host_kernels_used
+
+    return host_kernels_used()
 
 
 def xla_length_check_available():
