@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import myxtts_ops
 from myxtts_loss import ConcurrentCallError, XTTSLoss, XTTSLossConfig, terms
 from myxtts_ops import state as layout
 from myxtts_ops.validation import MAX_LENGTH
@@ -1111,3 +1112,48 @@ def test_module_attention_loss_refuses_no_heads():
         ValueError, match=r"^attention_weights has shape \(2, 0, 4, 5\): its axis 1 \(H\) must be"
     ):
         terms.attention_loss(tf.zeros([2, 0, 4, 5]), tf.constant([5, 5]), tf.constant([4, 4]))
+
+
+def test_savedmodel_holding_the_loss_saves_loads_and_resumes(tmp_path):
+    """tf.saved_model.save traces the settings record's restore into a graph:
+    it used to fail there (a symbolic tensor converted to NumPy). The loaded
+    module's loss resumes from the saved state."""
+    myxtts_ops.load_ops()
+
+    class Step(tf.Module):
+        def __init__(self):
+            self.loss = XTTSLoss()
+
+        @tf.function(input_signature=[tf.TensorSpec([2, 6, 4]), tf.TensorSpec([2, 6, 4])])
+        def __call__(self, target, output):
+            yt = {"mel_target": target, "mel_lengths": tf.constant([6, 3])}
+            return self.loss(yt, {"mel_output": output})
+
+    rng = np.random.default_rng(5)
+    pairs = [
+        tuple(tf.constant(rng.standard_normal((2, 6, 4)), tf.float32) for _ in range(2))
+        for _ in range(3)
+    ]
+    module = Step()
+    module(*pairs[0])
+    tf.saved_model.save(module, str(tmp_path / "model"))
+    loaded = tf.saved_model.load(str(tmp_path / "model"))
+    for target, output in pairs[1:]:
+        assert float(loaded(target, output)) == float(module(target, output))
+
+
+def test_settings_check_in_a_graph_restore_refuses_other_settings():
+    from myxtts_loss.state import SettingsRecord
+
+    record = SettingsRecord(XTTSLoss(mel_loss_weight=2.0).config)
+
+    @tf.function
+    def restore(value):
+        record._restore_from_tensors({"settings": value})  # noqa: SLF001 - an Assert, run
+
+    restore(tf.constant(record._values()))  # noqa: SLF001 - the same settings pass
+    other = SettingsRecord(XTTSLoss().config)._values()  # noqa: SLF001
+    with pytest.raises(tf.errors.InvalidArgumentError, match="mel_loss_weight"):
+        restore(tf.constant(other))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="other settings"):
+        restore(tf.constant([1.0]))

@@ -139,8 +139,10 @@ class SettingsRecord(trackable_base.Trackable):
 
     def _restore_from_tensors(self, restored_tensors):
         saved = restored_tensors["settings"]
-        saved = np.asarray(saved.numpy() if hasattr(saved, "numpy") else saved, np.float64)
         mine = self._values()
+        if tf.is_symbolic_tensor(saved):
+            return self._restore_check_op(saved, mine)
+        saved = np.asarray(saved.numpy() if hasattr(saved, "numpy") else saved, np.float64)
         if saved.shape != mine.shape:
             raise ValueError(
                 f"the checkpoint's XTTSLoss settings record has {saved.shape[0]} entries, "
@@ -158,3 +160,23 @@ class SettingsRecord(trackable_base.Trackable):
                     "(then its state starts fresh)."
                 )
         return tf.no_op()
+
+    def _restore_check_op(self, saved, mine):
+        """The same refusal as an op, for a restore traced into a graph (a
+        SavedModel's restore function, written by ``tf.saved_model.save``)."""
+        saved = tf.reshape(tf.cast(saved, tf.float64), [-1])
+        same = tf.cond(
+            tf.equal(tf.size(saved), mine.size),
+            lambda: tf.reduce_all(tf.equal(saved, tf.constant(mine))),
+            lambda: tf.constant(False),
+        )
+        return tf.debugging.Assert(
+            same,
+            [
+                "cannot restore XTTSLoss state saved with other settings than this loss's "
+                f"({', '.join(CHECKED_SETTINGS)}); saved:",
+                saved,
+                "this loss:",
+                tf.constant(mine),
+            ],
+        )
