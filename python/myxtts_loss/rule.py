@@ -14,9 +14,9 @@ and :mod:`myxtts_loss.loss` wires the two together.
 Each is defined here in TF ops, with every setting and constant. With
 ``fused=True`` the same function runs as one C++ op
 (``csrc/kernels/adaptive_rule.h``), which receives those settings and
-constants as attributes and repeats the float32 operations in the same order:
-in a plain graph the TF-ops form is some ninety scalar ops standing between the
-mel op's forward and its backward. :func:`rule_op_used` says where XTTSLoss
+constants as attributes and repeats the operations in the same order and
+precision: in a plain graph the TF-ops form is some ninety scalar ops standing
+between the mel op's forward and its backward. :func:`rule_op_used` says where XTTSLoss
 runs the op.
 """
 
