@@ -21,7 +21,7 @@ from myxtts_loss.config import XTTSLossConfig
 from myxtts_ops.ops import RULE_OP_NAME, SMOOTHING_OP_NAME
 
 CFG = XTTSLossConfig()
-EVENTS = ("clean", "spike", "accepted", "rejected")
+EVENTS = rule.EVENTS
 
 
 @pytest.fixture(scope="module", autouse=True)

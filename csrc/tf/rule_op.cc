@@ -162,24 +162,16 @@ absl::Status Output(OpKernelContext* ctx, int index, T value) {
   return absl::OkStatus();
 }
 
-template <typename T>
-absl::Status IntAttr(OpKernelConstruction* ctx, const char* name, T* value) {
-  int64_t v;
-  TF_RETURN_IF_ERROR(ctx->GetAttr(name, &v));
-  *value = v;
-  return absl::OkStatus();
-}
-
 class AdaptiveWeightStepOp : public OpKernel {
  public:
   explicit AdaptiveWeightStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     rule::Settings& c = settings_;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("spike_factor_nonnegative", &c.spike_factor_nonnegative));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("spike_factor_negative", &c.spike_factor_negative));
-    OP_REQUIRES_OK(ctx, IntAttr(ctx, "spike_min_steps", &c.spike_min_steps));
-    OP_REQUIRES_OK(ctx, IntAttr(ctx, "min_warmup_steps", &c.min_warmup_steps));
-    OP_REQUIRES_OK(ctx, IntAttr(ctx, "cooling_period", &c.cooling_period));
-    OP_REQUIRES_OK(ctx, IntAttr(ctx, "min_stable_steps", &c.min_stable_steps));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("spike_min_steps", &c.spike_min_steps));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("min_warmup_steps", &c.min_warmup_steps));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("cooling_period", &c.cooling_period));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("min_stable_steps", &c.min_stable_steps));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("variance_threshold", &c.variance_threshold));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("ratio_eps", &c.ratio_eps));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("ratio_min", &c.ratio_min));
@@ -254,7 +246,7 @@ class SmoothingStepOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("decay_steps", &c.decay_steps));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("decay_max", &c.decay_max));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("eps", &c.eps));
-    OP_REQUIRES_OK(ctx, IntAttr(ctx, "damp_after", &c.damp_after));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("damp_after", &c.damp_after));
   }
 
   void Compute(OpKernelContext* ctx) override {

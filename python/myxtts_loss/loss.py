@@ -651,6 +651,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             finite_all = tf.logical_and(finite_all, tf.math.is_finite(values["mel_loss"]))
 
         if training:
+            fused_rule = self._fused_rule()
             rule_state = st.read(rule.RULE_STATE)
             w = rule_state["current_mel_weight"]
             obs = {
@@ -671,7 +672,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 st.adaptation_enabled.read_value()
                 if c.use_adaptive_weights
                 else tf.constant(False),
-                fused=self._fused_rule(),
+                fused=fused_rule,
             )
         else:
             w = new_w = st.current_mel_weight.read_value()
@@ -712,7 +713,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
                 raw,
                 new_rule["step_count"],
                 c,
-                fused=self._fused_rule(),
+                fused=fused_rule,
             )
             updates.update(new_rule)
             updates.update(smooth_state)

@@ -23,6 +23,7 @@ runs the op.
 import tensorflow as tf
 
 __all__ = [
+    "EVENTS",
     "OBSERVATIONS",
     "RULE_STATE",
     "SMOOTHING_STATE",
@@ -69,6 +70,9 @@ OBSERVATIONS = {
     "window_variance": tf.float32,
     "growing": tf.bool,
 }
+
+#: The events of one call, in the op's order (after the weight).
+EVENTS = ("clean", "spike", "accepted", "rejected")
 
 #: Fields of the smoothing state.
 SMOOTHING_STATE = {
@@ -263,7 +267,7 @@ def _adaptive_weight_step_op(state, obs, settings, enabled):
         reference_keep=1.0 - a,
     )
     new_state = {name: getattr(out, "new_" + name) for name in RULE_STATE}
-    events = {name: getattr(out, name) for name in ("clean", "spike", "accepted", "rejected")}
+    events = {name: getattr(out, name) for name in EVENTS}
     return new_state, out.weight, events
 
 
