@@ -4,6 +4,10 @@
 For forward, backward and forward+backward it times:
 
 - ``fused``        myxtts_ops.kernels.cuda_forward / cuda_backward (one launch each)
+- ``fused_graph``  the same calls captured once into a CUDA graph and replayed
+                   (PyTorch arrays): the kernels back to back, without the
+                   Python call's host work between launches, as a compiled
+                   step's runtime launches them
 - ``torch_eager``  the same math as eager PyTorch ops (autograd for the backward)
 - ``jax_jit``      the same math compiled by jax.jit (jax.vjp for the backward)
 - ``fused_ffi_jax`` the fused kernels through their CUDA XLA FFI handlers, from jax.jit
@@ -107,6 +111,18 @@ def time_events(dev, fn, reps, warmup):
         ends[i].record()
     dev.synchronize()
     return [dev.elapsed_ms(a, b) for a, b in zip(starts, ends)]
+
+
+def capture_replay(torch, call, n_calls):
+    """``call(i, stream_ptr)`` for i in range(n_calls), captured into one CUDA
+    graph on a side stream; returns the graph's replay (on the current stream)."""
+    side = torch.cuda.Stream()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+        for i in range(n_calls):
+            call(i, side.cuda_stream)
+    torch.cuda.synchronize()
+    return graph.replay
 
 
 def time_wall_groups(fn, block, reps, warmup, group=5):
@@ -305,7 +321,7 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
     stream = dev.stream_ptr()
     bf = "bfloat16" if dtype == "bfloat16" else None
 
-    def fused_fwd(i):
+    def fused_fwd(i, strm=stream):
         t, p, L = sets[i % n_sets]
         k.cuda_forward(
             kv(t),
@@ -318,12 +334,12 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
             outs["new_state"],
             outs["weights"][i % n_sets],
             outs["workspace"],
-            stream=stream,
+            stream=strm,
             dtype=bf,
             check_lengths=False,
         )
 
-    def fused_bwd(i):
+    def fused_bwd(i, strm=stream):
         t, p, L = sets[i % n_sets]
         k.cuda_backward(
             kv(t),
@@ -334,7 +350,7 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
             outs["g_ps"],
             kv(outs["g_true"]),
             kv(outs["g_pred"]),
-            stream=stream,
+            stream=strm,
             dtype=bf,
             check_lengths=False,
         )
@@ -349,6 +365,20 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
             "forward_backward": lambda i: (fused_fwd(i), fused_bwd(i)),
         }
     }
+
+    # One graph per mode holding a call on every input set, replayed as one unit.
+    graph_replays = {}
+    if dev.name == "torch":
+        fused_calls = {
+            "forward": fused_fwd,
+            "backward": fused_bwd,
+            "forward_backward": lambda i, strm: (fused_fwd(i, strm), fused_bwd(i, strm)),
+        }
+        for mode, call in fused_calls.items():
+            try:
+                graph_replays[mode] = capture_replay(dev.module, call, n_sets)
+            except Exception as e:  # noqa: BLE001 - a capture failure is reported, not fatal
+                notes.append(f"fused_graph {mode} {size} {dtype}: {type(e).__name__}: {e}")
 
     if dev.name == "torch":
         torch = dev.module
@@ -478,6 +508,10 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
                 add(name, time_events(dev, fns[mode], reps, warmup), "cuda_events")
             except Exception as e:  # noqa: BLE001 - e.g. out of memory on the largest size
                 notes.append(f"{name} {mode} {size} {dtype}: {type(e).__name__}: {e}")
+        if mode in graph_replays:
+            replay = graph_replays[mode]
+            times = time_events(dev, lambda i: replay(), reps, warmup)
+            add("fused_graph", [t / n_sets for t in times], f"cuda_graph_replay/{n_sets}")
         for name, fns in jax_impls.items():
             try:
                 block = lambda out: jax.block_until_ready(out)  # noqa: E731
@@ -506,7 +540,7 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
         e_ms = [x * n_launch for x in empty_ms]
         add("empty_kernel", e_ms, f"cuda_events x{n_launch}")
     # Drop the device buffers (the timing closures hold these cells) before emptying the cache.
-    sets = outs = impls = jax_impls = leaf = graphs = None  # noqa: F841
+    sets = outs = impls = jax_impls = leaf = graphs = graph_replays = None  # noqa: F841
     dev.synchronize()
     if dev.name == "torch":
         dev.module.cuda.empty_cache()

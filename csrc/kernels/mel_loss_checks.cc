@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <sstream>
+#include <type_traits>
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
@@ -12,11 +12,24 @@
 namespace myxtts_ops {
 namespace {
 
+// Messages are built without iostreams. An ostream formats integers through
+// the global C++ locale, which a host program may have set to one that groups
+// digits; and where a toolchain links libstdc++ into the pybind11 module
+// statically (as the GPU machine's does), inserting an integer into an
+// ostream crashed the process (SIGSEGV in std::ostream::_M_insert<long>).
+// std::to_string of an integer touches no locale.
+void append(std::string& s, const char* part) { s += part; }
+void append(std::string& s, const std::string& part) { s += part; }
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+void append(std::string& s, T value) {
+  s += std::to_string(value);
+}
+
 template <typename... Parts>
 std::string cat(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  return out.str();
+  std::string out;
+  (append(out, parts), ...);
+  return out;
 }
 
 int64_t length_at(const LengthsView& lengths, int64_t b) {
