@@ -362,19 +362,14 @@ def bench_size(k, dev, jax, size, dtype, reps, warmup, bw, device_name, records,
         "fused": {
             "forward": fused_fwd,
             "backward": fused_bwd,
-            "forward_backward": lambda i: (fused_fwd(i), fused_bwd(i)),
+            "forward_backward": lambda i, strm=stream: (fused_fwd(i, strm), fused_bwd(i, strm)),
         }
     }
 
     # One graph per mode holding a call on every input set, replayed as one unit.
     graph_replays = {}
     if dev.name == "torch":
-        fused_calls = {
-            "forward": fused_fwd,
-            "backward": fused_bwd,
-            "forward_backward": lambda i, strm: (fused_fwd(i, strm), fused_bwd(i, strm)),
-        }
-        for mode, call in fused_calls.items():
+        for mode, call in impls["fused"].items():
             try:
                 graph_replays[mode] = capture_replay(dev.module, call, n_sets)
             except Exception as e:  # noqa: BLE001 - a capture failure is reported, not fatal

@@ -419,6 +419,6 @@ def smoothing_rule(total_history, running_total, raw_total, step, **settings):
 def host_kernels_used():
     """Whether ops that run on the CPU only here are used: outside XLA (which
     compiles their TF-ops form instead) and where no GPU is visible. The rule
-    ops have CPU kernels only; the stop-token op's CUDA kernels have not run
-    on a GPU yet (``myxtts_loss.terms.fused_stop_op_used``)."""
+    ops have CPU kernels only; the stop-token op's TensorFlow GPU kernel has
+    not run inside TensorFlow on a GPU yet (``myxtts_loss.terms.fused_stop_op_used``)."""
     return not in_xla_context() and not tf.config.list_logical_devices("GPU")

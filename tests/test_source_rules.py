@@ -28,10 +28,11 @@ def test_the_kernel_sources_are_found():
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
 def test_no_framework_header_and_no_iostream(source):
-    includes = INCLUDE.findall(source.read_text())
+    text = source.read_text()
+    includes = INCLUDE.findall(text)
     assert includes, f"{source.name}: no #include found (pattern out of date?)"
     framework = [h for h in includes if h.startswith(FRAMEWORK)]
     assert not framework, f"{source.name} includes framework headers {framework}"
     streams = [h for h in includes if h in IOSTREAMS]
     assert not streams, f"{source.name} includes {streams}"
-    assert "std::cout" not in source.read_text() and "stringstream" not in source.read_text()
+    assert "std::cout" not in text and "stringstream" not in text

@@ -99,9 +99,10 @@ def in_xla():
 def fused_stop_op_used():
     """Whether :func:`stop_stats` (``fused=True``) runs the fused stop-token op
     here: outside XLA (inside, XLA fuses the TF ops itself) and where no GPU is
-    visible. The op's CUDA kernels are built and have a GPU test suite
-    (``tests/gpu/test_stop_cuda.py``) that has not run yet, so a training step
-    that may run on a GPU keeps the TF-ops form, whose GPU kernels are
+    visible. The op's CUDA kernels pass their GPU suite
+    (``tests/gpu/test_stop_cuda.py``, through the pybind11 module), but its
+    TensorFlow GPU kernel has not run inside TensorFlow on a GPU, so a training
+    step that may run on a GPU keeps the TF-ops form, whose GPU kernels are
     TensorFlow's."""
     from myxtts_ops.ops import host_kernels_used
 
