@@ -27,6 +27,9 @@ STOP_OP_NAME = "MyxttsOps>StopTokenLoss"
 STOP_GRAD_OP_NAME = "MyxttsOps>StopTokenLossGrad"
 RULE_OP_NAME = "MyxttsOps>AdaptiveWeightStep"
 SMOOTHING_OP_NAME = "MyxttsOps>SmoothingStep"
+FINALISE_OP_NAME = "MyxttsOps>FinaliseTerms"
+COMBINE_OP_NAME = "MyxttsOps>CombineTotal"
+COMBINE_GRAD_OP_NAME = "MyxttsOps>CombineTotalGrad"
 ON_XLA_CHOICES = ("fallback", "error")
 
 _log = logging.getLogger("myxtts_ops")
@@ -414,6 +417,77 @@ def smoothing_rule(total_history, running_total, raw_total, step, **settings):
         step=step,
         **settings,
     )
+
+
+# FinaliseTerms' outputs are values and flags (the total's gradient reaches
+# the terms' nums through CombineTotal); the gradient op is not differentiated.
+tf.no_gradient(FINALISE_OP_NAME)
+tf.no_gradient(COMBINE_GRAD_OP_NAME)
+
+
+@tf.autograph.experimental.do_not_convert
+def finalise_terms_op(num, den, nonfinite, mel_valid, mel_state, old_state, **settings):
+    """XTTSLoss's finalisation on one replica as one CPU op (``MyxttsOps>FinaliseTerms``).
+
+    ``num``, ``den``, ``nonfinite``: lists of float32 scalars, one per term;
+    ``mel_valid``: the mel op's valid count; ``mel_state``, ``old_state``: the
+    mel op's new and old state; ``settings``: the op's attributes. Returns the
+    op's outputs. :func:`myxtts_loss.finalise.finalise_terms` (``fused=True``)
+    defines it and sets every attribute."""
+    library = _loader.load_ops()
+    return library.myxtts_ops_finalise_terms(
+        num=num,
+        den=den,
+        nonfinite=nonfinite,
+        mel_valid=mel_valid,
+        mel_state=mel_state,
+        old_state=old_state,
+        **settings,
+    )
+
+
+@tf.autograph.experimental.do_not_convert
+def combine_total(weight, mel, other, mel_out, other_out, num, den, kept, inside, **settings):
+    """The total and raw total from :func:`finalise_terms_op`'s outputs and the
+    mel weight, as one CPU op (``MyxttsOps>CombineTotal``); the total's gradient
+    reaches every ``num`` (``MyxttsOps>CombineTotalGrad``). Returns ``(total, raw)``."""
+    library = _loader.load_ops()
+    out = library.myxtts_ops_combine_total(
+        weight=weight,
+        mel=mel,
+        other=other,
+        mel_out=mel_out,
+        other_out=other_out,
+        num=num,
+        den=den,
+        kept=kept,
+        inside=inside,
+        **settings,
+    )
+    return out.total, out.raw
+
+
+@tf.RegisterGradient(COMBINE_OP_NAME)
+def _combine_total_grad(op, grad_total, unused_grad_raw):
+    """d total / d num for every term, as one op; nothing else is differentiated."""
+    n = op.get_attr("N")
+    if grad_total is None:
+        return [None] * len(op.inputs)
+    library = _loader.load_ops()
+    inputs = list(op.inputs)
+    grad_num = library.myxtts_ops_combine_total_grad(
+        grad_total=grad_total,
+        weight=inputs[0],
+        mel=inputs[1],
+        mel_out=inputs[3],
+        other_out=inputs[4],
+        den=inputs[5 + n : 5 + 2 * n],
+        kept=inputs[5 + 2 * n],
+        inside=inputs[6 + 2 * n],
+        weights=op.get_attr("weights"),
+        mel_index=op.get_attr("mel_index"),
+    )
+    return [None] * 5 + list(grad_num) + [None] * (n + 2)
 
 
 def host_kernels_used():

@@ -10,6 +10,7 @@ This package never imports a ``myxtts`` package. Modules:
 * :mod:`myxtts_loss.loss` -- :class:`XTTSLoss` (wiring: statistics, reduction, state writes);
 * :mod:`myxtts_loss.terms` -- the loss terms (registry + module-level functions);
 * :mod:`myxtts_loss.rule` -- the adaptive-weight rule and the smoothing, as pure functions;
+* :mod:`myxtts_loss.finalise` -- every term's value, the decision's observations and the total;
 * :mod:`myxtts_loss.state` -- the state variables and the checkpoint settings record;
 * :mod:`myxtts_loss.gradient_norm` -- the gradient-norm tracker and its ``model.fit`` feed;
 * :mod:`myxtts_loss.metrics` -- the reported snapshots;

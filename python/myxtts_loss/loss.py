@@ -10,8 +10,8 @@ How one call runs (one code path for one device and for ``tf.distribute``):
    (the mel term from the fused op's outputs);
 3. the statistics are reduced: nothing to do on one replica, one SUM
    all-reduce of a small float64 vector with more than one;
-4. finalise once: each term's value of the whole (global) batch; the
-   adaptive-weight rule (:func:`myxtts_loss.rule.adaptive_weight_step`, a
+4. finalise once (:func:`myxtts_loss.finalise.finalise_terms`): each term's
+   value of the whole (global) batch; the adaptive-weight rule (:func:`myxtts_loss.rule.adaptive_weight_step`, a
    pure function) and the smoothing (:func:`myxtts_loss.rule.smoothing_step`)
    run on those values; the state is written (:mod:`myxtts_loss.state`).
 
@@ -35,8 +35,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.trackable.autotrackable import AutoTrackable
 
+from myxtts_loss import finalise, rule, terms
 from myxtts_loss import gradient_norm as gn
-from myxtts_loss import rule, terms
 from myxtts_loss.config import (
     FLOAT32_MAX,
     IMPLEMENTATIONS,
@@ -526,11 +526,10 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
 
     def _compute(self, y_true, y_pred, mel_lengths, training):
         from myxtts_ops import reference
-        from myxtts_ops import state as op_layout
 
         c = self.config
         st = self._state
-        f32, f64 = tf.float32, tf.float64
+        f32 = tf.float32
         sg = tf.stop_gradient
         y_true, y_pred, lengths = self._inputs(y_true, y_pred, mel_lengths)
         replicas = _replicas_in_sync()
@@ -560,107 +559,38 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             weights[name] = self._extra_weights[name]
             clips[name] = None
 
-        # 3. Reduce: identity on one replica, one all-reduce of them stacked otherwise.
+        # 3.-4. Reduce (on several replicas) and finalise: every term's value.
+        op_state_is_term = (
+            replicas == 1 and _op_normalization(c.mel_normalization) == c.mel_normalization
+        )
+        fused_rule = self._fused_rule()
+        fin = finalise.finalise_terms(
+            stats,
+            weights,
+            clips,
+            mel_valid,
+            mel_out,
+            old_state,
+            replicas=replicas,
+            op_state_is_term=op_state_is_term,
+            update_state=reference.update_state,
+            fused=finalise.finalise_op_applies(
+                stats, weights, clips, mel_out, replicas, op_state_is_term, fused_rule
+            ),
+        )
         names = list(stats)
-        total_stats = [tf.cast(sg(x), f64) for name in names for x in stats[name]]
-        if mel_valid is not None:
-            total_stats.append(tf.cast(mel_valid, f64))
-        if total_stats and replicas > 1:
-            total_stats = tf.unstack(
-                tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, tf.stack(total_stats)
-                )
-            )
-        # 4. Finalise: global values, and this replica's differentiable share.
-        ldt = mel_out.loss.dtype if mel_out is not None else f32
-        values, outs = {}, {}
-        nonfinite_total = tf.constant(0.0, f64)
-        for i, name in enumerate(names):
-            num_g, den_g, bad_g = total_stats[3 * i], total_stats[3 * i + 1], total_stats[3 * i + 2]
-            value = tf.math.divide_no_nan(num_g, den_g)
-            # A term with nothing to count (den 0) adds 0 and no gradient; the
-            # denominator is a count, so 0 stays 0 in the term's dtype.
-            share = tf.math.divide_no_nan(stats[name].num, tf.cast(den_g, stats[name].num.dtype))
-            if clips[name] is not None:
-                lo, hi = clips[name]
-                inside = tf.logical_and(value >= lo, value <= hi)
-                value = tf.clip_by_value(value, lo, hi)
-                share = tf.where(inside, share, tf.zeros_like(share))
-            dt = ldt if name == "mel_loss" else f32
-            value = tf.cast(value, dt)
-            share = tf.cast(share, dt)
-            values[name] = value
-            outs[name] = (
-                sg(value) / replicas + (share - sg(share))
-                if replicas > 1
-                else (value + (share - sg(share)))
-            )
-            nonfinite_total = nonfinite_total + bad_g
-
-        if mel_out is not None:
-            mel = values["mel_loss"]
-            base = 3 * names.index("mel_loss")
-            nonfinite_mel = tf.cast(total_stats[base + 2], tf.int64)
-            valid_mel = tf.cast(total_stats[-1], tf.int64)
-            mel32 = tf.cast(mel, f32)
-            # The op's own update tracks the op's loss: the term's value only on
-            # one replica and where the op computes the term's normalisation
-            # (not for "batch": every sample against those with a counted
-            # element). Otherwise it is updated from the term's global value.
-            if replicas == 1 and _op_normalization(c.mel_normalization) == c.mel_normalization:
-                new_op_state = mel_out.state
-            else:
-                new_op_state = reference.update_state(old_state, mel, nonfinite_mel, valid_mel)
-            # A loss that overflowed from finite inputs must not enter the statistics.
-            mel_finite = tf.math.is_finite(mel32)
-            # Otherwise the call counts as a non-finite step: steps and
-            # nonfinite_steps + 1, as the kernels' update does for a non-finite
-            # loss (one vector add; a scatter costs several times as much).
-            bump = np.zeros([op_layout.STATE_SIZE], np.float64)
-            bump[[op_layout.STEPS, op_layout.NONFINITE_STEPS]] = 1.0
-            bumped = old_state + tf.constant(bump)
-            new_op_state = tf.where(mel_finite, new_op_state, bumped)
-            has_valid = valid_mel - nonfinite_mel > 0
-            all_bad = tf.logical_and(valid_mel > 0, tf.logical_not(has_valid))
-        else:
-            mel32 = tf.constant(0.0, f32)
-            new_op_state = old_state
-            has_valid = tf.constant(False)
-            all_bad = tf.constant(False)
-            mel_finite = tf.constant(True)
-
-        # Contract 3.11-3.12: each weighted term is sanitised on its own. One
-        # whose weighted value is not finite in float32 (its reduction or its
-        # weight overflowed) adds 0 and no gradient; the others stay, and the
-        # step counts as non-finite (finite_all).
-        zero_out = tf.constant(0.0, ldt)
-        other = tf.constant(0.0, f32)
-        other_out = zero_out
-        finite_all = tf.logical_and(tf.equal(nonfinite_total, 0.0), mel_finite)
-        for name in names:
-            if name == "mel_loss":
-                continue
-            contribution = weights[name] * values[name]
-            kept = tf.math.is_finite(contribution)
-            other = other + tf.where(kept, contribution, 0.0)
-            other_out = other_out + tf.where(
-                kept, tf.cast(weights[name] * outs[name], ldt), zero_out
-            )
-            finite_all = tf.logical_and(finite_all, kept)
-        if "mel_loss" in values:
-            finite_all = tf.logical_and(finite_all, tf.math.is_finite(values["mel_loss"]))
+        new_op_state = fin.new_op_state
 
         if training:
-            fused_rule = self._fused_rule()
             rule_state = st.read(rule.RULE_STATE)
             w = rule_state["current_mel_weight"]
             obs = {
-                "mel": mel32,
-                "other": other,
-                "finite": finite_all,
-                "has_valid": has_valid,
-                "running_mean": tf.cast(new_op_state[op_layout.RUNNING_MEAN], f32),
-                "window_variance": tf.cast(new_op_state[op_layout.WINDOW_VARIANCE], f32),
+                "mel": fin.mel,
+                "other": fin.other,
+                "finite": fin.finite,
+                "has_valid": fin.has_valid,
+                "running_mean": fin.running_mean,
+                "window_variance": fin.window_variance,
                 "growing": st.gradients_growing.read_value(),
             }
             new_rule, new_w, events = rule.adaptive_weight_step(
@@ -678,23 +608,14 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             w = new_w = st.current_mel_weight.read_value()
         new_w = sg(new_w)
 
-        if mel_out is not None:
-            mel_contribution = new_w * mel32
-            kept = tf.math.is_finite(mel_contribution)
-            total = tf.where(kept, tf.cast(new_w, ldt) * outs["mel_loss"], zero_out) + other_out
-            raw = tf.where(kept, mel_contribution, 0.0) + other
-        else:
-            total = other_out
-            raw = other
-        raw = _finite_or_zero(raw)
-        total = _finite_or_zero(total)
+        total, raw = fin.combine(new_w)
 
         # Reporting (every call) and training state (training calls only).
         vec = [tf.constant(0.0, f32)] * len(terms.TERM_NAMES)
         act = [False] * len(terms.TERM_NAMES)
         for name in names:
             if name in _TERM_INDEX:
-                vec[_TERM_INDEX[name]] = _finite_or_zero(tf.cast(values[name], f32))
+                vec[_TERM_INDEX[name]] = fin.values[name]
                 act[_TERM_INDEX[name]] = True
         if not tf.executing_eagerly():
             self._active_in_graph[tf.compat.v1.get_default_graph()] = [
@@ -720,7 +641,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             updates["op_state"] = new_op_state
             updates["last_smoothed_total"] = smoothed
             updates["all_nonfinite_mel_steps"] = st.all_nonfinite_mel_steps.read_value() + tf.cast(
-                all_bad, tf.int64
+                fin.all_bad, tf.int64
             )
             if self.verbose:
                 self._log_change(events["accepted"], new_rule["step_count"], w, new_w)
@@ -729,7 +650,7 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
         # where control dependencies do not order in-place variable updates,
         # the gate does it.
         for name in self._extra_fns:
-            updates.setdefault("extra_losses", {})[name] = _finite_or_zero(values[name])
+            updates.setdefault("extra_losses", {})[name] = fin.values[name]
         if terms.in_xla():
             updates = self._gate_on_checks(updates, lengths, mel_out)
         with tf.control_dependencies([total]):

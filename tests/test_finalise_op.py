@@ -1,0 +1,315 @@
+"""The finalisation ops (MyxttsOps>FinaliseTerms, MyxttsOps>CombineTotal and its
+gradient MyxttsOps>CombineTotalGrad) against their definition in TF ops
+(myxtts_loss.finalise.finalise_terms), which they repeat:
+
+* bit for bit the same values, flags, op state, total and raw total, and the
+  same gradient of the total with respect to every term's num (a zero's sign
+  aside) as the TF form run op by op (eagerly), both eagerly and in a
+  tf.function (in a tf.function, Grappler may reassociate the TF form's own
+  sums: it then differs from itself eager by a rounding, and the ops do not), over random statistics (NaN, inf, zero and huge counts, values
+  outside the clip bounds, weights that overflow, shares that overflow);
+* where XTTSLoss runs them (finalise_op_applies): one replica, a float32 mel
+  term, outside XLA, with the decision's ops; an XTTSLoss trajectory with every
+  MyXTTS head gives the same totals, gradients and reports with or without them;
+* bad attributes and inputs are refused with a message naming them.
+"""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import myxtts_ops
+from myxtts_loss import XTTSLoss, finalise, rule, terms
+from myxtts_ops import state as op_layout
+from myxtts_ops.ops import COMBINE_OP_NAME, FINALISE_OP_NAME
+
+MelOut = collections.namedtuple("MelOut", ["loss", "state"])
+FIELDS = ["mel", "other", "finite", "has_valid", "all_bad", "running_mean", "window_variance"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ops():
+    myxtts_ops.load_ops()
+
+
+def _bits(x):
+    x = np.asarray(x)
+    return (
+        x.view(np.uint32)
+        if x.dtype == np.float32
+        else x.view(np.uint64)
+        if x.dtype == np.float64
+        else x
+    )
+
+
+def _same(a, b, what, zero_sign=True):
+    """The same bits (every NaN alike); ``zero_sign=False``: 0 and -0 alike."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype, what
+    if a.dtype.kind == "f":
+        nan = np.isnan(a)
+        np.testing.assert_array_equal(nan, np.isnan(b), err_msg=what)
+        if not zero_sign:
+            a, b = a + 0.0, b + 0.0
+        np.testing.assert_array_equal(_bits(a)[~nan], _bits(b)[~nan], err_msg=what)
+    else:
+        np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+def _pick(rng, *choices):
+    return choices[int(rng.integers(len(choices)))]
+
+
+def _random_case(rng):
+    n = int(rng.integers(1, 11))
+    mel_index = int(rng.integers(n))
+    names = [f"t{i}" if i != mel_index else "mel_loss" for i in range(n)]
+
+    def number():
+        return _pick(
+            rng,
+            float(rng.uniform(-3, 30)),
+            float(rng.uniform(0, 2)),
+            0.0,
+            -0.0,
+            np.nan,
+            np.inf,
+            -np.inf,
+            3e38,
+            float(rng.uniform(1e30, 3e38)),
+        )
+
+    stats, weights, clips = {}, {}, {}
+    for name in names:
+        den = _pick(rng, float(rng.integers(1, 50)), 0.0, float(rng.integers(1, 5)), 1e-30)
+        num = number() if rng.random() < 0.4 else float(rng.uniform(0, 5)) * max(den, 1.0)
+        bad = _pick(rng, 0.0, 0.0, 0.0, float(rng.integers(1, 4)))
+        stats[name] = terms.TermStats(
+            tf.constant(num, tf.float32), tf.constant(den, tf.float32), tf.constant(bad, tf.float32)
+        )
+        weights[name] = _pick(rng, 1.0, 0.1, 2.5, 0.0, float(rng.uniform(0, 10)), 1e38)
+        clips[name] = _pick(rng, None, None, (0.0, 25.0), (0.5, 1.5))
+    clips["mel_loss"] = None
+    valid = _pick(rng, 0, int(rng.integers(1, 1000)), int(rng.integers(0, 4)))
+    mel_valid = tf.constant(valid, tf.int64)
+
+    def state():
+        s = rng.uniform(0, 100, op_layout.STATE_SIZE)
+        s[int(rng.integers(op_layout.STATE_SIZE))] = _pick(rng, np.nan, -0.0, 1e300, 5.0)
+        return tf.constant(s, tf.float64)
+
+    mel_out = MelOut(tf.constant(0.0, tf.float32), state())
+    weight = tf.constant(_pick(rng, 1.0, 2.5, float(rng.uniform(0.5, 5)), 3e38), tf.float32)
+    return stats, weights, clips, mel_valid, mel_out, state(), weight
+
+
+def _finalise(case, fused):
+    stats, weights, clips, mel_valid, mel_out, old_state, weight = case
+    nums = [s.num for s in stats.values()]
+    with tf.GradientTape() as tape:
+        tape.watch(nums)
+        fin = finalise.finalise_terms(
+            stats,
+            weights,
+            clips,
+            mel_valid,
+            mel_out,
+            old_state,
+            replicas=1,
+            op_state_is_term=True,
+            update_state=None,
+            fused=fused,
+        )
+        total, raw = fin.combine(weight)
+    grads = tape.gradient(total, nums)
+    grads = [tf.zeros([]) if g is None else g for g in grads]
+    return fin._replace(combine=None), total, raw, grads
+
+
+def _compare(ref, got, where):
+    (rf, rt, rr, rg), (gf, gt, gr, gg) = ref, got
+    for field in FIELDS + ["new_op_state"]:
+        _same(getattr(gf, field), getattr(rf, field), f"{field}: {where}")
+    for name in rf.values:
+        _same(gf.values[name], rf.values[name], f"value {name}: {where}")
+    _same(gt, rt, f"total: {where}")
+    _same(gr, rr, f"raw: {where}")
+    # The gradient's zeros may differ in sign: TF's gradient graph reaches
+    # some through other operations than the kernel's selections.
+    for i, (a, b) in enumerate(zip(gg, rg)):
+        _same(a, b, f"grad of num {i}: {where}", zero_sign=False)
+
+
+def test_ops_match_tf_ops_bit_for_bit(rng):
+    graph = tf.function(lambda case, fused: _finalise(case, fused), reduce_retracing=False)
+    seen = collections.Counter()
+    for _ in range(250):
+        case = _random_case(rng)
+        where = str([(k, [float(x) for x in s]) for k, s in case[0].items()]) + str(case[1:4])
+        ref = _finalise(case, False)
+        _compare(ref, _finalise(case, True), "eager " + where)
+        seen["finite"] += int(bool(ref[0].finite))
+        seen["nonfinite total"] += int(not np.isfinite(float(ref[1])) or float(ref[1]) == 0)
+        seen["nan grad"] += int(any(not np.isfinite(float(g)) for g in ref[3]))
+        seen["all_bad"] += int(bool(ref[0].all_bad))
+    # In a tf.function (one trace per structure): the ops give the eager TF
+    # form's bits; the TF form itself, rewritten by Grappler, stays within a
+    # rounding of them.
+    for _ in range(30):
+        case = _random_case(rng)
+        eager = _finalise(case, False)
+        _compare(eager, graph(case, True), "graph")
+        in_graph = graph(case, False)
+        np.testing.assert_allclose(in_graph[1], eager[1], rtol=2.5e-7, atol=0)
+    assert seen["finite"] > 20 and seen["all_bad"] > 0, seen
+
+
+def test_op_applies_where_the_loss_runs_one_replica_in_float32():
+    stats = {
+        "mel_loss": terms.TermStats(*[tf.constant(1.0)] * 3),
+        "stop_loss": terms.TermStats(*[tf.constant(1.0)] * 3),
+    }
+    weights = {"mel_loss": 1.0, "stop_loss": 0.1}
+    clips = {"mel_loss": None, "stop_loss": (0.0, 25.0)}
+    mel = MelOut(tf.constant(1.0), None)
+
+    def applies(**kw):
+        args = dict(
+            stats=stats,
+            weights=weights,
+            clips=clips,
+            mel_out=mel,
+            replicas=1,
+            op_state_is_term=True,
+            host_ops=True,
+        )
+        args.update(kw)
+        return finalise.finalise_op_applies(**args)
+
+    assert applies()
+    assert not applies(host_ops=False)
+    assert not applies(replicas=2)
+    assert not applies(op_state_is_term=False)
+    assert not applies(mel_out=None)
+    assert not applies(mel_out=MelOut(tf.constant(1.0, tf.float64), None))
+    assert not applies(weights={"mel_loss": 1.0, "stop_loss": tf.constant(0.1)})
+    assert not applies(clips={"mel_loss": None, "stop_loss": (0.0, 0.1)})  # not a float32
+
+
+@pytest.mark.skipif(tf.config.list_logical_devices("GPU"), reason="a GPU is visible")
+def test_xtts_loss_runs_the_ops_in_a_plain_graph_only():
+    rng = np.random.default_rng(0)
+    y_true = {
+        "mel_target": tf.constant(rng.standard_normal((2, 6, 4)), tf.float32),
+        "mel_lengths": tf.constant([6, 3]),
+        "stop_target": tf.constant(rng.uniform(size=(2, 6)) > 0.5, tf.float32),
+    }
+    y_pred = {
+        "mel_output": tf.constant(rng.standard_normal((2, 6, 4)), tf.float32),
+        "stop_tokens": tf.constant(rng.uniform(0.1, 0.9, (2, 6)), tf.float32),
+    }
+    loss_fn = XTTSLoss()
+    for training in (True, False):
+        graph = tf.function(lambda t=training: loss_fn(y_true, y_pred, training=t))
+        types = {op.type for op in graph.get_concrete_function().graph.get_operations()}
+        assert {FINALISE_OP_NAME, COMBINE_OP_NAME} <= types, training
+    xla = tf.function(lambda: loss_fn(y_true, y_pred), jit_compile=True)
+    assert not {FINALISE_OP_NAME, COMBINE_OP_NAME} & {
+        op.type for op in xla.get_concrete_function().graph.get_operations()
+    }
+    wide = {
+        k: tf.cast(v, tf.float64) if k.startswith("mel_") and k != "mel_lengths" else v
+        for k, v in y_true.items()
+    }
+    wide_pred = dict(y_pred, mel_output=tf.cast(y_pred["mel_output"], tf.float64))
+    graph = tf.function(lambda: loss_fn(wide, wide_pred))
+    assert FINALISE_OP_NAME not in {
+        op.type for op in graph.get_concrete_function().graph.get_operations()
+    }
+
+
+def test_xtts_loss_trajectory_is_the_same_with_the_ops(monkeypatch):
+    """60 training calls, every MyXTTS head, inputs with NaN in valid frames and
+    in padding every few steps: the same totals, gradients, reported terms and
+    state with the ops (in a tf.function) and with the TF ops (eagerly)."""
+    from myxtts_ops.tools.term_shares import myxtts_inputs
+
+    rng = np.random.default_rng(11)
+    sets = myxtts_inputs(rng, 4, 3, 40, 6, 10, 2, all_heads=True)
+    settings = dict(
+        adaptive_weight_min_warmup_steps=5,
+        adaptive_weight_cooling_period=3,
+        adaptive_weight_min_stable_steps=2,
+        adaptive_weight_variance_threshold=10.0,
+    )
+    losses = {"op": XTTSLoss(**settings), "tf": XTTSLoss(**settings)}
+    steps = {}
+    for name, loss_fn in losses.items():
+        fused = name == "op"
+
+        def step(yt, yp, loss_fn=loss_fn, fused=fused):
+            with monkeypatch.context() as m:
+                if not fused:
+                    m.setattr(finalise, "finalise_op_applies", lambda *a: False)
+                with tf.GradientTape() as tape:
+                    tape.watch(yp)
+                    total = loss_fn(yt, yp)
+                return total, tape.gradient(total, yp)
+
+        # The ops in a graph against the TF form op by op (in a graph,
+        # Grappler may reassociate its sums; see above).
+        steps[name] = tf.function(step) if fused else step
+    for i in range(60):
+        yt, yp = (dict(d) for d in sets[i % len(sets)])
+        if i % 7 == 6:
+            out = yp["mel_output"].numpy()
+            out[0, 0, 0] = np.nan  # a valid frame
+            out[-1, -1, -1] = np.inf  # padding of a short sample
+            yp["mel_output"] = tf.constant(out)
+        if i % 11 == 10:
+            yp["duration_pred"] = yp["duration_pred"] * np.float32(np.inf)
+        (t_op, g_op), (t_tf, g_tf) = (steps[n](yt, yp) for n in ("op", "tf"))
+        _same(t_op.numpy(), t_tf.numpy(), f"total at {i}")
+        for key in g_tf:
+            if g_tf[key] is not None:
+                _same(g_op[key].numpy(), g_tf[key].numpy(), f"grad {key} at {i}", zero_sign=False)
+        a, b = losses["op"].get_losses(), losses["tf"].get_losses()
+        assert {k: float(v) for k, v in a.items()} == {k: float(v) for k, v in b.items()}, i
+        for field in list(rule.RULE_STATE) + ["op_state", "all_nonfinite_mel_steps"]:
+            _same(
+                getattr(losses["op"]._state, field).numpy(),  # noqa: SLF001
+                getattr(losses["tf"]._state, field).numpy(),  # noqa: SLF001
+                f"{field} at {i}",
+            )
+
+
+def test_bad_attributes_and_inputs_are_refused():
+    lib = myxtts_ops.load_ops()
+    one = [tf.constant(1.0)]
+    state = tf.zeros([op_layout.STATE_SIZE], tf.float64)
+    base = dict(
+        num=one,
+        den=one,
+        nonfinite=one,
+        mel_valid=tf.constant(1, tf.int64),
+        mel_state=state,
+        old_state=state,
+        weights=[1.0],
+        clipped=[False],
+        clip_lo=[0.0],
+        clip_hi=[0.0],
+        mel_index=0,
+    )
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="weights"):
+        lib.myxtts_ops_finalise_terms(**dict(base, weights=[1.0, 2.0]))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="mel_index"):
+        lib.myxtts_ops_finalise_terms(**dict(base, mel_index=1))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="clip"):
+        lib.myxtts_ops_finalise_terms(**dict(base, clip_lo=[]))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="old_state"):
+        lib.myxtts_ops_finalise_terms(**dict(base, old_state=tf.zeros([3], tf.float64)))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="num"):
+        lib.myxtts_ops_finalise_terms(**dict(base, num=[tf.ones([2])]))
