@@ -419,10 +419,9 @@ def smoothing_rule(total_history, running_total, raw_total, step, **settings):
     )
 
 
-# FinaliseTerms' outputs are values and flags (the total's gradient reaches
-# the terms' nums through CombineTotal); the gradient op is not differentiated.
+# FinaliseTerms' outputs are values and flags, with no gradient in the TF
+# form either: the total's gradient reaches the terms' nums through CombineTotal.
 tf.no_gradient(FINALISE_OP_NAME)
-tf.no_gradient(COMBINE_GRAD_OP_NAME)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -488,6 +487,36 @@ def _combine_total_grad(op, grad_total, unused_grad_raw):
         mel_index=op.get_attr("mel_index"),
     )
     return [None] * 5 + list(grad_num) + [None] * (n + 2)
+
+
+@tf.RegisterGradient(COMBINE_GRAD_OP_NAME)
+def _combine_total_grad_grad(op, *grads_of_grad_num):
+    """Second-order and forward-mode autodiff differentiate the gradient op.
+    Each grad_num[i] is grad_total times a factor that does not depend on it
+    (the gates, the term's weight, 1 / den), so the gradient with respect to
+    grad_total is sum_i upstream[i] * (grad_num[i] at grad_total = 1); the
+    other inputs are flags, counts and the decision's weight, which the TF
+    form does not differentiate either."""
+    inputs = list(op.inputs)
+    wanted = [(g, i) for i, g in enumerate(grads_of_grad_num) if g is not None]
+    if not wanted:
+        return [None] * len(inputs)
+    n = op.get_attr("N")
+    library = _loader.load_ops()
+    per_unit = library.myxtts_ops_combine_total_grad(
+        grad_total=tf.ones_like(inputs[0]),
+        weight=inputs[1],
+        mel=inputs[2],
+        mel_out=inputs[3],
+        other_out=inputs[4],
+        den=inputs[5 : 5 + n],
+        kept=inputs[5 + n],
+        inside=inputs[6 + n],
+        weights=op.get_attr("weights"),
+        mel_index=op.get_attr("mel_index"),
+    )
+    grad_total = tf.add_n([g * per_unit[i] for g, i in wanted])
+    return [grad_total] + [None] * (len(inputs) - 1)
 
 
 def host_kernels_used():
