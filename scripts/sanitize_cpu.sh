@@ -12,7 +12,7 @@
 # 3. Runs the op tests (tests/test_reference.py -- the contract battery, run
 #    for the fused op too --, tests/test_fused_op.py, tests/test_fuzz.py,
 #    tests/test_silent_errors.py, tests/test_stop_op.py, tests/test_rule_op.py,
-#    or the files in
+#    tests/test_finalise_op.py, or the files in
 #    $MYXTTS_SANITIZE_TESTS)
 #    there, with libasan/libubsan preloaded into the (uninstrumented) Python
 #    interpreter.
@@ -26,7 +26,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 BUILD_DIR="${MYXTTS_SANITIZE_BUILD_DIR:-$ROOT/build/sanitize-cpu}"
 JOBS="${MYXTTS_OPS_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
-TESTS="${MYXTTS_SANITIZE_TESTS:-tests/test_reference.py tests/test_fused_op.py tests/test_fuzz.py tests/test_silent_errors.py tests/test_stop_op.py tests/test_rule_op.py}"
+TESTS="${MYXTTS_SANITIZE_TESTS:-tests/test_reference.py tests/test_fused_op.py tests/test_fuzz.py tests/test_silent_errors.py tests/test_stop_op.py tests/test_rule_op.py tests/test_finalise_op.py}"
 START=$(date +%s)
 
 log() { echo "[sanitize_cpu +$(( $(date +%s) - START ))s] $*"; }

@@ -29,7 +29,8 @@ else
 fi
 [ "${#MINORS[@]}" -gt 0 ] || { echo "tf_versions.sh: no TensorFlow minors to test" >&2; exit 1; }
 
-TESTS=(test_fused_op.py test_xtts_loss.py test_rule_op.py test_install.py test_xla.py test_myxtts_dropin.py)
+TESTS=(test_fused_op.py test_xtts_loss.py test_rule_op.py test_finalise_op.py test_install.py test_xla.py
+  test_myxtts_dropin.py)
 git clone -q "$ROOT" "$WORK/src" || exit 1
 echo "testing $(git -C "$WORK/src" rev-parse --short HEAD) against TensorFlow ${MINORS[*]}"
 SUMMARY=()
