@@ -492,30 +492,34 @@ def _combine_total_grad(op, grad_total, unused_grad_raw):
 @tf.RegisterGradient(COMBINE_GRAD_OP_NAME)
 def _combine_total_grad_grad(op, *grads_of_grad_num):
     """Second-order and forward-mode autodiff differentiate the gradient op.
-    Each grad_num[i] is grad_total times a factor that does not depend on it
-    (the gates, the term's weight, 1 / den), so the gradient with respect to
-    grad_total is sum_i upstream[i] * (grad_num[i] at grad_total = 1); the
-    other inputs are flags, counts and the decision's weight, which the TF
-    form does not differentiate either."""
+    Each grad_num[i] is grad_total through the gates, the term's weight and
+    1 / den, so its gradient with respect to grad_total is the TF form's
+    gradient of those steps, in TF ops (built only when asked for): each
+    upstream value over den, selected by the clip, times the weight,
+    selected by the term's and then the total's finiteness gate. The other
+    inputs are flags, counts and the decision's weight, which the TF form
+    does not differentiate either."""
     inputs = list(op.inputs)
-    wanted = [(g, i) for i, g in enumerate(grads_of_grad_num) if g is not None]
-    if not wanted:
+    if all(g is None for g in grads_of_grad_num):
         return [None] * len(inputs)
     n = op.get_attr("N")
-    library = _loader.load_ops()
-    per_unit = library.myxtts_ops_combine_total_grad(
-        grad_total=tf.ones_like(inputs[0]),
-        weight=inputs[1],
-        mel=inputs[2],
-        mel_out=inputs[3],
-        other_out=inputs[4],
-        den=inputs[5 : 5 + n],
-        kept=inputs[5 + n],
-        inside=inputs[6 + n],
-        weights=op.get_attr("weights"),
-        mel_index=op.get_attr("mel_index"),
-    )
-    grad_total = tf.add_n([g * per_unit[i] for g, i in wanted])
+    weights = op.get_attr("weights")
+    mel_index = op.get_attr("mel_index")
+    weight, mel, mel_out, other_out = inputs[1:5]
+    den = inputs[5 : 5 + n]
+    kept = tf.unstack(inputs[5 + n], num=n)
+    inside = tf.unstack(inputs[6 + n], num=n)
+    mel_kept = tf.math.is_finite(weight * mel)
+    zero = tf.zeros_like(weight)
+    total = tf.where(mel_kept, weight * mel_out, zero) + other_out
+    parts = []
+    for i, upstream in enumerate(grads_of_grad_num):
+        if upstream is None:
+            continue
+        g_share = tf.where(inside[i], tf.math.divide_no_nan(upstream, den[i]), zero)
+        factor = weight if i == mel_index else tf.constant(weights[i], tf.float32)
+        parts.append(tf.where(mel_kept if i == mel_index else kept[i], g_share * factor, zero))
+    grad_total = tf.where(tf.math.is_finite(total), tf.add_n(parts), zero)
     return [grad_total] + [None] * (len(inputs) - 1)
 
 

@@ -63,7 +63,16 @@ def _pick(rng, *choices):
     return choices[int(rng.integers(len(choices)))]
 
 
+def _f32(x):
+    # From a NumPy array: TF's eager constant cache would turn a Python -0.0 into 0.0.
+    with np.errstate(over="ignore"):  # 5 * 3e38 is meant to overflow to inf
+        return tf.constant(np.array(x, np.float32))
+
+
 def _random_case(rng):
+    """Statistics, settings and a mel weight, common values mixed with NaN, inf,
+    -0, overflowing and subnormal ones, huge and negative counts, negative and
+    NaN weights and values on the clip bounds."""
     n = int(rng.integers(1, 11))
     mel_index = int(rng.integers(n))
     names = [f"t{i}" if i != mel_index else "mel_loss" for i in range(n)]
@@ -80,29 +89,40 @@ def _random_case(rng):
             -np.inf,
             3e38,
             float(rng.uniform(1e30, 3e38)),
+            25.0,
+            1e-40,
         )
 
     stats, weights, clips = {}, {}, {}
     for name in names:
-        den = _pick(rng, float(rng.integers(1, 50)), 0.0, float(rng.integers(1, 5)), 1e-30)
-        num = number() if rng.random() < 0.4 else float(rng.uniform(0, 5)) * max(den, 1.0)
-        bad = _pick(rng, 0.0, 0.0, 0.0, float(rng.integers(1, 4)))
-        stats[name] = terms.TermStats(
-            tf.constant(num, tf.float32), tf.constant(den, tf.float32), tf.constant(bad, tf.float32)
+        den = _pick(
+            rng,
+            *[float(rng.integers(1, 50))] * 4,
+            float(rng.integers(1, 5)),
+            0.0,
+            -0.0,
+            1e-30,
+            np.nan,
+            np.inf,
+            3e38,
         )
-        weights[name] = _pick(rng, 1.0, 0.1, 2.5, 0.0, float(rng.uniform(0, 10)), 1e38)
-        clips[name] = _pick(rng, None, None, (0.0, 25.0), (0.5, 1.5))
-    clips["mel_loss"] = None
-    valid = _pick(rng, 0, int(rng.integers(1, 1000)), int(rng.integers(0, 4)))
-    mel_valid = tf.constant(valid, tf.int64)
+        num = number() if rng.random() < 0.4 else float(rng.uniform(0, 5)) * max(den, 1.0)
+        bad = _pick(rng, 0.0, 0.0, 0.0, -0.0, float(rng.integers(1, 4)), np.nan, np.inf, 1e20)
+        stats[name] = terms.TermStats(_f32(num), _f32(den), _f32(bad))
+        weights[name] = _pick(
+            rng, 1.0, 0.1, 2.5, 0.0, float(rng.uniform(0, 10)), 1e38, -1.5, np.nan
+        )
+        clips[name] = _pick(rng, None, None, (0.0, 25.0), (0.5, 1.5), (0.0, 0.0))
+    valid = _pick(rng, 0, int(rng.integers(1, 1000)), int(rng.integers(0, 4)), 2**62, -(2**62), -1)
+    mel_valid = tf.constant(np.array(valid, np.int64))
 
     def state():
         s = rng.uniform(0, 100, op_layout.STATE_SIZE)
         s[int(rng.integers(op_layout.STATE_SIZE))] = _pick(rng, np.nan, -0.0, 1e300, 5.0)
         return tf.constant(s, tf.float64)
 
-    mel_out = MelOut(tf.constant(0.0, tf.float32), state())
-    weight = tf.constant(_pick(rng, 1.0, 2.5, float(rng.uniform(0.5, 5)), 3e38), tf.float32)
+    mel_out = MelOut(_f32(0.0), state())
+    weight = _f32(_pick(rng, 1.0, 2.5, float(rng.uniform(0.5, 5)), 3e38, 0.0, np.nan, np.inf))
     return stats, weights, clips, mel_valid, mel_out, state(), weight
 
 
@@ -144,27 +164,45 @@ def _compare(ref, got, where):
 
 
 def test_ops_match_tf_ops_bit_for_bit(rng):
-    graph = tf.function(lambda case, fused: _finalise(case, fused), reduce_retracing=False)
+    graph = tf.function(lambda case, fused: _finalise(case, fused))
     seen = collections.Counter()
-    for _ in range(250):
+    for _ in range(300):
         case = _random_case(rng)
         where = str([(k, [float(x) for x in s]) for k, s in case[0].items()]) + str(case[1:4])
         ref = _finalise(case, False)
         _compare(ref, _finalise(case, True), "eager " + where)
-        seen["finite"] += int(bool(ref[0].finite))
-        seen["nonfinite total"] += int(not np.isfinite(float(ref[1])) or float(ref[1]) == 0)
-        seen["nan grad"] += int(any(not np.isfinite(float(g)) for g in ref[3]))
-        seen["all_bad"] += int(bool(ref[0].all_bad))
-    # In a tf.function (one trace per structure): the ops give the eager TF
-    # form's bits; the TF form itself, rewritten by Grappler, stays within a
-    # rounding of them.
+        fin, total = ref[0], float(ref[1])
+        seen["finite"] += int(bool(fin.finite))
+        seen["has_valid"] += int(bool(fin.has_valid))
+        seen["all_bad"] += int(bool(fin.all_bad))
+        seen["zero total"] += int(total == 0.0)
+        seen["nonzero total"] += int(total != 0.0)
+        seen["non-finite grad"] += int(any(not np.isfinite(float(g)) for g in ref[3]))
+        seen["-0 value"] += int(any(np.signbit(float(v)) and v == 0 for v in fin.values.values()))
+        seen["op state bumped"] += int(not np.isfinite(float(fin.mel)))
+    # In a tf.function (a trace per case: the settings are Python values): the
+    # ops give the eager TF form's bits; the TF form itself, rewritten by
+    # Grappler, stays within a rounding of them.
     for _ in range(30):
         case = _random_case(rng)
         eager = _finalise(case, False)
         _compare(eager, graph(case, True), "graph")
         in_graph = graph(case, False)
         np.testing.assert_allclose(in_graph[1], eager[1], rtol=2.5e-7, atol=0)
-    assert seen["finite"] > 20 and seen["all_bad"] > 0, seen
+    # The cases reach every branch.
+    assert all(
+        seen[k] > 5
+        for k in (
+            "finite",
+            "has_valid",
+            "all_bad",
+            "zero total",
+            "nonzero total",
+            "non-finite grad",
+            "-0 value",
+            "op state bumped",
+        )
+    ), seen
 
 
 def _higher_order(case, fused):
@@ -172,7 +210,7 @@ def _higher_order(case, fused):
     total along tangents t) for the case's statistics."""
     stats, weights, clips, mel_valid, mel_out, old_state, weight = case
     nums = [s.num for s in stats.values()]
-    tangents = [tf.constant(float(i % 3) - 0.5) for i in range(len(nums))]
+    tangents = [tf.constant(float(i % 3) * 0.75 - 0.75) for i in range(len(nums))]  # 0 included
 
     def total_of(nums):
         fresh = {name: s._replace(num=x) for (name, s), x in zip(stats.items(), nums)}
@@ -207,7 +245,8 @@ def _higher_order(case, fused):
 def test_second_order_and_forward_mode_match_the_tf_ops(rng):
     """The gradient op has a gradient (the TF form's gradient is linear in the
     upstream gradient), so double backprop and forward mode through the total
-    give the TF form's values instead of a silent 0 (where those are finite)."""
+    give the TF form's values (within a rounding, where they are finite)
+    instead of a silent 0."""
     checked = 0
     for _ in range(60):
         case = _random_case(rng)
@@ -340,6 +379,10 @@ def test_xtts_loss_trajectory_is_the_same_with_the_ops(monkeypatch):
                 getattr(losses["tf"]._state, field).numpy(),  # noqa: SLF001
                 f"{field} at {i}",
             )
+    # The graph held the ops (else this compared the TF form with itself).
+    yt, yp = sets[0]
+    graph = steps["op"].get_concrete_function(yt, yp).graph
+    assert {FINALISE_OP_NAME, COMBINE_OP_NAME} <= {op.type for op in graph.get_operations()}
 
 
 def test_bad_attributes_and_inputs_are_refused():
@@ -369,3 +412,25 @@ def test_bad_attributes_and_inputs_are_refused():
         lib.myxtts_ops_finalise_terms(**dict(base, old_state=tf.zeros([3], tf.float64)))
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="num"):
         lib.myxtts_ops_finalise_terms(**dict(base, num=[tf.ones([2])]))
+    combine = dict(
+        weight=one[0],
+        mel=one[0],
+        other=one[0],
+        mel_out=one[0],
+        other_out=one[0],
+        num=one,
+        den=one,
+        kept=tf.constant([True]),
+        inside=tf.constant([True]),
+        weights=[1.0],
+        mel_index=0,
+    )
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="kept"):
+        lib.myxtts_ops_combine_total(**dict(combine, kept=tf.constant([True, False])))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="weights"):
+        lib.myxtts_ops_combine_total(**dict(combine, weights=[]))
+    grad = {k: v for k, v in combine.items() if k not in ("num", "other")}
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="inside"):
+        lib.myxtts_ops_combine_total_grad(grad_total=one[0], **dict(grad, inside=tf.constant(True)))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="mel_index"):
+        lib.myxtts_ops_combine_total_grad(grad_total=one[0], **dict(grad, mel_index=3))

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "mel_loss_math.h"  // MXO_HD
+#include "tf_scalar.h"
 
 namespace myxtts_ops {
 namespace rule {
@@ -75,21 +76,9 @@ struct Events {
   bool rejected = false;
 };
 
-// TensorFlow's Maximum / Minimum: a NaN operand comes back as it is.
-MXO_HD float tf_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
-MXO_HD float tf_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
-// int64 + and -, wrapping as TensorFlow's do (signed overflow is undefined in C++).
-MXO_HD int64_t wrap_add(int64_t a, int64_t b) {
-  return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
-}
-MXO_HD int64_t wrap_sub(int64_t a, int64_t b) {
-  return static_cast<int64_t>(static_cast<uint64_t>(a) - static_cast<uint64_t>(b));
-}
 // The float32 nearest to a / b, both widened to double: what the TF form's
 // float64 division of a constant rounded to float32 gives.
 MXO_HD float div_rounded(double a, double b) { return static_cast<float>(a / b); }
-// tf.clip_by_value: minimum with the upper bound, then maximum with the lower.
-MXO_HD float tf_clip(float x, float lo, float hi) { return tf_max(tf_min(x, hi), lo); }
 
 // One call of SPEC 4.1; returns the weight for this call's total.
 MXO_HD float adaptive_weight_step(const State& state, const Observations& obs, const Settings& c,

@@ -9,18 +9,18 @@
 // steps in TF ops are some sixty scalar ops per step.
 //
 // myxtts_loss.finalise holds the definition in TF ops (what XLA compiles, and
-// what runs with several replicas) and every weight and bound: they arrive here
-// as op attributes. Every step is the operation of that definition, in its
-// order and precision (the reduction in float64, the rest in float32; NaN
-// propagating through min and max as TF's do), compiled with
-// -ffp-contract=off, so both give the same bits; tests/test_finalise_op.py
-// compares them.
+// what runs wherever the ops do not: several replicas, a GPU, ...) and every
+// weight and bound: they arrive here as op attributes. Every step is the operation of that
+// definition, in its order and precision (the reduction in float64, the rest in float32; NaN and
+// ties through min and max as TF's do: tf_scalar.h), compiled with -ffp-contract=off, so both give
+// the same bits; tests/test_finalise_op.py compares them.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
 #include "mel_loss_math.h"  // state:: layout
+#include "tf_scalar.h"
 
 namespace myxtts_ops {
 namespace finalise {
@@ -51,26 +51,6 @@ struct Finalised {
   bool all_bad = false;    // it had valid elements and none finite
 };
 
-template <typename T>
-inline T div_no_nan(T x, T y) {
-  return y == T(0) ? T(0) : x / y;
-}
-// TF's Minimum and Maximum propagate NaN.
-template <typename T>
-inline T nan_min(T a, T b) {
-  return a != a ? a : (b != b ? b : (a < b ? a : b));
-}
-template <typename T>
-inline T nan_max(T a, T b) {
-  return a != a ? a : (b != b ? b : (a > b ? a : b));
-}
-// A float64 count to int64 as the CPU's conversion does (NaN and out of range:
-// the minimum), without the undefined behaviour of a C++ cast.
-inline int64_t count_to_int64(double x) {
-  if (!(x > -9223372036854775808.0 && x < 9223372036854775808.0)) return INT64_MIN;
-  return static_cast<int64_t>(x);
-}
-
 // The value of term i from its statistics, as the TF-ops definition computes
 // it (value in float64 then float32; the share num / den in float32).
 inline TermValue term_value(float num, float den, const TermSetting& s) {
@@ -79,7 +59,7 @@ inline TermValue term_value(float num, float den, const TermSetting& s) {
   float share = div_no_nan(num, den);
   if (s.clipped) {
     t.inside = v >= s.lo && v <= s.hi;
-    v = nan_max(nan_min(v, s.hi), s.lo);
+    v = tf_clip(v, s.lo, s.hi);
     share = t.inside ? share : 0.0f;
   }
   t.value = static_cast<float>(v);
@@ -102,17 +82,14 @@ inline Finalised finalise_terms(int n, const float* num, const float* den, const
     nonfinite_total = nonfinite_total + static_cast<double>(nonfinite[i]);
   }
   f.mel = terms[mel_index].value;
-  const int64_t bad = count_to_int64(static_cast<double>(nonfinite[mel_index]));
-  const int64_t valid = count_to_int64(static_cast<double>(mel_valid));
+  const int64_t bad = double_to_int64(static_cast<double>(nonfinite[mel_index]));
+  const int64_t valid = double_to_int64(static_cast<double>(mel_valid));
   const bool mel_finite = std::isfinite(f.mel);
   for (int k = 0; k < state::kSize; ++k) {
     const bool bumped = k == state::kSteps || k == state::kNonfiniteSteps;
     new_state[k] = mel_finite ? mel_state[k] : old_state[k] + (bumped ? 1.0 : 0.0);
   }
-  // Two's-complement wrap, as TF's int64 subtraction.
-  const int64_t finite_valid =
-      static_cast<int64_t>(static_cast<uint64_t>(valid) - static_cast<uint64_t>(bad));
-  f.has_valid = finite_valid > 0;
+  f.has_valid = wrap_sub(valid, bad) > 0;
   f.all_bad = valid > 0 && !f.has_valid;
   f.finite = nonfinite_total == 0.0 && mel_finite;
   for (int i = 0; i < n; ++i) {

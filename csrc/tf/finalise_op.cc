@@ -1,10 +1,11 @@
 // TensorFlow glue of MyxttsOps>FinaliseTerms, MyxttsOps>CombineTotal and
 // MyxttsOps>CombineTotalGrad: registration, shape functions and the CPU
 // OpKernels around the pure functions of csrc/kernels/term_finalise.h.
-// XTTSLoss runs them in plain graphs and eagerly on the CPU, on one replica
-// (myxtts_loss.finalise); under jit_compile=True, where a GPU is visible and
-// with several replicas it runs the same steps in TF ops. Every weight and
-// bound is an attribute set by myxtts_loss.finalise.
+// XTTSLoss runs them in plain graphs and eagerly on the CPU, on one replica,
+// for a float32 mel loss (myxtts_loss.finalise.finalise_op_applies); elsewhere
+// (jit_compile=True, a visible GPU, several replicas, ...) it runs the same
+// steps in TF ops. Every weight and bound is an attribute set by
+// myxtts_loss.finalise.
 #include <string>
 #include <vector>
 
@@ -132,8 +133,9 @@ REGISTER_OP("MyxttsOps>CombineTotal")
     .SetShapeFn(myxtts_ops::CombineShapes)
     .Doc(R"doc(
 The total XTTSLoss returns (differentiable with respect to num) and the raw
-total, from FinaliseTerms' outputs and the decision's mel weight. num is read
-only by the gradient's path: the value comes from mel_out and other_out.
+total, from FinaliseTerms' outputs and the decision's mel weight. num only
+connects the gradient (CombineTotalGrad reads den): the value comes from
+mel_out and other_out.
 )doc");
 
 REGISTER_OP("MyxttsOps>CombineTotalGrad")

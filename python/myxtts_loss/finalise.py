@@ -2,13 +2,17 @@
 flags the decision reads, the mel op's state for this call, and (once the
 decision has set the mel weight) the differentiable total.
 
-:func:`finalise_terms` in TF ops is the definition: what XLA compiles, what
-runs where a GPU is visible and with several replicas. In plain graphs and
-eagerly on the CPU, on one replica, the same steps run as two C++ ops
+:func:`finalise_terms` in TF ops is the definition. In plain graphs and
+eagerly on the CPU the same steps run as two C++ ops
 (``MyxttsOps>FinaliseTerms`` before the decision, ``MyxttsOps>CombineTotal``
 after it, with ``MyxttsOps>CombineTotalGrad`` as its gradient), which give the
-same bits (``tests/test_finalise_op.py``): some sixty scalar TF ops per step
-become three.
+bits of the TF form run op by op (``tests/test_finalise_op.py``): some sixty
+scalar TF ops per step become three. The TF form runs wherever
+:func:`finalise_op_applies` says no: under XLA (which compiles it), where a
+GPU is visible, with several replicas, with ``implementation="reference"``,
+for a float64 mel loss, with ``mel_normalization="batch"`` (the
+``myxtts_original()`` preset: the op state then follows the term's value, not
+the op's own update) and for settings a float32 attribute cannot carry.
 """
 
 import collections
@@ -23,7 +27,8 @@ __all__ = ["Finalised", "finalise_terms", "finalise_op_applies"]
 #: 0 where not finite (what is reported); ``mel``: the mel term's value
 #: (float32, may be non-finite; 0 without a mel term); ``other``: the sum of
 #: the other terms' finite weighted values; ``finite``: no term counted a
-#: non-finite value and every weighted value is finite; ``has_valid``: the mel
+#: non-finite value, the mel value is finite and so is every other term's
+#: weighted value (the mel term's is checked by ``combine``); ``has_valid``: the mel
 #: term had a valid finite element; ``all_bad``: it had valid elements and no
 #: finite one; ``new_op_state``: the mel op's state after this call;
 #: ``running_mean`` / ``window_variance``: two of its fields as float32;
