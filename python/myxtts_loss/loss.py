@@ -11,9 +11,11 @@ How one call runs (one code path for one device and for ``tf.distribute``):
 3. the statistics are reduced: nothing to do on one replica, one SUM
    all-reduce of a small float64 vector with more than one;
 4. finalise once (:func:`myxtts_loss.finalise.finalise_terms`): each term's
-   value of the whole (global) batch; the adaptive-weight rule (:func:`myxtts_loss.rule.adaptive_weight_step`, a
-   pure function) and the smoothing (:func:`myxtts_loss.rule.smoothing_step`)
-   run on those values; the state is written (:mod:`myxtts_loss.state`).
+   value of the whole (global) batch; the adaptive-weight rule
+   (:func:`myxtts_loss.rule.adaptive_weight_step`, a pure function) and the
+   smoothing (:func:`myxtts_loss.rule.smoothing_step`) run on those values;
+   the total is combined with the rule's weight; the state is written
+   (:mod:`myxtts_loss.state`).
 
 The returned value is the raw total ``w_mel * mel + sum_i w_i * term_i`` (what
 is differentiated). Under ``tf.distribute`` each replica returns ``total /
