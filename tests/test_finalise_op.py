@@ -182,32 +182,35 @@ def test_ops_match_tf_ops_bit_for_bit(rng):
         seen["op state bumped"] += int(not np.isfinite(float(fin.mel)))
     # In a tf.function (a trace per case: the settings are Python values): the
     # ops give the eager TF form's bits; the TF form itself, rewritten by
-    # Grappler, stays within a rounding of them.
+    # Grappler, stays within the rounding of a reassociated sum of at most 10
+    # terms (10 eps of the sum of their magnitudes: cancellation between
+    # weights of both signs can make that many ulps of the total).
     for _ in range(30):
         case = _random_case(rng)
         eager = _finalise(case, False)
         _compare(eager, graph(case, True), "graph")
         in_graph = graph(case, False)
-        np.testing.assert_allclose(in_graph[1], eager[1], rtol=2.5e-7, atol=0)
-    # The cases reach every branch.
-    assert all(
-        seen[k] > 5
-        for k in (
-            "finite",
-            "has_valid",
-            "all_bad",
-            "zero total",
-            "nonzero total",
-            "non-finite grad",
-            "-0 value",
-            "op state bumped",
-        )
-    ), seen
+        fin, weights, weight = eager[0], case[1], float(case[6])
+        parts = [abs(weight * float(fin.mel))] + [
+            abs(float(np.float32(weights[k])) * float(v))
+            for k, v in fin.values.items()
+            if k != "mel_loss"
+        ]
+        scale = min(sum(p for p in parts if np.isfinite(p)), 3.4e38)
+        np.testing.assert_allclose(in_graph[1], eager[1], rtol=0, atol=10 * 1.2e-7 * scale)
+    # The cases reach every branch (a call with every term finite and
+    # finite-weighted is the rarest: some 5 % of these cases).
+    least = dict.fromkeys(
+        ["has_valid", "all_bad", "zero total", "nonzero total", "non-finite grad", "-0 value"], 10
+    )
+    least.update({"finite": 2, "op state bumped": 10})
+    assert all(seen[k] > n for k, n in least.items()), seen
 
 
 def _higher_order(case, fused):
     """(d/du of sum_i d total/d num_i * u, the forward-mode derivative of the
-    total along tangents t) for the case's statistics."""
+    total along tangents t, and the sums of the magnitudes of their terms) for
+    the case's statistics."""
     stats, weights, clips, mel_valid, mel_out, old_state, weight = case
     nums = [s.num for s in stats.values()]
     tangents = [tf.constant(float(i % 3) * 0.75 - 0.75) for i in range(len(nums))]  # 0 included
@@ -239,7 +242,9 @@ def _higher_order(case, fused):
     second = outer.gradient(summed, u)
     with tf.autodiff.ForwardAccumulator(nums, tangents) as acc:
         total = total_of(nums)
-    return second, acc.jvp(total)
+    first = [0.0 if g is None else abs(float(g)) / 1.5 for g in grads]
+    scales = (sum(first), sum(abs(float(t)) * g for t, g in zip(tangents, first)))
+    return second, acc.jvp(total), scales
 
 
 def test_second_order_and_forward_mode_match_the_tf_ops(rng):
@@ -248,18 +253,20 @@ def test_second_order_and_forward_mode_match_the_tf_ops(rng):
     give the TF form's values (within a rounding, where they are finite)
     instead of a silent 0."""
     checked = 0
-    for _ in range(60):
+    for _ in range(120):
         case = _random_case(rng)
-        (s_tf, j_tf), (s_op, j_op) = (_higher_order(case, f) for f in (False, True))
-        for a, b in ((s_op, s_tf), (j_op, j_tf)):
+        (s_tf, j_tf, scales), (s_op, j_op, _) = (_higher_order(case, f) for f in (False, True))
+        for a, b, scale in ((s_op, s_tf, scales[0]), (j_op, j_tf, scales[1])):
             a = 0.0 if a is None else float(a)
             b = 0.0 if b is None else float(b)
             # Where the TF form's derivative is not finite (an inf tangent
-            # times a zero weight, say), the two forms may differ.
-            if np.isfinite(b) and abs(b) < 1e30:
-                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-30)
+            # times a zero weight, say), the two forms may differ. Otherwise
+            # both sum the same terms, maybe in another order: within 10 eps
+            # of the sum of their magnitudes.
+            if np.isfinite(b) and abs(b) < 1e30 and np.isfinite(scale):
+                np.testing.assert_allclose(a, b, rtol=0, atol=10 * 1.2e-7 * scale + 1e-30)
                 checked += int(b != 0)
-    assert checked > 20
+    assert checked > 15
 
 
 def test_op_applies_where_the_loss_runs_one_replica_in_float32():
