@@ -126,23 +126,29 @@ def _random_case(rng):
     return stats, weights, clips, mel_valid, mel_out, state(), weight
 
 
+def _finalise_stats(stats, case, fused):
+    """finalise_terms on one replica for ``stats`` and the rest of ``case``."""
+    _, weights, clips, mel_valid, mel_out, old_state, _ = case
+    return finalise.finalise_terms(
+        stats,
+        weights,
+        clips,
+        mel_valid,
+        mel_out,
+        old_state,
+        replicas=1,
+        op_state_is_term=True,
+        update_state=None,
+        fused=fused,
+    )
+
+
 def _finalise(case, fused):
-    stats, weights, clips, mel_valid, mel_out, old_state, weight = case
+    stats, weight = case[0], case[6]
     nums = [s.num for s in stats.values()]
     with tf.GradientTape() as tape:
         tape.watch(nums)
-        fin = finalise.finalise_terms(
-            stats,
-            weights,
-            clips,
-            mel_valid,
-            mel_out,
-            old_state,
-            replicas=1,
-            op_state_is_term=True,
-            update_state=None,
-            fused=fused,
-        )
+        fin = _finalise_stats(stats, case, fused)
         total, raw = fin.combine(weight)
     grads = tape.gradient(total, nums)
     grads = [tf.zeros([]) if g is None else g for g in grads]
@@ -211,25 +217,13 @@ def _higher_order(case, fused):
     """(d/du of sum_i d total/d num_i * u, the forward-mode derivative of the
     total along tangents t, and the sums of the magnitudes of their terms) for
     the case's statistics."""
-    stats, weights, clips, mel_valid, mel_out, old_state, weight = case
+    stats, weight = case[0], case[6]
     nums = [s.num for s in stats.values()]
     tangents = [tf.constant(float(i % 3) * 0.75 - 0.75) for i in range(len(nums))]  # 0 included
 
     def total_of(nums):
         fresh = {name: s._replace(num=x) for (name, s), x in zip(stats.items(), nums)}
-        fin = finalise.finalise_terms(
-            fresh,
-            weights,
-            clips,
-            mel_valid,
-            mel_out,
-            old_state,
-            replicas=1,
-            op_state_is_term=True,
-            update_state=None,
-            fused=fused,
-        )
-        return fin.combine(weight)[0]
+        return _finalise_stats(fresh, case, fused).combine(weight)[0]
 
     u = tf.constant(1.5)
     with tf.GradientTape() as outer:

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/term_finalise.h"
+#include "tf/tf_device.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -222,14 +223,6 @@ absl::Status Vector(OpKernelContext* ctx, const char* name, int64_t size, const 
   return absl::OkStatus();
 }
 
-template <typename T>
-absl::Status Output(OpKernelContext* ctx, const char* name, T value) {
-  Tensor* out;
-  TF_RETURN_IF_ERROR(ctx->allocate_output(name, TensorShape({}), &out));
-  out->scalar<T>()() = value;
-  return absl::OkStatus();
-}
-
 class FinaliseTermsOp : public OpKernel {
  public:
   explicit FinaliseTermsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -267,16 +260,17 @@ class FinaliseTermsOp : public OpKernel {
       k(i) = terms[i].kept;
       in(i) = terms[i].inside;
     }
-    OP_REQUIRES_OK(ctx, Output(ctx, "mel", f.mel));
-    OP_REQUIRES_OK(ctx, Output(ctx, "mel_out", terms[mel_index_].out));
-    OP_REQUIRES_OK(ctx, Output(ctx, "other", f.other));
-    OP_REQUIRES_OK(ctx, Output(ctx, "other_out", f.other_out));
-    OP_REQUIRES_OK(ctx, Output(ctx, "finite", f.finite));
-    OP_REQUIRES_OK(ctx, Output(ctx, "has_valid", f.has_valid));
-    OP_REQUIRES_OK(ctx, Output(ctx, "all_bad", f.all_bad));
-    OP_REQUIRES_OK(ctx, Output(ctx, "running_mean", static_cast<float>(s[state::kRunningMean])));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "mel", f.mel));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "mel_out", terms[mel_index_].out));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "other", f.other));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "other_out", f.other_out));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "finite", f.finite));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "has_valid", f.has_valid));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "all_bad", f.all_bad));
     OP_REQUIRES_OK(ctx,
-                   Output(ctx, "window_variance", static_cast<float>(s[state::kWindowVariance])));
+                   ScalarOutput(ctx, "running_mean", static_cast<float>(s[state::kRunningMean])));
+    OP_REQUIRES_OK(
+        ctx, ScalarOutput(ctx, "window_variance", static_cast<float>(s[state::kWindowVariance])));
   }
 
  private:
@@ -303,8 +297,8 @@ class CombineTotalOp : public OpKernel {
     const finalise::Total t = finalise::combine_total(
         weight->scalar<float>()(), mel->scalar<float>()(), other->scalar<float>()(),
         mel_out->scalar<float>()(), other_out->scalar<float>()());
-    OP_REQUIRES_OK(ctx, Output(ctx, "total", t.total));
-    OP_REQUIRES_OK(ctx, Output(ctx, "raw", t.raw));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "total", t.total));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, "raw", t.raw));
   }
 
  private:

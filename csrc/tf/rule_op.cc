@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels/adaptive_rule.h"
+#include "tf/tf_device.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -154,14 +155,6 @@ absl::Status Scalar(OpKernelContext* ctx, int index, T* value) {
   return absl::OkStatus();
 }
 
-template <typename T>
-absl::Status Output(OpKernelContext* ctx, int index, T value) {
-  Tensor* out;
-  TF_RETURN_IF_ERROR(ctx->allocate_output(index, TensorShape({}), &out));
-  out->scalar<T>()() = value;
-  return absl::OkStatus();
-}
-
 class AdaptiveWeightStepOp : public OpKernel {
  public:
   explicit AdaptiveWeightStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -214,22 +207,22 @@ class AdaptiveWeightStepOp : public OpKernel {
     rule::Events e;
     const float weight = rule::adaptive_weight_step(s, o, settings_, &n, &e);
     int k = 0;
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.step_count));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.current_mel_weight));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.previous_mel_weight));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.last_weight_change_step));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.consecutive_stable_steps));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.running_total_loss));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.running_total_initialized));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.nonfinite_steps));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.spike_count));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.weight_changes));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, n.rejected_changes));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, weight));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, e.clean));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, e.spike));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, e.accepted));
-    OP_REQUIRES_OK(ctx, Output(ctx, k++, e.rejected));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.step_count));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.current_mel_weight));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.previous_mel_weight));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.last_weight_change_step));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.consecutive_stable_steps));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.running_total_loss));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.running_total_initialized));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.nonfinite_steps));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.spike_count));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.weight_changes));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, n.rejected_changes));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, weight));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, e.clean));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, e.spike));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, e.accepted));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, k++, e.rejected));
   }
 
  private:
@@ -267,8 +260,8 @@ class SmoothingStepOp : public OpKernel {
     const int64_t window = history.dim_size(0);
     for (int64_t i = 0; i < window; ++i) h[i] = old[i];
     const float smoothed = rule::smoothing_step(raw, step, settings_, h, window, &running);
-    OP_REQUIRES_OK(ctx, Output(ctx, 1, running));
-    OP_REQUIRES_OK(ctx, Output(ctx, 2, smoothed));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, 1, running));
+    OP_REQUIRES_OK(ctx, ScalarOutput(ctx, 2, smoothed));
   }
 
  private:

@@ -34,6 +34,15 @@ inline ParallelFor TfParallelFor(::tensorflow::OpKernelContext* ctx) {
 
 enum class Device { kCpu, kGpu };
 
+// Allocates output `key` (its index or its name) as a scalar holding `value`.
+template <typename Key, typename T>
+absl::Status ScalarOutput(::tensorflow::OpKernelContext* ctx, Key key, T value) {
+  ::tensorflow::Tensor* out;
+  TF_RETURN_IF_ERROR(ctx->allocate_output(key, ::tensorflow::TensorShape({}), &out));
+  out->scalar<T>()() = value;
+  return absl::OkStatus();
+}
+
 // Runs an OpKernel's work with a failed host allocation (the kernels'
 // per-sample buffers, the staged lengths: a size the batch sets) turned into
 // a ResourceExhausted error. An exception must not cross TF's frames: there it

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Finalised", "finalise_terms", "finalise_op_applies"]
+__all__ = ["Finalised", "finalise_terms", "finalise_op_applies", "finite_or_zero"]
 
 #: What :func:`finalise_terms` returns. ``values``: ``{term: float32 value}``,
 #: 0 where not finite (what is reported); ``mel``: the mel term's value
@@ -51,7 +51,8 @@ Finalised = collections.namedtuple(
 )
 
 
-def _finite_or_zero(x):
+def finite_or_zero(x):
+    """``x`` where finite, 0 elsewhere."""
     return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
 
 
@@ -211,15 +212,15 @@ def finalise_terms(
 
     def combine(weight):
         if mel_out is None:
-            return _finite_or_zero(other_out), _finite_or_zero(other)
+            return finite_or_zero(other_out), finite_or_zero(other)
         mel_contribution = weight * mel32
         kept = tf.math.is_finite(mel_contribution)
         total = tf.where(kept, tf.cast(weight, ldt) * outs["mel_loss"], zero_out) + other_out
         raw = tf.where(kept, mel_contribution, 0.0) + other
-        return _finite_or_zero(total), _finite_or_zero(raw)
+        return finite_or_zero(total), finite_or_zero(raw)
 
     return Finalised(
-        values={name: _finite_or_zero(tf.cast(v, f32)) for name, v in values.items()},
+        values={name: finite_or_zero(tf.cast(v, f32)) for name, v in values.items()},
         mel=mel32,
         other=other,
         finite=finite_all,
@@ -238,12 +239,14 @@ def _finalise_op(stats, weights, clips, mel_valid, mel_out, old_state):
     names = list(stats)
     mel_index = names.index("mel_loss")
     term_weights = [1.0 if n == "mel_loss" else float(weights[n]) for n in names]
+    # FinaliseTerms has no gradient and CombineTotal's reaches num only, so no
+    # input needs a stop_gradient.
     nums = [stats[n].num for n in names]
-    dens = [tf.stop_gradient(stats[n].den) for n in names]
+    dens = [stats[n].den for n in names]
     out = finalise_terms_op(
-        [tf.stop_gradient(x) for x in nums],
+        nums,
         dens,
-        [tf.stop_gradient(stats[n].nonfinite) for n in names],
+        [stats[n].nonfinite for n in names],
         mel_valid,
         mel_out.state,
         old_state,

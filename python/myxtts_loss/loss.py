@@ -83,10 +83,6 @@ def _op_normalization(mel_normalization):
     return "global" if mel_normalization == "global" else "per_sample"
 
 
-def _finite_or_zero(x):
-    return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
-
-
 @keras.saving.register_keras_serializable(package="myxtts_loss")
 class XTTSLoss(keras.losses.Loss, AutoTrackable):
     """MyXTTS's ``XTTSLoss``, as a drop-in (``notes/MYXTTS_COMPAT.md``), on the fused mel op.
@@ -556,7 +552,9 @@ class XTTSLoss(keras.losses.Loss, AutoTrackable):
             value = _scalar(fn(y_true, y_pred), f"extra loss {name!r}", "a scalar")
             finite = tf.math.is_finite(value)
             stats[name] = terms.TermStats(
-                _finite_or_zero(value), tf.constant(1.0, f32), tf.cast(tf.logical_not(finite), f32)
+                finalise.finite_or_zero(value),
+                tf.constant(1.0, f32),
+                tf.cast(tf.logical_not(finite), f32),
             )
             weights[name] = self._extra_weights[name]
             clips[name] = None
